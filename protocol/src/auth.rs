@@ -1,0 +1,355 @@
+//! Token verification (SPEC section 4), with `jwt-compact`.
+//!
+//! A [`Verifier`] is built once from configuration (the HS256 secret and the
+//! JWKS of public keys) and then checks compact JWTs against a caller-supplied
+//! clock, so the same code runs in the worker, in the bridge and in tests.
+//! The algorithm is taken from the token header only to pick a key; the key's
+//! own type must agree, which is what rules out `alg: none` and
+//! algorithm-confusion attacks.
+
+use std::collections::HashMap;
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use chrono::{DateTime, Utc};
+use jwt_compact::{
+    alg::{Ed25519, Es256, Hs256, Hs256Key},
+    AlgorithmExt, Claims, Header, UntrustedToken,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::rights::Rights;
+
+/// Why a token was refused. The message is safe to show to the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("token is not a well-formed compact JWT")]
+    Malformed,
+    #[error("algorithm {0} is not accepted")]
+    UnsupportedAlgorithm(String),
+    #[error("no key configured for this token (kid {0:?})")]
+    UnknownKey(Option<String>),
+    #[error("key {0} is not a key for algorithm {1}")]
+    KeyMismatch(String, String),
+    #[error("signature does not verify")]
+    BadSignature,
+    #[error("claims are malformed: {0}")]
+    BadClaims(String),
+    #[error("required claim {0} is missing")]
+    MissingClaim(&'static str),
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid yet")]
+    NotYetValid,
+    #[error("token issuer is not accepted")]
+    BadIssuer,
+    #[error("token audience is not accepted")]
+    BadAudience,
+}
+
+/// Why the verifier could not be built: a deployment mistake, reported loudly.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyConfigError {
+    #[error("JWT_PUBLIC_KEYS is not a JWKS ({{\"keys\":[...]}}): {0}")]
+    NotJwks(String),
+    #[error("JWT_PUBLIC_KEYS key {kid:?}: {reason}")]
+    BadKey { kid: String, reason: String },
+}
+
+/// A token's audience: one string or a list (RFC 7519 section 4.1.3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    fn contains(&self, wanted: &str) -> bool {
+        match self {
+            Audience::One(a) => a == wanted,
+            Audience::Many(list) => list.iter().any(|a| a == wanted),
+        }
+    }
+}
+
+/// The claims roomcast reads, besides the registered time claims.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomClaims {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rooms: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<Audience>,
+}
+
+/// Who a verified token speaks for, and until when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub sub: String,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+    pub rights: Rights,
+}
+
+/// A public key from the JWKS, tagged with the algorithm it verifies.
+enum PublicKey {
+    Ed25519(ed25519_compact::PublicKey),
+    Es256(p256::ecdsa::VerifyingKey),
+}
+
+impl PublicKey {
+    fn algorithm(&self) -> &'static str {
+        match self {
+            PublicKey::Ed25519(_) => "EdDSA",
+            PublicKey::Es256(_) => "ES256",
+        }
+    }
+}
+
+/// One entry of a JWKS, as much of it as roomcast reads.
+#[derive(Deserialize)]
+struct Jwk {
+    kty: String,
+    #[serde(default)]
+    crv: Option<String>,
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(default)]
+    x: Option<String>,
+    #[serde(default)]
+    y: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Jwks {
+    keys: Vec<Jwk>,
+}
+
+fn decode_b64(field: &str, value: Option<&String>) -> Result<Vec<u8>, String> {
+    let value = value.ok_or_else(|| format!("missing {field}"))?;
+    URL_SAFE_NO_PAD
+        .decode(value.trim_end_matches('='))
+        .map_err(|e| format!("{field} is not base64url: {e}"))
+}
+
+fn parse_jwk(jwk: &Jwk) -> Result<PublicKey, String> {
+    match (jwk.kty.as_str(), jwk.crv.as_deref()) {
+        ("OKP", Some("Ed25519")) => {
+            let x = decode_b64("x", jwk.x.as_ref())?;
+            ed25519_compact::PublicKey::from_slice(&x)
+                .map(PublicKey::Ed25519)
+                .map_err(|e| format!("bad Ed25519 key: {e}"))
+        }
+        ("EC", Some("P-256")) => {
+            let mut point = vec![0x04];
+            point.extend(decode_b64("x", jwk.x.as_ref())?);
+            point.extend(decode_b64("y", jwk.y.as_ref())?);
+            p256::ecdsa::VerifyingKey::from_sec1_bytes(&point)
+                .map(PublicKey::Es256)
+                .map_err(|e| format!("bad P-256 key: {e}"))
+        }
+        (kty, crv) => Err(format!("unsupported key type {kty}/{crv:?}")),
+    }
+}
+
+/// What a [`Verifier`] is built from (SPEC section 8: `JWT_SECRET`,
+/// `JWT_PUBLIC_KEYS`, `JWT_ISSUER`, `JWT_AUDIENCE`, `JWT_LEEWAY_SECS`).
+#[derive(Debug, Clone, Default)]
+pub struct VerifierConfig {
+    pub hs256_secret: Option<String>,
+    pub jwks: Option<String>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway_secs: u64,
+}
+
+/// Verifies compact JWTs against the configured keys and claim rules.
+pub struct Verifier {
+    hs256: Option<Hs256Key>,
+    keys: HashMap<String, PublicKey>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    leeway_secs: u64,
+}
+
+impl Verifier {
+    pub fn new(config: &VerifierConfig) -> Result<Verifier, KeyConfigError> {
+        let hs256 = config
+            .hs256_secret
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(|s| Hs256Key::new(s.as_bytes()));
+        let keys = match config.jwks.as_deref().map(str::trim) {
+            None | Some("") => HashMap::new(),
+            Some(json) => parse_jwks(json)?,
+        };
+        Ok(Verifier {
+            hs256,
+            keys,
+            issuer: config.issuer.clone().filter(|s| !s.is_empty()),
+            audience: config.audience.clone().filter(|s| !s.is_empty()),
+            leeway_secs: config.leeway_secs,
+        })
+    }
+
+    /// Checks `token` at time `now_ms` and returns whom it speaks for.
+    pub fn verify(&self, token: &str, now_ms: u64) -> Result<Identity, AuthError> {
+        let untrusted = UntrustedToken::new(token).map_err(|_| AuthError::Malformed)?;
+        let claims = self.verify_signature(&untrusted)?;
+        self.check_claims(claims, now_ms)
+    }
+
+    fn verify_signature(
+        &self,
+        token: &UntrustedToken<'_>,
+    ) -> Result<Claims<RoomClaims>, AuthError> {
+        let alg = token.algorithm();
+        let checked = match alg {
+            "HS256" => {
+                let key = self.hs256.as_ref().ok_or(AuthError::UnknownKey(None))?;
+                Hs256.validator::<RoomClaims>(key).validate(token)
+            }
+            "EdDSA" | "ES256" => match self.public_key(&token.header().key_id, alg)? {
+                PublicKey::Ed25519(key) => Ed25519.validator::<RoomClaims>(key).validate(token),
+                PublicKey::Es256(key) => Es256.validator::<RoomClaims>(key).validate(token),
+            },
+            other => return Err(AuthError::UnsupportedAlgorithm(other.to_owned())),
+        };
+        checked.map(|t| t.claims().clone()).map_err(|e| match e {
+            jwt_compact::ValidationError::MalformedClaims(e) => AuthError::BadClaims(e.to_string()),
+            jwt_compact::ValidationError::MalformedSignature(_)
+            | jwt_compact::ValidationError::InvalidSignature => AuthError::BadSignature,
+            _ => AuthError::Malformed,
+        })
+    }
+
+    /// The key named by `kid`; without a `kid`, the only key for `alg`.
+    fn public_key(&self, kid: &Option<String>, alg: &str) -> Result<&PublicKey, AuthError> {
+        let key = match kid {
+            Some(kid) => self.keys.get(kid),
+            None => {
+                let mut candidates = self.keys.values().filter(|k| k.algorithm() == alg);
+                match (candidates.next(), candidates.next()) {
+                    (Some(only), None) => Some(only),
+                    _ => None,
+                }
+            }
+        };
+        let key = key.ok_or_else(|| AuthError::UnknownKey(kid.clone()))?;
+        if key.algorithm() != alg {
+            let kid = kid.clone().unwrap_or_default();
+            return Err(AuthError::KeyMismatch(kid, alg.to_owned()));
+        }
+        Ok(key)
+    }
+
+    fn check_claims(&self, claims: Claims<RoomClaims>, now_ms: u64) -> Result<Identity, AuthError> {
+        let now = now_ms as i64 / 1000;
+        let leeway = self.leeway_secs as i64;
+        let exp = claims
+            .expiration
+            .ok_or(AuthError::MissingClaim("exp"))?
+            .timestamp();
+        if now > exp + leeway {
+            return Err(AuthError::Expired);
+        }
+        if let Some(nbf) = claims.not_before {
+            if now + leeway < nbf.timestamp() {
+                return Err(AuthError::NotYetValid);
+            }
+        }
+        let custom = claims.custom;
+        if let Some(wanted) = &self.issuer {
+            if custom.iss.as_deref() != Some(wanted.as_str()) {
+                return Err(AuthError::BadIssuer);
+            }
+        }
+        if let Some(wanted) = &self.audience {
+            if !custom.aud.as_ref().is_some_and(|aud| aud.contains(wanted)) {
+                return Err(AuthError::BadAudience);
+            }
+        }
+        let sub = custom
+            .sub
+            .filter(|s| !s.is_empty())
+            .ok_or(AuthError::MissingClaim("sub"))?;
+        Ok(Identity {
+            sub,
+            exp: exp.max(0) as u64,
+            rights: Rights {
+                rooms: custom.rooms,
+                publish: custom.publish,
+                bridge: custom.role.as_deref() == Some("bridge"),
+            },
+        })
+    }
+}
+
+fn parse_jwks(json: &str) -> Result<HashMap<String, PublicKey>, KeyConfigError> {
+    let jwks: Jwks =
+        serde_json::from_str(json).map_err(|e| KeyConfigError::NotJwks(e.to_string()))?;
+    jwks.keys
+        .iter()
+        .enumerate()
+        .map(|(i, jwk)| {
+            let kid = jwk.kid.clone().unwrap_or_else(|| format!("#{i}"));
+            let key = parse_jwk(jwk).map_err(|reason| KeyConfigError::BadKey {
+                kid: kid.clone(),
+                reason,
+            })?;
+            Ok((kid, key))
+        })
+        .collect()
+}
+
+/// What to put in a token minted by [`mint_hs256`] (dev tokens, the bridge's
+/// own service token, tests).
+#[derive(Debug, Clone, Default)]
+pub struct TokenSpec {
+    pub sub: String,
+    pub rooms: Vec<String>,
+    pub publish: Vec<String>,
+    pub role: Option<String>,
+    pub iss: Option<String>,
+    pub aud: Option<String>,
+    pub ttl_secs: u64,
+    pub not_before_secs: Option<u64>,
+}
+
+impl TokenSpec {
+    /// The claims of this spec, issued at `now_ms`.
+    pub fn claims(&self, now_ms: u64) -> Claims<RoomClaims> {
+        let at = |secs: u64| DateTime::<Utc>::from_timestamp(secs as i64, 0).unwrap_or_default();
+        let now = now_ms / 1000;
+        let mut claims = Claims::new(RoomClaims {
+            sub: Some(self.sub.clone()),
+            rooms: self.rooms.clone(),
+            publish: self.publish.clone(),
+            role: self.role.clone(),
+            iss: self.iss.clone(),
+            aud: self.aud.clone().map(Audience::One),
+        });
+        claims.issued_at = Some(at(now));
+        claims.expiration = Some(at(now + self.ttl_secs));
+        claims.not_before = self.not_before_secs.map(at);
+        claims
+    }
+}
+
+/// Mints an HS256 token for `spec`, signed with `secret`.
+pub fn mint_hs256(secret: &str, spec: &TokenSpec, now_ms: u64) -> String {
+    Hs256
+        .token(
+            &Header::empty(),
+            &spec.claims(now_ms),
+            &Hs256Key::new(secret.as_bytes()),
+        )
+        .expect("serializing plain claims cannot fail")
+}

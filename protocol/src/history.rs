@@ -1,0 +1,180 @@
+//! History and resume arithmetic (SPEC sections 2 and 3).
+//!
+//! A room's history is the contiguous run of sequence numbers
+//! `oldest..=head` that is still stored. Whether a reconnecting client can
+//! resume without a gap, and which rows to trim, are plain arithmetic on
+//! those numbers, kept here so the Durable Object only runs the queries.
+
+/// Default and maximum page size of `GET /messages`.
+pub const DEFAULT_PAGE: u64 = 100;
+pub const MAX_PAGE: u64 = 1000;
+
+/// What the room stores, by sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retained {
+    /// Highest seq ever assigned (0 before the first message).
+    pub head: u64,
+    /// Lowest seq still stored, `None` when nothing is stored.
+    pub oldest: Option<u64>,
+}
+
+impl Retained {
+    /// Are all messages with `seq > since` still stored?
+    pub fn covers_after(&self, since: u64) -> bool {
+        if since >= self.head {
+            return true;
+        }
+        self.oldest.is_some_and(|oldest| oldest <= since + 1)
+    }
+}
+
+/// How a connecting client is brought up to date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    /// The `recovered` flag of `welcome`.
+    pub recovered: bool,
+    /// Replay every stored message with `seq > after`, or nothing when `None`.
+    pub replay_after: Option<u64>,
+}
+
+/// Plans a connect with `?since=S&epoch=E` against the room's state.
+///
+/// Recovery needs both: a `since` without the matching epoch refers to a
+/// sequence that may have been reset, and a `since` ahead of the head can only
+/// come from another epoch.
+pub fn plan_resume(
+    since: Option<u64>,
+    client_epoch: Option<&str>,
+    room_epoch: &str,
+    retained: Retained,
+) -> Resume {
+    let nothing = Resume {
+        recovered: false,
+        replay_after: None,
+    };
+    let Some(since) = since else { return nothing };
+    if client_epoch != Some(room_epoch) || since > retained.head || !retained.covers_after(since) {
+        return nothing;
+    }
+    Resume {
+        recovered: true,
+        replay_after: (since < retained.head).then_some(since),
+    }
+}
+
+/// Highest seq that the count limit allows trimming: rows with
+/// `seq <= floor` may go so that at most `limit` remain.
+pub fn count_floor(head: u64, limit: u64) -> u64 {
+    head.saturating_sub(limit)
+}
+
+/// Oldest timestamp (ms) the time limit keeps.
+pub fn ttl_cutoff_ms(now_ms: u64, ttl_secs: u64) -> u64 {
+    now_ms.saturating_sub(ttl_secs.saturating_mul(1000))
+}
+
+/// A parsed `?since=S&limit=L` query of `GET /messages`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub since: u64,
+    pub limit: u64,
+}
+
+impl Page {
+    /// Parses the query values; `limit` is clamped to [`MAX_PAGE`] and at least 1.
+    pub fn parse(since: Option<&str>, limit: Option<&str>) -> Result<Page, String> {
+        let since = parse_u64("since", since, 0)?;
+        let limit = parse_u64("limit", limit, DEFAULT_PAGE)?.clamp(1, MAX_PAGE);
+        Ok(Page { since, limit })
+    }
+}
+
+/// Parses an optional non-negative integer query value.
+pub fn parse_u64(name: &str, value: Option<&str>, default: u64) -> Result<u64, String> {
+    match value {
+        None | Some("") => Ok(default),
+        Some(v) => v
+            .parse()
+            .map_err(|_| format!("{name} must be a non-negative integer, got {v:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const E: &str = "e_1";
+
+    fn kept(head: u64, oldest: Option<u64>) -> Retained {
+        Retained { head, oldest }
+    }
+
+    #[test]
+    fn fresh_connect_replays_nothing() {
+        assert_eq!(
+            plan_resume(None, None, E, kept(5, Some(1))),
+            Resume {
+                recovered: false,
+                replay_after: None
+            }
+        );
+    }
+
+    #[test]
+    fn resume_with_everything_stored() {
+        let r = plan_resume(Some(2), Some(E), E, kept(5, Some(1)));
+        assert_eq!(
+            r,
+            Resume {
+                recovered: true,
+                replay_after: Some(2)
+            }
+        );
+        let r = plan_resume(Some(0), Some(E), E, kept(5, Some(1)));
+        assert_eq!(r.replay_after, Some(0));
+    }
+
+    #[test]
+    fn resume_at_head_recovers_with_nothing_to_replay() {
+        assert_eq!(
+            plan_resume(Some(5), Some(E), E, kept(5, None)),
+            Resume {
+                recovered: true,
+                replay_after: None
+            }
+        );
+    }
+
+    #[test]
+    fn trimmed_gap_or_other_epoch_does_not_recover() {
+        assert!(!plan_resume(Some(2), Some(E), E, kept(9, Some(4))).recovered);
+        assert!(plan_resume(Some(3), Some(E), E, kept(9, Some(4))).recovered);
+        assert!(!plan_resume(Some(2), Some("e_2"), E, kept(9, Some(1))).recovered);
+        assert!(!plan_resume(Some(2), None, E, kept(9, Some(1))).recovered);
+        assert!(!plan_resume(Some(10), Some(E), E, kept(9, Some(1))).recovered);
+        assert!(!plan_resume(Some(2), Some(E), E, kept(9, None)).recovered);
+    }
+
+    #[test]
+    fn floors_and_pages() {
+        assert_eq!(count_floor(1500, 1000), 500);
+        assert_eq!(count_floor(10, 1000), 0);
+        assert_eq!(ttl_cutoff_ms(100_000, 60), 40_000);
+        assert_eq!(ttl_cutoff_ms(1, 60), 0);
+        assert_eq!(
+            Page::parse(None, None).unwrap(),
+            Page {
+                since: 0,
+                limit: 100
+            }
+        );
+        assert_eq!(
+            Page::parse(Some("7"), Some("5000")).unwrap(),
+            Page {
+                since: 7,
+                limit: 1000
+            }
+        );
+        assert!(Page::parse(Some("-1"), None).is_err());
+    }
+}

@@ -1,0 +1,21 @@
+//! roomcast's protocol: everything about rooms that needs no runtime.
+//!
+//! The worker (Wasm, Durable Objects) and the bridge (tokio) are thin adapters
+//! over this crate. Keeping the rules here, free of I/O, means they are unit-
+//! and property-tested natively and behave identically on `wasm32`.
+
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod history;
+pub mod ids;
+pub mod policy;
+pub mod rate;
+pub mod rights;
+pub mod room;
+pub mod stats;
+pub mod wire;
+
+pub use error::{CloseCode, ErrorCode};
+pub use room::RoomName;

@@ -1,0 +1,69 @@
+//! What a token lets its holder do: room patterns and the bridge role.
+//!
+//! A pattern is an exact room name or a prefix ending in `*` (SPEC section 4).
+//! Matching is a plain string comparison, so it is cheap enough to run on
+//! every publish.
+
+use serde::{Deserialize, Serialize};
+
+/// Does `pattern` cover `room`? `*` alone matches everything; `chat.*` matches
+/// every name starting with `chat.`; anything else must be equal.
+pub fn pattern_matches(pattern: &str, room: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => room.starts_with(prefix),
+        None => pattern == room,
+    }
+}
+
+/// The rights carried by a verified token.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rights {
+    /// Patterns of rooms the holder may subscribe to (join, read history, stats).
+    pub rooms: Vec<String>,
+    /// Patterns of rooms the holder may publish to.
+    pub publish: Vec<String>,
+    /// The bridge's service token: may use the bridge links and publish anywhere.
+    pub bridge: bool,
+}
+
+impl Rights {
+    pub fn can_subscribe(&self, room: &str) -> bool {
+        self.bridge || self.rooms.iter().any(|p| pattern_matches(p, room))
+    }
+
+    pub fn can_publish(&self, room: &str) -> bool {
+        self.bridge || self.publish.iter().any(|p| pattern_matches(p, room))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        assert!(pattern_matches("*", "anything"));
+        assert!(pattern_matches("chat.*", "chat.lobby"));
+        assert!(pattern_matches("chat.*", "chat."));
+        assert!(!pattern_matches("chat.*", "chat"));
+        assert!(!pattern_matches("chat.*", "chatter"));
+        assert!(pattern_matches("exact", "exact"));
+        assert!(!pattern_matches("exact", "exact2"));
+        assert!(!pattern_matches("", "a"));
+    }
+
+    #[test]
+    fn bridge_publishes_anywhere() {
+        let rights = Rights {
+            bridge: true,
+            ..Rights::default()
+        };
+        assert!(rights.can_publish("x") && rights.can_subscribe("y"));
+        let user = Rights {
+            rooms: vec!["a.*".into()],
+            publish: vec![],
+            bridge: false,
+        };
+        assert!(user.can_subscribe("a.b") && !user.can_publish("a.b"));
+    }
+}

@@ -1,0 +1,138 @@
+//! A room's counters (SPEC section 7), as served by `GET /stats` and sent to
+//! the bridge.
+//!
+//! The room persists them as one JSON document so they survive hibernation and
+//! restarts; the bridge turns them into Prometheus series.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ErrorCode;
+use crate::wire::Origin;
+
+/// Upper bounds (seconds) of the connection-lifetime histogram buckets.
+pub const CONNECTION_SECONDS_BUCKETS: [f64; 10] = [
+    1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14_400.0, 43_200.0, 86_400.0,
+];
+
+/// A cumulative histogram in the Prometheus shape: one count per upper bound,
+/// each including the observations of the bounds below it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Histogram {
+    pub bounds: Vec<f64>,
+    pub counts: Vec<u64>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &[f64]) -> Histogram {
+        Histogram {
+            bounds: bounds.to_vec(),
+            counts: vec![0; bounds.len()],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    pub fn observe(&mut self, value: f64) {
+        for (bound, count) in self.bounds.iter().zip(self.counts.iter_mut()) {
+            if value <= *bound {
+                *count += 1;
+            }
+        }
+        self.sum += value;
+        self.count += 1;
+    }
+}
+
+/// Counters of one room.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoomStats {
+    /// Accepted messages by origin.
+    pub messages_total: BTreeMap<String, u64>,
+    /// Frames delivered to clients (messages, live and replayed).
+    pub deliveries_total: u64,
+    /// Rejected frames by error code.
+    pub rejects_total: BTreeMap<String, u64>,
+    /// Connects that asked to resume (`since`).
+    pub reconnects_total: u64,
+    /// Lifetime of closed connections, seconds.
+    pub connection_seconds: Histogram,
+}
+
+impl Default for RoomStats {
+    fn default() -> Self {
+        RoomStats {
+            messages_total: BTreeMap::new(),
+            deliveries_total: 0,
+            rejects_total: BTreeMap::new(),
+            reconnects_total: 0,
+            connection_seconds: Histogram::new(&CONNECTION_SECONDS_BUCKETS),
+        }
+    }
+}
+
+impl RoomStats {
+    pub fn message(&mut self, origin: Origin) {
+        *self
+            .messages_total
+            .entry(origin.as_str().to_owned())
+            .or_default() += 1;
+    }
+
+    pub fn reject(&mut self, code: ErrorCode) {
+        *self
+            .rejects_total
+            .entry(code.as_str().to_owned())
+            .or_default() += 1;
+    }
+}
+
+/// The body of `GET /v1/rooms/{room}/stats` and the bridge's `stats` frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatsReport {
+    pub room: String,
+    pub epoch: String,
+    pub head: u64,
+    /// Open client connections.
+    pub connections: u64,
+    #[serde(flatten)]
+    pub counters: RoomStats,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_is_cumulative() {
+        let mut h = Histogram::new(&[1.0, 10.0]);
+        h.observe(0.5);
+        h.observe(5.0);
+        h.observe(50.0);
+        assert_eq!(h.counts, vec![1, 2]);
+        assert_eq!((h.count, h.sum), (3, 55.5));
+    }
+
+    #[test]
+    fn counters_by_label() {
+        let mut s = RoomStats::default();
+        s.message(Origin::Ws);
+        s.message(Origin::Ws);
+        s.reject(ErrorCode::RateLimited);
+        assert_eq!(s.messages_total["ws"], 2);
+        assert_eq!(s.rejects_total["rate_limited"], 1);
+        let json = serde_json::to_value(StatsReport {
+            room: "r".into(),
+            epoch: "e".into(),
+            head: 2,
+            connections: 1,
+            counters: s,
+        })
+        .unwrap();
+        assert_eq!(json["messages_total"]["ws"], 2);
+        assert_eq!(json["connections"], 1);
+    }
+}

@@ -1,0 +1,462 @@
+//! Wire formats of SPEC sections 2 and 3: client frames, server frames and the
+//! JSON bodies of the HTTP API.
+//!
+//! Parsing is strict about the fields roomcast reads and lenient about the
+//! rest (unknown fields are ignored), and every failure carries the error code
+//! the client will see, plus the client's `ref` when it could be read.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use crate::error::ErrorCode;
+use crate::policy::{self, SizeCheck, MAX_DEPTH};
+
+/// Longest accepted `ref` and idempotency key.
+pub const MAX_REF_LEN: usize = 64;
+pub const MAX_ID_LEN: usize = 128;
+/// Most messages in one batch `POST`.
+pub const MAX_BATCH: usize = 500;
+
+/// Where a message entered the system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    Ws,
+    Http,
+    Kafka,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Ws => "ws",
+            Origin::Http => "http",
+            Origin::Kafka => "kafka",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Origin> {
+        [Origin::Ws, Origin::Http, Origin::Kafka]
+            .into_iter()
+            .find(|o| o.as_str() == s)
+    }
+}
+
+/// A rejected frame or body: the code, a human message and the client's `ref`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub code: ErrorCode,
+    pub message: String,
+    pub reference: Option<String>,
+    /// The frame was so far over the size limit that the connection closes (1009).
+    pub fatal: bool,
+}
+
+impl Rejection {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Rejection {
+        Rejection {
+            code,
+            message: message.into(),
+            reference: None,
+            fatal: false,
+        }
+    }
+
+    fn with_ref(mut self, reference: Option<String>) -> Rejection {
+        self.reference = reference;
+        self
+    }
+}
+
+/// One message to publish, from a `publish` frame or an HTTP body.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    /// The JSON payload, already validated and serialized compactly.
+    pub data: Box<RawValue>,
+    /// The publisher's idempotency key.
+    pub id: Option<String>,
+}
+
+/// A parsed client frame.
+#[derive(Debug, Clone)]
+pub enum ClientFrame {
+    Publish {
+        draft: Draft,
+        reference: Option<String>,
+    },
+    Auth {
+        token: String,
+    },
+}
+
+/// Parses one text frame under the size limit `max_bytes`.
+pub fn parse_client_frame(text: &str, max_bytes: usize) -> Result<ClientFrame, Rejection> {
+    check_size(text.len(), max_bytes)?;
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| Rejection::new(ErrorCode::BadFormat, format!("not JSON: {e}")))?;
+    let Value::Object(mut frame) = value else {
+        return Err(Rejection::new(
+            ErrorCode::BadFormat,
+            "a frame must be a JSON object",
+        ));
+    };
+    let reference = frame
+        .get("ref")
+        .and_then(Value::as_str)
+        .map(|r| r.chars().take(MAX_REF_LEN).collect::<String>());
+    let parsed = match frame.get("type") {
+        Some(Value::String(t)) if t == "publish" => parse_publish(&mut frame),
+        Some(Value::String(t)) if t == "auth" => match frame.remove("token") {
+            Some(Value::String(token)) => Ok(ClientFrame::Auth { token }),
+            _ => Err(Rejection::new(
+                ErrorCode::BadFormat,
+                "auth needs a string token",
+            )),
+        },
+        Some(Value::String(t)) => Err(Rejection::new(
+            ErrorCode::BadFormat,
+            format!("unknown frame type {t:?}"),
+        )),
+        Some(_) => Err(Rejection::new(
+            ErrorCode::BadFormat,
+            "type must be a string",
+        )),
+        None => Err(Rejection::new(ErrorCode::BadFormat, "frame has no type")),
+    };
+    parsed.map_err(|r| r.with_ref(reference))
+}
+
+fn parse_publish(frame: &mut Map<String, Value>) -> Result<ClientFrame, Rejection> {
+    let reference = match frame.remove("ref") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(r)) if r.len() <= MAX_REF_LEN => Some(r),
+        Some(_) => {
+            return Err(Rejection::new(
+                ErrorCode::BadFormat,
+                format!("ref must be a string of at most {MAX_REF_LEN} bytes"),
+            ))
+        }
+    };
+    let draft = parse_draft(frame)?;
+    Ok(ClientFrame::Publish { draft, reference })
+}
+
+/// Reads `data` and the optional idempotency key `id` of one message.
+fn parse_draft(fields: &mut Map<String, Value>) -> Result<Draft, Rejection> {
+    let id = match fields.remove("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(id)) if !id.is_empty() && id.len() <= MAX_ID_LEN => Some(id),
+        Some(_) => {
+            return Err(Rejection::new(
+                ErrorCode::BadFormat,
+                format!("id must be a non-empty string of at most {MAX_ID_LEN} bytes"),
+            ))
+        }
+    };
+    let data = fields
+        .remove("data")
+        .ok_or_else(|| Rejection::new(ErrorCode::BadFormat, "publish needs data"))?;
+    if policy::depth(&data) > MAX_DEPTH {
+        return Err(Rejection::new(
+            ErrorCode::BadFormat,
+            format!("data is nested deeper than {MAX_DEPTH} levels"),
+        ));
+    }
+    let data = serde_json::value::to_raw_value(&data)
+        .map_err(|e| Rejection::new(ErrorCode::BadFormat, e.to_string()))?;
+    Ok(Draft { data, id })
+}
+
+fn check_size(len: usize, max_bytes: usize) -> Result<(), Rejection> {
+    match policy::check_size(len, max_bytes) {
+        SizeCheck::Ok => Ok(()),
+        over => Err(Rejection {
+            fatal: over == SizeCheck::FarTooLarge,
+            ..Rejection::new(
+                ErrorCode::TooLarge,
+                format!("{len} bytes is over the limit of {max_bytes}"),
+            )
+        }),
+    }
+}
+
+/// Parses the body of `POST /v1/rooms/{room}/messages`: `{"data","id"?}` or
+/// `{"messages":[...]}`. Returns the drafts and whether it was the batch form.
+pub fn parse_publish_body(body: &str, max_bytes: usize) -> Result<(Vec<Draft>, bool), Rejection> {
+    let value: Value = serde_json::from_str(body)
+        .map_err(|e| Rejection::new(ErrorCode::BadFormat, format!("body is not JSON: {e}")))?;
+    let Value::Object(mut fields) = value else {
+        return Err(Rejection::new(
+            ErrorCode::BadFormat,
+            "body must be a JSON object",
+        ));
+    };
+    match fields.remove("messages") {
+        None => Ok((vec![parse_http_draft(fields, max_bytes)?], false)),
+        Some(Value::Array(items)) if items.len() <= MAX_BATCH && !items.is_empty() => {
+            let drafts = items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    match item {
+                        Value::Object(fields) => parse_http_draft(fields, max_bytes),
+                        _ => Err(Rejection::new(
+                            ErrorCode::BadFormat,
+                            "each message must be an object",
+                        )),
+                    }
+                    .map_err(|r| Rejection {
+                        message: format!("messages[{i}]: {}", r.message),
+                        ..r
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            Ok((drafts, true))
+        }
+        Some(_) => Err(Rejection::new(
+            ErrorCode::BadFormat,
+            format!("messages must be a list of 1 to {MAX_BATCH} messages"),
+        )),
+    }
+}
+
+fn parse_http_draft(mut fields: Map<String, Value>, max_bytes: usize) -> Result<Draft, Rejection> {
+    let draft = parse_draft(&mut fields)?;
+    check_size(draft.data.get().len(), max_bytes)?;
+    Ok(draft)
+}
+
+/// A stored, broadcast message: the `message` frame without `type`, and the
+/// value of the Kafka record (SPEC section 6).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Message {
+    pub room: String,
+    pub id: String,
+    pub seq: u64,
+    pub ts: u64,
+    pub sender: String,
+    pub origin: Origin,
+    pub data: Box<RawValue>,
+}
+
+/// The outcome of one publish, as acked to the publisher.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub id: String,
+    pub seq: u64,
+    pub duplicate: bool,
+}
+
+/// The token-bucket parameters announced in `welcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateInfo {
+    pub per_sec: u32,
+    pub burst: u32,
+}
+
+/// The first frame on every connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub room: String,
+    pub conn_id: String,
+    pub epoch: String,
+    pub head: u64,
+    pub recovered: bool,
+    pub heartbeat_ms: u64,
+    pub max_message_bytes: usize,
+    pub rate: RateInfo,
+    pub exp: u64,
+}
+
+/// Frames the server sends, tagged by `type`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame<'a> {
+    Welcome(&'a Welcome),
+    Message(&'a Message),
+    Ack {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+        #[serde(flatten)]
+        receipt: &'a Receipt,
+    },
+    Error {
+        code: ErrorCode,
+        message: &'a str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+    },
+    AuthOk {
+        exp: u64,
+    },
+    TokenExpiring {
+        exp: u64,
+    },
+}
+
+impl ServerFrame<'_> {
+    /// The frame as JSON text.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("server frames contain only serializable data")
+    }
+}
+
+/// The JSON body of every HTTP error: `{"error":{"code","message"}}`.
+pub fn error_body(code: ErrorCode, message: &str) -> String {
+    serde_json::json!({"error": {"code": code, "message": message}}).to_string()
+}
+
+/// The body of `GET /v1/rooms/{room}/messages`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryPage {
+    pub room: String,
+    pub epoch: String,
+    pub head: u64,
+    pub messages: Vec<Message>,
+    /// More messages after the last one returned: fetch again from its seq.
+    pub truncated: bool,
+    /// Lowest seq still stored, so a client can tell that `since` fell into a
+    /// trimmed gap.
+    pub oldest: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<ClientFrame, Rejection> {
+        parse_client_frame(&v.to_string(), 1000)
+    }
+
+    #[test]
+    fn publish_frames() {
+        let f = parse(json!({"type":"publish","data":{"a":[1,2]},"ref":"r1","id":"k","extra":1}))
+            .unwrap();
+        let ClientFrame::Publish { draft, reference } = f else {
+            panic!()
+        };
+        assert_eq!(draft.data.get(), r#"{"a":[1,2]}"#);
+        assert_eq!(
+            (draft.id.as_deref(), reference.as_deref()),
+            (Some("k"), Some("r1"))
+        );
+    }
+
+    #[test]
+    fn bad_frames_keep_their_ref() {
+        let r = parse(json!({"type":"publish","ref":"r2"})).unwrap_err();
+        assert_eq!(
+            (r.code, r.reference.as_deref()),
+            (ErrorCode::BadFormat, Some("r2"))
+        );
+        for bad in [
+            json!([1]),
+            json!({"data":1}),
+            json!({"type":7}),
+            json!({"type":"nope"}),
+            json!({"type":"publish","data":1,"id":5}),
+            json!({"type":"auth"}),
+        ] {
+            assert_eq!(
+                parse(bad.clone()).unwrap_err().code,
+                ErrorCode::BadFormat,
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse_client_frame("{", 10).unwrap_err().code,
+            ErrorCode::BadFormat
+        );
+    }
+
+    #[test]
+    fn depth_limit() {
+        let mut deep = json!(1);
+        for _ in 0..MAX_DEPTH {
+            deep = json!([deep]);
+        }
+        assert!(parse(json!({"type":"publish","data":deep.clone()})).is_ok());
+        let r = parse_client_frame(&json!({"type":"publish","data":[deep]}).to_string(), 10_000)
+            .unwrap_err();
+        assert_eq!(r.code, ErrorCode::BadFormat);
+    }
+
+    #[test]
+    fn size_limits() {
+        let text = json!({"type":"publish","data":"x".repeat(200)}).to_string();
+        let r = parse_client_frame(&text, 100).unwrap_err();
+        assert_eq!((r.code, r.fatal), (ErrorCode::TooLarge, false));
+        assert!(parse_client_frame(&text, 50).unwrap_err().fatal);
+    }
+
+    #[test]
+    fn http_bodies() {
+        let (d, batch) = parse_publish_body(r#"{"data":{"x":1},"id":"a"}"#, 100).unwrap();
+        assert!(!batch && d.len() == 1 && d[0].id.as_deref() == Some("a"));
+        let (d, batch) =
+            parse_publish_body(r#"{"messages":[{"data":1},{"data":2,"id":"b"}]}"#, 100).unwrap();
+        assert!(batch && d.len() == 2);
+        assert!(parse_publish_body(r#"{"messages":[]}"#, 100).is_err());
+        assert!(parse_publish_body(r#"{"messages":[{"data":1},{}]}"#, 100)
+            .unwrap_err()
+            .message
+            .starts_with("messages[1]"));
+        assert_eq!(
+            parse_publish_body(r#"{"data":"xxxxxxxxxx"}"#, 5)
+                .unwrap_err()
+                .code,
+            ErrorCode::TooLarge
+        );
+    }
+
+    #[test]
+    fn server_frames_serialize_per_spec() {
+        let receipt = Receipt {
+            id: "i".into(),
+            seq: 3,
+            duplicate: false,
+        };
+        let ack = ServerFrame::Ack {
+            reference: Some("r"),
+            receipt: &receipt,
+        }
+        .to_json();
+        assert_eq!(
+            serde_json::from_str::<Value>(&ack).unwrap(),
+            json!({"type":"ack","ref":"r","id":"i","seq":3,"duplicate":false})
+        );
+        let msg = Message {
+            room: "a".into(),
+            id: "i".into(),
+            seq: 1,
+            ts: 2,
+            sender: "s".into(),
+            origin: Origin::Kafka,
+            data: RawValue::from_string("[1]".into()).unwrap(),
+        };
+        let frame: Value = serde_json::from_str(&ServerFrame::Message(&msg).to_json()).unwrap();
+        assert_eq!(
+            frame,
+            json!({"type":"message","room":"a","id":"i","seq":1,"ts":2,"sender":"s","origin":"kafka","data":[1]})
+        );
+        let err: Value = serde_json::from_str(
+            &ServerFrame::Error {
+                code: ErrorCode::RateLimited,
+                message: "m",
+                reference: None,
+            }
+            .to_json(),
+        )
+        .unwrap();
+        assert_eq!(
+            err,
+            json!({"type":"error","code":"rate_limited","message":"m"})
+        );
+        assert_eq!(
+            error_body(ErrorCode::BadRoom, "x"),
+            r#"{"error":{"code":"bad_room","message":"x"}}"#
+        );
+    }
+}
