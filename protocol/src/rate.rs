@@ -21,7 +21,7 @@ pub struct Bucket {
     /// Consecutive seconds in which frames were rate-limited.
     limited_secs: u32,
     /// The room-budget window in which this connection last published.
-    window: u64,
+    window: Option<u64>,
 }
 
 impl Bucket {
@@ -32,7 +32,7 @@ impl Bucket {
             last_ms: now_ms,
             last_limited_sec: None,
             limited_secs: 0,
-            window: u64::MAX,
+            window: None,
         }
     }
 
@@ -67,8 +67,8 @@ impl Bucket {
 
     /// Marks this connection as a publisher in `window`; `true` the first time.
     fn enter_window(&mut self, window: u64) -> bool {
-        let first = self.window != window;
-        self.window = window;
+        let first = self.window != Some(window);
+        self.window = Some(window);
         first
     }
 }

@@ -63,7 +63,7 @@ impl Rejection {
         }
     }
 
-    fn with_ref(mut self, reference: Option<String>) -> Rejection {
+    pub fn with_ref(mut self, reference: Option<String>) -> Rejection {
         self.reference = reference;
         self
     }

@@ -1,1 +1,24 @@
+//! roomcast's edge worker: the HTTP router and the `Room` Durable Object.
+//!
+//! Everything here is glue between the Workers runtime and
+//! `roomcast-protocol`, where the rules live. The router authenticates and
+//! admits requests; each room is one Durable Object that owns its sequence,
+//! its history and its WebSockets (on the Hibernation API, so idle rooms cost
+//! nothing).
 
+mod hibernation;
+mod history;
+mod reply;
+mod room;
+mod router;
+mod session;
+mod settings;
+
+use worker::{event, Context, Env, Request, Response, Result};
+
+pub use room::Room;
+
+#[event(fetch)]
+async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
+    router::handle(req, env).await
+}

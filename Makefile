@@ -1,0 +1,88 @@
+# roomcast: every target bootstraps first, so a fresh machine needs only `make`.
+#
+# Tools are installed outside the checkout (~/.cargo/bin), pinned, and skipped
+# when present, so a second `make bootstrap` takes seconds.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -e -o pipefail -c
+.DEFAULT_GOAL := build
+
+CARGO_BIN        := $(HOME)/.cargo/bin
+WORKER_BUILD_VER := 0.8.7
+# wasm-bindgen-cli must match the wasm-bindgen crate exactly: read it from the lock file.
+WASM_BINDGEN_VER := $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/"/, "", $$3); print $$3}' Cargo.lock)
+
+export PATH := $(CARGO_BIN):$(CURDIR)/node_modules/.bin:$(PATH)
+export WASM_BINDGEN_BIN := $(CARGO_BIN)/wasm-bindgen
+export WASM_OPT_BIN := $(CURDIR)/node_modules/.bin/wasm-opt
+export ESBUILD_BIN := $(CURDIR)/node_modules/.bin/esbuild
+export WRANGLER_SEND_METRICS := false
+export CARGO_TERM_COLOR := never
+
+WORKER_BUNDLE  := build/worker/shim.mjs
+WORKER_SOURCES := $(shell find worker/src protocol/src -name '*.rs') worker/Cargo.toml protocol/Cargo.toml Cargo.toml Cargo.lock
+
+.PHONY: bootstrap build worker bridge dev test test-unit test-wasm test-e2e lint bench deploy-check clean
+
+## bootstrap: install every tool the build and the tests need (idempotent)
+bootstrap: node_modules/.package-lock.json
+	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy rustfmt
+	@test -n "$(WASM_BINDGEN_VER)" || { echo "cannot read the wasm-bindgen version from Cargo.lock" >&2; exit 1; }
+	@$(CARGO_BIN)/wasm-bindgen --version 2>/dev/null | grep -qx "wasm-bindgen $(WASM_BINDGEN_VER)" \
+	  || cargo install wasm-bindgen-cli --version "$(WASM_BINDGEN_VER)" --force
+	@$(CARGO_BIN)/worker-build --version 2>/dev/null | grep -q "$(WORKER_BUILD_VER)" \
+	  || cargo install worker-build --version "$(WORKER_BUILD_VER)" --force
+
+# npm ci only when the lock file changed since the last install.
+node_modules/.package-lock.json: package-lock.json
+	npm ci --no-audit --no-fund
+	@touch $@
+
+## build: the worker bundle and the bridge binary
+build: bootstrap worker bridge
+
+## worker: the worker bundle (wasm-bindgen, wasm-opt, esbuild), rebuilt only when sources change
+worker: bootstrap $(WORKER_BUNDLE)
+
+$(WORKER_BUNDLE): $(WORKER_SOURCES)
+	worker-build --release --out-dir ../build worker
+	@touch $@
+
+bridge: bootstrap
+	cargo build --release -p roomcast-bridge
+
+## dev: the worker on 127.0.0.1:8787 with secrets from .dev.vars (created when missing)
+dev: worker
+	@test -f .dev.vars || { echo "JWT_SECRET=$$(head -c 32 /dev/urandom | base64 | tr -d '/+=')" > .dev.vars; echo "created .dev.vars with a random JWT_SECRET"; }
+	wrangler dev --ip 127.0.0.1 --port 8787
+
+## test: every test: formatting, lints, unit and property tests (native and wasm), end to end
+test: lint test-unit test-wasm test-e2e
+
+lint: bootstrap
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+test-unit: bootstrap
+	cargo test -p roomcast-protocol -p roomcast-bridge
+
+test-wasm: bootstrap
+	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+	  cargo test -p roomcast-protocol --target wasm32-unknown-unknown
+
+test-e2e: worker
+	cargo test -p roomcast-tests
+
+## bench: not part of test (see bench/)
+bench: build
+	@echo "benchmarks land with the benchmarks issue"
+
+## deploy-check: the deploy bundle, built offline, and its gzip size
+deploy-check: worker
+	rm -rf build/deploy-check
+	wrangler deploy --dry-run --outdir build/deploy-check
+	@for f in build/deploy-check/*; do printf '%-50s %8d bytes, %8d gzipped\n' "$$f" "$$(wc -c < $$f)" "$$(gzip -9c $$f | wc -c)"; done
+
+clean:
+	rm -rf build target

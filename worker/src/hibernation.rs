@@ -1,0 +1,28 @@
+//! Runtime calls that workers-rs 0.8.7 does not bind.
+//!
+//! `ping` frames are answered by the runtime's auto-response without waking
+//! the room, so the only record of them is this timestamp; the idle sweep
+//! needs it to tell a quiet client from a dead one.
+
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use worker::{State, WebSocket};
+
+#[wasm_bindgen]
+extern "C" {
+    type HibernationState;
+
+    #[wasm_bindgen(method, js_name = getWebSocketAutoResponseTimestamp)]
+    fn get_web_socket_auto_response_timestamp(
+        this: &HibernationState,
+        ws: &JsValue,
+    ) -> Option<js_sys::Date>;
+}
+
+/// When the runtime last auto-responded to a `ping` on `ws`, in ms since the epoch.
+pub fn last_auto_response_ms(state: &State, ws: &WebSocket) -> Option<u64> {
+    let raw: &HibernationState = state.as_raw().unchecked_ref();
+    let socket: &JsValue = ws.as_ref().as_ref();
+    raw.get_web_socket_auto_response_timestamp(socket)
+        .map(|d| d.get_time() as u64)
+}

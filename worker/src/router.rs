@@ -1,0 +1,181 @@
+//! The HTTP surface of SPEC section 2: admission (room name, origin, token,
+//! rights) and dispatch to the room's Durable Object.
+//!
+//! Everything that can be refused is refused here, before a Durable Object is
+//! woken; the room receives only authenticated requests, with the verified
+//! identity attached.
+
+use roomcast_protocol::auth::Identity;
+use roomcast_protocol::clock::now_ms;
+use roomcast_protocol::{ErrorCode, RoomName};
+use worker::{Env, Headers, Method, Request, RequestInit, Response, Result};
+
+use crate::reply;
+use crate::room::{IDENTITY_HEADER, ROOM_HEADER};
+use crate::settings::{self, Settings};
+
+/// The Durable Object namespace of rooms (see `wrangler.toml`).
+const ROOMS_BINDING: &str = "ROOMS";
+/// The static-assets binding serving `public/`.
+const ASSETS_BINDING: &str = "ASSETS";
+
+/// What a room request needs the token to allow.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Need {
+    Subscribe,
+    Publish,
+}
+
+pub async fn handle(req: Request, env: Env) -> Result<Response> {
+    let path = req.path();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["healthz"] => reply::json(
+            200,
+            &serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}),
+        ),
+        ["v1", "rooms", room, op] => room_request(req, env, room, op).await,
+        ["v1", ..] => reply::error(ErrorCode::NotFound, "no such API path"),
+        _ => env.assets(ASSETS_BINDING)?.fetch_request(req).await,
+    }
+}
+
+async fn room_request(req: Request, env: Env, room: &str, op: &str) -> Result<Response> {
+    let Some(room) = RoomName::parse(room) else {
+        return reply::error(
+            ErrorCode::BadRoom,
+            "room names match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
+        );
+    };
+    let need = match (op, req.method()) {
+        ("ws" | "stats", Method::Get) | ("messages", Method::Get) => Need::Subscribe,
+        ("messages", Method::Post) => Need::Publish,
+        ("ws" | "stats" | "messages", _) => {
+            return reply::error(ErrorCode::MethodNotAllowed, "method not allowed here")
+        }
+        _ => return reply::error(ErrorCode::NotFound, "no such room operation"),
+    };
+    if op == "ws" && !is_upgrade(&req)? {
+        return reply::error(
+            ErrorCode::UpgradeRequired,
+            "this endpoint needs a WebSocket upgrade",
+        );
+    }
+    let settings = match settings::load(&env) {
+        Ok(settings) => settings,
+        Err(message) => {
+            worker::console_error!("configuration error: {message}");
+            return reply::error(
+                ErrorCode::Internal,
+                "the worker is misconfigured; see its logs",
+            );
+        }
+    };
+    let identity = match admit(&req, &settings, &room, need)? {
+        Ok(identity) => identity,
+        Err((code, message)) => return reply::error(code, &message),
+    };
+    forward(req, &env, &room, &identity).await
+}
+
+/// Checks origin, token and rights; the error is the code and message to send.
+fn admit(
+    req: &Request,
+    settings: &Settings,
+    room: &RoomName,
+    need: Need,
+) -> Result<std::result::Result<Identity, (ErrorCode, String)>> {
+    let origin = req.headers().get("origin")?;
+    if !settings.config.origin_allowed(origin.as_deref()) {
+        return Ok(Err((
+            ErrorCode::BadOrigin,
+            "this origin is not allowed".into(),
+        )));
+    }
+    let Some(token) = token(req)? else {
+        return Ok(Err((
+            ErrorCode::Unauthorized,
+            "a token is required (Authorization: Bearer, bearer.<jwt> subprotocol or ?token=)"
+                .into(),
+        )));
+    };
+    let identity = match settings.verifier.verify(&token, now_ms()) {
+        Ok(identity) => identity,
+        Err(e) => return Ok(Err((ErrorCode::Unauthorized, e.to_string()))),
+    };
+    let allowed = match need {
+        Need::Subscribe => identity.rights.can_subscribe(room.as_str()),
+        Need::Publish => identity.rights.can_publish(room.as_str()),
+    };
+    if !allowed {
+        return Ok(Err((
+            ErrorCode::Forbidden,
+            format!("this token has no right to that in room {room}"),
+        )));
+    }
+    Ok(Ok(identity))
+}
+
+fn is_upgrade(req: &Request) -> Result<bool> {
+    Ok(req
+        .headers()
+        .get("upgrade")?
+        .is_some_and(|u| u.eq_ignore_ascii_case("websocket")))
+}
+
+/// The token from, in order, `Authorization: Bearer`, the `bearer.<jwt>`
+/// subprotocol, or `?token=` (SPEC section 2).
+fn token(req: &Request) -> Result<Option<String>> {
+    let headers = req.headers();
+    if let Some(auth) = headers.get("authorization")? {
+        if let Some(token) = auth
+            .strip_prefix("Bearer ")
+            .or_else(|| auth.strip_prefix("bearer "))
+        {
+            return Ok(Some(token.trim().to_owned()));
+        }
+    }
+    if let Some(protocols) = headers.get("sec-websocket-protocol")? {
+        if let Some(token) = protocols
+            .split(',')
+            .map(str::trim)
+            .find_map(|p| p.strip_prefix("bearer."))
+        {
+            return Ok(Some(token.to_owned()));
+        }
+    }
+    let url = req.url()?;
+    Ok(url
+        .query_pairs()
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.into_owned()))
+}
+
+/// Sends the admitted request to the room, with the room name and identity
+/// in internal headers (the object is reachable only through this worker).
+async fn forward(
+    mut req: Request,
+    env: &Env,
+    room: &RoomName,
+    identity: &Identity,
+) -> Result<Response> {
+    let headers = Headers::new();
+    for (name, value) in req.headers().entries() {
+        if name != ROOM_HEADER && name != IDENTITY_HEADER {
+            headers.append(&name, &value)?;
+        }
+    }
+    headers.set(ROOM_HEADER, room.as_str())?;
+    headers.set(IDENTITY_HEADER, &serde_json::to_string(identity)?)?;
+    let mut init = RequestInit::new();
+    init.with_method(req.method()).with_headers(headers);
+    if req.method() == Method::Post {
+        init.with_body(Some(req.text().await?.into()));
+    }
+    let inner = Request::new_with_init(req.url()?.as_str(), &init)?;
+    let stub = env
+        .durable_object(ROOMS_BINDING)?
+        .id_from_name(room.as_str())?
+        .get_stub()?;
+    stub.fetch_with_request(inner).await
+}

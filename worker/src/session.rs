@@ -1,0 +1,77 @@
+//! One client connection's state, kept in its WebSocket attachment.
+//!
+//! A hibernating room loses its memory but not its WebSockets, so everything
+//! a connection needs across events (who it is, its rate bucket, when it was
+//! last heard from) rides on the socket itself. It is stored as a JSON string
+//! to keep well under the runtime's 16 KiB attachment limit and to avoid
+//! JavaScript number surprises.
+
+use roomcast_protocol::auth::Identity;
+use roomcast_protocol::policy::Strikes;
+use roomcast_protocol::rate::Bucket;
+use roomcast_protocol::rights::Rights;
+use serde::{Deserialize, Serialize};
+use worker::{Result, WebSocket};
+
+/// How long before a token's `exp` the `token_expiring` notice goes out.
+pub const EXPIRY_NOTICE_MS: u64 = 60_000;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Session {
+    pub conn_id: String,
+    pub sub: String,
+    /// Token expiry, seconds since the epoch.
+    pub exp: u64,
+    pub rights: Rights,
+    pub connected_ms: u64,
+    pub last_seen_ms: u64,
+    pub bucket: Bucket,
+    pub strikes: Strikes,
+    /// `token_expiring` was sent for the current `exp`.
+    pub warned: bool,
+    /// The room has closed this socket (its lifetime is already counted).
+    pub closed: bool,
+}
+
+impl Session {
+    pub fn new(conn_id: String, identity: Identity, burst: u32, now_ms: u64) -> Session {
+        Session {
+            conn_id,
+            sub: identity.sub,
+            exp: identity.exp,
+            rights: identity.rights,
+            connected_ms: now_ms,
+            last_seen_ms: now_ms,
+            bucket: Bucket::new(burst, now_ms),
+            strikes: Strikes::default(),
+            warned: false,
+            closed: false,
+        }
+    }
+
+    pub fn load(ws: &WebSocket) -> Result<Option<Session>> {
+        match ws.deserialize_attachment::<String>()? {
+            Some(json) => Ok(Some(serde_json::from_str(&json)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn save(&self, ws: &WebSocket) -> Result<()> {
+        ws.serialize_attachment(serde_json::to_string(self)?)
+    }
+
+    /// When the token stops being honoured: `exp` plus leeway plus grace.
+    pub fn expiry_close_ms(&self, leeway_secs: u64, grace_ms: u64) -> u64 {
+        (self.exp + leeway_secs) * 1000 + grace_ms
+    }
+
+    /// When the `token_expiring` notice is due, unless it was sent.
+    pub fn notice_due_ms(&self) -> Option<u64> {
+        (!self.warned).then(|| (self.exp * 1000).saturating_sub(EXPIRY_NOTICE_MS))
+    }
+
+    /// Lifetime in seconds, for the connection-uptime histogram.
+    pub fn lifetime_secs(&self, now_ms: u64) -> f64 {
+        now_ms.saturating_sub(self.connected_ms) as f64 / 1000.0
+    }
+}
