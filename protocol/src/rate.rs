@@ -16,10 +16,10 @@ use crate::config::Limits;
 pub struct Bucket {
     tokens: f64,
     last_ms: u64,
-    /// The second (ms / 1000) of the last rate-limited frame.
-    last_limited_sec: Option<u64>,
-    /// Consecutive seconds in which frames were rate-limited.
-    limited_secs: u32,
+    /// When the current run of rate-limited frames started, and when its
+    /// latest frame came. A pause of more than a second ends the run.
+    limited_since_ms: Option<u64>,
+    last_limited_ms: u64,
     /// The room-budget window in which this connection last published.
     window: Option<u64>,
 }
@@ -30,8 +30,8 @@ impl Bucket {
         Bucket {
             tokens: f64::from(burst),
             last_ms: now_ms,
-            last_limited_sec: None,
-            limited_secs: 0,
+            limited_since_ms: None,
+            last_limited_ms: 0,
             window: None,
         }
     }
@@ -52,17 +52,16 @@ impl Bucket {
         }
     }
 
-    /// Records a rate-limited frame; returns how many consecutive seconds the
-    /// connection has now been over its limit.
-    fn strike(&mut self, now_ms: u64) -> u32 {
-        let sec = now_ms / 1000;
-        self.limited_secs = match self.last_limited_sec {
-            Some(last) if last == sec => self.limited_secs,
-            Some(last) if last + 1 == sec => self.limited_secs + 1,
-            _ => 1,
+    /// Records a rate-limited frame; returns for how long (ms) the connection
+    /// has kept sending over its limit without a pause of a second or more.
+    fn strike(&mut self, now_ms: u64) -> u64 {
+        let since = match self.limited_since_ms {
+            Some(since) if now_ms.saturating_sub(self.last_limited_ms) <= 1000 => since,
+            _ => now_ms,
         };
-        self.last_limited_sec = Some(sec);
-        self.limited_secs
+        self.limited_since_ms = Some(since);
+        self.last_limited_ms = self.last_limited_ms.max(now_ms);
+        now_ms.saturating_sub(since)
     }
 
     /// Marks this connection as a publisher in `window`; `true` the first time.
@@ -126,7 +125,7 @@ pub enum Admission {
     Accepted,
     /// Over the limit: reject this frame with `rate_limited`.
     Limited,
-    /// Over the limit for `rate_strikes` consecutive seconds: close with 4029.
+    /// Over the limit for `rate_strikes` seconds on end: close with 4029.
     Close,
 }
 
@@ -146,7 +145,7 @@ pub fn admit(
         budget.accepted = budget.accepted.saturating_add(1);
         return Admission::Accepted;
     }
-    if bucket.strike(now_ms) >= limits.rate_strikes.max(1) {
+    if bucket.strike(now_ms) >= u64::from(limits.rate_strikes.max(1)) * 1000 {
         Admission::Close
     } else {
         Admission::Limited
@@ -178,30 +177,30 @@ mod tests {
         assert_eq!(admit(&mut b, &mut room, &l, 100), Admission::Limited);
     }
 
-    #[test]
-    fn consecutive_limited_seconds_close() {
-        let l = limits(1, 1, 1000);
-        let (mut b, mut room) = (Bucket::new(1, 0), RoomBudget::default());
-        assert_eq!(admit(&mut b, &mut room, &l, 0), Admission::Accepted);
-        assert_eq!(admit(&mut b, &mut room, &l, 10), Admission::Limited);
-        assert_eq!(admit(&mut b, &mut room, &l, 500), Admission::Limited);
-        assert_eq!(admit(&mut b, &mut room, &l, 1000), Admission::Accepted);
-        assert_eq!(admit(&mut b, &mut room, &l, 1001), Admission::Limited);
-        assert_eq!(admit(&mut b, &mut room, &l, 2001), Admission::Accepted);
-        assert_eq!(admit(&mut b, &mut room, &l, 2002), Admission::Close);
+    /// Sends a frame every 100 ms from `from_ms` and returns when the
+    /// limiter first decided to close.
+    fn first_close(b: &mut Bucket, room: &mut RoomBudget, l: &Limits, from_ms: u64) -> u64 {
+        (from_ms..from_ms + 10_000)
+            .step_by(100)
+            .find(|t| admit(b, room, l, *t) == Admission::Close)
+            .expect("never closed")
     }
 
     #[test]
-    fn a_quiet_second_resets_strikes() {
+    fn limited_for_rate_strikes_seconds_closes() {
+        let l = limits(1, 1, 1000);
+        let (mut b, mut room) = (Bucket::new(1, 0), RoomBudget::default());
+        // Accepted at 0, limited from 100 on (one refill a second is accepted).
+        assert_eq!(first_close(&mut b, &mut room, &l, 0), 3100);
+    }
+
+    #[test]
+    fn a_pause_ends_the_run() {
         let l = limits(1, 1, 1000);
         let (mut b, mut room) = (Bucket::new(0, 0), RoomBudget::default());
         assert_eq!(admit(&mut b, &mut room, &l, 0), Admission::Limited);
-        assert_eq!(admit(&mut b, &mut room, &l, 5_500), Admission::Accepted);
-        assert_eq!(admit(&mut b, &mut room, &l, 5_501), Admission::Limited);
-        assert_eq!(admit(&mut b, &mut room, &l, 6_501), Admission::Accepted);
-        assert_eq!(admit(&mut b, &mut room, &l, 6_502), Admission::Limited);
-        assert_eq!(admit(&mut b, &mut room, &l, 7_502), Admission::Accepted);
-        assert_eq!(admit(&mut b, &mut room, &l, 7_503), Admission::Close);
+        assert_eq!(admit(&mut b, &mut room, &l, 2_500), Admission::Accepted);
+        assert_eq!(first_close(&mut b, &mut room, &l, 2_600), 5_600);
     }
 
     #[test]
