@@ -22,7 +22,7 @@ export CARGO_TERM_COLOR := never
 WORKER_BUNDLE  := build/worker/shim.mjs
 WORKER_SOURCES := $(shell find worker/src protocol/src -name '*.rs') worker/Cargo.toml protocol/Cargo.toml Cargo.toml Cargo.lock
 
-.PHONY: bootstrap build worker bridge dev test test-unit test-wasm test-e2e lint bench deploy-check clean
+.PHONY: bootstrap build worker bridge dev token test test-unit test-wasm test-e2e lint bench deploy-check clean
 
 ## bootstrap: install every tool the build and the tests need (idempotent)
 bootstrap: node_modules/.package-lock.json
@@ -56,9 +56,23 @@ bridge: bootstrap
 	cargo build --release -p roomcast-bridge
 
 ## dev: the worker on 127.0.0.1:8787 with secrets from .dev.vars (created when missing)
-dev: worker
-	@test -f .dev.vars || { echo "JWT_SECRET=$$(head -c 32 /dev/urandom | base64 | tr -d '/+=')" > .dev.vars; echo "created .dev.vars with a random JWT_SECRET"; }
+dev: worker .dev.vars
+	@echo "Join a room with a token minted from .dev.vars (valid 12h):"
+	@echo "  ws://127.0.0.1:8787/v1/rooms/chat.lobby/ws?token=$$($(MAKE) -s token SUB=dev TTL=12h)"
 	wrangler dev --ip 127.0.0.1 --port 8787
+
+.dev.vars:
+	@echo "JWT_SECRET=$$(head -c 32 /dev/urandom | base64 | tr -d '/+=')" > $@
+	@echo "created .dev.vars with a random JWT_SECRET"
+
+## token: an HS256 token from .dev.vars: make token SUB=alice [ROOMS='*'] [PUBLISH='*'] [TTL=1h]
+SUB ?= dev
+ROOMS ?= *
+PUBLISH ?= *
+TTL ?= 1h
+token: .dev.vars
+	@cargo run -q -p roomcast-bridge -- --jwt-secret "$$(sed -n 's/^JWT_SECRET=//p' .dev.vars)" \
+	  token --sub "$(SUB)" --rooms '$(ROOMS)' --publish '$(PUBLISH)' --ttl "$(TTL)"
 
 ## test: every test: formatting, lints, unit and property tests (native and wasm), end to end
 test: lint test-unit test-wasm test-e2e
