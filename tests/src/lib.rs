@@ -1,1 +1,377 @@
+//! Harness for the end-to-end tests: the real worker under `wrangler dev`
+//! (workerd), real HTTP and WebSocket clients on loopback sockets.
+//!
+//! Each [`Worker`] is a `wrangler dev` process in its own process group with
+//! its own port and `--persist-to` directory; dropping it kills the whole
+//! group (wrangler starts workerd children), also when a test panics. Every
+//! wait is bounded, so a hang fails the test instead of stalling CI.
 
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use roomcast_protocol::auth::{mint_hs256, TokenSpec};
+use roomcast_protocol::clock::now_ms;
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio::time::{sleep, timeout, Instant};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// The HS256 secret every test worker is started with.
+pub const SECRET: &str = "e2e-test-secret-not-for-production";
+
+/// How long a single frame or response may take before the test fails.
+pub const STEP: Duration = Duration::from_secs(10);
+
+/// How long `wrangler dev` may take to answer `/healthz`.
+const STARTUP: Duration = Duration::from_secs(120);
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the repository")
+        .to_path_buf()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A fresh directory for one worker's persisted state, removed by [`Worker`]'s owner.
+pub fn fresh_dir(label: &str) -> PathBuf {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("roomcast-e2e-{}-{label}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create a temp dir");
+    dir
+}
+
+/// A running `wrangler dev`.
+pub struct Worker {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    pub persist: PathBuf,
+}
+
+impl Worker {
+    /// Starts the worker with `vars` (besides `JWT_SECRET`) on a fresh state directory.
+    pub async fn start(vars: &[(&str, &str)]) -> Worker {
+        Worker::start_in(fresh_dir("state"), vars).await
+    }
+
+    /// Starts the worker on an existing state directory (a restart).
+    pub async fn start_in(persist: PathBuf, vars: &[(&str, &str)]) -> Worker {
+        let port = free_port();
+        let log = persist.with_extension(format!("{port}.log"));
+        let out = File::create(&log).expect("create the wrangler log");
+        let mut cmd = Command::new(repo_root().join("node_modules/.bin/wrangler"));
+        cmd.current_dir(repo_root())
+            .args(["dev", "--ip", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--inspector-port", &free_port().to_string()])
+            .arg("--persist-to")
+            .arg(&persist)
+            .args(["--var", &format!("JWT_SECRET:{SECRET}")])
+            .env("WRANGLER_SEND_METRICS", "false")
+            .env("CI", "true")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("clone the log handle"))
+            .stderr(out);
+        for (name, value) in vars {
+            cmd.args(["--var", &format!("{name}:{value}")]);
+        }
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd
+            .spawn()
+            .expect("start wrangler dev (run `make worker` first)");
+        let worker = Worker {
+            child,
+            port,
+            log,
+            persist,
+        };
+        worker.wait_healthy().await;
+        worker
+    }
+
+    async fn wait_healthy(&self) {
+        let deadline = Instant::now() + STARTUP;
+        let client = reqwest::Client::new();
+        while Instant::now() < deadline {
+            if let Ok(Ok(r)) = timeout(
+                Duration::from_secs(2),
+                client.get(self.url("/healthz")).send(),
+            )
+            .await
+            {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            sleep(Duration::from_millis(200)).await;
+        }
+        panic!(
+            "wrangler dev did not become healthy within {STARTUP:?}:\n{}",
+            self.log_tail()
+        );
+    }
+
+    /// The last lines wrangler printed, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Kills wrangler and its workerd children.
+    pub fn stop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill")
+            .args(["-s", "KILL", "--", &group])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// An HS256 token for `sub` with these room and publish patterns, valid `ttl_secs`.
+pub fn token(sub: &str, rooms: &[&str], publish: &[&str], ttl_secs: u64) -> String {
+    let spec = TokenSpec {
+        sub: sub.into(),
+        rooms: rooms.iter().map(|r| r.to_string()).collect(),
+        publish: publish.iter().map(|r| r.to_string()).collect(),
+        ttl_secs,
+        ..TokenSpec::default()
+    };
+    mint_hs256(SECRET, &spec, now_ms())
+}
+
+/// A token that may subscribe and publish everywhere for an hour.
+pub fn full_token(sub: &str) -> String {
+    token(sub, &["*"], &["*"], 3600)
+}
+
+/// A unique room name per call, so scenarios sharing a worker never meet.
+pub fn room(label: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    format!("{label}.{}", COUNTER.fetch_add(1, Ordering::SeqCst))
+}
+
+/// A WebSocket client with bounded waits.
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// The subprotocol the server answered with.
+    pub protocol: Option<String>,
+}
+
+impl Client {
+    /// Connects with the token in `?token=` (or none when the URL carries it).
+    pub async fn connect(url: &str) -> Client {
+        Client::connect_with(url, &[])
+            .await
+            .unwrap_or_else(|e| panic!("connect {url}: {e}"))
+    }
+
+    /// Connects with extra request headers; errors are returned so tests can
+    /// assert on refused handshakes.
+    pub async fn connect_with(
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        let mut request = url.into_client_request()?;
+        for (name, value) in headers {
+            let name: tokio_tungstenite::tungstenite::http::HeaderName =
+                name.parse().expect("header name");
+            request
+                .headers_mut()
+                .insert(name, HeaderValue::from_str(value).expect("header value"));
+        }
+        let (ws, response) = timeout(STEP, tokio_tungstenite::connect_async(request))
+            .await
+            .expect("handshake timed out")?;
+        let protocol = response
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok(Client { ws, protocol })
+    }
+
+    /// The HTTP status of a refused handshake; panics if it was accepted.
+    pub async fn refused(url: &str, headers: &[(&str, &str)]) -> u16 {
+        match Client::connect_with(url, headers).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                response.status().as_u16()
+            }
+            Err(other) => panic!("handshake failed without an HTTP answer: {other}"),
+            Ok(_) => panic!("handshake to {url} was accepted"),
+        }
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        timeout(STEP, self.ws.send(Message::text(text)))
+            .await
+            .expect("send timed out")
+            .expect("send");
+    }
+
+    pub async fn send_json(&mut self, value: Value) {
+        self.send_text(&value.to_string()).await;
+    }
+
+    /// The next text frame; panics on close, timeout or a binary frame.
+    pub async fn next_text(&mut self) -> String {
+        self.next_text_within(STEP).await.expect("no frame in time")
+    }
+
+    /// The next text frame within `wait`, or `None` when none came.
+    pub async fn next_text_within(&mut self, wait: Duration) -> Option<String> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let frame = match timeout(
+                deadline.saturating_duration_since(Instant::now()),
+                self.ws.next(),
+            )
+            .await
+            {
+                Err(_) => return None,
+                Ok(frame) => frame,
+            };
+            match frame {
+                Some(Ok(Message::Text(text))) => return Some(text.to_string()),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    pub async fn next_json(&mut self) -> Value {
+        let text = self.next_text().await;
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("frame is not JSON ({e}): {text}"))
+    }
+
+    /// The next frame, which must be JSON of `type`.
+    pub async fn expect(&mut self, kind: &str) -> Value {
+        let frame = self.next_json().await;
+        assert_eq!(frame["type"], kind, "expected a {kind} frame, got {frame}");
+        frame
+    }
+
+    /// Waits up to `wait` for the server's close frame (skipping other
+    /// frames) and returns its code.
+    pub async fn expect_close(&mut self, wait: Duration) -> u16 {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match timeout(left, self.ws.next()).await {
+                Err(_) => panic!("no close within {wait:?}"),
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    return frame.map_or(1005, |f| u16::from(f.code))
+                }
+                Ok(Some(Ok(_))) => continue,
+                Ok(other) => panic!("connection ended without a close frame: {other:?}"),
+            }
+        }
+    }
+
+    /// Closes from the client side.
+    pub async fn close(mut self) {
+        let _ = timeout(
+            STEP,
+            self.ws
+                .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                    code: CloseCode::Normal,
+                    reason: "bye".into(),
+                })),
+        )
+        .await;
+    }
+}
+
+/// HTTP helpers that assert on the shapes of SPEC section 2.
+pub struct Http {
+    client: reqwest::Client,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            client: reqwest::Client::builder()
+                .timeout(STEP)
+                .build()
+                .expect("an HTTP client"),
+        }
+    }
+}
+
+impl Http {
+    pub async fn get(&self, url: &str, token: Option<&str>) -> (u16, Value) {
+        let mut request = self.client.get(url);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        Http::read(request.send().await.expect("GET")).await
+    }
+
+    pub async fn post(&self, url: &str, token: &str, body: &str) -> (u16, Value) {
+        let request = self
+            .client
+            .post(url)
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        Http::read(request.send().await.expect("POST")).await
+    }
+
+    pub fn raw(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    async fn read(response: reqwest::Response) -> (u16, Value) {
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+}
+
+/// Asserts `(status, body)` is the JSON error `code` with HTTP `status`.
+pub fn assert_error(got: &(u16, Value), status: u16, code: &str) {
+    assert_eq!(got.0, status, "status of {}", got.1);
+    assert_eq!(got.1["error"]["code"], code, "body {}", got.1);
+    assert!(
+        got.1["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "error needs a message: {}",
+        got.1
+    );
+}
