@@ -183,6 +183,13 @@ pub fn room(label: &str) -> String {
     format!("{label}.{}", COUNTER.fetch_add(1, Ordering::SeqCst))
 }
 
+/// What arrived on a WebSocket.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame {
+    Text(String),
+    Closed(u16),
+}
+
 /// A WebSocket client with bounded waits.
 pub struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -250,23 +257,32 @@ impl Client {
         self.next_text_within(STEP).await.expect("no frame in time")
     }
 
-    /// The next text frame within `wait`, or `None` when none came.
+    /// The next text frame within `wait`, or `None` when none came; panics
+    /// on a close.
     pub async fn next_text_within(&mut self, wait: Duration) -> Option<String> {
+        match self.next_frame_within(wait).await? {
+            Frame::Text(text) => Some(text),
+            Frame::Closed(code) => panic!("expected a text frame, the server closed with {code}"),
+        }
+    }
+
+    /// The next text or close frame within `wait` (control frames are skipped).
+    pub async fn next_frame_within(&mut self, wait: Duration) -> Option<Frame> {
         let deadline = Instant::now() + wait;
         loop {
-            let frame = match timeout(
+            let frame = timeout(
                 deadline.saturating_duration_since(Instant::now()),
                 self.ws.next(),
             )
             .await
-            {
-                Err(_) => return None,
-                Ok(frame) => frame,
-            };
+            .ok()?;
             match frame {
-                Some(Ok(Message::Text(text))) => return Some(text.to_string()),
+                Some(Ok(Message::Text(text))) => return Some(Frame::Text(text.to_string())),
+                Some(Ok(Message::Close(close))) => {
+                    return Some(Frame::Closed(close.map_or(1005, |f| u16::from(f.code))))
+                }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                other => panic!("expected a text frame, got {other:?}"),
+                other => panic!("expected a text or close frame, got {other:?}"),
             }
         }
     }
@@ -288,14 +304,13 @@ impl Client {
     pub async fn expect_close(&mut self, wait: Duration) -> u16 {
         let deadline = Instant::now() + wait;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match timeout(left, self.ws.next()).await {
-                Err(_) => panic!("no close within {wait:?}"),
-                Ok(Some(Ok(Message::Close(frame)))) => {
-                    return frame.map_or(1005, |f| u16::from(f.code))
-                }
-                Ok(Some(Ok(_))) => continue,
-                Ok(other) => panic!("connection ended without a close frame: {other:?}"),
+            match self
+                .next_frame_within(deadline.saturating_duration_since(Instant::now()))
+                .await
+            {
+                Some(Frame::Closed(code)) => return code,
+                Some(Frame::Text(_)) => continue,
+                None => panic!("no close within {wait:?}"),
             }
         }
     }
