@@ -623,7 +623,7 @@ async fn resume(worker: &Worker, http: &Http) {
     );
 
     for query in [
-        format!("since=2&epoch=e_other"),
+        "since=2&epoch=e_other".to_string(),
         "since=2".to_string(),
         format!("since=99&epoch={epoch}"),
     ] {
