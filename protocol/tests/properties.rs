@@ -1,0 +1,138 @@
+#![cfg(not(target_arch = "wasm32"))]
+//! Property tests for the two pieces that face untrusted input at volume:
+//! the client frame parser (anything a socket can carry) and the rate
+//! limiter (any sequence of clocks and limits), plus the resume arithmetic
+//! and room-name rule they are built on.
+
+use proptest::prelude::*;
+use roomcast_protocol::config::Limits;
+use roomcast_protocol::history::{plan_resume, Retained};
+use roomcast_protocol::rate::{admit, Admission, Bucket, RoomBudget};
+use roomcast_protocol::wire::{parse_client_frame, ClientFrame};
+use roomcast_protocol::{ErrorCode, RoomName};
+use serde_json::{json, Value};
+
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        "[a-z\\\\\"\u{1F600}]{0,8}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(40, 200, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::hash_map("[a-z]{1,4}", inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// The room-name rule written out independently of the implementation.
+fn spec_room_name(name: &str) -> bool {
+    let ok_rest = |c: char| c.is_ascii_alphanumeric() || ".:_-".contains(c);
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && chars.all(ok_rest)
+        && name.len() <= 128
+}
+
+proptest! {
+    #[test]
+    fn parser_never_panics_on_text(text in ".{0,300}", max in 0usize..400) {
+        if let Err(r) = parse_client_frame(&text, max) {
+            prop_assert!(matches!(r.code, ErrorCode::BadFormat | ErrorCode::TooLarge), "{:?}", r.code);
+        }
+    }
+
+    #[test]
+    fn parser_never_panics_on_json(value in json_value()) {
+        let text = value.to_string();
+        if let Err(r) = parse_client_frame(&text, 1 << 20) {
+            prop_assert_eq!(r.code, ErrorCode::BadFormat);
+        }
+    }
+
+    #[test]
+    fn over_the_limit_is_too_large(data in "[a-z]{1,200}") {
+        let text = json!({"type": "publish", "data": data}).to_string();
+        let r = parse_client_frame(&text, text.len() - 1).unwrap_err();
+        prop_assert_eq!(r.code, ErrorCode::TooLarge);
+    }
+
+    #[test]
+    fn publish_round_trips_its_data(data in json_value(), reference in proptest::option::of("[a-z0-9]{1,64}")) {
+        let frame = json!({"type": "publish", "data": data, "ref": reference});
+        match parse_client_frame(&frame.to_string(), 1 << 20) {
+            Ok(ClientFrame::Publish { draft, reference: got }) => {
+                prop_assert_eq!(serde_json::from_str::<Value>(draft.data.get()).unwrap(), data);
+                prop_assert_eq!(got, reference);
+            }
+            other => prop_assert!(false, "{:?}", other.map(|_| ())),
+        }
+    }
+
+    #[test]
+    fn room_names_follow_the_rule(name in "[A-Za-z0-9._:/ -]{0,130}") {
+        prop_assert_eq!(RoomName::parse(&name).is_some(), spec_room_name(&name));
+    }
+
+    #[test]
+    fn a_connection_never_exceeds_burst_plus_refill(
+        per_sec in 1u32..50,
+        burst in 1u32..50,
+        gaps in prop::collection::vec(0u64..400, 1..300),
+    ) {
+        let limits = Limits { rate_per_sec: per_sec, rate_burst: burst, room_rate_per_sec: u32::MAX, rate_strikes: u32::MAX, ..Limits::default() };
+        let (mut bucket, mut room) = (Bucket::new(burst, 0), RoomBudget::default());
+        let (mut now, mut accepted) = (0u64, 0u64);
+        for gap in gaps {
+            now += gap;
+            if admit(&mut bucket, &mut room, &limits, now) == Admission::Accepted {
+                accepted += 1;
+            }
+            let allowed = f64::from(burst) + f64::from(per_sec) * now as f64 / 1000.0;
+            prop_assert!(accepted as f64 <= allowed + 1e-9, "{} accepted by {} ms, allowed {}", accepted, now, allowed);
+        }
+    }
+
+    #[test]
+    fn the_limiter_survives_any_input(
+        per_sec in any::<u32>(), burst in any::<u32>(), room_rate in any::<u32>(), strikes in any::<u32>(),
+        clocks in prop::collection::vec(any::<u64>(), 1..50),
+    ) {
+        let limits = Limits { rate_per_sec: per_sec, rate_burst: burst, room_rate_per_sec: room_rate, rate_strikes: strikes, ..Limits::default() };
+        let (mut bucket, mut room) = (Bucket::new(burst, clocks[0]), RoomBudget::default());
+        for now in clocks {
+            admit(&mut bucket, &mut room, &limits, now);
+        }
+    }
+
+    #[test]
+    fn resume_is_gapless_or_refused(
+        since in proptest::option::of(0u64..200),
+        same_epoch in any::<bool>(),
+        head in 0u64..200,
+        kept in 0u64..200,
+    ) {
+        let oldest = (kept > 0 && head > 0).then(|| head.saturating_sub(kept.min(head)) + 1);
+        let retained = Retained { head, oldest };
+        let plan = plan_resume(since, Some(if same_epoch { "e_a" } else { "e_b" }), "e_a", retained);
+        if !same_epoch || since.is_none() {
+            prop_assert!(!plan.recovered);
+        }
+        if plan.recovered {
+            let since = since.unwrap();
+            prop_assert!(since <= head);
+            if let Some(after) = plan.replay_after {
+                prop_assert_eq!(after, since);
+                prop_assert!(oldest.is_some_and(|o| o <= since + 1), "replay from {} but oldest {:?}", since + 1, oldest);
+            } else {
+                prop_assert_eq!(since, head);
+            }
+        }
+        if plan.replay_after.is_some() {
+            prop_assert!(plan.recovered);
+        }
+    }
+}
