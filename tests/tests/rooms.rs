@@ -157,6 +157,20 @@ async fn admission(worker: &Worker, http: &Http) {
         401,
         "unauthorized",
     );
+    let patterns: Vec<String> = (0..2000).map(|n| format!("room-{n}")).collect();
+    let huge = token(
+        "greedy",
+        &patterns.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[],
+        600,
+    );
+    assert_error(
+        &http
+            .get(&worker.url("/v1/rooms/room-1/messages"), Some(&huge))
+            .await,
+        401,
+        "unauthorized",
+    );
     let reader = token("reader", &["adm.*"], &[], 600);
     assert_error(
         &http

@@ -441,7 +441,11 @@ impl Room {
         for message in &fresh {
             self.broadcast(message);
         }
-        self.with_stats(|s| fresh.iter().for_each(|_| s.message(origin)));
+        self.with_stats(|s| {
+            for _ in &fresh {
+                s.message(origin);
+            }
+        });
         Ok(receipts)
     }
 
@@ -694,7 +698,11 @@ impl Room {
             .iter()
             .filter(|ws| Session::load(ws).ok().flatten().is_some_and(|s| !s.closed))
             .count() as u64;
-        let counters = self.with_stats(|s| s.clone());
+        let counters = self
+            .stats
+            .borrow_mut()
+            .get_or_insert_with(|| self.stored_stats())
+            .clone();
         let report = StatsReport {
             room: room.to_owned(),
             epoch: history.epoch(),

@@ -19,6 +19,11 @@ const ROOMS_BINDING: &str = "ROOMS";
 /// The static-assets binding serving `public/`.
 const ASSETS_BINDING: &str = "ASSETS";
 
+/// Largest identity (JSON) a token may carry. It rides in the WebSocket
+/// attachment, which the runtime caps at 16 KiB together with the rest of
+/// the session.
+const MAX_IDENTITY_BYTES: usize = 8 * 1024;
+
 /// What a room request needs the token to allow.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Need {
@@ -103,6 +108,12 @@ fn admit(
         Ok(identity) => identity,
         Err(e) => return Ok(Err((ErrorCode::Unauthorized, e.to_string()))),
     };
+    if serde_json::to_string(&identity)?.len() > MAX_IDENTITY_BYTES {
+        return Ok(Err((
+            ErrorCode::Unauthorized,
+            "the token carries too many room patterns".into(),
+        )));
+    }
     let allowed = match need {
         Need::Subscribe => identity.rights.can_subscribe(room.as_str()),
         Need::Publish => identity.rights.can_publish(room.as_str()),
