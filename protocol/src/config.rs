@@ -23,6 +23,8 @@ pub struct Limits {
     pub token_grace_ms: u64,
     pub history_limit: u64,
     pub history_ttl_secs: u64,
+    /// Messages a room holds for a bridge that has not confirmed them.
+    pub outbox_limit: u64,
 }
 
 impl Default for Limits {
@@ -38,6 +40,7 @@ impl Default for Limits {
             token_grace_ms: 10_000,
             history_limit: 1000,
             history_ttl_secs: 86_400,
+            outbox_limit: 100_000,
         }
     }
 }
@@ -124,6 +127,7 @@ impl Config {
             token_grace_ms: number(&get, "TOKEN_GRACE_MS", d.token_grace_ms)?,
             history_limit: number(&get, "HISTORY_LIMIT", d.history_limit)?,
             history_ttl_secs: number(&get, "HISTORY_TTL_SECS", d.history_ttl_secs)?,
+            outbox_limit: number(&get, "OUTBOX_LIMIT", d.outbox_limit)?,
         };
         let policies = match get("ROOM_POLICIES") {
             None => Vec::new(),

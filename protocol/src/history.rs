@@ -68,6 +68,30 @@ pub fn count_floor(head: u64, limit: u64) -> u64 {
     head.saturating_sub(limit)
 }
 
+/// What the bridge still needs from a room's history (SPEC section 5): the
+/// room is the outbox, so rows above the bridge's cursor stay, up to a cap
+/// that keeps a room whose bridge is gone for good from growing forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outbox {
+    /// Highest seq the bridge confirmed as written to Kafka.
+    pub cursor: u64,
+    /// Most messages held for the bridge beyond the history limits.
+    pub limit: u64,
+}
+
+/// Highest seq that may be deleted when the history limits allow deleting
+/// everything up to `floor`: the bridge's unconfirmed rows are held back,
+/// unless holding them would keep more than the outbox limit.
+pub fn trim_ceiling(head: u64, floor: u64, outbox: Option<Outbox>) -> u64 {
+    let floor = floor.min(head);
+    match outbox {
+        None => floor,
+        Some(outbox) => floor
+            .min(outbox.cursor)
+            .max(count_floor(head, outbox.limit).min(floor)),
+    }
+}
+
 /// Oldest timestamp (ms) the time limit keeps.
 pub fn ttl_cutoff_ms(now_ms: u64, ttl_secs: u64) -> u64 {
     now_ms.saturating_sub(ttl_secs.saturating_mul(1000))
@@ -153,6 +177,28 @@ mod tests {
         assert!(!plan_resume(Some(2), None, E, kept(9, Some(1))).recovered);
         assert!(!plan_resume(Some(10), Some(E), E, kept(9, Some(1))).recovered);
         assert!(!plan_resume(Some(2), Some(E), E, kept(9, None)).recovered);
+    }
+
+    #[test]
+    fn the_outbox_holds_unconfirmed_rows_up_to_its_limit() {
+        let outbox = |cursor| Some(Outbox { cursor, limit: 100 });
+        assert_eq!(trim_ceiling(50, 40, None), 40);
+        assert_eq!(
+            trim_ceiling(50, 40, outbox(10)),
+            10,
+            "rows above the cursor stay"
+        );
+        assert_eq!(
+            trim_ceiling(50, 40, outbox(45)),
+            40,
+            "the history limit still applies below it"
+        );
+        assert_eq!(
+            trim_ceiling(500, 490, outbox(10)),
+            400,
+            "but never more than the outbox limit"
+        );
+        assert_eq!(trim_ceiling(5, 40, None), 5);
     }
 
     #[test]

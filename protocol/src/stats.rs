@@ -98,6 +98,12 @@ pub struct StatsReport {
     pub head: u64,
     /// Open client connections.
     pub connections: u64,
+    /// Highest seq the bridge confirmed to Kafka.
+    #[serde(default)]
+    pub cursor: u64,
+    /// Messages not yet confirmed to Kafka (the outbox).
+    #[serde(default)]
+    pub pending: u64,
     #[serde(flatten)]
     pub counters: RoomStats,
 }

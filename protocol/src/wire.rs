@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::error::ErrorCode;
 use crate::policy::{self, SizeCheck, MAX_DEPTH};
+use crate::stats::StatsReport;
 
 /// Longest accepted `ref` and idempotency key.
 pub const MAX_REF_LEN: usize = 64;
@@ -267,6 +268,9 @@ pub struct Welcome {
     pub max_message_bytes: usize,
     pub rate: RateInfo,
     pub exp: u64,
+    /// Bridge links only: the highest seq the bridge has confirmed to Kafka.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<u64>,
 }
 
 /// Frames the server sends, tagged by `type`.
@@ -293,6 +297,36 @@ pub enum ServerFrame<'a> {
     TokenExpiring {
         exp: u64,
     },
+    /// The room's counters, every 10 s on the bridge link.
+    Stats(&'a StatsReport),
+}
+
+/// A frame from the bridge on a room link (SPEC section 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BridgeFrame {
+    /// Kafka has acknowledged every relayed message up to `seq`.
+    Ack { seq: u64 },
+}
+
+/// Parses one text frame from a bridge link.
+pub fn parse_bridge_frame(text: &str) -> Result<BridgeFrame, Rejection> {
+    #[derive(Deserialize)]
+    struct Ack {
+        #[serde(rename = "type")]
+        kind: String,
+        seq: u64,
+    }
+    match serde_json::from_str::<Ack>(text) {
+        Ok(ack) if ack.kind == "bridge_ack" => Ok(BridgeFrame::Ack { seq: ack.seq }),
+        Ok(other) => Err(Rejection::new(
+            ErrorCode::BadFormat,
+            format!("unknown bridge frame type {:?}", other.kind),
+        )),
+        Err(e) => Err(Rejection::new(
+            ErrorCode::BadFormat,
+            format!("expected {{\"type\":\"bridge_ack\",\"seq\":N}}: {e}"),
+        )),
+    }
 }
 
 impl ServerFrame<'_> {
@@ -409,6 +443,26 @@ mod tests {
                 .code,
             ErrorCode::TooLarge
         );
+    }
+
+    #[test]
+    fn bridge_frames() {
+        assert_eq!(
+            parse_bridge_frame(r#"{"type":"bridge_ack","seq":7}"#).unwrap(),
+            BridgeFrame::Ack { seq: 7 }
+        );
+        for bad in [
+            r#"{"type":"bridge_ack"}"#,
+            r#"{"type":"nope","seq":1}"#,
+            "ping!",
+            r#"{"type":"bridge_ack","seq":-1}"#,
+        ] {
+            assert_eq!(
+                parse_bridge_frame(bad).unwrap_err().code,
+                ErrorCode::BadFormat,
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -177,6 +177,17 @@ pub fn full_token(sub: &str) -> String {
     token(sub, &["*"], &["*"], 3600)
 }
 
+/// The bridge's service token (`role: "bridge"`).
+pub fn bridge_token() -> String {
+    let spec = TokenSpec {
+        sub: "bridge".into(),
+        role: Some("bridge".into()),
+        ttl_secs: 3600,
+        ..TokenSpec::default()
+    };
+    mint_hs256(SECRET, &spec, now_ms())
+}
+
 /// A unique room name per call, so scenarios sharing a worker never meet.
 pub fn room(label: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -231,7 +242,12 @@ impl Client {
     }
 
     /// The HTTP status of a refused handshake; panics if it was accepted.
-    pub async fn refused(url: &str, headers: &[(&str, &str)]) -> u16 {
+    pub async fn refused(url: &str) -> u16 {
+        Client::refused_with(url, &[]).await
+    }
+
+    /// Like [`Client::refused`], with extra request headers.
+    pub async fn refused_with(url: &str, headers: &[(&str, &str)]) -> u16 {
         match Client::connect_with(url, headers).await {
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
                 response.status().as_u16()

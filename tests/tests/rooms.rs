@@ -212,7 +212,7 @@ async fn admission(worker: &Worker, http: &Http) {
     assert_eq!(put.status().as_u16(), 405);
     let ws_url = worker.ws_url(&format!("/v1/rooms/{r}/ws?token={t}"));
     assert_eq!(
-        Client::refused(&ws_url, &[("origin", "https://evil.example")]).await,
+        Client::refused_with(&ws_url, &[("origin", "https://evil.example")]).await,
         403
     );
     assert_error(
@@ -236,7 +236,7 @@ async fn admission(worker: &Worker, http: &Http) {
         .expect("welcome")
         .await;
     assert_eq!(
-        Client::refused(&worker.ws_url(&format!("/v1/rooms/{r}/ws")), &[]).await,
+        Client::refused(&worker.ws_url(&format!("/v1/rooms/{r}/ws"))).await,
         401
     );
 }

@@ -9,7 +9,8 @@
 
 use std::cell::{Cell, RefCell};
 
-use roomcast_protocol::history::{count_floor, ttl_cutoff_ms, Retained};
+use roomcast_protocol::config::Limits;
+use roomcast_protocol::history::{count_floor, trim_ceiling, ttl_cutoff_ms, Outbox, Retained};
 use roomcast_protocol::ids;
 use roomcast_protocol::wire::{Draft, Message, Origin, Receipt};
 use serde::Deserialize;
@@ -43,6 +44,11 @@ struct SeqRow {
 }
 
 #[derive(Deserialize)]
+struct CountRow {
+    n: u64,
+}
+
+#[derive(Deserialize)]
 struct MetaRow {
     value: String,
 }
@@ -59,6 +65,10 @@ pub struct History {
     sql: SqlStorage,
     head: Cell<u64>,
     epoch: RefCell<String>,
+    /// Highest seq the bridge confirmed as written to Kafka.
+    cursor: Cell<u64>,
+    /// A bridge has linked to this room, so it is an outbox from now on.
+    bridged: Cell<bool>,
 }
 
 impl History {
@@ -71,12 +81,15 @@ impl History {
             sql,
             head: Cell::new(0),
             epoch: RefCell::new(String::new()),
+            cursor: Cell::new(0),
+            bridged: Cell::new(false),
         };
-        let head = history
-            .meta("head")?
-            .and_then(|h| h.parse().ok())
-            .unwrap_or(0);
-        history.head.set(head);
+        let number = |key| -> Result<u64> {
+            Ok(history.meta(key)?.and_then(|v| v.parse().ok()).unwrap_or(0))
+        };
+        history.head.set(number("head")?);
+        history.cursor.set(number("cursor")?);
+        history.bridged.set(history.meta("bridged")?.is_some());
         let epoch = match history.meta("epoch")? {
             Some(epoch) => epoch,
             None => {
@@ -187,24 +200,87 @@ impl History {
         Ok(rows.into_iter().next().and_then(|r| r.seq))
     }
 
-    /// Up to `limit` stored messages with `seq > since`, in order.
-    pub fn after(&self, room: &str, since: u64, limit: u64) -> Result<Vec<Message>> {
+    /// Up to `limit` stored messages with `seq > since`, in order; with
+    /// `relay_only`, only those the bridge relays to Kafka (not from Kafka).
+    pub fn after(
+        &self,
+        room: &str,
+        since: u64,
+        limit: u64,
+        relay_only: bool,
+    ) -> Result<Vec<Message>> {
+        let query = if relay_only {
+            "SELECT seq, id, ts, sender, origin, data FROM messages WHERE seq > ? AND origin != 'kafka' ORDER BY seq LIMIT ?"
+        } else {
+            "SELECT seq, id, ts, sender, origin, data FROM messages WHERE seq > ? ORDER BY seq LIMIT ?"
+        };
         let rows: Vec<MessageRow> = self
             .sql
             .exec(
-                "SELECT seq, id, ts, sender, origin, data FROM messages WHERE seq > ? ORDER BY seq LIMIT ?",
-                vec![(since.min(i64::MAX as u64) as i64).into(), (limit as i64).into()],
+                query,
+                vec![
+                    (since.min(i64::MAX as u64) as i64).into(),
+                    (limit as i64).into(),
+                ],
             )?
             .to_array()?;
         rows.into_iter().map(|row| to_message(room, row)).collect()
     }
 
-    /// Keeps at most `limit` messages.
-    pub fn trim_count(&self, limit: u64) -> Result<()> {
-        let floor = count_floor(self.head(), limit) as i64;
-        self.sql
-            .exec("DELETE FROM messages WHERE seq <= ?", vec![floor.into()])?;
-        let key_floor = count_floor(self.head(), MAX_KEYS) as i64;
+    pub fn cursor(&self) -> u64 {
+        self.cursor.get()
+    }
+
+    /// Records the bridge's confirmation of everything up to `seq`.
+    pub fn confirm(&self, seq: u64) -> Result<()> {
+        let seq = seq.min(self.head());
+        if seq > self.cursor.get() {
+            self.set_meta("cursor", &seq.to_string())?;
+            self.cursor.set(seq);
+        }
+        Ok(())
+    }
+
+    /// Makes this room hold unconfirmed messages for the bridge from now on.
+    pub fn mark_bridged(&self) -> Result<()> {
+        if !self.bridged.replace(true) {
+            self.set_meta("bridged", "1")?;
+        }
+        Ok(())
+    }
+
+    /// Messages the bridge has yet to confirm to Kafka.
+    pub fn pending(&self) -> Result<u64> {
+        let row: CountRow = self
+            .sql
+            .exec(
+                "SELECT COUNT(*) AS n FROM messages WHERE seq > ? AND origin != 'kafka'",
+                vec![(self.cursor() as i64).into()],
+            )?
+            .one()?;
+        Ok(row.n)
+    }
+
+    fn outbox(&self, limits: &Limits) -> Option<Outbox> {
+        self.bridged.get().then(|| Outbox {
+            cursor: self.cursor(),
+            limit: limits.outbox_limit,
+        })
+    }
+
+    /// Keeps at most `history_limit` messages, besides those held for the bridge.
+    pub fn trim_count(&self, limits: &Limits) -> Result<()> {
+        let head = self.head();
+        let ceiling = trim_ceiling(
+            head,
+            count_floor(head, limits.history_limit),
+            self.outbox(limits),
+        );
+        self.sql.exec(
+            "DELETE FROM messages WHERE seq <= ?",
+            vec![(ceiling as i64).into()],
+        )?;
+        let key_floor = count_floor(head, MAX_KEYS) as i64;
         self.sql.exec(
             "DELETE FROM idempotency WHERE seq <= ?",
             vec![key_floor.into()],
@@ -212,11 +288,16 @@ impl History {
         Ok(())
     }
 
-    /// Drops messages and keys older than `ttl_secs`.
-    pub fn trim_age(&self, ttl_secs: u64, now_ms: u64) -> Result<()> {
-        let cutoff = SqlStorageValue::try_from_i64(ttl_cutoff_ms(now_ms, ttl_secs) as i64)?;
-        self.sql
-            .exec("DELETE FROM messages WHERE ts < ?", vec![cutoff.clone()])?;
+    /// Drops messages and keys older than `history_ttl_secs`, besides those
+    /// held for the bridge.
+    pub fn trim_age(&self, limits: &Limits, now_ms: u64) -> Result<()> {
+        let cutoff =
+            SqlStorageValue::try_from_i64(ttl_cutoff_ms(now_ms, limits.history_ttl_secs) as i64)?;
+        let ceiling = trim_ceiling(self.head(), self.head(), self.outbox(limits)) as i64;
+        self.sql.exec(
+            "DELETE FROM messages WHERE ts < ? AND seq <= ?",
+            vec![cutoff.clone(), ceiling.into()],
+        )?;
         self.sql
             .exec("DELETE FROM idempotency WHERE ts < ?", vec![cutoff])?;
         Ok(())

@@ -29,6 +29,7 @@ const MAX_IDENTITY_BYTES: usize = 8 * 1024;
 enum Need {
     Subscribe,
     Publish,
+    Bridge,
 }
 
 pub async fn handle(req: Request, env: Env) -> Result<Response> {
@@ -55,12 +56,13 @@ async fn room_request(req: Request, env: Env, room: &str, op: &str) -> Result<Re
     let need = match (op, req.method()) {
         ("ws" | "stats", Method::Get) | ("messages", Method::Get) => Need::Subscribe,
         ("messages", Method::Post) => Need::Publish,
-        ("ws" | "stats" | "messages", _) => {
+        ("bridge", Method::Get) => Need::Bridge,
+        ("ws" | "stats" | "messages" | "bridge", _) => {
             return reply::error(ErrorCode::MethodNotAllowed, "method not allowed here")
         }
         _ => return reply::error(ErrorCode::NotFound, "no such room operation"),
     };
-    if op == "ws" && !is_upgrade(&req)? {
+    if matches!(op, "ws" | "bridge") && !is_upgrade(&req)? {
         return reply::error(
             ErrorCode::UpgradeRequired,
             "this endpoint needs a WebSocket upgrade",
@@ -117,6 +119,7 @@ fn admit(
     let allowed = match need {
         Need::Subscribe => identity.rights.can_subscribe(room.as_str()),
         Need::Publish => identity.rights.can_publish(room.as_str()),
+        Need::Bridge => identity.rights.bridge,
     };
     if !allowed {
         return Ok(Err((

@@ -31,6 +31,8 @@ use worker::{
     WebSocket, WebSocketIncomingMessage, WebSocketPair, WebSocketRequestResponsePair,
 };
 
+mod link;
+
 use crate::hibernation::last_auto_response_ms;
 use crate::history::{Appended, History};
 use crate::reply;
@@ -102,7 +104,11 @@ impl DurableObject for Room {
         ws: WebSocket,
         message: WebSocketIncomingMessage,
     ) -> Result<()> {
-        let result = self.on_frame(&ws, message).await;
+        let result = if self.is_link(&ws) {
+            self.on_link_frame(&ws, message)
+        } else {
+            self.on_frame(&ws, message).await
+        };
         self.flush_stats();
         if let Err(e) = result {
             console_error!("room {}: frame failed: {e}", self.name_or_unknown());
@@ -215,6 +221,7 @@ impl Room {
             ("ws", Method::Get) => self.join(&req, &room, identity, &query, &limits).await,
             ("messages", Method::Post) => self.publish_http(req, &room, &identity, &limits).await,
             ("messages", Method::Get) => self.read_history(&room, &query, &limits),
+            ("bridge", Method::Get) => self.link(&room, identity, &query, &limits).await,
             ("stats", Method::Get) => self.report_stats(&room),
             _ => reply::error(ErrorCode::NotFound, "no such room operation"),
         }
@@ -264,12 +271,13 @@ impl Room {
                 burst: limits.rate_burst,
             },
             exp,
+            cursor: None,
         };
         pair.server
             .send_with_str(ServerFrame::Welcome(&welcome).to_json())?;
         // Replay runs in this same turn, so no live message can slip in between.
         if let Some(after) = resume.replay_after {
-            self.replay(&pair.server, room, after, welcome.head)?;
+            self.replay(&pair.server, room, after, welcome.head, false)?;
         }
         if since.is_some() {
             self.with_stats(|s| s.reconnects_total += 1);
@@ -289,11 +297,20 @@ impl Room {
         }
     }
 
-    fn replay(&self, ws: &WebSocket, room: &str, after: u64, head: u64) -> Result<()> {
+    /// Sends every stored message after `after` (only those bridged to Kafka
+    /// when `relay_only`) in order, in this turn.
+    fn replay(
+        &self,
+        ws: &WebSocket,
+        room: &str,
+        after: u64,
+        head: u64,
+        relay_only: bool,
+    ) -> Result<()> {
         let history = self.history()?;
         let mut from = after;
         while from < head {
-            let page = history.after(room, from, REPLAY_CHUNK)?;
+            let page = history.after(room, from, REPLAY_CHUNK, relay_only)?;
             let Some(last) = page.last() else { break };
             from = last.seq;
             for message in &page {
@@ -433,9 +450,9 @@ impl Room {
                 }
             }
         }
-        history.trim_count(limits.history_limit)?;
+        history.trim_count(limits)?;
         if now.saturating_sub(self.last_age_trim_ms.get()) >= AGE_TRIM_INTERVAL_MS {
-            history.trim_age(limits.history_ttl_secs, now)?;
+            history.trim_age(limits, now)?;
             self.last_age_trim_ms.set(now);
         }
         for message in &fresh {
@@ -460,6 +477,9 @@ impl Room {
             }
         }
         self.with_stats(|s| s.deliveries_total += delivered);
+        if message.origin != Origin::Kafka {
+            self.relay(&frame);
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -579,7 +599,10 @@ impl Room {
             let deadline = self.next_deadline(&session, pinged, &settings, &limits);
             next = Some(next.map_or(deadline, |n| n.min(deadline)));
         }
-        self.history()?.trim_age(limits.history_ttl_secs, now)?;
+        if let Some(at) = self.link_tick(&room, now)? {
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
+        self.history()?.trim_age(&limits, now)?;
         if let Some(at) = next {
             self.state
                 .storage()
@@ -652,7 +675,13 @@ impl Room {
                 return reply::error(rejection.code, &rejection.message);
             }
         };
-        let receipts = self.publish(room, drafts, &identity.sub, Origin::Http, limits, now_ms())?;
+        // The bridge publishes what it consumed from Kafka (SPEC section 5).
+        let origin = if identity.rights.bridge {
+            Origin::Kafka
+        } else {
+            Origin::Http
+        };
+        let receipts = self.publish(room, drafts, &identity.sub, origin, limits, now_ms())?;
         if batch {
             reply::json(201, &serde_json::json!({ "results": receipts }))
         } else {
@@ -674,8 +703,8 @@ impl Room {
             Err(message) => return reply::error(ErrorCode::BadRequest, &message),
         };
         let history = self.history()?;
-        history.trim_age(limits.history_ttl_secs, now_ms())?;
-        let mut messages = history.after(room, page.since, page.limit + 1)?;
+        history.trim_age(limits, now_ms())?;
+        let mut messages = history.after(room, page.since, page.limit + 1, false)?;
         let truncated = messages.len() as u64 > page.limit;
         messages.truncate(page.limit as usize);
         let retained = history.retained()?;
@@ -691,6 +720,11 @@ impl Room {
     }
 
     fn report_stats(&self, room: &str) -> Result<Response> {
+        reply::json(200, &self.stats_report(room)?)
+    }
+
+    /// The counters with the room's current state (SPEC section 7).
+    fn stats_report(&self, room: &str) -> Result<StatsReport> {
         let history = self.history()?;
         let connections = self
             .state
@@ -703,14 +737,15 @@ impl Room {
             .borrow_mut()
             .get_or_insert_with(|| self.stored_stats())
             .clone();
-        let report = StatsReport {
+        Ok(StatsReport {
             room: room.to_owned(),
             epoch: history.epoch(),
             head: history.head(),
             connections,
+            cursor: history.cursor(),
+            pending: history.pending()?,
             counters,
-        };
-        reply::json(200, &report)
+        })
     }
 
     /// Runs `f` on the counters, loading them on first use.

@@ -1,0 +1,188 @@
+//! End to end, the worker's side of the bridge (SPEC section 5): the room
+//! link's welcome and cursor, the replay of everything not from Kafka, live
+//! relay, `bridge_ack`, supersession (4009), Kafka-origin publishes through
+//! the batch API, and history held for the bridge until it confirms.
+
+use std::time::Duration;
+
+use roomcast_tests::{assert_error, bridge_token, full_token, room, Client, Http, Worker};
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn bridge_links_end_to_end() {
+    let worker = Worker::start(&[("HISTORY_LIMIT", "5")]).await;
+    let http = Http::default();
+    admission(&worker, &http).await;
+    outbox(&worker, &http).await;
+    held_until_confirmed(&worker, &http).await;
+}
+
+async fn admission(worker: &Worker, http: &Http) {
+    let r = room("link");
+    let url = worker.ws_url(&format!("/v1/rooms/{r}/bridge?instance=a"));
+    assert_eq!(
+        Client::refused(&format!("{url}&token={}", full_token("user"))).await,
+        403
+    );
+    assert_eq!(Client::refused(&url).await, 401);
+    let plain = worker.url(&format!("/v1/rooms/{r}/bridge"));
+    assert_error(
+        &http.get(&plain, Some(&bridge_token())).await,
+        426,
+        "upgrade_required",
+    );
+}
+
+fn link_url(worker: &Worker, room: &str, instance: &str) -> String {
+    worker.ws_url(&format!(
+        "/v1/rooms/{room}/bridge?instance={instance}&token={}",
+        bridge_token()
+    ))
+}
+
+async fn outbox(worker: &Worker, http: &Http) {
+    let r = room("outbox");
+    let user = full_token("user");
+    let messages = worker.url(&format!("/v1/rooms/{r}/messages"));
+    let mut client =
+        Client::connect(&worker.ws_url(&format!("/v1/rooms/{r}/ws?token={user}"))).await;
+    client.expect("welcome").await;
+    client
+        .send_json(json!({"type": "publish", "data": "from ws"}))
+        .await;
+    client.expect("message").await;
+    client.expect("ack").await;
+    assert_eq!(
+        http.post(&messages, &user, r#"{"data":"from http"}"#)
+            .await
+            .0,
+        201
+    );
+    client.expect("message").await;
+    let inbound = json!({"messages": [{"data": "k1", "id": "kafka:in:0:1"}, {"data": "k2", "id": "kafka:in:0:2"}, {"data": "k1", "id": "kafka:in:0:1"}]});
+    let (status, results) = http
+        .post(&messages, &bridge_token(), &inbound.to_string())
+        .await;
+    assert_eq!(status, 201, "{results}");
+    let dups: Vec<bool> = results["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["duplicate"].as_bool().unwrap())
+        .collect();
+    assert_eq!(dups, [false, false, true]);
+    for expected in ["k1", "k2"] {
+        let m = client.expect("message").await;
+        assert_eq!(
+            (
+                m["origin"].as_str(),
+                m["sender"].as_str(),
+                m["data"].as_str()
+            ),
+            (Some("kafka"), Some("bridge"), Some(expected))
+        );
+    }
+
+    let mut link = Client::connect(&link_url(worker, &r, "a")).await;
+    let welcome = link.expect("welcome").await;
+    assert_eq!(
+        (welcome["cursor"].as_u64(), welcome["head"].as_u64()),
+        (Some(0), Some(4))
+    );
+    // Only what did not come from Kafka goes to Kafka.
+    let replayed: Vec<Value> = vec![link.expect("message").await, link.expect("message").await];
+    assert_eq!(
+        replayed
+            .iter()
+            .map(|m| m["origin"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["ws", "http"]
+    );
+    let stats = link.expect("stats").await;
+    assert_eq!(
+        (
+            stats["room"].as_str(),
+            stats["pending"].as_u64(),
+            stats["cursor"].as_u64()
+        ),
+        (Some(r.as_str()), Some(2), Some(0))
+    );
+    assert_eq!(
+        stats["messages_total"],
+        json!({"ws": 1, "http": 1, "kafka": 2})
+    );
+
+    client
+        .send_json(json!({"type": "publish", "data": "live"}))
+        .await;
+    let live = link.expect("message").await;
+    assert_eq!(
+        (live["seq"].as_u64(), live["data"].as_str()),
+        (Some(5), Some("live"))
+    );
+    assert_eq!(
+        http.post(
+            &messages,
+            &bridge_token(),
+            &json!({"messages": [{"data": "k3"}]}).to_string()
+        )
+        .await
+        .0,
+        201
+    );
+    assert!(
+        link.next_text_within(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "a Kafka-origin message went back to the bridge"
+    );
+
+    link.send_json(json!({"type": "bridge_ack", "seq": 5}))
+        .await;
+    link.send_text("nonsense").await;
+    assert_eq!(link.expect("error").await["code"], "bad_format");
+    let mut successor = Client::connect(&link_url(worker, &r, "b")).await;
+    assert_eq!(link.expect_close(Duration::from_secs(10)).await, 4009);
+    let welcome = successor.expect("welcome").await;
+    assert_eq!(
+        (welcome["cursor"].as_u64(), welcome["head"].as_u64()),
+        (Some(5), Some(6))
+    );
+    assert_eq!(
+        successor.expect("stats").await["pending"],
+        0,
+        "nothing to replay after the cursor"
+    );
+}
+
+async fn held_until_confirmed(worker: &Worker, http: &Http) {
+    let r = room("held");
+    let user = full_token("user");
+    let messages = worker.url(&format!("/v1/rooms/{r}/messages"));
+    let mut link = Client::connect(&link_url(worker, &r, "a")).await;
+    link.expect("welcome").await;
+    link.expect("stats").await;
+    let batch =
+        json!({"messages": (1..=8).map(|n| json!({"data": n})).collect::<Vec<_>>()}).to_string();
+    assert_eq!(http.post(&messages, &user, &batch).await.0, 201);
+    for seq in 1..=8 {
+        assert_eq!(link.expect("message").await["seq"], seq);
+    }
+    let (_, page) = http.get(&messages, Some(&user)).await;
+    assert_eq!(
+        page["oldest"], 1,
+        "unconfirmed messages stay beyond HISTORY_LIMIT"
+    );
+    link.send_json(json!({"type": "bridge_ack", "seq": 8}))
+        .await;
+    // The ack is processed before the next request reaches the room.
+    link.send_text("ping").await;
+    assert_eq!(link.next_text().await, "pong");
+    assert_eq!(http.post(&messages, &user, r#"{"data":9}"#).await.0, 201);
+    let (_, page) = http.get(&messages, Some(&user)).await;
+    assert_eq!(
+        (page["oldest"].as_u64(), page["head"].as_u64()),
+        (Some(5), Some(9)),
+        "confirmed messages trim to HISTORY_LIMIT"
+    );
+}
