@@ -135,10 +135,13 @@ mod tests {
             epoch: "e".into(),
             head: 2,
             connections: 1,
+            cursor: 0,
+            pending: 2,
             counters: s,
         })
         .unwrap();
         assert_eq!(json["messages_total"]["ws"], 2);
         assert_eq!(json["connections"], 1);
+        assert_eq!(json["pending"], 2);
     }
 }
