@@ -299,6 +299,17 @@ pub enum ServerFrame<'a> {
     },
     /// The room's counters, every 10 s on the bridge link.
     Stats(&'a StatsReport),
+    /// Registry link: a room this bridge instance relays.
+    Room(&'a Registration),
+}
+
+/// A room as the registry knows it: sent by the room when it needs relaying,
+/// and announced to the bridge instance that owns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    pub room: String,
+    /// Messages the room holds that Kafka has not confirmed.
+    pub pending: u64,
 }
 
 /// A frame from the bridge on a room link (SPEC section 5).
@@ -442,6 +453,18 @@ mod tests {
                 .unwrap_err()
                 .code,
             ErrorCode::TooLarge
+        );
+    }
+
+    #[test]
+    fn room_announcements() {
+        let r = Registration {
+            room: "a".into(),
+            pending: 3,
+        };
+        assert_eq!(
+            ServerFrame::Room(&r).to_json(),
+            r#"{"type":"room","room":"a","pending":3}"#
         );
     }
 

@@ -1,11 +1,14 @@
 //! End to end, the worker's side of the bridge (SPEC section 5): the room
 //! link's welcome and cursor, the replay of everything not from Kafka, live
 //! relay, `bridge_ack`, supersession (4009), Kafka-origin publishes through
-//! the batch API, and history held for the bridge until it confirms.
+//! the batch API, history held for the bridge until it confirms, and the
+//! registry that assigns rooms to bridge instances by rendezvous hashing.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-use roomcast_tests::{assert_error, bridge_token, full_token, room, Client, Http, Worker};
+use roomcast_protocol::assign::owner;
+use roomcast_tests::{assert_error, bridge_token, full_token, room, Client, Frame, Http, Worker};
 use serde_json::{json, Value};
 
 #[tokio::test]
@@ -15,6 +18,7 @@ async fn bridge_links_end_to_end() {
     admission(&worker, &http).await;
     outbox(&worker, &http).await;
     held_until_confirmed(&worker, &http).await;
+    registry(&worker, &http).await;
 }
 
 async fn admission(worker: &Worker, http: &Http) {
@@ -185,4 +189,120 @@ async fn held_until_confirmed(worker: &Worker, http: &Http) {
         (Some(5), Some(9)),
         "confirmed messages trim to HISTORY_LIMIT"
     );
+}
+
+fn registry_url(worker: &Worker, instance: &str) -> String {
+    worker.ws_url(&format!(
+        "/v1/bridge?instance={instance}&token={}",
+        bridge_token()
+    ))
+}
+
+/// The rooms announced to `link` until it has been quiet for a moment.
+async fn announced(link: &mut Client) -> BTreeSet<String> {
+    let mut rooms = BTreeSet::new();
+    while let Some(frame) = link.next_frame_within(Duration::from_millis(700)).await {
+        let Frame::Text(text) = frame else {
+            panic!("registry link closed: {frame:?}")
+        };
+        let frame: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(frame["type"], "room", "{frame}");
+        assert!(frame["pending"].is_u64(), "{frame}");
+        rooms.insert(frame["room"].as_str().unwrap().to_owned());
+    }
+    rooms
+}
+
+async fn registry(worker: &Worker, http: &Http) {
+    assert_eq!(
+        Client::refused(&worker.ws_url(&format!(
+            "/v1/bridge?instance=x&token={}",
+            full_token("user")
+        )))
+        .await,
+        403
+    );
+    assert_eq!(
+        Client::refused(&worker.ws_url(&format!("/v1/bridge?token={}", bridge_token()))).await,
+        400
+    );
+    let user = full_token("user");
+    let rooms: Vec<String> = (0..8).map(|_| room("reg")).collect();
+    for r in &rooms {
+        assert_eq!(
+            http.post(
+                &worker.url(&format!("/v1/rooms/{r}/messages")),
+                &user,
+                r#"{"data":1}"#
+            )
+            .await
+            .0,
+            201
+        );
+    }
+    let ours = |set: &BTreeSet<String>| -> BTreeSet<String> {
+        set.iter()
+            .filter(|r| r.starts_with("reg."))
+            .cloned()
+            .collect()
+    };
+    let all: BTreeSet<String> = rooms.iter().cloned().collect();
+    let owned_by = |instance: &str, instances: &[&str]| -> BTreeSet<String> {
+        rooms
+            .iter()
+            .filter(|r| owner(r, instances) == Some(instance))
+            .cloned()
+            .collect()
+    };
+
+    let mut a = Client::connect(&registry_url(worker, "a")).await;
+    assert_eq!(
+        ours(&announced(&mut a).await),
+        all,
+        "a lone instance owns every room"
+    );
+    let mut b = Client::connect(&registry_url(worker, "b")).await;
+    let for_b = ours(&announced(&mut b).await);
+    assert_eq!(for_b, owned_by("b", &["a", "b"]));
+    assert!(
+        !for_b.is_empty() && for_b.len() < rooms.len(),
+        "8 rooms should split: {for_b:?}"
+    );
+    let for_a = ours(&announced(&mut a).await);
+    assert_eq!(
+        for_a,
+        owned_by("a", &["a", "b"]),
+        "the join re-announced a's rooms to a, and only those"
+    );
+
+    let late = room("reg");
+    assert_eq!(
+        http.post(
+            &worker.url(&format!("/v1/rooms/{late}/messages")),
+            &user,
+            r#"{"data":1}"#
+        )
+        .await
+        .0,
+        201
+    );
+    let (owner_link, other) = if owner(&late, &["a", "b"]) == Some("a") {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    assert_eq!(announced(owner_link).await, BTreeSet::from([late.clone()]));
+    assert!(announced(other).await.is_empty());
+
+    b.close().await;
+    let after_leave = ours(&announced(&mut a).await);
+    assert!(
+        after_leave.is_superset(&owned_by("b", &["a", "b"])),
+        "b's rooms moved to a: {after_leave:?}"
+    );
+    assert!(after_leave.contains(&late));
+
+    let mut successor = Client::connect(&registry_url(worker, "a")).await;
+    assert_eq!(a.expect_close(Duration::from_secs(10)).await, 4009);
+    assert!(ours(&announced(&mut successor).await).is_superset(&all));
 }

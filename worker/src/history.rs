@@ -69,6 +69,8 @@ pub struct History {
     cursor: Cell<u64>,
     /// A bridge has linked to this room, so it is an outbox from now on.
     bridged: Cell<bool>,
+    /// The registry must hear of this room (kept durably until it has).
+    announce_due: Cell<bool>,
 }
 
 impl History {
@@ -83,6 +85,7 @@ impl History {
             epoch: RefCell::new(String::new()),
             cursor: Cell::new(0),
             bridged: Cell::new(false),
+            announce_due: Cell::new(false),
         };
         let number = |key| -> Result<u64> {
             Ok(history.meta(key)?.and_then(|v| v.parse().ok()).unwrap_or(0))
@@ -90,6 +93,9 @@ impl History {
         history.head.set(number("head")?);
         history.cursor.set(number("cursor")?);
         history.bridged.set(history.meta("bridged")?.is_some());
+        history
+            .announce_due
+            .set(history.meta("announce")?.as_deref() == Some("1"));
         let epoch = match history.meta("epoch")? {
             Some(epoch) => epoch,
             None => {
@@ -237,6 +243,27 @@ impl History {
         if seq > self.cursor.get() {
             self.set_meta("cursor", &seq.to_string())?;
             self.cursor.set(seq);
+        }
+        Ok(())
+    }
+
+    /// Records, in the same turn as the messages that caused it, that the
+    /// registry must be told about this room.
+    pub fn request_announce(&self) -> Result<()> {
+        if !self.announce_due.replace(true) {
+            self.set_meta("announce", "1")?;
+        }
+        Ok(())
+    }
+
+    pub fn announce_due(&self) -> bool {
+        self.announce_due.get()
+    }
+
+    /// The registry has heard of this room.
+    pub fn announced(&self) -> Result<()> {
+        if self.announce_due.replace(false) {
+            self.set_meta("announce", "0")?;
         }
         Ok(())
     }

@@ -8,6 +8,7 @@
 
 mod hibernation;
 mod history;
+mod registry;
 mod reply;
 mod room;
 mod router;
@@ -16,6 +17,7 @@ mod settings;
 
 use worker::{event, Context, Env, Request, Response, Result};
 
+pub use registry::Registry;
 pub use room::Room;
 
 #[event(fetch)]

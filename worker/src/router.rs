@@ -8,8 +8,9 @@
 use roomcast_protocol::auth::Identity;
 use roomcast_protocol::clock::now_ms;
 use roomcast_protocol::{ErrorCode, RoomName};
-use worker::{Env, Headers, Method, Request, RequestInit, Response, Result};
+use worker::{Env, Headers, Method, Request, RequestInit, Response, Result, Stub};
 
+use crate::registry;
 use crate::reply;
 use crate::room::{IDENTITY_HEADER, ROOM_HEADER};
 use crate::settings::{self, Settings};
@@ -41,6 +42,7 @@ pub async fn handle(req: Request, env: Env) -> Result<Response> {
             &serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}),
         ),
         ["v1", "rooms", room, op] => room_request(req, env, room, op).await,
+        ["v1", "bridge"] => registry_request(req, env).await,
         ["v1", ..] => reply::error(ErrorCode::NotFound, "no such API path"),
         _ => env.assets(ASSETS_BINDING)?.fetch_request(req).await,
     }
@@ -68,7 +70,36 @@ async fn room_request(req: Request, env: Env, room: &str, op: &str) -> Result<Re
             "this endpoint needs a WebSocket upgrade",
         );
     }
-    let settings = match settings::load(&env) {
+    let stub = env
+        .durable_object(ROOMS_BINDING)?
+        .id_from_name(room.as_str())?
+        .get_stub()?;
+    admit_and_forward(req, &env, Some(&room), need, stub).await
+}
+
+/// The registry link of SPEC section 5, for the bridge only.
+async fn registry_request(req: Request, env: Env) -> Result<Response> {
+    if req.method() != Method::Get {
+        return reply::error(ErrorCode::MethodNotAllowed, "method not allowed here");
+    }
+    if !is_upgrade(&req)? {
+        return reply::error(
+            ErrorCode::UpgradeRequired,
+            "this endpoint needs a WebSocket upgrade",
+        );
+    }
+    let stub = registry::stub(&env)?;
+    admit_and_forward(req, &env, None, Need::Bridge, stub).await
+}
+
+async fn admit_and_forward(
+    req: Request,
+    env: &Env,
+    room: Option<&RoomName>,
+    need: Need,
+    stub: Stub,
+) -> Result<Response> {
+    let settings = match settings::load(env) {
         Ok(settings) => settings,
         Err(message) => {
             worker::console_error!("configuration error: {message}");
@@ -78,18 +109,18 @@ async fn room_request(req: Request, env: Env, room: &str, op: &str) -> Result<Re
             );
         }
     };
-    let identity = match admit(&req, &settings, &room, need)? {
+    let identity = match admit(&req, &settings, room, need)? {
         Ok(identity) => identity,
         Err((code, message)) => return reply::error(code, &message),
     };
-    forward(req, &env, &room, &identity).await
+    forward(req, stub, room, &identity).await
 }
 
 /// Checks origin, token and rights; the error is the code and message to send.
 fn admit(
     req: &Request,
     settings: &Settings,
-    room: &RoomName,
+    room: Option<&RoomName>,
     need: Need,
 ) -> Result<std::result::Result<Identity, (ErrorCode, String)>> {
     let origin = req.headers().get("origin")?;
@@ -117,14 +148,14 @@ fn admit(
         )));
     }
     let allowed = match need {
-        Need::Subscribe => identity.rights.can_subscribe(room.as_str()),
-        Need::Publish => identity.rights.can_publish(room.as_str()),
+        Need::Subscribe => room.is_some_and(|r| identity.rights.can_subscribe(r.as_str())),
+        Need::Publish => room.is_some_and(|r| identity.rights.can_publish(r.as_str())),
         Need::Bridge => identity.rights.bridge,
     };
     if !allowed {
         return Ok(Err((
             ErrorCode::Forbidden,
-            format!("this token has no right to that in room {room}"),
+            "this token does not grant that here".into(),
         )));
     }
     Ok(Ok(identity))
@@ -165,12 +196,13 @@ fn token(req: &Request) -> Result<Option<String>> {
         .map(|(_, v)| v.into_owned()))
 }
 
-/// Sends the admitted request to the room, with the room name and identity
-/// in internal headers (the object is reachable only through this worker).
+/// Sends the admitted request to its Durable Object, with the room name and
+/// identity in internal headers (the objects are reachable only through
+/// this worker).
 async fn forward(
     mut req: Request,
-    env: &Env,
-    room: &RoomName,
+    stub: Stub,
+    room: Option<&RoomName>,
     identity: &Identity,
 ) -> Result<Response> {
     let headers = Headers::new();
@@ -179,7 +211,9 @@ async fn forward(
             headers.append(&name, &value)?;
         }
     }
-    headers.set(ROOM_HEADER, room.as_str())?;
+    if let Some(room) = room {
+        headers.set(ROOM_HEADER, room.as_str())?;
+    }
     headers.set(IDENTITY_HEADER, &serde_json::to_string(identity)?)?;
     let mut init = RequestInit::new();
     init.with_method(req.method()).with_headers(headers);
@@ -187,9 +221,5 @@ async fn forward(
         init.with_body(Some(req.text().await?.into()));
     }
     let inner = Request::new_with_init(req.url()?.as_str(), &init)?;
-    let stub = env
-        .durable_object(ROOMS_BINDING)?
-        .id_from_name(room.as_str())?
-        .get_stub()?;
     stub.fetch_with_request(inner).await
 }

@@ -23,7 +23,7 @@ use roomcast_protocol::rate::{self, Admission, RoomBudget};
 use roomcast_protocol::stats::{RoomStats, StatsReport};
 use roomcast_protocol::wire::{
     parse_client_frame, parse_publish_body, ClientFrame, Draft, HistoryPage, Message, Origin,
-    RateInfo, Receipt, Rejection, ServerFrame, Welcome,
+    RateInfo, Receipt, Registration, Rejection, ServerFrame, Welcome,
 };
 use roomcast_protocol::{CloseCode, ErrorCode};
 use worker::{
@@ -35,6 +35,7 @@ mod link;
 
 use crate::hibernation::last_auto_response_ms;
 use crate::history::{Appended, History};
+use crate::registry;
 use crate::reply;
 use crate::session::Session;
 use crate::settings::{self, Settings};
@@ -50,6 +51,8 @@ const CLIENT_TAG: &str = "client";
 const REPLAY_CHUNK: u64 = 500;
 /// Age trimming runs at most this often on the publish path.
 const AGE_TRIM_INTERVAL_MS: u64 = 60_000;
+/// How soon a failed registration is retried.
+const ANNOUNCE_RETRY_MS: u64 = 5_000;
 /// The earliest an alarm is set after now, so a burst of deadlines coalesces.
 const MIN_ALARM_DELAY_MS: u64 = 50;
 
@@ -87,6 +90,7 @@ impl DurableObject for Room {
     async fn fetch(&self, req: Request) -> Result<Response> {
         let result = self.serve(req).await;
         self.flush_stats();
+        self.flush_announce().await;
         result.or_else(|e| {
             console_error!("room {}: request failed: {e}", self.name_or_unknown());
             reply::error(ErrorCode::Internal, "the room failed to handle the request")
@@ -110,6 +114,7 @@ impl DurableObject for Room {
             self.on_frame(&ws, message).await
         };
         self.flush_stats();
+        self.flush_announce().await;
         if let Err(e) = result {
             console_error!("room {}: frame failed: {e}", self.name_or_unknown());
             let _ = ws.close(
@@ -148,6 +153,7 @@ impl DurableObject for Room {
     async fn alarm(&self) -> Result<Response> {
         let result = self.sweep().await;
         self.flush_stats();
+        self.flush_announce().await;
         if let Err(e) = &result {
             console_error!("room {}: sweep failed: {e}", self.name_or_unknown());
         }
@@ -435,6 +441,10 @@ impl Room {
         now: u64,
     ) -> Result<Vec<Receipt>> {
         let history = self.history()?;
+        // The registry hears of a room on its first message and whenever its
+        // outbox goes from empty to not (SPEC section 5).
+        let first = history.head() == 0;
+        let outbox_was_empty = history.cursor() >= history.head();
         let mut receipts = Vec::with_capacity(drafts.len());
         let mut fresh = Vec::new();
         for draft in drafts {
@@ -449,6 +459,10 @@ impl Room {
                     fresh.push(message);
                 }
             }
+        }
+        let relayed = fresh.iter().any(|m| m.origin != Origin::Kafka);
+        if (first && !fresh.is_empty()) || (outbox_was_empty && relayed) {
+            history.request_announce()?;
         }
         history.trim_count(limits)?;
         if now.saturating_sub(self.last_age_trim_ms.get()) >= AGE_TRIM_INTERVAL_MS {
@@ -763,6 +777,36 @@ impl Room {
             .flatten()
             .and_then(|json| serde_json::from_str(&json).ok())
             .unwrap_or_default()
+    }
+
+    /// Tells the registry about this room when a publish asked for it; on
+    /// failure the durable request stays and a sweep soon retries.
+    async fn flush_announce(&self) {
+        let Ok(history) = self.history() else { return };
+        if !history.announce_due() {
+            return;
+        }
+        let result = async {
+            let registration = Registration {
+                room: self.name()?,
+                pending: history.pending()?,
+            };
+            registry::register(&self.env, &registration).await?;
+            history.announced()
+        }
+        .await;
+        if let Err(e) = result {
+            console_error!(
+                "room {}: could not register with the registry: {e}",
+                self.name_or_unknown()
+            );
+            if let Err(e) = self.schedule_sweep(now_ms() + ANNOUNCE_RETRY_MS).await {
+                console_error!(
+                    "room {}: could not schedule a retry: {e}",
+                    self.name_or_unknown()
+                );
+            }
+        }
     }
 
     /// Persists the counters if an event changed them.
