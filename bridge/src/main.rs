@@ -1,124 +1,140 @@
-//! `roomcast-bridge`: relays room messages to Kafka and Kafka records into rooms.
-//!
-//! The relay itself lands with the Kafka bridge issue (SPEC sections 5-7);
-//! what exists now is the `token` subcommand, which mints development tokens
-//! from the worker's HS256 secret.
+//! `roomcast-bridge`: the sidecar that relays rooms to and from Kafka.
+//! See the library's modules for the parts; this file only parses the
+//! command line, prepares Kafka and handles signals.
 
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use roomcast_bridge::cli::{Cli, Command, RunArgs, TokenArgs};
+use roomcast_bridge::relay::{self, Bridge};
+use roomcast_bridge::{embedded, kafka};
 use roomcast_protocol::auth::{mint_hs256, TokenSpec};
 use roomcast_protocol::clock::now_ms;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
 
-/// Kafka <-> roomcast rooms relay (SPEC sections 5-7).
-#[derive(Parser, Debug)]
-#[command(version, about)]
-struct Args {
-    /// Base URL of the roomcast worker (`http(s)://` or `ws(s)://`).
-    #[arg(
-        long,
-        env = "ROOMCAST_WORKER_URL",
-        default_value = "http://127.0.0.1:8787"
-    )]
-    worker_url: String,
-
-    /// The worker's HS256 secret (`JWT_SECRET`), to mint tokens.
-    #[arg(long, env = "ROOMCAST_JWT_SECRET", hide_env_values = true)]
-    jwt_secret: Option<String>,
-
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Mint an HS256 token from --jwt-secret, for local use.
-    Token {
-        /// The token's subject (`sub`), shown as the sender of its messages.
-        #[arg(long)]
-        sub: String,
-        /// Room patterns it may subscribe to (`chat.*`, `*`), comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "*")]
-        rooms: Vec<String>,
-        /// Room patterns it may publish to, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "*")]
-        publish: Vec<String>,
-        /// Lifetime: seconds, or with a unit `s`, `m`, `h`, `d` (e.g. `1h`).
-        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
-        ttl: u64,
-        /// Mint the bridge's service token (`role: "bridge"`).
-        #[arg(long)]
-        bridge: bool,
-    },
-}
-
-fn parse_ttl(text: &str) -> Result<u64, String> {
-    let (digits, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 90, 15m or 1h"))?;
-    let scale = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        other => return Err(format!("unknown duration unit {other:?}; use s, m, h or d")),
-    };
-    n.checked_mul(scale)
-        .ok_or_else(|| format!("{text:?} is too long"))
-}
+/// Lifetime of the service token the bridge mints for itself from --jwt-secret.
+const SELF_TOKEN_TTL_SECS: u64 = 365 * 86_400;
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match args.command {
-        Some(Command::Token {
-            sub,
-            rooms,
-            publish,
-            ttl,
-            bridge,
-        }) => {
-            let Some(secret) = args.jwt_secret.filter(|s| !s.is_empty()) else {
-                eprintln!(
-                    "roomcast-bridge token: --jwt-secret (or ROOMCAST_JWT_SECRET) is required"
-                );
-                return ExitCode::from(2);
-            };
-            let role = bridge.then(|| "bridge".to_owned());
-            let spec = TokenSpec {
-                sub,
-                rooms,
-                publish,
-                role,
-                ttl_secs: ttl,
-                ..TokenSpec::default()
-            };
-            println!("{}", mint_hs256(&secret, &spec, now_ms()));
-            ExitCode::SUCCESS
-        }
-        None => {
-            eprintln!(
-                "roomcast-bridge: the Kafka relay is not built yet (worker at {}); see --help",
-                args.worker_url
-            );
-            ExitCode::from(2)
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Some(Command::Token(args)) => mint(&cli.run, &args),
+        None => match tokio::runtime::Runtime::new() {
+            Ok(runtime) => runtime.block_on(run(cli.run)),
+            Err(e) => {
+                error!("starting the runtime: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn mint(run: &RunArgs, args: &TokenArgs) -> ExitCode {
+    let Some(secret) = run.jwt_secret.as_deref().filter(|s| !s.is_empty()) else {
+        eprintln!("roomcast-bridge token: --jwt-secret (or ROOMCAST_JWT_SECRET) is required");
+        return ExitCode::from(2);
+    };
+    let spec = TokenSpec {
+        sub: args.sub.clone(),
+        rooms: args.rooms.clone(),
+        publish: args.publish.clone(),
+        role: args.bridge.then(|| "bridge".to_owned()),
+        ttl_secs: args.ttl,
+        ..TokenSpec::default()
+    };
+    println!("{}", mint_hs256(secret, &spec, now_ms()));
+    ExitCode::SUCCESS
+}
+
+fn service_token(args: &RunArgs) -> Result<String, String> {
+    if let Some(token) = args.token.as_deref().filter(|t| !t.is_empty()) {
+        return Ok(token.to_owned());
+    }
+    let secret = args
+        .jwt_secret
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .ok_or("either --token or --jwt-secret is required")?;
+    let spec = TokenSpec {
+        sub: "roomcast-bridge".into(),
+        role: Some("bridge".into()),
+        ttl_secs: SELF_TOKEN_TTL_SECS,
+        ..TokenSpec::default()
+    };
+    Ok(mint_hs256(secret, &spec, now_ms()))
+}
+
+async fn run(args: RunArgs) -> ExitCode {
+    match try_run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            ExitCode::FAILURE
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::parse_ttl;
-
-    #[test]
-    fn ttls() {
-        assert_eq!(parse_ttl("90"), Ok(90));
-        assert_eq!(parse_ttl("15m"), Ok(900));
-        assert_eq!(parse_ttl("1h"), Ok(3600));
-        assert!(parse_ttl("1w").is_err());
-        assert!(parse_ttl("h").is_err());
+async fn try_run(args: RunArgs) -> Result<(), String> {
+    let token = service_token(&args)?;
+    let instance = args
+        .instance_id
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+    // Kept alive until the bridge stops.
+    let mut _embedded = None;
+    let brokers = if args.embedded_kafka {
+        let cluster = embedded::start().await?;
+        warn!(
+            "EMBEDDED KAFKA on {} (mock cluster at {}): for development only, nothing is persisted",
+            embedded::ADDRESS,
+            cluster.bootstrap
+        );
+        let brokers = cluster.bootstrap.clone();
+        _embedded = Some(cluster);
+        brokers
+    } else {
+        args.brokers.clone()
+    };
+    let topics = [
+        args.events_topic.as_str(),
+        args.inbound_topic.as_str(),
+        args.dlq_topic.as_str(),
+    ];
+    if let Err(e) = kafka::ensure_topics(&brokers, &topics).await {
+        warn!("could not make sure the topics exist (continuing): {e}");
     }
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .map_err(|e| format!("binding --metrics-addr {}: {e}", args.metrics_addr))?;
+    let bridge = Arc::new(Bridge::new(&args, brokers, token, instance.clone())?);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    info!(instance, worker = args.worker_url, metrics = %args.metrics_addr, "bridge running");
+    let running = tokio::spawn(relay::run(bridge, listener, stop_rx));
+    tokio::select! {
+        _ = terminate.recv() => info!("SIGTERM: draining"),
+        _ = interrupt.recv() => info!("SIGINT: draining"),
+    }
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(Duration::from_secs(30), running).await {
+        Ok(_) => Ok(()),
+        Err(_) => Err("shutdown took longer than 30 s".into()),
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "bridge".into())
 }

@@ -1,0 +1,336 @@
+//! Prometheus metrics (SPEC section 7) and the health flags behind `/healthz`.
+//!
+//! The bridge's own series live in a `prometheus` registry. The rooms' series
+//! are the rooms' cumulative counters as they arrive on the links (`stats`
+//! frames), so they are kept as the last report per room and written out in
+//! the text format directly: re-counting them into client-side counters
+//! would double them after every bridge restart.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use roomcast_protocol::stats::StatsReport;
+
+/// Relay directions, the `direction` label.
+pub const TO_KAFKA: &str = "to_kafka";
+pub const TO_ROOM: &str = "to_room";
+
+pub struct Metrics {
+    registry: Registry,
+    pub link_up: IntGaugeVec,
+    pub link_reconnects: IntCounterVec,
+    pub outbox_pending: IntGaugeVec,
+    pub relayed: IntCounterVec,
+    pub relay_seconds: HistogramVec,
+    pub dlq: IntCounterVec,
+    rooms: Mutex<BTreeMap<String, StatsReport>>,
+    kafka_up: AtomicBool,
+    worker_up: AtomicBool,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique and valid");
+    metric
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let registry = Registry::new();
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &registry,
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge"),
+            )
+        };
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter"),
+            )
+        };
+        let relay_buckets = vec![
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ];
+        let metrics = Metrics {
+            link_up: gauge(
+                "roomcast_bridge_link_up",
+                "1 while the room link is open",
+                &["room"],
+            ),
+            link_reconnects: counter(
+                "roomcast_bridge_link_reconnects_total",
+                "Room link re-establishments",
+                &["room"],
+            ),
+            outbox_pending: gauge(
+                "roomcast_bridge_outbox_pending",
+                "Messages in the room not yet confirmed to Kafka",
+                &["room"],
+            ),
+            relayed: counter(
+                "roomcast_bridge_relayed_total",
+                "Messages relayed, by direction",
+                &["direction"],
+            ),
+            relay_seconds: register(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "roomcast_bridge_relay_seconds",
+                        "From message ts to Kafka ack / to room ack",
+                    )
+                    .buckets(relay_buckets),
+                    &["direction"],
+                )
+                .expect("valid histogram"),
+            ),
+            dlq: counter(
+                "roomcast_bridge_dlq_total",
+                "Records sent to the dead-letter topic, by reason",
+                &["reason"],
+            ),
+            registry,
+            rooms: Mutex::new(BTreeMap::new()),
+            kafka_up: AtomicBool::new(false),
+            worker_up: AtomicBool::new(false),
+        };
+        for direction in [TO_KAFKA, TO_ROOM] {
+            metrics.relayed.with_label_values(&[direction]);
+            metrics.relay_seconds.with_label_values(&[direction]);
+        }
+        metrics
+    }
+}
+
+impl Metrics {
+    /// Records a room's latest counters.
+    pub fn room_stats(&self, report: StatsReport) {
+        self.outbox_pending
+            .with_label_values(&[report.room.as_str()])
+            .set(report.pending as i64);
+        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        rooms.insert(report.room.clone(), report);
+    }
+
+    pub fn set_kafka_up(&self, up: bool) {
+        self.kafka_up.store(up, Ordering::Relaxed);
+    }
+
+    pub fn set_worker_up(&self, up: bool) {
+        self.worker_up.store(up, Ordering::Relaxed);
+    }
+
+    /// `(healthy, detail)` for `/healthz`.
+    pub fn health(&self) -> (bool, String) {
+        let kafka = self.kafka_up.load(Ordering::Relaxed);
+        let worker = self.worker_up.load(Ordering::Relaxed);
+        let body = serde_json::json!({
+            "status": if kafka && worker { "ok" } else { "degraded" },
+            "kafka": if kafka { "up" } else { "down" },
+            "worker": if worker { "up" } else { "down" },
+        });
+        (kafka && worker, body.to_string())
+    }
+
+    /// Everything, in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut text = TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_default();
+        let rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        render_rooms(&mut text, &rooms);
+        text
+    }
+}
+
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn family(text: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// The room series of SPEC section 7, from the rooms' own counters.
+fn render_rooms(text: &mut String, rooms: &BTreeMap<String, StatsReport>) {
+    family(
+        text,
+        "roomcast_room_connections",
+        "gauge",
+        "Open client connections",
+    );
+    for (room, r) in rooms {
+        let _ = writeln!(
+            text,
+            "roomcast_room_connections{{room=\"{}\"}} {}",
+            escape(room),
+            r.connections
+        );
+    }
+    family(
+        text,
+        "roomcast_room_messages_total",
+        "counter",
+        "Accepted messages",
+    );
+    for (room, r) in rooms {
+        for (origin, n) in &r.counters.messages_total {
+            let _ = writeln!(
+                text,
+                "roomcast_room_messages_total{{room=\"{}\",origin=\"{}\"}} {n}",
+                escape(room),
+                escape(origin)
+            );
+        }
+    }
+    family(
+        text,
+        "roomcast_room_deliveries_total",
+        "counter",
+        "Frames delivered to clients",
+    );
+    for (room, r) in rooms {
+        let _ = writeln!(
+            text,
+            "roomcast_room_deliveries_total{{room=\"{}\"}} {}",
+            escape(room),
+            r.counters.deliveries_total
+        );
+    }
+    family(
+        text,
+        "roomcast_room_rejects_total",
+        "counter",
+        "Rejected frames by error code",
+    );
+    for (room, r) in rooms {
+        for (reason, n) in &r.counters.rejects_total {
+            let _ = writeln!(
+                text,
+                "roomcast_room_rejects_total{{room=\"{}\",reason=\"{}\"}} {n}",
+                escape(room),
+                escape(reason)
+            );
+        }
+    }
+    family(
+        text,
+        "roomcast_room_reconnects_total",
+        "counter",
+        "Connects that asked to resume",
+    );
+    for (room, r) in rooms {
+        let _ = writeln!(
+            text,
+            "roomcast_room_reconnects_total{{room=\"{}\"}} {}",
+            escape(room),
+            r.counters.reconnects_total
+        );
+    }
+    family(
+        text,
+        "roomcast_room_connection_seconds",
+        "histogram",
+        "Lifetime of closed connections",
+    );
+    for (room, r) in rooms {
+        let h = &r.counters.connection_seconds;
+        let room = escape(room);
+        for (bound, count) in h.bounds.iter().zip(&h.counts) {
+            let _ = writeln!(
+                text,
+                "roomcast_room_connection_seconds_bucket{{room=\"{room}\",le=\"{bound}\"}} {count}"
+            );
+        }
+        let _ = writeln!(
+            text,
+            "roomcast_room_connection_seconds_bucket{{room=\"{room}\",le=\"+Inf\"}} {}",
+            h.count
+        );
+        let _ = writeln!(
+            text,
+            "roomcast_room_connection_seconds_sum{{room=\"{room}\"}} {}",
+            h.sum
+        );
+        let _ = writeln!(
+            text,
+            "roomcast_room_connection_seconds_count{{room=\"{room}\"}} {}",
+            h.count
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use roomcast_protocol::stats::RoomStats;
+    use roomcast_protocol::wire::Origin;
+
+    #[test]
+    fn renders_every_spec_name() {
+        let metrics = Metrics::default();
+        let mut counters = RoomStats::default();
+        counters.message(Origin::Ws);
+        counters.connection_seconds.observe(2.0);
+        metrics.room_stats(StatsReport {
+            room: "a\"b".into(),
+            epoch: "e".into(),
+            head: 1,
+            connections: 3,
+            cursor: 0,
+            pending: 1,
+            counters,
+        });
+        metrics.link_up.with_label_values(&["a"]).set(1);
+        metrics.link_reconnects.with_label_values(&["a"]).inc();
+        metrics.dlq.with_label_values(&["bad_room"]).inc();
+        let text = metrics.render();
+        for name in [
+            "roomcast_room_connections",
+            "roomcast_room_messages_total",
+            "roomcast_room_deliveries_total",
+            "roomcast_room_rejects_total",
+            "roomcast_room_reconnects_total",
+            "roomcast_room_connection_seconds",
+            "roomcast_bridge_link_up",
+            "roomcast_bridge_link_reconnects_total",
+            "roomcast_bridge_outbox_pending",
+            "roomcast_bridge_relayed_total",
+            "roomcast_bridge_relay_seconds",
+            "roomcast_bridge_dlq_total",
+        ] {
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
+        }
+        assert!(
+            text.contains(r#"roomcast_room_messages_total{room="a\"b",origin="ws"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"roomcast_room_connection_seconds_bucket{room="a\"b",le="5"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"roomcast_bridge_outbox_pending{room="a\"b"} 1"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn health_needs_both() {
+        let m = Metrics::default();
+        assert!(!m.health().0);
+        m.set_kafka_up(true);
+        m.set_worker_up(true);
+        assert!(m.health().0);
+    }
+}
