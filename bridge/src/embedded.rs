@@ -20,9 +20,14 @@ pub struct Embedded {
     pub bootstrap: String,
 }
 
-/// Starts the mock cluster and the forwarder on [`ADDRESS`].
-pub async fn start() -> Result<Embedded, String> {
+/// Starts the mock cluster with `topics` and the forwarder on [`ADDRESS`].
+pub async fn start(topics: &[&str]) -> Result<Embedded, String> {
     let cluster = MockCluster::new(1).map_err(|e| format!("starting the mock cluster: {e}"))?;
+    for topic in topics {
+        cluster
+            .create_topic(topic, 1, 1)
+            .map_err(|e| format!("creating {topic} on the mock cluster: {e}"))?;
+    }
     let bootstrap = cluster.bootstrap_servers();
     let listener = TcpListener::bind(ADDRESS)
         .await

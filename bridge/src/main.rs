@@ -16,6 +16,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+/// How long startup waits for Kafka to create missing topics.
+const TOPICS_TIMEOUT: Duration = Duration::from_secs(15);
 /// Lifetime of the service token the bridge mints for itself from --jwt-secret.
 const SELF_TOKEN_TTL_SECS: u64 = 365 * 86_400;
 
@@ -90,10 +92,15 @@ async fn try_run(args: RunArgs) -> Result<(), String> {
         .instance_id
         .clone()
         .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+    let topics = [
+        args.events_topic.as_str(),
+        args.inbound_topic.as_str(),
+        args.dlq_topic.as_str(),
+    ];
     // Kept alive until the bridge stops.
     let mut _embedded = None;
     let brokers = if args.embedded_kafka {
-        let cluster = embedded::start().await?;
+        let cluster = embedded::start(&topics).await?;
         warn!(
             "EMBEDDED KAFKA on {} (mock cluster at {}): for development only, nothing is persisted",
             embedded::ADDRESS,
@@ -105,13 +112,14 @@ async fn try_run(args: RunArgs) -> Result<(), String> {
     } else {
         args.brokers.clone()
     };
-    let topics = [
-        args.events_topic.as_str(),
-        args.inbound_topic.as_str(),
-        args.dlq_topic.as_str(),
-    ];
-    if let Err(e) = kafka::ensure_topics(&brokers, &topics).await {
-        warn!("could not make sure the topics exist (continuing): {e}");
+    if !args.embedded_kafka {
+        match tokio::time::timeout(TOPICS_TIMEOUT, kafka::ensure_topics(&brokers, &topics)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!("could not make sure the topics exist (continuing): {e}"),
+            Err(_) => {
+                warn!("Kafka did not answer topic creation within {TOPICS_TIMEOUT:?} (continuing)")
+            }
+        }
     }
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
