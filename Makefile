@@ -9,6 +9,8 @@ SHELL := /bin/bash
 
 CARGO_BIN        := $(HOME)/.cargo/bin
 WORKER_BUILD_VER := 0.8.7
+TANSU_VER        := 0.6.0
+TOOLS_DIR        := $(HOME)/.cache/roomcast/tools
 # wasm-bindgen-cli must match the wasm-bindgen crate exactly: read it from the lock file.
 WASM_BINDGEN_VER := $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/"/, "", $$3); print $$3}' Cargo.lock)
 
@@ -33,6 +35,11 @@ bootstrap: node_modules/.package-lock.json
 	  || cargo install wasm-bindgen-cli --version "$(WASM_BINDGEN_VER)" --force
 	@$(CARGO_BIN)/worker-build --version 2>/dev/null | grep -q "$(WORKER_BUILD_VER)" \
 	  || cargo install worker-build --version "$(WORKER_BUILD_VER)" --force
+	@# The end-to-end tests' Kafka-protocol broker (about 15 minutes to build, once).
+	@$(TOOLS_DIR)/bin/tansu --version 2>/dev/null | grep -q "$(TANSU_VER)" \
+	  || cargo install tansu --version "$(TANSU_VER)" --features dynostore --locked --root "$(TOOLS_DIR)" --force
+	@# kcat, to watch and feed Kafka topics by hand.
+	@command -v kcat >/dev/null || { apt-get update -qq && apt-get install -y -qq kcat; }
 
 # npm ci only when the lock file changed since the last install.
 node_modules/.package-lock.json: package-lock.json
@@ -90,7 +97,8 @@ test-wasm: bootstrap
 	  cargo test -p roomcast-protocol --target wasm32-unknown-unknown
 
 test-e2e: worker
-	cargo test -p roomcast-tests
+	cargo build -p roomcast-bridge
+	ROOMCAST_TANSU=$(TOOLS_DIR)/bin/tansu cargo test -p roomcast-tests
 
 ## bench: not part of test (see bench/)
 bench: build

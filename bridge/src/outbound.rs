@@ -103,12 +103,10 @@ async fn link(
         Err(e) => return End::Lost(format!("connect: {e}")),
     };
     backoff.reset();
+    // Touching the series exports it at 0 before the first reconnect.
+    let reconnects = bridge.metrics.link_reconnects.with_label_values(&[room]);
     if std::mem::replace(connected_before, true) {
-        bridge
-            .metrics
-            .link_reconnects
-            .with_label_values(&[room])
-            .inc();
+        reconnects.inc();
     }
     bridge.metrics.link_up.with_label_values(&[room]).set(1);
     let mut inflight: VecDeque<InFlight> = VecDeque::new();

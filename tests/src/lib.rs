@@ -58,11 +58,97 @@ pub fn fresh_dir(label: &str) -> PathBuf {
     dir
 }
 
+/// A child process in its own process group, with its output in a log file;
+/// dropping it kills the whole group.
+pub struct Service {
+    child: Child,
+    log: PathBuf,
+    name: &'static str,
+}
+
+impl Service {
+    /// Spawns `cmd` with stdout and stderr to `log`.
+    pub fn spawn(name: &'static str, mut cmd: Command, log: PathBuf) -> Service {
+        let out = File::create(&log).expect("create a service log");
+        cmd.stdin(Stdio::null())
+            .stdout(out.try_clone().expect("clone the log handle"))
+            .stderr(out);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
+        Service { child, log, name }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (as `kill -s` names it) to the whole group.
+    pub fn signal(&self, signal: &str) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill")
+            .args(["-s", signal, "--", &group])
+            .status();
+    }
+
+    /// Waits up to `wait` for the process to exit; its status code.
+    pub async fn exited_within(&mut self, wait: Duration) -> Option<i32> {
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
+    /// The last lines the process printed, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        format!(
+            "--- {} log ---\n{}",
+            self.name,
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        )
+    }
+
+    /// Kills the process group.
+    pub fn stop(&mut self) {
+        self.signal("KILL");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Polls `url` until it answers 200, or panics with `service`'s log.
+pub async fn wait_http_ok(url: &str, service: &Service, within: Duration) {
+    let deadline = Instant::now() + within;
+    let client = reqwest::Client::new();
+    while Instant::now() < deadline {
+        if let Ok(Ok(r)) = timeout(Duration::from_secs(2), client.get(url).send()).await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        sleep(Duration::from_millis(200)).await;
+    }
+    panic!(
+        "{url} did not answer 200 within {within:?}\n{}",
+        service.log_tail()
+    );
+}
+
 /// A running `wrangler dev`.
 pub struct Worker {
-    child: Child,
+    pub service: Service,
     port: u16,
-    log: PathBuf,
     pub persist: PathBuf,
 }
 
@@ -75,8 +161,6 @@ impl Worker {
     /// Starts the worker on an existing state directory (a restart).
     pub async fn start_in(persist: PathBuf, vars: &[(&str, &str)]) -> Worker {
         let port = free_port();
-        let log = persist.with_extension(format!("{port}.log"));
-        let out = File::create(&log).expect("create the wrangler log");
         let mut cmd = Command::new(repo_root().join("node_modules/.bin/wrangler"));
         cmd.current_dir(repo_root())
             .args(["dev", "--ip", "127.0.0.1", "--port", &port.to_string()])
@@ -85,54 +169,18 @@ impl Worker {
             .arg(&persist)
             .args(["--var", &format!("JWT_SECRET:{SECRET}")])
             .env("WRANGLER_SEND_METRICS", "false")
-            .env("CI", "true")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("clone the log handle"))
-            .stderr(out);
+            .env("CI", "true");
         for (name, value) in vars {
             cmd.args(["--var", &format!("{name}:{value}")]);
         }
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let child = cmd
-            .spawn()
-            .expect("start wrangler dev (run `make worker` first)");
+        let log = persist.with_extension(format!("{port}.log"));
         let worker = Worker {
-            child,
+            service: Service::spawn("wrangler dev", cmd, log),
             port,
-            log,
             persist,
         };
-        worker.wait_healthy().await;
+        wait_http_ok(&worker.url("/healthz"), &worker.service, STARTUP).await;
         worker
-    }
-
-    async fn wait_healthy(&self) {
-        let deadline = Instant::now() + STARTUP;
-        let client = reqwest::Client::new();
-        while Instant::now() < deadline {
-            if let Ok(Ok(r)) = timeout(
-                Duration::from_secs(2),
-                client.get(self.url("/healthz")).send(),
-            )
-            .await
-            {
-                if r.status() == 200 {
-                    return;
-                }
-            }
-            sleep(Duration::from_millis(200)).await;
-        }
-        panic!(
-            "wrangler dev did not become healthy within {STARTUP:?}:\n{}",
-            self.log_tail()
-        );
-    }
-
-    /// The last lines wrangler printed, for failure messages.
-    pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -145,18 +193,91 @@ impl Worker {
 
     /// Kills wrangler and its workerd children.
     pub fn stop(&mut self) {
-        let group = format!("-{}", self.child.id());
-        let _ = Command::new("kill")
-            .args(["-s", "KILL", "--", &group])
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.service.stop();
     }
 }
 
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.stop();
+/// A Kafka-protocol broker in its own process: `tansu` with in-memory
+/// storage (installed by `make bootstrap`; `ROOMCAST_TANSU` overrides).
+pub struct Broker {
+    pub service: Service,
+    pub address: String,
+}
+
+impl Broker {
+    pub async fn start() -> Broker {
+        let port = free_port();
+        let address = format!("127.0.0.1:{port}");
+        let binary = std::env::var("ROOMCAST_TANSU")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| {
+                PathBuf::from(std::env::var("HOME").expect("HOME"))
+                    .join(".cache/roomcast/tools/bin/tansu")
+            });
+        let mut cmd = Command::new(binary);
+        cmd.args(["broker", "--listener-url", &format!("tcp://{address}")])
+            .args(["--advertised-listener-url", &format!("tcp://{address}")])
+            .args(["--storage-engine", "memory://tansu/"]);
+        let broker = Broker {
+            service: Service::spawn("tansu", cmd, fresh_dir("tansu").join("tansu.log")),
+            address,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(&broker.address).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not listen\n{}",
+                broker.service.log_tail()
+            );
+            sleep(Duration::from_millis(100)).await;
+        }
+        broker
+    }
+}
+
+/// A running `roomcast-bridge`.
+pub struct BridgeProcess {
+    pub service: Service,
+    pub metrics: String,
+}
+
+impl BridgeProcess {
+    /// Starts the bridge binary (built by `make test`; `ROOMCAST_BRIDGE_BIN`
+    /// overrides) against `worker` and `broker`, with `extra` flags.
+    pub async fn start(
+        worker: &Worker,
+        broker: &Broker,
+        instance: &str,
+        extra: &[&str],
+    ) -> BridgeProcess {
+        let binary = std::env::var("ROOMCAST_BRIDGE_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| repo_root().join("target/debug/roomcast-bridge"));
+        let metrics = format!("127.0.0.1:{}", free_port());
+        let mut cmd = Command::new(binary);
+        cmd.args(["--worker-url", &worker.url("")])
+            .args(["--jwt-secret", SECRET])
+            .args(["--brokers", &broker.address])
+            .args(["--metrics-addr", &metrics])
+            .args(["--instance-id", instance])
+            .args(extra)
+            .env("RUST_LOG", "info,roomcast_bridge=debug");
+        let log = fresh_dir("bridge").join(format!("{instance}.log"));
+        let bridge = BridgeProcess {
+            service: Service::spawn("roomcast-bridge", cmd, log),
+            metrics,
+        };
+        wait_http_ok(
+            &bridge.url("/healthz"),
+            &bridge.service,
+            Duration::from_secs(60),
+        )
+        .await;
+        bridge
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.metrics)
     }
 }
 

@@ -1,0 +1,266 @@
+//! End to end through a real Kafka-protocol broker (tansu, its own process):
+//! room → Kafka with the key, value and headers of SPEC section 6; Kafka →
+//! rooms with idempotency keys; nothing from Kafka echoed back; bad records
+//! in the dead-letter topic while good ones keep flowing; the bridge's
+//! `/metrics` and `/healthz`; and a graceful SIGTERM.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use roomcast_tests::{full_token, room, BridgeProcess, Broker, Client, Http, Worker};
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+const MAX_BYTES: &str = "1024";
+
+fn producer(broker: &Broker) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", &broker.address)
+        .create()
+        .expect("a test producer")
+}
+
+fn consumer(broker: &Broker, topic: &str) -> StreamConsumer {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.address)
+        .set("group.id", format!("test-{topic}-{}", std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("a test consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    consumer
+}
+
+/// Records from `consumer` until `done` says enough, within `wait`.
+async fn collect(
+    consumer: &StreamConsumer,
+    wait: Duration,
+    done: impl Fn(&[OwnedMessage]) -> bool,
+) -> Vec<OwnedMessage> {
+    let deadline = Instant::now() + wait;
+    let mut records = Vec::new();
+    while !done(&records) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "only {} records within {wait:?}",
+            records.len()
+        );
+        if let Ok(Ok(m)) = tokio::time::timeout(left, consumer.recv()).await {
+            records.push(m.detach());
+        }
+    }
+    records
+}
+
+fn headers(record: &OwnedMessage) -> HashMap<String, String> {
+    record
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| {
+                    (
+                        h.key.to_owned(),
+                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn send(producer: &FutureProducer, key: Option<&str>, value: &str, message_id: Option<&str>) {
+    let mut record = FutureRecord::<str, str>::to("roomcast.inbound").payload(value);
+    if let Some(key) = key {
+        record = record.key(key);
+    }
+    if let Some(id) = message_id {
+        record = record.headers(OwnedHeaders::new().insert(Header {
+            key: "message-id",
+            value: Some(id),
+        }));
+    }
+    producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .expect("produce to the inbound topic");
+}
+
+#[tokio::test]
+async fn relays_through_kafka() {
+    let broker = Broker::start().await;
+    let worker = Worker::start(&[]).await;
+    let mut bridge = BridgeProcess::start(
+        &worker,
+        &broker,
+        "solo",
+        &["--max-message-bytes", MAX_BYTES],
+    )
+    .await;
+    let events = consumer(&broker, "roomcast.events");
+    let dlq = consumer(&broker, "roomcast.dlq");
+    let kafka = producer(&broker);
+    let http = Http::default();
+    let r = room("kafka");
+
+    // Room → Kafka.
+    let mut client =
+        Client::connect(&worker.ws_url(&format!("/v1/rooms/{r}/ws?token={}", full_token("alice"))))
+            .await;
+    client.expect("welcome").await;
+    client
+        .send_json(json!({"type": "publish", "data": {"n": 1}}))
+        .await;
+    let sent = client.expect("message").await;
+    client.expect("ack").await;
+    let records = collect(&events, Duration::from_secs(30), |r| !r.is_empty()).await;
+    let record = &records[0];
+    assert_eq!(record.key(), Some(r.as_bytes()));
+    let value: Value = serde_json::from_slice(record.payload().unwrap()).unwrap();
+    let mut expected = sent.clone();
+    expected.as_object_mut().unwrap().remove("type");
+    assert_eq!(value, expected);
+    let h = headers(record);
+    assert_eq!(h["message-id"], sent["id"].as_str().unwrap());
+    assert_eq!(
+        (h["room"].as_str(), h["seq"].as_str(), h["origin"].as_str()),
+        (r.as_str(), "1", "ws")
+    );
+
+    // Kafka → room, once per message-id, never echoed back to Kafka.
+    send(&kafka, Some(&r), r#"{"from":"kafka"}"#, Some("ext-1")).await;
+    send(&kafka, Some(&r), r#"{"from":"kafka"}"#, Some("ext-1")).await;
+    send(&kafka, Some(&r), r#"{"from":"kafka","n":2}"#, None).await;
+    let first = client.expect("message").await;
+    assert_eq!(
+        (
+            first["origin"].as_str(),
+            first["id"].as_str(),
+            first["data"]["from"].as_str()
+        ),
+        (Some("kafka"), Some("ext-1"), Some("kafka"))
+    );
+    let second = client.expect("message").await;
+    assert!(
+        second["id"]
+            .as_str()
+            .unwrap()
+            .starts_with("kafka:roomcast.inbound:"),
+        "{second}"
+    );
+    assert_eq!(
+        second["data"]["n"], 2,
+        "the duplicate ext-1 was delivered twice"
+    );
+
+    // Bad records go to the DLQ; a good one after them still flows.
+    send(&kafka, None, r#"{"x":1}"#, None).await;
+    send(&kafka, Some(".bad room"), r#"{"x":1}"#, None).await;
+    send(&kafka, Some(&r), "not json", None).await;
+    send(
+        &kafka,
+        Some(&r),
+        &json!({"big": "x".repeat(2000)}).to_string(),
+        None,
+    )
+    .await;
+    send(&kafka, Some(&r), r#"{"after":"the bad ones"}"#, None).await;
+    assert_eq!(
+        client.expect("message").await["data"]["after"],
+        "the bad ones"
+    );
+    let dead = collect(&dlq, Duration::from_secs(30), |r| r.len() >= 4).await;
+    let reasons: Vec<String> = dead.iter().map(|d| headers(d)["error"].clone()).collect();
+    assert_eq!(reasons, ["no_key", "bad_room", "bad_format", "too_large"]);
+    for d in &dead {
+        let h = headers(d);
+        assert_eq!(h["source-topic"], "roomcast.inbound");
+        assert!(
+            h["source-partition"].parse::<i32>().is_ok()
+                && h["source-offset"].parse::<i64>().is_ok(),
+            "{h:?}"
+        );
+    }
+    assert_eq!(dead[1].key(), Some(".bad room".as_bytes()));
+    assert_eq!(dead[2].payload(), Some("not json".as_bytes()));
+
+    // Only the WebSocket message went to Kafka: nothing from Kafka came back.
+    client
+        .send_json(json!({"type": "publish", "data": "last"}))
+        .await;
+    let more = collect(&events, Duration::from_secs(30), |r| !r.is_empty()).await;
+    let origins: Vec<String> = more.iter().map(|m| headers(m)["origin"].clone()).collect();
+    assert_eq!(
+        origins,
+        ["ws"],
+        "{:?}",
+        more.iter().map(headers).collect::<Vec<_>>()
+    );
+
+    // Metrics: every SPEC name, with values that match the traffic.
+    let (status, _) = http.get(&bridge.url("/healthz"), None).await;
+    assert_eq!(status, 200);
+    let text = http
+        .raw()
+        .get(bridge.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "roomcast_room_connections",
+        "roomcast_room_messages_total",
+        "roomcast_room_deliveries_total",
+        "roomcast_room_rejects_total",
+        "roomcast_room_reconnects_total",
+        "roomcast_room_connection_seconds",
+        "roomcast_bridge_link_up",
+        "roomcast_bridge_link_reconnects_total",
+        "roomcast_bridge_outbox_pending",
+        "roomcast_bridge_relayed_total",
+        "roomcast_bridge_relay_seconds",
+        "roomcast_bridge_dlq_total",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {name} ")),
+            "{name} missing from /metrics:\n{text}"
+        );
+    }
+    assert!(
+        text.contains(&format!("roomcast_bridge_link_up{{room=\"{r}\"}} 1")),
+        "{text}"
+    );
+    for reason in ["no_key", "bad_room", "bad_format", "too_large"] {
+        assert!(
+            text.contains(&format!(
+                "roomcast_bridge_dlq_total{{reason=\"{reason}\"}} 1"
+            )),
+            "{reason}: {text}"
+        );
+    }
+    let relayed = |direction: &str| -> u64 {
+        let prefix = format!("roomcast_bridge_relayed_total{{direction=\"{direction}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(relayed("to_kafka"), 2);
+    assert!(relayed("to_room") >= 3, "{text}");
+
+    // SIGTERM drains and exits cleanly.
+    bridge.service.signal("TERM");
+    assert_eq!(
+        bridge.service.exited_within(Duration::from_secs(20)).await,
+        Some(0),
+        "{}",
+        bridge.service.log_tail()
+    );
+}
