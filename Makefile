@@ -98,7 +98,7 @@ test-wasm: bootstrap
 
 test-e2e: worker
 	cargo build -p roomcast-bridge
-	ROOMCAST_TANSU=$(TOOLS_DIR)/bin/tansu cargo test -p roomcast-tests
+	ROOMCAST_TANSU=$(TOOLS_DIR)/bin/tansu cargo test -p roomcast-tests -- --test-threads=1
 
 ## bench: not part of test (see bench/)
 bench: build

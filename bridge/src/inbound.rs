@@ -100,8 +100,8 @@ async fn subscribe(bridge: &Bridge, stop: &mut watch::Receiver<bool>) -> Option<
 }
 
 fn kafka_consumer(bridge: &Bridge) -> Result<StreamConsumer, String> {
-    let consumer =
-        crate::kafka::consumer(&bridge.brokers, &bridge.group_id).map_err(|e| e.to_string())?;
+    let consumer = crate::kafka::consumer(&bridge.brokers, &bridge.group_id, &bridge.instance)
+        .map_err(|e| e.to_string())?;
     consumer
         .subscribe(&[&bridge.inbound_topic])
         .map_err(|e| e.to_string())?;

@@ -32,10 +32,22 @@ pub fn producer(brokers: &str) -> Result<FutureProducer, rdkafka::error::KafkaEr
 /// The inbound consumer: offsets are stored and committed by the bridge only
 /// after the room acknowledged the record (or it went to the dead-letter
 /// topic).
-pub fn consumer(brokers: &str, group: &str) -> Result<StreamConsumer, rdkafka::error::KafkaError> {
+///
+/// The instance id doubles as the static group membership id, so a restarted
+/// instance takes its partitions straight back instead of waiting for the
+/// group to notice the old member is gone; and the poll interval (which is
+/// also how long a rebalance waits for members) is short, so a member that
+/// died for good is replaced quickly.
+pub fn consumer(
+    brokers: &str,
+    group: &str,
+    instance: &str,
+) -> Result<StreamConsumer, rdkafka::error::KafkaError> {
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
+        .set("group.instance.id", instance)
+        .set("max.poll.interval.ms", "30000")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")

@@ -1,0 +1,300 @@
+//! End to end, the bridge's failure modes (issue: "a crash at any point
+//! loses nothing"): `kill -9` of the bridge mid-stream in both directions,
+//! the broker frozen (SIGSTOP) mid-stream, and a second bridge instance
+//! that shares the rooms and takes over the rooms of one that dies.
+//!
+//! Duplicates in Kafka are allowed (at-least-once); gaps never are, and
+//! rooms store each inbound record exactly once thanks to idempotency keys.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message as _};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use roomcast_tests::{full_token, room, BridgeProcess, Broker, Http, Worker};
+use serde_json::{json, Value};
+use tokio::time::{sleep, Instant};
+
+const TOTAL: u64 = 1000;
+const BATCH: u64 = 25;
+
+fn events(broker: &Broker) -> StreamConsumer {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.address)
+        .set(
+            "group.id",
+            format!("test-events-{}", roomcast_tests::room("g")),
+        )
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("a test consumer");
+    consumer.subscribe(&["roomcast.events"]).expect("subscribe");
+    consumer
+}
+
+/// What the events topic has delivered so far, as (room, seq) pairs.
+type Seen = BTreeSet<(String, u64)>;
+
+/// Waits until the events topic has held every seq in `1..=last` of each room.
+async fn expect_every_seq(
+    consumer: &StreamConsumer,
+    seen: &mut Seen,
+    rooms: &[String],
+    last: u64,
+    wait: Duration,
+) {
+    let deadline = Instant::now() + wait;
+    let wanted = rooms.len() * last as usize;
+    let complete = |seen: &Seen| {
+        seen.iter()
+            .filter(|(r, s)| rooms.contains(r) && *s <= last)
+            .count()
+            >= wanted
+    };
+    while !complete(seen) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "only {} of {wanted} (room, seq) pairs reached Kafka",
+            seen.len()
+        );
+        if let Ok(Ok(m)) = tokio::time::timeout(left, consumer.recv()).await {
+            let header = |name: &str| -> Option<String> {
+                m.headers()?
+                    .iter()
+                    .find(|h| h.key == name)
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            };
+            let (Some(room), Some(seq)) = (
+                header("room"),
+                header("seq").and_then(|s| s.parse::<u64>().ok()),
+            ) else {
+                continue;
+            };
+            seen.insert((room, seq));
+        }
+    }
+}
+
+/// Publishes `count` messages into `room` over HTTP, a batch at a time.
+async fn publish(worker: &Worker, room: &str, count: u64) {
+    let http = Http::default();
+    let token = full_token("load");
+    for start in (0..count).step_by(BATCH as usize) {
+        let messages: Vec<Value> = (start..(start + BATCH).min(count))
+            .map(|n| json!({"data": n}))
+            .collect();
+        let (status, body) = http
+            .post(
+                &worker.url(&format!("/v1/rooms/{room}/messages")),
+                &token,
+                &json!({"messages": messages}).to_string(),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn producer(broker: &Broker) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", &broker.address)
+        .set("message.timeout.ms", "60000")
+        .create()
+        .expect("a test producer")
+}
+
+async fn produce(producer: &FutureProducer, room: &str, range: std::ops::Range<u64>) {
+    for n in range {
+        let value = json!({"n": n}).to_string();
+        let record = FutureRecord::<str, str>::to("roomcast.inbound")
+            .key(room)
+            .payload(&value);
+        producer
+            .send(record, Duration::from_secs(60))
+            .await
+            .expect("produce");
+    }
+}
+
+/// Waits until `room` holds `count` Kafka-origin messages, and checks each
+/// inbound record is there exactly once.
+async fn expect_inbound_once(worker: &Worker, room: &str, count: u64, wait: Duration) {
+    let http = Http::default();
+    let token = full_token("check");
+    let deadline = Instant::now() + wait;
+    loop {
+        let (_, page) = http
+            .get(
+                &worker.url(&format!("/v1/rooms/{room}/messages?since=0&limit=1000")),
+                Some(&token),
+            )
+            .await;
+        let ns: Vec<u64> = page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["data"]["n"].as_u64().unwrap())
+            .collect();
+        if ns.len() as u64 >= count {
+            let distinct: BTreeSet<u64> = ns.iter().copied().collect();
+            assert_eq!(ns.len(), distinct.len(), "a record was stored twice");
+            assert_eq!(distinct, (0..count).collect::<BTreeSet<_>>());
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {count} records reached {room}",
+            ns.len()
+        );
+        sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_killed_bridge_loses_nothing() {
+    let broker = Broker::start().await;
+    let worker = Worker::start(&[]).await;
+    let consumer = events(&broker);
+    let out = room("crash-out");
+    let inbound = room("crash-in");
+    let mut bridge = BridgeProcess::start(&worker, &broker, "one", &[]).await;
+    let kafka = producer(&broker);
+
+    let publishing = publish(&worker, &out, TOTAL);
+    let producing = produce(&kafka, &inbound, 0..TOTAL);
+    let killing = async {
+        sleep(Duration::from_millis(700)).await;
+        bridge.service.signal("KILL");
+        bridge.service.exited_within(Duration::from_secs(5)).await;
+        BridgeProcess::start(&worker, &broker, "one", &[]).await
+    };
+    let (_, _, restarted) = tokio::join!(publishing, producing, killing);
+
+    expect_every_seq(
+        &consumer,
+        &mut Seen::new(),
+        std::slice::from_ref(&out),
+        TOTAL,
+        Duration::from_secs(90),
+    )
+    .await;
+    expect_inbound_once(&worker, &inbound, TOTAL, Duration::from_secs(90)).await;
+    drop(restarted);
+}
+
+#[tokio::test]
+async fn a_frozen_broker_loses_nothing() {
+    let broker = Broker::start().await;
+    let worker = Worker::start(&[]).await;
+    let consumer = events(&broker);
+    let bridge = BridgeProcess::start(&worker, &broker, "one", &[]).await;
+    let http = Http::default();
+    let out = room("frozen-out");
+    let inbound = room("frozen-in");
+    let kafka = producer(&broker);
+    produce(&kafka, &inbound, 0..200).await;
+    publish(&worker, &out, 200).await;
+
+    broker.service.signal("STOP");
+    let stopped = Instant::now();
+    // Rooms keep accepting messages while Kafka is away: they are the outbox.
+    publish(&worker, &out, 100).await;
+    let deadline = Instant::now() + Duration::from_secs(14);
+    loop {
+        if http.get(&bridge.url("/healthz"), None).await.0 == 503 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/healthz never reported Kafka down"
+        );
+        sleep(Duration::from_millis(200)).await;
+    }
+    sleep(Duration::from_secs(15).saturating_sub(stopped.elapsed())).await;
+    broker.service.signal("CONT");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http.get(&bridge.url("/healthz"), None).await.0 != 200 {
+        assert!(Instant::now() < deadline, "/healthz did not recover");
+        sleep(Duration::from_millis(200)).await;
+    }
+    produce(&kafka, &inbound, 200..300).await;
+    // 200 before the freeze and 100 during it: seqs 1..=300, no gap.
+    expect_every_seq(
+        &consumer,
+        &mut Seen::new(),
+        std::slice::from_ref(&out),
+        300,
+        Duration::from_secs(90),
+    )
+    .await;
+    expect_inbound_once(&worker, &inbound, 300, Duration::from_secs(90)).await;
+}
+
+/// The rooms whose link is up on `bridge`, from its metrics.
+async fn linked(bridge: &BridgeProcess, rooms: &[String]) -> BTreeSet<String> {
+    let text = Http::default()
+        .raw()
+        .get(bridge.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    rooms
+        .iter()
+        .filter(|r| text.contains(&format!("roomcast_bridge_link_up{{room=\"{r}\"}} 1")))
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn instances_share_rooms_and_take_over() {
+    let broker = Broker::start().await;
+    let worker = Worker::start(&[]).await;
+    let consumer = events(&broker);
+    let a = BridgeProcess::start(&worker, &broker, "a", &[]).await;
+    let mut b = BridgeProcess::start(&worker, &broker, "b", &[]).await;
+    let rooms: Vec<String> = (0..8).map(|_| room("shared")).collect();
+    for r in &rooms {
+        publish(&worker, r, 10).await;
+    }
+    let all: BTreeSet<String> = rooms.iter().cloned().collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (on_a, on_b) = (linked(&a, &rooms).await, linked(&b, &rooms).await);
+        if on_a.is_disjoint(&on_b)
+            && on_a.union(&on_b).cloned().collect::<BTreeSet<_>>() == all
+            && !on_b.is_empty()
+            && !on_a.is_empty()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rooms not split one per instance: a {on_a:?}, b {on_b:?}"
+        );
+        sleep(Duration::from_millis(300)).await;
+    }
+    let mut seen = Seen::new();
+    expect_every_seq(&consumer, &mut seen, &rooms, 10, Duration::from_secs(30)).await;
+
+    b.service.signal("KILL");
+    let killed = Instant::now();
+    while linked(&a, &rooms).await != all {
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "b's rooms did not move to a within 10 s"
+        );
+        sleep(Duration::from_millis(200)).await;
+    }
+    for r in &rooms {
+        publish(&worker, r, 5).await;
+    }
+    // Each room now has seqs 1..=15 in Kafka, with no gap across the takeover.
+    expect_every_seq(&consumer, &mut seen, &rooms, 15, Duration::from_secs(30)).await;
+}
