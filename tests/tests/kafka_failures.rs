@@ -258,7 +258,7 @@ async fn instances_share_rooms_and_take_over() {
     let worker = Worker::start(&[]).await;
     let consumer = events(&broker);
     let a = BridgeProcess::start(&worker, &broker, "a", &[]).await;
-    let mut b = BridgeProcess::start(&worker, &broker, "b", &[]).await;
+    let b = BridgeProcess::start(&worker, &broker, "b", &[]).await;
     let rooms: Vec<String> = (0..8).map(|_| room("shared")).collect();
     for r in &rooms {
         publish(&worker, r, 10).await;
