@@ -62,11 +62,25 @@ $(WORKER_BUNDLE): $(WORKER_SOURCES)
 bridge: bootstrap
 	cargo build --release -p roomcast-bridge
 
-## dev: the worker on 127.0.0.1:8787 with secrets from .dev.vars (created when missing)
-dev: worker .dev.vars
-	@echo "Join a room with a token minted from .dev.vars (valid 12h):"
-	@echo "  ws://127.0.0.1:8787/v1/rooms/chat.lobby/ws?token=$$($(MAKE) -s token SUB=dev TTL=12h)"
-	wrangler dev --ip 127.0.0.1 --port 8787
+## dev: the worker on 127.0.0.1:8787 and the bridge with an embedded Kafka on 127.0.0.1:9092
+dev: worker bridge .dev.vars
+	@secret=$$(sed -n 's/^JWT_SECRET=//p' .dev.vars); \
+	wrangler dev --ip 127.0.0.1 --port 8787 & worker=$$!; \
+	trap 'kill $$worker $${bridge:-} 2>/dev/null; wait' EXIT INT TERM; \
+	wait_ok() { for _ in $$(seq 240); do curl -sf "$$1" >/dev/null && return 0; sleep 0.5; done; echo "$$1 did not come up" >&2; exit 1; }; \
+	wait_ok http://127.0.0.1:8787/healthz; \
+	target/release/roomcast-bridge --worker-url http://127.0.0.1:8787 --jwt-secret "$$secret" --embedded-kafka & bridge=$$!; \
+	wait_ok http://127.0.0.1:9464/healthz; \
+	token=$$(target/release/roomcast-bridge --jwt-secret "$$secret" token --sub dev --ttl 12h); \
+	echo; \
+	echo "roomcast is running (Ctrl-C stops everything):"; \
+	echo "  demo page:  http://127.0.0.1:8787/?token=$$token"; \
+	echo "  join:       websocat 'ws://127.0.0.1:8787/v1/rooms/chat.lobby/ws?token=$$token'"; \
+	echo "  watch:      kcat -b 127.0.0.1:9092 -t roomcast.events -C"; \
+	echo "  publish:    echo 'chat.lobby:{\"text\":\"from kafka\"}' | kcat -b 127.0.0.1:9092 -t roomcast.inbound -P -K:"; \
+	echo "  metrics:    http://127.0.0.1:9464/metrics"; \
+	echo; \
+	wait
 
 .dev.vars:
 	@echo "JWT_SECRET=$$(head -c 32 /dev/urandom | base64 | tr -d '/+=')" > $@

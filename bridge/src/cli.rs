@@ -96,7 +96,9 @@ pub struct RunArgs {
     #[arg(long, env = "ROOMCAST_METRICS_ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_addr: SocketAddr,
 
-    /// This instance's id among several bridges (default: hostname and pid).
+    /// This instance's id among several bridges (default: the hostname). It
+    /// is also the Kafka static group member id, so keep it stable across
+    /// restarts, and unique per instance.
     #[arg(long, env = "ROOMCAST_INSTANCE_ID")]
     pub instance_id: Option<String>,
 

@@ -88,10 +88,7 @@ async fn run(args: RunArgs) -> ExitCode {
 
 async fn try_run(args: RunArgs) -> Result<(), String> {
     let token = service_token(&args)?;
-    let instance = args
-        .instance_id
-        .clone()
-        .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+    let instance = args.instance_id.clone().unwrap_or_else(hostname);
     let topics = [
         args.events_topic.as_str(),
         args.inbound_topic.as_str(),

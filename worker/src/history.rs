@@ -93,9 +93,13 @@ impl History {
         history.head.set(number("head")?);
         history.cursor.set(number("cursor")?);
         history.bridged.set(history.meta("bridged")?.is_some());
-        history
-            .announce_due
-            .set(history.meta("announce")?.as_deref() == Some("1"));
+        match history.meta("announce")?.as_deref() {
+            Some(flag) => history.announce_due.set(flag == "1"),
+            // A room with messages from before the registry existed has
+            // never been announced: do it now.
+            None if history.head() > 0 => history.request_announce()?,
+            None => {}
+        }
         let epoch = match history.meta("epoch")? {
             Some(epoch) => epoch,
             None => {
