@@ -16,6 +16,22 @@ use prometheus::{
 };
 use roomcast_protocol::stats::StatsReport;
 
+/// Every series name of SPEC section 7, which dashboards and alerts may query.
+pub const METRIC_NAMES: [&str; 12] = [
+    "roomcast_room_connections",
+    "roomcast_room_messages_total",
+    "roomcast_room_deliveries_total",
+    "roomcast_room_rejects_total",
+    "roomcast_room_reconnects_total",
+    "roomcast_room_connection_seconds",
+    "roomcast_bridge_link_up",
+    "roomcast_bridge_link_reconnects_total",
+    "roomcast_bridge_outbox_pending",
+    "roomcast_bridge_relayed_total",
+    "roomcast_bridge_relay_seconds",
+    "roomcast_bridge_dlq_total",
+];
+
 /// Relay directions, the `direction` label.
 pub const TO_KAFKA: &str = "to_kafka";
 pub const TO_ROOM: &str = "to_room";
@@ -295,20 +311,7 @@ mod tests {
         metrics.link_reconnects.with_label_values(&["a"]).inc();
         metrics.dlq.with_label_values(&["bad_room"]).inc();
         let text = metrics.render();
-        for name in [
-            "roomcast_room_connections",
-            "roomcast_room_messages_total",
-            "roomcast_room_deliveries_total",
-            "roomcast_room_rejects_total",
-            "roomcast_room_reconnects_total",
-            "roomcast_room_connection_seconds",
-            "roomcast_bridge_link_up",
-            "roomcast_bridge_link_reconnects_total",
-            "roomcast_bridge_outbox_pending",
-            "roomcast_bridge_relayed_total",
-            "roomcast_bridge_relay_seconds",
-            "roomcast_bridge_dlq_total",
-        ] {
+        for name in METRIC_NAMES {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
         }
         assert!(

@@ -14,6 +14,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::FutureProducer;
 use roomcast_protocol::auth::{mint_hs256, TokenSpec};
 use roomcast_protocol::clock::now_ms;
 use serde_json::Value;
@@ -232,6 +235,30 @@ impl Broker {
             sleep(Duration::from_millis(100)).await;
         }
         broker
+    }
+}
+
+impl Broker {
+    /// A producer for the test's own records (patient enough for a frozen broker).
+    pub fn producer(&self) -> FutureProducer {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.address)
+            .set("message.timeout.ms", "60000")
+            .create()
+            .expect("a test producer")
+    }
+
+    /// An independent consumer of `topic` from its start, in a group of its own.
+    pub fn consumer(&self, topic: &str) -> StreamConsumer {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.address)
+            .set("group.id", room("test-consumer"))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("a test consumer");
+        consumer.subscribe(&[topic]).expect("subscribe");
+        consumer
     }
 }
 

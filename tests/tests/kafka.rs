@@ -7,34 +7,15 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use roomcast_bridge::metrics::METRIC_NAMES;
 use roomcast_tests::{full_token, room, BridgeProcess, Broker, Client, Http, Worker};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
 const MAX_BYTES: &str = "1024";
-
-fn producer(broker: &Broker) -> FutureProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", &broker.address)
-        .create()
-        .expect("a test producer")
-}
-
-fn consumer(broker: &Broker, topic: &str) -> StreamConsumer {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.address)
-        .set("group.id", format!("test-{topic}-{}", std::process::id()))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("a test consumer");
-    consumer.subscribe(&[topic]).expect("subscribe");
-    consumer
-}
 
 /// Records from `consumer` until `done` says enough, within `wait`.
 async fn collect(
@@ -102,9 +83,9 @@ async fn relays_through_kafka() {
         &["--max-message-bytes", MAX_BYTES],
     )
     .await;
-    let events = consumer(&broker, "roomcast.events");
-    let dlq = consumer(&broker, "roomcast.dlq");
-    let kafka = producer(&broker);
+    let events = broker.consumer("roomcast.events");
+    let dlq = broker.consumer("roomcast.dlq");
+    let kafka = broker.producer();
     let http = Http::default();
     let r = room("kafka");
 
@@ -214,20 +195,7 @@ async fn relays_through_kafka() {
         .text()
         .await
         .unwrap();
-    for name in [
-        "roomcast_room_connections",
-        "roomcast_room_messages_total",
-        "roomcast_room_deliveries_total",
-        "roomcast_room_rejects_total",
-        "roomcast_room_reconnects_total",
-        "roomcast_room_connection_seconds",
-        "roomcast_bridge_link_up",
-        "roomcast_bridge_link_reconnects_total",
-        "roomcast_bridge_outbox_pending",
-        "roomcast_bridge_relayed_total",
-        "roomcast_bridge_relay_seconds",
-        "roomcast_bridge_dlq_total",
-    ] {
+    for name in METRIC_NAMES {
         assert!(
             text.contains(&format!("# TYPE {name} ")),
             "{name} missing from /metrics:\n{text}"

@@ -9,8 +9,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::{Headers, Message as _};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use roomcast_tests::{full_token, room, BridgeProcess, Broker, Http, Worker};
@@ -19,20 +18,6 @@ use tokio::time::{sleep, Instant};
 
 const TOTAL: u64 = 1000;
 const BATCH: u64 = 25;
-
-fn events(broker: &Broker) -> StreamConsumer {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.address)
-        .set(
-            "group.id",
-            format!("test-events-{}", roomcast_tests::room("g")),
-        )
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("a test consumer");
-    consumer.subscribe(&["roomcast.events"]).expect("subscribe");
-    consumer
-}
 
 /// What the events topic has delivered so far, as (room, seq) pairs.
 type Seen = BTreeSet<(String, u64)>;
@@ -99,14 +84,6 @@ async fn publish(worker: &Worker, room: &str, count: u64) {
     }
 }
 
-fn producer(broker: &Broker) -> FutureProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", &broker.address)
-        .set("message.timeout.ms", "60000")
-        .create()
-        .expect("a test producer")
-}
-
 async fn produce(producer: &FutureProducer, room: &str, range: std::ops::Range<u64>) {
     for n in range {
         let value = json!({"n": n}).to_string();
@@ -158,11 +135,11 @@ async fn expect_inbound_once(worker: &Worker, room: &str, count: u64, wait: Dura
 async fn a_killed_bridge_loses_nothing() {
     let broker = Broker::start().await;
     let worker = Worker::start(&[]).await;
-    let consumer = events(&broker);
+    let consumer = broker.consumer("roomcast.events");
     let out = room("crash-out");
     let inbound = room("crash-in");
     let mut bridge = BridgeProcess::start(&worker, &broker, "one", &[]).await;
-    let kafka = producer(&broker);
+    let kafka = broker.producer();
 
     let publishing = publish(&worker, &out, TOTAL);
     let producing = produce(&kafka, &inbound, 0..TOTAL);
@@ -190,12 +167,12 @@ async fn a_killed_bridge_loses_nothing() {
 async fn a_frozen_broker_loses_nothing() {
     let broker = Broker::start().await;
     let worker = Worker::start(&[]).await;
-    let consumer = events(&broker);
+    let consumer = broker.consumer("roomcast.events");
     let bridge = BridgeProcess::start(&worker, &broker, "one", &[]).await;
     let http = Http::default();
     let out = room("frozen-out");
     let inbound = room("frozen-in");
-    let kafka = producer(&broker);
+    let kafka = broker.producer();
     produce(&kafka, &inbound, 0..200).await;
     publish(&worker, &out, 200).await;
 
@@ -256,7 +233,7 @@ async fn linked(bridge: &BridgeProcess, rooms: &[String]) -> BTreeSet<String> {
 async fn instances_share_rooms_and_take_over() {
     let broker = Broker::start().await;
     let worker = Worker::start(&[]).await;
-    let consumer = events(&broker);
+    let consumer = broker.consumer("roomcast.events");
     let a = BridgeProcess::start(&worker, &broker, "a", &[]).await;
     let b = BridgeProcess::start(&worker, &broker, "b", &[]).await;
     let rooms: Vec<String> = (0..8).map(|_| room("shared")).collect();

@@ -6,6 +6,7 @@
 //! its history and its WebSockets (on the Hibernation API, so idle rooms cost
 //! nothing).
 
+mod attachment;
 mod hibernation;
 mod history;
 mod registry;

@@ -21,6 +21,7 @@ use worker::{
     WebSocketRequestResponsePair,
 };
 
+use crate::attachment::Attachment;
 use crate::reply;
 
 /// The Durable Object namespace of the registry (see `wrangler.toml`).
@@ -62,16 +63,7 @@ struct Member {
     closed: bool,
 }
 
-impl Member {
-    fn load(ws: &WebSocket) -> Option<Member> {
-        let json = ws.deserialize_attachment::<String>().ok()??;
-        serde_json::from_str(&json).ok()
-    }
-
-    fn save(&self, ws: &WebSocket) -> Result<()> {
-        ws.serialize_attachment(serde_json::to_string(self)?)
-    }
-}
+impl Attachment for Member {}
 
 #[durable_object]
 pub struct Registry {
@@ -180,7 +172,7 @@ impl Registry {
             .get_websockets_with_tag(LINK_TAG)
             .into_iter()
             .filter_map(|ws| {
-                let member = Member::load(&ws).filter(|m| !m.closed)?;
+                let member = Member::load(&ws).ok().flatten().filter(|m| !m.closed)?;
                 Some((ws, member.instance))
             })
             .collect()
@@ -236,7 +228,7 @@ impl Registry {
     }
 
     fn leave(&self, ws: &WebSocket) {
-        if let Some(mut member) = Member::load(ws).filter(|m| !m.closed) {
+        if let Some(mut member) = Member::load(ws).ok().flatten().filter(|m| !m.closed) {
             member.closed = true;
             let _ = member.save(ws);
             if let Err(e) = self.rebalance() {

@@ -1,17 +1,13 @@
-//! One client connection's state, kept in its WebSocket attachment.
-//!
-//! A hibernating room loses its memory but not its WebSockets, so everything
-//! a connection needs across events (who it is, its rate bucket, when it was
-//! last heard from) rides on the socket itself. It is stored as a JSON string
-//! to keep well under the runtime's 16 KiB attachment limit and to avoid
-//! JavaScript number surprises.
+//! One client connection's state, kept in its WebSocket attachment: who it
+//! is, its rate bucket, when it was last heard from.
 
 use roomcast_protocol::auth::Identity;
 use roomcast_protocol::policy::Strikes;
 use roomcast_protocol::rate::Bucket;
 use roomcast_protocol::rights::Rights;
 use serde::{Deserialize, Serialize};
-use worker::{Result, WebSocket};
+
+use crate::attachment::Attachment;
 
 /// How long before a token's `exp` the `token_expiring` notice goes out.
 pub const EXPIRY_NOTICE_MS: u64 = 60_000;
@@ -33,6 +29,8 @@ pub struct Session {
     pub closed: bool,
 }
 
+impl Attachment for Session {}
+
 impl Session {
     pub fn new(conn_id: String, identity: Identity, burst: u32, now_ms: u64) -> Session {
         Session {
@@ -47,17 +45,6 @@ impl Session {
             warned: false,
             closed: false,
         }
-    }
-
-    pub fn load(ws: &WebSocket) -> Result<Option<Session>> {
-        match ws.deserialize_attachment::<String>()? {
-            Some(json) => Ok(Some(serde_json::from_str(&json)?)),
-            None => Ok(None),
-        }
-    }
-
-    pub fn save(&self, ws: &WebSocket) -> Result<()> {
-        ws.serialize_attachment(serde_json::to_string(self)?)
     }
 
     /// When the token stops being honoured: `exp` plus leeway plus grace.

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use worker::{Response, Result, WebSocket, WebSocketIncomingMessage, WebSocketPair};
 
 use super::{send_error, Room};
+use crate::attachment::Attachment;
 
 /// Tag of bridge links among the room's sockets.
 const LINK_TAG: &str = "bridge";
@@ -34,16 +35,7 @@ struct Link {
     closed: bool,
 }
 
-impl Link {
-    fn load(ws: &WebSocket) -> Option<Link> {
-        let json = ws.deserialize_attachment::<String>().ok()??;
-        serde_json::from_str(&json).ok()
-    }
-
-    fn save(&self, ws: &WebSocket) -> Result<()> {
-        ws.serialize_attachment(serde_json::to_string(self)?)
-    }
-}
+impl Attachment for Link {}
 
 impl Room {
     pub(super) fn is_link(&self, ws: &WebSocket) -> bool {
@@ -55,7 +47,13 @@ impl Room {
         self.state
             .get_websockets_with_tag(LINK_TAG)
             .into_iter()
-            .filter_map(|ws| Link::load(&ws).filter(|l| !l.closed).map(|l| (ws, l)))
+            .filter_map(|ws| {
+                Link::load(&ws)
+                    .ok()
+                    .flatten()
+                    .filter(|l| !l.closed)
+                    .map(|l| (ws, l))
+            })
             .collect()
     }
 

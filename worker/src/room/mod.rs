@@ -33,6 +33,7 @@ use worker::{
 
 mod link;
 
+use crate::attachment::Attachment;
 use crate::hibernation::last_auto_response_ms;
 use crate::history::{Appended, History};
 use crate::registry;
