@@ -11,6 +11,7 @@ CARGO_BIN        := $(HOME)/.cargo/bin
 WORKER_BUILD_VER := 0.8.7
 TANSU_VER        := 0.6.0
 TOOLS_DIR        := $(HOME)/.cache/roomcast/tools
+CHROMIUM         := /usr/bin/chromium
 # wasm-bindgen-cli must match the wasm-bindgen crate exactly: read it from the lock file.
 WASM_BINDGEN_VER := $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/"/, "", $$3); print $$3}' Cargo.lock)
 
@@ -24,7 +25,7 @@ export CARGO_TERM_COLOR := never
 WORKER_BUNDLE  := build/worker/shim.mjs
 WORKER_SOURCES := $(shell find worker/src protocol/src -name '*.rs') worker/Cargo.toml protocol/Cargo.toml Cargo.toml Cargo.lock
 
-.PHONY: bootstrap build worker bridge dev token test test-unit test-wasm test-e2e lint bench deploy-check clean
+.PHONY: bootstrap build worker bridge dev token test test-unit test-wasm test-e2e test-js lint bench deploy-check clean
 
 ## bootstrap: install every tool the build and the tests need (idempotent)
 bootstrap: node_modules/.package-lock.json
@@ -38,8 +39,10 @@ bootstrap: node_modules/.package-lock.json
 	@# The end-to-end tests' Kafka-protocol broker (about 15 minutes to build, once).
 	@$(TOOLS_DIR)/bin/tansu --version 2>/dev/null | grep -q "$(TANSU_VER)" \
 	  || cargo install tansu --version "$(TANSU_VER)" --features dynostore --locked --root "$(TOOLS_DIR)" --force
-	@# kcat, to watch and feed Kafka topics by hand.
-	@command -v kcat >/dev/null || { apt-get update -qq && apt-get install -y -qq kcat; }
+	@# kcat (watch and feed Kafka topics by hand) and Chromium (the browser test), from Debian.
+	@missing=""; command -v kcat >/dev/null || missing="$$missing kcat"; \
+	  test -x $(CHROMIUM) || missing="$$missing chromium"; \
+	  test -z "$$missing" || { apt-get update -qq && apt-get install -y -qq $$missing; }
 
 # npm ci only when the lock file changed since the last install.
 node_modules/.package-lock.json: package-lock.json
@@ -62,25 +65,9 @@ $(WORKER_BUNDLE): $(WORKER_SOURCES)
 bridge: bootstrap
 	cargo build --release -p roomcast-bridge
 
-## dev: the worker on 127.0.0.1:8787 and the bridge with an embedded Kafka on 127.0.0.1:9092
+## dev: the worker on 127.0.0.1:8787, the bridge with an embedded Kafka on 127.0.0.1:9092; Ctrl-C stops both
 dev: worker bridge .dev.vars
-	@secret=$$(sed -n 's/^JWT_SECRET=//p' .dev.vars); \
-	wrangler dev --ip 127.0.0.1 --port 8787 & worker=$$!; \
-	trap 'kill $$worker $${bridge:-} 2>/dev/null; wait' EXIT INT TERM; \
-	wait_ok() { for _ in $$(seq 240); do curl -sf "$$1" >/dev/null && return 0; sleep 0.5; done; echo "$$1 did not come up" >&2; exit 1; }; \
-	wait_ok http://127.0.0.1:8787/healthz; \
-	target/release/roomcast-bridge --worker-url http://127.0.0.1:8787 --jwt-secret "$$secret" --embedded-kafka & bridge=$$!; \
-	wait_ok http://127.0.0.1:9464/healthz; \
-	token=$$(target/release/roomcast-bridge --jwt-secret "$$secret" token --sub dev --ttl 12h); \
-	echo; \
-	echo "roomcast is running (Ctrl-C stops everything):"; \
-	echo "  demo page:  http://127.0.0.1:8787/?token=$$token"; \
-	echo "  join:       websocat 'ws://127.0.0.1:8787/v1/rooms/chat.lobby/ws?token=$$token'"; \
-	echo "  watch:      kcat -b 127.0.0.1:9092 -t roomcast.events -C"; \
-	echo "  publish:    echo 'chat.lobby:{\"text\":\"from kafka\"}' | kcat -b 127.0.0.1:9092 -t roomcast.inbound -P -K:"; \
-	echo "  metrics:    http://127.0.0.1:9464/metrics"; \
-	echo; \
-	wait
+	@scripts/dev.sh
 
 .dev.vars:
 	@echo "JWT_SECRET=$$(head -c 32 /dev/urandom | base64 | tr -d '/+=')" > $@
@@ -95,8 +82,8 @@ token: .dev.vars
 	@cargo run -q -p roomcast-bridge -- --jwt-secret "$$(sed -n 's/^JWT_SECRET=//p' .dev.vars)" \
 	  token --sub "$(SUB)" --rooms '$(ROOMS)' --publish '$(PUBLISH)' --ttl "$(TTL)"
 
-## test: every test: formatting, lints, unit and property tests (native and wasm), end to end
-test: lint test-unit test-wasm test-e2e
+## test: every test: formatting, lints, unit and property tests (native and wasm), end to end, JS client and browser
+test: lint test-unit test-wasm test-e2e test-js
 
 lint: bootstrap
 	cargo fmt --all --check
@@ -113,6 +100,11 @@ test-wasm: bootstrap
 test-e2e: worker
 	cargo build -p roomcast-bridge
 	ROOMCAST_TANSU=$(TOOLS_DIR)/bin/tansu cargo test -p roomcast-tests -- --test-threads=1
+
+## test-js: the JS client (node's test runner) and the demo page in headless Chromium, against wrangler dev
+test-js: worker
+	CHROMIUM_PATH=$(CHROMIUM) node --test --test-concurrency=1 --test-timeout=300000 --test-reporter=spec \
+	  clients/js/test/ tests/browser/
 
 ## bench: not part of test (see bench/)
 bench: build

@@ -62,16 +62,32 @@ pub struct RoomStats {
     pub connection_seconds: Histogram,
 }
 
+/// Every origin and every reason a client frame is rejected for start at
+/// zero: a series that appears only with its first event makes `rate()` and
+/// the error ratio read "no data" instead of 0 until then.
+const ORIGINS: [Origin; 3] = [Origin::Ws, Origin::Http, Origin::Kafka];
+const FRAME_REJECTS: [ErrorCode; 5] = [
+    ErrorCode::BadFormat,
+    ErrorCode::TooLarge,
+    ErrorCode::RateLimited,
+    ErrorCode::Forbidden,
+    ErrorCode::BadToken,
+];
+
 impl Default for RoomStats {
     fn default() -> Self {
         RoomStats {
-            messages_total: BTreeMap::new(),
+            messages_total: zeros(ORIGINS.map(Origin::as_str)),
             deliveries_total: 0,
-            rejects_total: BTreeMap::new(),
+            rejects_total: zeros(FRAME_REJECTS.map(ErrorCode::as_str)),
             reconnects_total: 0,
             connection_seconds: Histogram::new(&CONNECTION_SECONDS_BUCKETS),
         }
     }
+}
+
+fn zeros<const N: usize>(names: [&str; N]) -> BTreeMap<String, u64> {
+    names.iter().map(|name| (name.to_string(), 0)).collect()
 }
 
 impl RoomStats {
@@ -130,6 +146,11 @@ mod tests {
         s.reject(ErrorCode::RateLimited);
         assert_eq!(s.messages_total["ws"], 2);
         assert_eq!(s.rejects_total["rate_limited"], 1);
+        assert_eq!(s.messages_total["kafka"], 0, "every origin starts at zero");
+        assert_eq!(
+            s.rejects_total["too_large"], 0,
+            "every reject reason starts at zero"
+        );
         let json = serde_json::to_value(StatsReport {
             room: "r".into(),
             epoch: "e".into(),

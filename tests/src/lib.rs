@@ -6,6 +6,8 @@
 //! group (wrangler starts workerd children), also when a test panics. Every
 //! wait is bounded, so a hang fails the test instead of stalling CI.
 
+pub mod dashboards;
+
 use std::fs::File;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -37,7 +39,7 @@ pub const STEP: Duration = Duration::from_secs(10);
 /// How long `wrangler dev` may take to answer `/healthz`.
 const STARTUP: Duration = Duration::from_secs(120);
 
-fn repo_root() -> PathBuf {
+pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ lives in the repository")

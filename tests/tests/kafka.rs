@@ -2,7 +2,8 @@
 //! room → Kafka with the key, value and headers of SPEC section 6; Kafka →
 //! rooms with idempotency keys; nothing from Kafka echoed back; bad records
 //! in the dead-letter topic while good ones keep flowing; the bridge's
-//! `/metrics` and `/healthz`; and a graceful SIGTERM.
+//! `/metrics` and `/healthz` (and that the dashboard and alerts in `deploy/`
+//! query only what it exports); and a graceful SIGTERM.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use roomcast_bridge::metrics::METRIC_NAMES;
-use roomcast_tests::{full_token, room, BridgeProcess, Broker, Client, Http, Worker};
+use roomcast_tests::{dashboards, full_token, room, BridgeProcess, Broker, Client, Http, Worker};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
@@ -204,6 +205,17 @@ async fn relays_through_kafka() {
     assert!(
         text.contains(&format!("roomcast_bridge_link_up{{room=\"{r}\"}} 1")),
         "{text}"
+    );
+    // The dashboard and the alert rules query only what this bridge exports.
+    let exported = dashboards::exported(&text);
+    let missing: Vec<_> = dashboards::queried()
+        .into_iter()
+        .filter(|name| !exported.contains(name))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{:?} query {missing:?}, which the running bridge does not export:\n{text}",
+        dashboards::FILES
     );
     for reason in ["no_key", "bad_room", "bad_format", "too_large"] {
         assert!(

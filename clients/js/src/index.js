@@ -1,0 +1,9 @@
+/**
+ * roomcast's JavaScript client: see README.md.
+ *
+ * @module
+ */
+export { RoomcastClient } from './client.js';
+export { Backoff } from './backoff.js';
+export { Sequence } from './sequence.js';
+export { refreshDelay, tokenExpiry } from './token.js';

@@ -1,0 +1,132 @@
+/**
+ * The demo console: joins a room with the roomcast client and shows what
+ * happens: every message with its id, seq, origin, sender and end-to-end
+ * latency, the connection state, reconnects and the `recovered` flag.
+ *
+ * Latency of the page's own messages is measured on one clock, from
+ * `publish()` to the message coming back; for everyone else's it is now
+ * minus the room's `ts` (the page's and the worker's clocks).
+ *
+ * @module
+ */
+import { RoomcastClient } from '/client/index.js';
+import { RateChart } from '/chart.js';
+
+const $ = (id) => document.getElementById(id);
+const MAX_ROWS = 500;
+const chart = new RateChart($('chart'));
+/** Publish start times of this page's own messages, by idempotency key. */
+const sentAt = new Map();
+/** @type {RoomcastClient|null} */
+let client = null;
+
+function init() {
+  const params = new URLSearchParams(location.search);
+  if (params.has('room')) $('room').value = params.get('room');
+  if (params.has('token')) {
+    $('token').value = params.get('token');
+    // Keep the token out of the address bar and the browser history.
+    params.delete('token');
+    history.replaceState(null, '', `${location.pathname}${params.size ? `?${params}` : ''}`);
+  }
+  $('join').addEventListener('submit', (e) => {
+    e.preventDefault();
+    join($('room').value.trim(), $('token').value.trim());
+  });
+  $('leave-button').addEventListener('click', leave);
+  $('send').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const text = $('text').value;
+    if (!text) return;
+    $('text').value = '';
+    send({ text });
+  });
+  $('burst-button').addEventListener('click', () => {
+    for (let i = 1; i <= 20; i += 1) send({ text: `burst ${i}/20` });
+  });
+  setInterval(() => ($('chart-now').textContent = chart.draw()), 1000);
+  chart.draw();
+}
+
+function join(room, token) {
+  leave();
+  $('messages').replaceChildren();
+  client = new RoomcastClient({ url: location.origin, room, token });
+  client.addEventListener('state', (e) => showState(e.detail));
+  client.addEventListener('welcome', (e) => {
+    const w = e.detail;
+    log(`welcome: epoch ${w.epoch}, head ${w.head}, recovered ${w.recovered}, heartbeat ${w.heartbeat_ms} ms`);
+    $('epoch').textContent = w.epoch;
+  });
+  client.addEventListener('message', (e) => showMessage(e.detail));
+  client.addEventListener('resync', (e) => {
+    log(`resync: messages after ${e.detail.since} are gone (now epoch ${e.detail.epoch}, head ${e.detail.head})`, true);
+  });
+  client.addEventListener('error', (e) => log(`error ${e.detail.code}: ${e.detail.message}`, true));
+  client.addEventListener('token', (e) => log(`token refreshed, exp ${e.detail.exp}`));
+  setJoined(true);
+}
+
+function leave() {
+  client?.close();
+  client = null;
+  setJoined(false);
+}
+
+function send(data) {
+  if (!client) return;
+  const started = performance.now();
+  const id = crypto.randomUUID?.() ?? `${Date.now()}-${Math.random()}`;
+  sentAt.set(id, started);
+  client.publish(data, { id }).catch((e) => {
+    sentAt.delete(id);
+    log(`publish failed: ${e.message}`, true);
+  });
+}
+
+function showState({ state, reconnects, recovered, code, reason, delayMs }) {
+  $('state').textContent = state;
+  $('state').dataset.state = state;
+  $('reconnects').textContent = String(reconnects);
+  $('recovered').textContent = state === 'open' || reconnects > 0 ? String(recovered) : '–';
+  if (state === 'reconnecting') log(`closed (${code} ${reason || ''}), reconnecting in ${delayMs} ms`);
+  if (state === 'closed') log(`closed: ${reason}`, code !== undefined);
+}
+
+function showMessage(m) {
+  const started = sentAt.get(m.id);
+  sentAt.delete(m.id);
+  const latency = started === undefined ? Date.now() - m.ts : performance.now() - started;
+  chart.add(latency);
+  $('last-seq').textContent = String(m.seq);
+  const row = document.createElement('tr');
+  row.dataset.seq = String(m.seq);
+  row.dataset.id = m.id;
+  if (started !== undefined) row.classList.add('own');
+  const cells = [m.seq, m.id, m.origin, m.sender, `${latency.toFixed(1)} ms`, JSON.stringify(m.data)];
+  const classes = ['seq', 'id', 'origin', 'sender', 'latency', 'data'];
+  cells.forEach((text, i) => {
+    const td = document.createElement('td');
+    td.className = classes[i];
+    td.textContent = String(text);
+    row.append(td);
+  });
+  const list = $('messages');
+  list.prepend(row);
+  while (list.childElementCount > MAX_ROWS) list.lastElementChild.remove();
+}
+
+function setJoined(joined) {
+  for (const id of ['text', 'send-button', 'burst-button', 'leave-button']) $(id).disabled = !joined;
+  if (!joined) showState({ state: 'idle', reconnects: 0, recovered: false });
+}
+
+function log(text, isError = false) {
+  const item = document.createElement('li');
+  item.textContent = `${new Date().toISOString().slice(11, 23)} ${text}`;
+  if (isError) item.className = 'error';
+  $('log').prepend(item);
+  while ($('log').childElementCount > 200) $('log').lastElementChild.remove();
+}
+
+init();

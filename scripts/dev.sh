@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# `make dev`: the worker under `wrangler dev` on 127.0.0.1:8787 and the bridge
+# with an embedded Kafka on 127.0.0.1:9092 (metrics on 127.0.0.1:9464).
+#
+# Each service runs in its own session (setsid), so one signal to its process
+# group reaches wrangler's workerd children too; the exit trap sends it, on
+# Ctrl-C, on any failure, and when either service dies, so nothing is left
+# running. `make dev` has built both and created .dev.vars before this runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WORKER=127.0.0.1:8787
+KAFKA=127.0.0.1:9092
+METRICS=127.0.0.1:9464
+ROOM=chat.lobby
+BRIDGE=target/release/roomcast-bridge
+groups=()
+
+stop_all() {
+  trap - EXIT INT TERM
+  ((${#groups[@]})) || return 0
+  echo "stopping..." >&2
+  for g in "${groups[@]}"; do kill -TERM -- "-$g" 2>/dev/null || true; done
+  for _ in $(seq 50); do
+    alive=0
+    for g in "${groups[@]}"; do kill -0 -- "-$g" 2>/dev/null && alive=1; done
+    ((alive)) || return 0
+    sleep 0.1
+  done
+  for g in "${groups[@]}"; do kill -KILL -- "-$g" 2>/dev/null || true; done
+}
+trap stop_all EXIT
+trap 'exit 130' INT TERM
+
+port_free() {
+  ! (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null
+}
+
+wait_healthy() {
+  local name=$1 url=$2 group=$3
+  for _ in $(seq 480); do
+    curl -sf -o /dev/null --max-time 2 "$url" && return 0
+    kill -0 -- "-$group" 2>/dev/null || { echo "$name exited during startup" >&2; exit 1; }
+    sleep 0.25
+  done
+  echo "$name did not become healthy at $url within 120 s" >&2
+  exit 1
+}
+
+for addr in "$WORKER" "$KAFKA" "$METRICS"; do
+  port_free "$addr" || { echo "$addr is in use: is another make dev running?" >&2; exit 1; }
+done
+secret=$(sed -n 's/^JWT_SECRET=//p' .dev.vars)
+[[ -n $secret ]] || { echo ".dev.vars has no JWT_SECRET" >&2; exit 1; }
+
+setsid node_modules/.bin/wrangler dev --ip "${WORKER%:*}" --port "${WORKER#*:}" \
+  > >(sed -u 's/^/[worker] /') 2>&1 < /dev/null &
+groups+=($!)
+wait_healthy worker "http://$WORKER/healthz" "${groups[0]}"
+
+setsid "$BRIDGE" --worker-url "http://$WORKER" --jwt-secret "$secret" --embedded-kafka \
+  --metrics-addr "$METRICS" > >(sed -u 's/^/[bridge] /') 2>&1 < /dev/null &
+groups+=($!)
+wait_healthy bridge "http://$METRICS/healthz" "${groups[1]}"
+
+token=$("$BRIDGE" --jwt-secret "$secret" token --sub dev --ttl 12h)
+cat <<INFO
+
+roomcast is running. Ctrl-C stops everything.
+
+  demo page    http://$WORKER/?room=$ROOM&token=$token
+  join         ROOMCAST_TOKEN=$token node clients/js/bin/roomcast-join.js http://$WORKER $ROOM
+  watch Kafka  kcat -b $KAFKA -C -t roomcast.events
+  to the room  kcat -b $KAFKA -P -t roomcast.inbound -K:     then type lines like  $ROOM:{"text":"hello from kafka"}
+  metrics      http://$METRICS/metrics   (dashboard: deploy/grafana/roomcast.json)
+  more tokens  make token SUB=alice ROOMS='chat.*' PUBLISH='chat.*' TTL=1h
+
+INFO
+
+# Whichever service stops first takes the other down with it.
+wait -n "${groups[@]}" || true
+echo "a service exited" >&2
+exit 1

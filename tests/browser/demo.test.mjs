@@ -1,0 +1,88 @@
+// The demo page in headless Chromium (Debian's), driven by playwright-core,
+// against the real worker under `wrangler dev`: join, send, see the message
+// come back with a latency, and ride out server-side closes (the worker
+// closes idle sockets after 2 s while the page pings every 600 s) with every
+// message shown exactly once. Leaves a screenshot in test-artifacts/.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+import { ARTIFACTS, Worker, token, room } from '../js/worker.mjs';
+
+const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+let worker;
+let browser;
+
+before(async () => {
+  worker = await Worker.start({ IDLE_TIMEOUT_MS: '2000', HEARTBEAT_MS: '600000' });
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    timeout: 60_000,
+    // The machine has no internet: without these Chromium keeps dialling Google.
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  worker?.stop();
+});
+
+test('the demo page joins, sends, measures latency and survives server-side closes', async () => {
+  const name = room('browser.demo');
+  const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
+  page.setDefaultTimeout(30_000);
+  const consoleErrors = [];
+  page.on('pageerror', (e) => consoleErrors.push(String(e)));
+  page.on('console', (m) => m.type() === 'error' && consoleErrors.push(m.text()));
+
+  await page.goto(worker.url(`/?room=${name}&token=${token({ sub: 'chromium' })}`));
+  assert.equal(new URL(page.url()).searchParams.has('token'), false, 'the token leaves the address bar');
+  await page.click('#join-button');
+  await page.waitForSelector('#state[data-state="open"]');
+
+  await page.fill('#text', 'hello from chromium');
+  await page.press('#text', 'Enter');
+  const own = page.locator('#messages tr[data-seq="1"]');
+  await own.waitFor();
+  assert.equal(await own.locator('.data').textContent(), '{"text":"hello from chromium"}');
+  assert.equal(await own.locator('.sender').textContent(), 'chromium');
+  assert.equal(await own.locator('.origin').textContent(), 'ws');
+  const latency = parseFloat(await own.locator('.latency').textContent());
+  assert.ok(latency > 0 && latency < 5000, `latency ${latency} ms`);
+
+  // A stream from HTTP while the server keeps closing the idle page.
+  const total = 60;
+  const writer = token({ sub: 'writer' });
+  for (let i = 1; i <= total; i += 1) {
+    await worker.publish(name, writer, { i });
+    await new Promise((resolve) => setTimeout(resolve, 80));
+  }
+  await page.waitForFunction((n) => document.querySelectorAll('#messages tr').length >= n, total + 1, {
+    timeout: 60_000,
+  });
+  const seqs = await page.$$eval('#messages tr', (rows) => rows.map((r) => Number(r.dataset.seq)));
+  assert.deepEqual(
+    seqs.sort((a, b) => a - b),
+    Array.from({ length: total + 1 }, (_, i) => i + 1),
+    'every message exactly once',
+  );
+  const reconnects = Number(await page.textContent('#reconnects'));
+  assert.ok(reconnects >= 1, `the server closed the page at least once (${reconnects})`);
+  await page.waitForSelector('#state[data-state="open"]');
+  assert.equal(await page.textContent('#recovered'), 'true');
+  assert.equal(await page.textContent('#last-seq'), String(total + 1));
+
+  mkdirSync(path.join(ARTIFACTS, 'browser'), { recursive: true });
+  await page.screenshot({ path: path.join(ARTIFACTS, 'browser', 'demo.png'), fullPage: true });
+  assert.deepEqual(consoleErrors.filter((e) => !/WebSocket/.test(e)), [], 'no page errors');
+});
