@@ -32,6 +32,17 @@ stop_all() {
 trap stop_all EXIT
 trap 'exit 130' INT TERM
 
+# Runs a service in a session of its own with its output prefixed by name.
+# The prefixer ignores INT and TERM, so it keeps forwarding what the service
+# logs while it shuts down, and ends at the service's end of output.
+service() {
+  local name=$1
+  shift
+  setsid bash -c 'name=$1; shift; "$@" 2>&1 < /dev/null | (trap "" INT TERM; exec sed -u "s/^/[$name] /")' \
+    service "$name" "$@" &
+  groups+=($!)
+}
+
 port_free() {
   ! (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null
 }
@@ -53,14 +64,11 @@ done
 secret=$(sed -n 's/^JWT_SECRET=//p' .dev.vars)
 [[ -n $secret ]] || { echo ".dev.vars has no JWT_SECRET" >&2; exit 1; }
 
-setsid node_modules/.bin/wrangler dev --ip "${WORKER%:*}" --port "${WORKER#*:}" \
-  > >(sed -u 's/^/[worker] /') 2>&1 < /dev/null &
-groups+=($!)
+service worker node_modules/.bin/wrangler dev --ip "${WORKER%:*}" --port "${WORKER#*:}"
 wait_healthy worker "http://$WORKER/healthz" "${groups[0]}"
 
-setsid "$BRIDGE" --worker-url "http://$WORKER" --jwt-secret "$secret" --embedded-kafka \
-  --metrics-addr "$METRICS" > >(sed -u 's/^/[bridge] /') 2>&1 < /dev/null &
-groups+=($!)
+service bridge "$BRIDGE" --worker-url "http://$WORKER" --jwt-secret "$secret" --embedded-kafka \
+  --metrics-addr "$METRICS"
 wait_healthy bridge "http://$METRICS/healthz" "${groups[1]}"
 
 token=$("$BRIDGE" --jwt-secret "$secret" token --sub dev --ttl 12h)

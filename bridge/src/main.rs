@@ -28,6 +28,9 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // A log sink that went away (a closed pipe) must not take the relay
+        // down: reporting the failed write to that same stderr would panic.
+        .log_internal_errors(false)
         .init();
     match cli.command {
         Some(Command::Token(args)) => mint(&cli.run, &args),

@@ -691,9 +691,12 @@ async fn stats(worker: &Worker, http: &Http) {
     assert_eq!(s["room"], r.as_str());
     assert_eq!(s["epoch"], epoch.as_str());
     assert_eq!(s["head"], 2);
-    assert_eq!(s["messages_total"], json!({"ws": 1, "http": 1}));
+    assert_eq!(s["messages_total"], json!({"ws": 1, "http": 1, "kafka": 0}));
     assert_eq!(s["deliveries_total"], 4);
-    assert_eq!(s["rejects_total"], json!({"bad_format": 1}));
+    assert_eq!(
+        s["rejects_total"],
+        json!({"bad_format": 1, "too_large": 0, "rate_limited": 0, "forbidden": 0, "bad_token": 0})
+    );
     assert_eq!(s["reconnects_total"], 1);
     assert!(s["connections"].as_u64().unwrap() >= 1);
     let closed: Value = s["connection_seconds"]["count"].clone();
