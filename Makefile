@@ -91,7 +91,7 @@ lint: bootstrap
 	cargo clippy -p roomcast-worker --target wasm32-unknown-unknown -- -D warnings
 
 test-unit: bootstrap
-	cargo test -p roomcast-protocol -p roomcast-bridge
+	cargo test -p roomcast-protocol -p roomcast-bridge -p roomcast-bench
 
 test-wasm: bootstrap
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
@@ -108,7 +108,8 @@ test-js: worker
 
 ## bench: not part of test (see bench/)
 bench: build
-	@echo "benchmarks land with the benchmarks issue"
+	cargo build --release -p roomcast-bench
+	target/release/roomcast-bench $(if $(filter 1,$(FULL)),--full) --out target/bench-$(if $(filter 1,$(FULL)),full,quick).md
 
 ## deploy-check: the deploy bundle, built offline, and its gzip size
 deploy-check: worker

@@ -52,6 +52,10 @@ pub fn consumer(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
+        // Kafka answers a fetch as soon as a record is there, but brokers
+        // that hold it for the whole wait (tansu) would add up to 500 ms,
+        // librdkafka's default, to every Kafka → room message.
+        .set("fetch.wait.max.ms", "50")
         .create()
 }
 

@@ -10,6 +10,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::{info, warn};
 
@@ -23,6 +24,8 @@ pub type Link = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// How long a connect to the worker may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The read chunk of every worker link (see [`link_config`]).
+const LINK_READ_BUFFER: usize = 8 * 1024;
 /// How often Kafka's reachability is checked for `/healthz`.
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -75,13 +78,22 @@ impl Bridge {
         let bearer =
             HeaderValue::from_str(&format!("Bearer {}", self.token)).map_err(|e| e.to_string())?;
         request.headers_mut().insert("authorization", bearer);
-        match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request)).await
-        {
+        let connecting =
+            tokio_tungstenite::connect_async_with_config(request, Some(link_config()), false);
+        match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
             Ok(Ok((ws, _))) => Ok(ws),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("timed out".into()),
         }
     }
+}
+
+/// A bridge holds one link per room, so the per-socket read buffer is what
+/// its memory scales with: tungstenite's default 128 KiB made 1000 links
+/// cost 150 MiB. Room frames are small, and a larger message still arrives
+/// whole (the buffer is the read chunk, not a message limit).
+fn link_config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(LINK_READ_BUFFER)
 }
 
 /// Runs the bridge until `stop` turns true, then drains and returns.

@@ -1,0 +1,122 @@
+//! CPU time spent by the dev server and by the benchmark itself, from
+//! `/proc/<pid>/stat` (utime + stime), read before and after a measurement.
+//!
+//! `wrangler dev` runs, in its process group, two `workerd` processes: the
+//! proxy in front (wrangler's ProxyWorker, which owns the port clients use)
+//! and the runtime that runs the worker and its Durable Objects; plus node
+//! (wrangler itself) and esbuild. They are reported apart because only the
+//! runtime's share would exist in production; the proxy is a dev-server
+//! cost. The benchmark shares the machine, so its own CPU is read too.
+
+use std::fs;
+use std::ops::Sub;
+
+use anyhow::{Context, Result};
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuTimes {
+    /// The workerd that runs the worker (seconds).
+    pub runtime: f64,
+    /// The workerd that proxies the dev port (seconds).
+    pub proxy: f64,
+    /// Everything else in the group: node (wrangler), esbuild (seconds).
+    pub tooling: f64,
+    /// This benchmark process (seconds).
+    pub bench: f64,
+}
+
+impl CpuTimes {
+    /// Both workerd processes: what the brief calls worker CPU.
+    pub fn workerd(&self) -> f64 {
+        self.runtime + self.proxy
+    }
+
+    pub fn scaled(&self, factor: f64) -> CpuTimes {
+        CpuTimes {
+            runtime: self.runtime * factor,
+            proxy: self.proxy * factor,
+            tooling: self.tooling * factor,
+            bench: self.bench * factor,
+        }
+    }
+}
+
+impl Sub for CpuTimes {
+    type Output = CpuTimes;
+
+    fn sub(self, earlier: CpuTimes) -> CpuTimes {
+        CpuTimes {
+            runtime: self.runtime - earlier.runtime,
+            proxy: self.proxy - earlier.proxy,
+            tooling: self.tooling - earlier.tooling,
+            bench: self.bench - earlier.bench,
+        }
+    }
+}
+
+/// The CPU times now of process group `pgid`, whose proxy is the workerd
+/// listening on `port`.
+pub fn sample(pgid: u32, port: u16) -> Result<CpuTimes> {
+    let proxy_flag = format!("--socket-addr=entry=127.0.0.1:{port}");
+    let mut times = CpuTimes {
+        bench: process_seconds("self")?.1,
+        ..CpuTimes::default()
+    };
+    for entry in fs::read_dir("/proc").context("listing /proc")? {
+        let name = entry?.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        // A process may exit between the listing and the read.
+        let Ok((group, seconds)) = process_seconds(pid) else {
+            continue;
+        };
+        if group != pgid {
+            continue;
+        }
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if !cmdline.contains("workerd") {
+            times.tooling += seconds;
+        } else if cmdline.split('\0').any(|arg| arg == proxy_flag) {
+            times.proxy += seconds;
+        } else {
+            times.runtime += seconds;
+        }
+    }
+    Ok(times)
+}
+
+/// The process group and utime + stime (seconds) of `/proc/<pid>`.
+fn process_seconds(pid: &str) -> Result<(u32, f64)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name is in parentheses and may contain spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .with_context(|| format!("field {i} of /proc/{pid}/stat"))
+    };
+    // After the name: state, ppid, pgrp (2), ..., utime (11), stime (12).
+    let group = field(2)? as u32;
+    let ticks = field(11)? + field(12)?;
+    Ok((group, ticks as f64 / ticks_per_second()))
+}
+
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf reads a constant and has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
+}

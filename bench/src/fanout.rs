@@ -1,0 +1,267 @@
+//! Parts 2 and 3, capacity: K rooms with N subscribers each (fan-out is one
+//! room; "many rooms" is 100 rooms of 10), one publisher per room.
+//!
+//! First the highest sustained deliveries/s: each publisher runs closed
+//! loop, keeping a bounded number of messages not yet delivered to all of
+//! its room, so the server runs flat out without an unbounded backlog; the
+//! rate is read over a window after a warm-up. Then latency at half that
+//! rate, open loop, where a healthy system should show its unloaded
+//! latency. The connections are opened once per shape and reused by every
+//! run (a thousand handshakes are slow through the dev server); the run id
+//! in each stamp keeps runs apart.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use futures_util::future::try_join_all;
+use futures_util::{StreamExt, TryStreamExt};
+use tokio::time::{sleep_until, Instant};
+
+use crate::load;
+use crate::net::Traffic;
+use crate::probe::Probe;
+use crate::publisher::Publisher;
+use crate::receiver::Receivers;
+use crate::recorder::Recorder;
+use crate::server::Server;
+use crate::stats::{Sample, Summary};
+use crate::ws;
+
+/// Deliveries (message × subscriber) the whole fleet keeps in flight when
+/// saturating: enough to keep every stage busy, few enough that the queue
+/// stays in the server's memory rather than growing without bound.
+const IN_FLIGHT: u64 = 1024;
+/// Fewest messages a room keeps in flight, so a big room still pipelines.
+const MIN_WINDOW: u64 = 2;
+/// Connections opened at once.
+const CONNECTS: usize = 32;
+/// How long stragglers of a run may take to arrive before the next run.
+const DRAIN: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub rooms: usize,
+    pub subscribers: usize,
+}
+
+impl Shape {
+    fn receivers(&self) -> u64 {
+        (self.rooms * self.subscribers) as u64
+    }
+}
+
+#[derive(Clone)]
+pub struct Timing {
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub runs: usize,
+}
+
+pub struct Capacity {
+    pub shape: Shape,
+    /// Closed loop: the highest sustained deliveries/s.
+    pub max: Summary,
+    /// Messages/s per room of the half-rate runs.
+    pub half_rate: f64,
+    /// Open loop at half the median highest rate.
+    pub half: Summary,
+}
+
+/// `shape` on every server; one [`Capacity`] per server, in the order of
+/// `servers`. Every server's fleet is connected first and the runs then
+/// alternate between servers, so that each sees the same background load.
+pub async fn measure(servers: &[Server], shape: Shape, timing: &Timing) -> Result<Vec<Capacity>> {
+    let mut fleets = Vec::new();
+    for server in servers {
+        fleets.push(Fleet::connect(server, shape).await?);
+    }
+    let measured = measure_fleets(servers, &mut fleets, timing).await;
+    for fleet in fleets {
+        fleet.close().await?;
+    }
+    measured
+}
+
+async fn measure_fleets(
+    servers: &[Server],
+    fleets: &mut [Fleet],
+    timing: &Timing,
+) -> Result<Vec<Capacity>> {
+    let shape = fleets.first().map(|f| f.shape).context("no servers")?;
+    let label = format!("{} rooms × {}", shape.rooms, shape.subscribers);
+    let mut saturated: Vec<Vec<Sample>> = fleets.iter().map(|_| Vec::new()).collect();
+    for run in 1..=timing.runs {
+        for ((server, fleet), samples) in servers.iter().zip(fleets.iter_mut()).zip(&mut saturated)
+        {
+            let what = format!("{label} max run {run}");
+            let sample = fleet
+                .saturate(server, timing)
+                .await
+                .with_context(|| format!("{}: {what}", server.flavor.label()))?;
+            crate::progress(server, &what, &sample);
+            samples.push(sample);
+        }
+    }
+    let max: Vec<Summary> = saturated.iter().map(|s| Summary::of(s)).collect();
+    let half_rates: Vec<f64> = max
+        .iter()
+        .map(|m| m.delivered_per_sec.median / shape.receivers() as f64 / 2.0)
+        .collect();
+    let mut half: Vec<Vec<Sample>> = fleets.iter().map(|_| Vec::new()).collect();
+    for run in 1..=timing.runs {
+        for (((server, fleet), samples), &rate) in servers
+            .iter()
+            .zip(fleets.iter_mut())
+            .zip(&mut half)
+            .zip(&half_rates)
+        {
+            let what = format!("{label} half rate run {run}");
+            let sample = fleet
+                .paced(server, rate, timing.duration)
+                .await
+                .with_context(|| format!("{}: {what}", server.flavor.label()))?;
+            crate::progress(server, &what, &sample);
+            samples.push(sample);
+        }
+    }
+    Ok(max
+        .into_iter()
+        .zip(half_rates)
+        .zip(&half)
+        .map(|((max, half_rate), half)| Capacity {
+            shape,
+            max,
+            half_rate,
+            half: Summary::of(half),
+        })
+        .collect())
+}
+
+struct Fleet {
+    shape: Shape,
+    recorders: Vec<Arc<Recorder>>,
+    publishers: Vec<Publisher>,
+    receivers: Receivers,
+    traffic: Arc<Traffic>,
+    run: u32,
+}
+
+impl Fleet {
+    async fn connect(server: &Server, shape: Shape) -> Result<Fleet> {
+        let rooms: Vec<String> = (0..shape.rooms)
+            .map(|_| server.fresh_room(&format!("fanout{}", shape.subscribers)))
+            .collect();
+        let recorders: Vec<Arc<Recorder>> = rooms.iter().map(|_| Recorder::new()).collect();
+        let traffic = Traffic::new();
+        let started = Instant::now();
+        let sockets: Vec<(usize, ws::Socket)> =
+            futures_util::stream::iter(0..shape.rooms * shape.subscribers)
+                .map(|k| {
+                    let room = k / shape.subscribers;
+                    let path = server.ws_path(&rooms[room]);
+                    let traffic = traffic.clone();
+                    async move {
+                        let socket = ws::connect(server.addr(), &path, traffic).await?;
+                        Ok::<_, anyhow::Error>((room, socket))
+                    }
+                })
+                .buffer_unordered(CONNECTS)
+                .try_collect()
+                .await
+                .context("connecting subscribers")?;
+        let mut receivers = Receivers::default();
+        for (room, socket) in sockets {
+            receivers.push(socket, recorders[room].clone());
+        }
+        let publishers = try_join_all(rooms.iter().map(|room| Publisher::connect(server, room)))
+            .await
+            .context("connecting publishers")?;
+        eprintln!(
+            "[{}] {} rooms × {} subscribers connected in {:.1} s",
+            server.flavor.label(),
+            shape.rooms,
+            shape.subscribers,
+            started.elapsed().as_secs_f64()
+        );
+        Ok(Fleet {
+            shape,
+            recorders,
+            publishers,
+            receivers,
+            traffic,
+            run: 0,
+        })
+    }
+
+    /// One closed-loop run; deliveries/s over the window after the warm-up.
+    async fn saturate(&mut self, server: &Server, timing: &Timing) -> Result<Sample> {
+        let run = self.begin();
+        let fanout = self.shape.subscribers as u64;
+        let window = (IN_FLIGHT / self.shape.receivers()).max(MIN_WINDOW);
+        let start = Instant::now();
+        let until = start + timing.warmup + timing.duration;
+        let publishing = try_join_all(self.publishers.iter_mut().zip(&self.recorders).map(
+            |(publisher, recorder)| load::windowed(publisher, run, recorder, fanout, window, until),
+        ));
+        let (recorders, traffic) = (&self.recorders, &self.traffic);
+        // The window is a span of time, not a synchronisation point.
+        let measuring = async {
+            sleep_until(start + timing.warmup).await;
+            let probe = Probe::start(server, traffic, recorders)?;
+            sleep_until(until).await;
+            let window = probe.elapsed();
+            probe.finish(server, traffic, recorders, window)
+        };
+        let (published, sample) = tokio::join!(publishing, measuring);
+        self.drain(&published?).await;
+        Ok(self.with_rejections(sample?))
+    }
+
+    /// One open-loop run at `rate` messages/s per room.
+    async fn paced(&mut self, server: &Server, rate: f64, duration: Duration) -> Result<Sample> {
+        let run = self.begin();
+        let probe = Probe::start(server, &self.traffic, &self.recorders)?;
+        let rooms = self.publishers.len() as f64;
+        let published = try_join_all(self.publishers.iter_mut().enumerate().map(
+            |(k, publisher)| {
+                let phase = Duration::from_secs_f64(k as f64 / rooms / rate);
+                load::paced(publisher, run, rate, duration, phase)
+            },
+        ))
+        .await?;
+        self.drain(&published).await;
+        let sample = probe.finish(server, &self.traffic, &self.recorders, duration)?;
+        Ok(self.with_rejections(sample))
+    }
+
+    fn begin(&mut self) -> u32 {
+        self.run += 1;
+        for recorder in &self.recorders {
+            recorder.begin(self.run);
+        }
+        self.run
+    }
+
+    /// Waits (bounded) until every room's subscribers have every message
+    /// its publisher sent in this run.
+    async fn drain(&self, published: &[u64]) {
+        let deadline = Instant::now() + DRAIN;
+        let fanout = self.shape.subscribers as u64;
+        for (recorder, sent) in self.recorders.iter().zip(published) {
+            recorder.wait_for(sent * fanout, deadline).await;
+        }
+    }
+
+    fn with_rejections(&self, mut sample: Sample) -> Sample {
+        sample.rejected = self.publishers.iter().map(|p| p.take_rejected()).sum();
+        sample
+    }
+
+    async fn close(self) -> Result<()> {
+        for publisher in self.publishers {
+            publisher.close().await;
+        }
+        self.receivers.stop().await
+    }
+}

@@ -1,0 +1,107 @@
+//! Part 5, footprint: what a deploy ships (gzip -9 sizes of the bundle) and
+//! what a room costs to start: the first connect to a fresh room (the
+//! Durable Object is created, and for roomcast its SQLite schema) against a
+//! second connect to the same, now running, room.
+//!
+//! Connect time is TCP connect, WebSocket upgrade and the `welcome` frame,
+//! i.e. the time until a client can rely on receiving.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use crate::net::Traffic;
+use crate::server::{repo_root, Flavor, Server};
+use crate::stats::Spread;
+use crate::ws;
+
+/// A file of the deployed bundle.
+pub struct Asset {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub gzipped: u64,
+}
+
+/// Connect times, ms.
+pub struct ColdStart {
+    pub cold_ms: Spread,
+    pub warm_ms: Spread,
+}
+
+/// The files `wrangler deploy` uploads for `flavor` (static assets aside).
+pub fn bundle(flavor: Flavor) -> Result<Vec<Asset>> {
+    let files: &[&str] = match flavor {
+        Flavor::Ours => &[
+            "build/index_bg.wasm",
+            "build/index.js",
+            "build/worker/shim.mjs",
+        ],
+        Flavor::Baseline => &["bench/baseline/room.js"],
+    };
+    files
+        .iter()
+        .map(|file| measure_file(&repo_root().join(file)))
+        .collect()
+}
+
+fn measure_file(path: &Path) -> Result<Asset> {
+    let bytes = std::fs::metadata(path)
+        .with_context(|| format!("{} (run `make worker` first)", path.display()))?
+        .len();
+    let gzip = Command::new("gzip")
+        .arg("-9c")
+        .arg(path)
+        .output()
+        .context("running gzip")?;
+    if !gzip.status.success() {
+        bail!("gzip -9c {} failed", path.display());
+    }
+    Ok(Asset {
+        path: path.strip_prefix(repo_root()).unwrap_or(path).to_owned(),
+        bytes,
+        gzipped: gzip.stdout.len() as u64,
+    })
+}
+
+/// `samples` fresh rooms per server: the first connect to each, then a
+/// second one; one [`ColdStart`] per server, samples alternating between
+/// servers.
+pub async fn cold_start(servers: &[Server], samples: usize) -> Result<Vec<ColdStart>> {
+    let mut times: Vec<(Vec<f64>, Vec<f64>)> = servers.iter().map(|_| Default::default()).collect();
+    for _ in 0..samples {
+        for (server, (cold, warm)) in servers.iter().zip(&mut times) {
+            let (first, second) = connect_twice(server)
+                .await
+                .with_context(|| format!("cold start on {}", server.flavor.label()))?;
+            cold.push(first);
+            warm.push(second);
+        }
+    }
+    Ok(times
+        .into_iter()
+        .map(|(cold, warm)| ColdStart {
+            cold_ms: Spread::of(cold),
+            warm_ms: Spread::of(warm),
+        })
+        .collect())
+}
+
+/// Connect times (ms) of the first and the second connect to a fresh room.
+async fn connect_twice(server: &Server) -> Result<(f64, f64)> {
+    let path = server.ws_path(&server.fresh_room("cold"));
+    let started = Instant::now();
+    let first = ws::connect(server.addr(), &path, Traffic::new())
+        .await
+        .context("first connect to a fresh room")?;
+    let cold = started.elapsed().as_secs_f64() * 1000.0;
+    let started = Instant::now();
+    let second = ws::connect(server.addr(), &path, Traffic::new())
+        .await
+        .context("second connect to the room")?;
+    let warm = started.elapsed().as_secs_f64() * 1000.0;
+    ws::close(first).await;
+    ws::close(second).await;
+    Ok((cold, warm))
+}

@@ -1,0 +1,119 @@
+//! What an invocation measures. The quick set (`make bench`) keeps every
+//! server part but offers fewer rates, one poll interval and two fan-outs
+//! in 2 s runs, so that it finishes in a few minutes on two cores; the
+//! full set (`make bench FULL=1`) has every rate, interval and fan-out of
+//! the issue in 5 s runs, and the bridge. `--parts` narrows either.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::ValueEnum;
+
+use crate::bridge;
+use crate::fanout::{Shape, Timing};
+use crate::push_poll::{self, Mode};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Part {
+    PushPoll,
+    Fanout,
+    Rooms,
+    Bridge,
+    Footprint,
+}
+
+impl Part {
+    /// Whether the part needs the two servers under test.
+    pub fn needs_servers(self) -> bool {
+        !matches!(self, Part::Bridge)
+    }
+}
+
+pub struct Plan {
+    pub name: &'static str,
+    pub parts: Vec<Part>,
+    pub push_poll: push_poll::Plan,
+    pub fanouts: Vec<usize>,
+    pub rooms: Shape,
+    pub timing: Timing,
+    pub cold_samples: usize,
+    pub state_root: PathBuf,
+    pub bridge: bridge::Plan,
+}
+
+impl Plan {
+    pub fn new(full: bool, runs: usize, state_root: PathBuf) -> Plan {
+        let seconds = Duration::from_secs_f64;
+        let timing = Timing {
+            warmup: seconds(if full { 1.0 } else { 0.5 }),
+            duration: seconds(if full { 5.0 } else { 2.0 }),
+            runs,
+        };
+        let poll = |ms| Mode::Poll(Duration::from_millis(ms));
+        let mut plan = Plan {
+            name: "quick",
+            parts: vec![Part::Footprint, Part::PushPoll, Part::Fanout, Part::Rooms],
+            push_poll: push_poll::Plan {
+                rates: vec![100, 1000],
+                modes: vec![Mode::Push, poll(250)],
+                subscribers: 10,
+                duration: timing.duration,
+                runs,
+            },
+            fanouts: vec![10, 100],
+            rooms: Shape {
+                rooms: 100,
+                subscribers: 10,
+            },
+            cold_samples: runs.max(5),
+            bridge: bridge::Plan {
+                rate: 200.0,
+                links: 1000,
+                timing: timing.clone(),
+                state_root: state_root.clone(),
+            },
+            timing,
+            state_root,
+        };
+        if full {
+            plan.name = "full";
+            plan.parts.push(Part::Bridge);
+            plan.push_poll.rates = vec![10, 100, 1000];
+            plan.push_poll.modes = vec![Mode::Push, poll(50), poll(250), poll(1000)];
+            plan.fanouts = vec![1, 10, 100, 1000];
+        }
+        plan
+    }
+
+    /// Only `parts`, when any are given.
+    pub fn only(mut self, parts: &[Part]) -> Plan {
+        if !parts.is_empty() {
+            self.parts = parts.to_vec();
+        }
+        self
+    }
+
+    pub fn has(&self, part: Part) -> bool {
+        self.parts.contains(&part)
+    }
+
+    pub fn describe(&self) -> String {
+        let p = &self.push_poll;
+        let modes: Vec<String> = p.modes.iter().map(Mode::label).collect();
+        format!(
+            "{}: {} runs per figure; {:.1} s per run ({:.1} s warm-up before capacity windows); \
+             push/poll rates {:?} msg/s with {} subscribers, receive by {}; fan-out N = {:?}; \
+             parts {:?}; server state in {}",
+            self.name,
+            self.timing.runs,
+            self.timing.duration.as_secs_f64(),
+            self.timing.warmup.as_secs_f64(),
+            p.rates,
+            p.subscribers,
+            modes.join(", "),
+            self.fanouts,
+            self.parts,
+            self.state_root.display(),
+        )
+    }
+}
