@@ -9,7 +9,7 @@
  *
  * @module
  */
-import { RoomcastClient } from '/client/index.js';
+import { RoomcastClient, randomId } from '/client/index.js';
 import { RateChart } from '/chart.js';
 
 const $ = (id) => document.getElementById(id);
@@ -76,7 +76,7 @@ function leave() {
 function send(data) {
   if (!client) return;
   const started = performance.now();
-  const id = crypto.randomUUID?.() ?? `${Date.now()}-${Math.random()}`;
+  const id = randomId();
   sentAt.set(id, started);
   client.publish(data, { id }).catch((e) => {
     sentAt.delete(id);

@@ -26,7 +26,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use roomcast_bridge::kafka;
 use tokio::net::TcpStream;
-use tokio::time::{sleep, sleep_until, Instant};
+use tokio::time::{sleep_until, Instant};
 
 use crate::bridge_memory::{self, Memory};
 use crate::clock;
@@ -35,7 +35,7 @@ use crate::http;
 use crate::load::{self, Outlet};
 use crate::net::Traffic;
 use crate::probe::Probe;
-use crate::process::Group;
+use crate::process::{log_path, Group};
 use crate::publisher::Publisher;
 use crate::receiver::{Receivers, RecordShape};
 use crate::recorder::{Recorder, Stamp};
@@ -308,20 +308,15 @@ impl Broker {
         cmd.args(["broker", "--listener-url", &format!("tcp://{address}")])
             .args(["--advertised-listener-url", &format!("tcp://{address}")])
             .args(["--storage-engine", "memory://tansu/"]);
-        let log =
-            std::env::temp_dir().join(format!("roomcast-bench-{}-tansu.log", std::process::id()));
-        let mut process = Group::spawn("tansu", cmd, &log)?;
-        let deadline = Instant::now() + STARTUP;
-        while TcpStream::connect(&address).await.is_err() {
-            process.check_running()?;
-            if Instant::now() >= deadline {
-                bail!(
-                    "tansu did not listen within {STARTUP:?}\n{}",
-                    process.log_tail()
-                );
-            }
-            sleep(Duration::from_millis(100)).await;
-        }
+        let mut process = Group::spawn("tansu", cmd, &log_path("tansu"))?;
+        process
+            .wait_ready(
+                "tansu did not listen",
+                STARTUP,
+                Duration::from_millis(100),
+                || async { TcpStream::connect(&address).await.is_ok() },
+            )
+            .await?;
         let version = String::from_utf8_lossy(&version.stdout).trim().to_owned();
         eprintln!("[bridge] {version} on {address}");
         Ok(Broker {
@@ -350,21 +345,16 @@ async fn start_bridge(server: &Server, brokers: &str) -> Result<(Group, SocketAd
         .args(["--metrics-addr", &metrics.to_string()])
         .args(["--instance-id", "bench"])
         .env("RUST_LOG", "warn");
-    let log =
-        std::env::temp_dir().join(format!("roomcast-bench-{}-bridge.log", std::process::id()));
-    let mut process = Group::spawn("roomcast-bridge", cmd, &log)
+    let mut process = Group::spawn("roomcast-bridge", cmd, &log_path("bridge"))
         .with_context(|| format!("{} (built by `make build`)", binary.display()))?;
-    let deadline = Instant::now() + STARTUP;
-    while http::get_ok(metrics, "/healthz", None).await.is_err() {
-        process.check_running()?;
-        if Instant::now() >= deadline {
-            bail!(
-                "the bridge was not healthy within {STARTUP:?}\n{}",
-                process.log_tail()
-            );
-        }
-        sleep(Duration::from_millis(250)).await;
-    }
+    process
+        .wait_ready(
+            "the bridge was not healthy",
+            STARTUP,
+            Duration::from_millis(250),
+            || async { http::get_ok(metrics, "/healthz", None).await.is_ok() },
+        )
+        .await?;
     Ok((process, metrics))
 }
 

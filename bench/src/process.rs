@@ -6,10 +6,19 @@
 //! nothing running.
 
 use std::fs::File;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use tokio::time::{sleep, Instant};
+
+/// Where the child with `role` writes its output: one file per benchmark
+/// process and role, so concurrent benchmarks do not mix logs.
+pub fn log_path(role: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("roomcast-bench-{}-{role}.log", std::process::id()))
+}
 
 pub struct Group {
     name: &'static str,
@@ -48,6 +57,31 @@ impl Group {
                 anyhow::bail!("{} exited with {status}\n{}", self.name, self.log_tail())
             }
             None => Ok(()),
+        }
+    }
+
+    /// Polls `ready` every `every` until it is true. Fails at once if the
+    /// leader exits, and with the log's tail if `within` passes first.
+    pub async fn wait_ready<F>(
+        &mut self,
+        what: &str,
+        within: Duration,
+        every: Duration,
+        mut ready: impl FnMut() -> F,
+    ) -> Result<()>
+    where
+        F: Future<Output = bool>,
+    {
+        let deadline = Instant::now() + within;
+        loop {
+            self.check_running()?;
+            if ready().await {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("{what} within {within:?}\n{}", self.log_tail());
+            }
+            sleep(every).await;
         }
     }
 

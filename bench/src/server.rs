@@ -14,14 +14,13 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use roomcast_protocol::auth::{mint_hs256, TokenSpec};
 use roomcast_protocol::clock::now_ms;
-use tokio::time::{sleep, Instant};
 
 use crate::cpu::{self, CpuTimes};
 use crate::http;
-use crate::process::Group;
+use crate::process::{log_path, Group};
 
 /// The HS256 secret roomcast is started with.
 pub const SECRET: &str = "roomcast-bench-secret-not-for-production";
@@ -75,11 +74,7 @@ impl Server {
         ));
         let _ = std::fs::remove_dir_all(&state);
         std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
-        let log = std::env::temp_dir().join(format!(
-            "roomcast-bench-{}-{}.log",
-            std::process::id(),
-            flavor.label()
-        ));
+        let log = log_path(flavor.label());
         let process = Group::spawn("wrangler dev", wrangler_dev(flavor, port, &state)?, &log)?;
         let mut server = Server {
             flavor,
@@ -126,21 +121,16 @@ impl Server {
     }
 
     async fn wait_healthy(&mut self) -> Result<()> {
-        let deadline = Instant::now() + STARTUP;
-        while Instant::now() < deadline {
-            self.process
-                .check_running()
-                .with_context(|| format!("wrangler dev for {}", self.flavor.label()))?;
-            if http::get_ok(self.addr(), "/healthz", None).await.is_ok() {
-                return Ok(());
-            }
-            sleep(Duration::from_millis(250)).await;
-        }
-        bail!(
-            "wrangler dev for {} did not answer /healthz within {STARTUP:?}\n{}",
-            self.flavor.label(),
-            self.process.log_tail()
-        )
+        let addr = self.addr();
+        let what = format!(
+            "wrangler dev for {} did not answer /healthz",
+            self.flavor.label()
+        );
+        self.process
+            .wait_ready(&what, STARTUP, Duration::from_millis(250), || async {
+                http::get_ok(addr, "/healthz", None).await.is_ok()
+            })
+            .await
     }
 }
 

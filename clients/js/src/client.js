@@ -23,6 +23,7 @@
  */
 
 import { Backoff } from './backoff.js';
+import { randomId } from './id.js';
 import { Sequence } from './sequence.js';
 import { refreshDelay, tokenExpiry } from './token.js';
 
@@ -79,8 +80,10 @@ export class RoomcastClient extends EventTarget {
   #state = 'connecting';
   #reconnects = 0;
   #recovered = false;
-  #closedByUser = false;
-  /** @type {Map<string, {frame: object, resolve: (ack: Ack) => void, reject: (e: Error) => void}>} */
+  /**
+   * The `publish` frames not yet acknowledged, serialised once, by `ref`.
+   * @type {Map<string, {text: string, resolve: (ack: Ack) => void, reject: (e: Error) => void}>}
+   */
   #pending = new Map();
   #nextRef = 0;
   #lastHeard = 0;
@@ -155,10 +158,10 @@ export class RoomcastClient extends EventTarget {
       return Promise.reject(new Error(`more than ${this.#options.maxPending} publishes pending`));
     }
     const ref = String(++this.#nextRef);
-    const frame = { type: 'publish', ref, id: id ?? randomId(), data };
+    const text = JSON.stringify({ type: 'publish', ref, id: id ?? randomId(), data });
     return new Promise((resolve, reject) => {
-      this.#pending.set(ref, { frame, resolve, reject });
-      if (this.#state === 'open') this.#send(JSON.stringify(frame));
+      this.#pending.set(ref, { text, resolve, reject });
+      if (this.#state === 'open') this.#send(text);
     });
   }
 
@@ -182,7 +185,6 @@ export class RoomcastClient extends EventTarget {
   /** Leaves the room for good; pending publishes are rejected. */
   close() {
     if (this.#state === 'closed') return;
-    this.#closedByUser = true;
     const ws = this.#ws;
     this.#detach();
     if (ws) closeQuietly(ws, 1000, 'client closed');
@@ -246,7 +248,7 @@ export class RoomcastClient extends EventTarget {
     if (resync) this.#emit('resync', resync);
     this.#watch(ws, this.#options.heartbeatMs ?? welcome.heartbeat_ms);
     this.#scheduleRefresh();
-    for (const { frame } of this.#pending.values()) this.#send(JSON.stringify(frame));
+    for (const { text } of this.#pending.values()) this.#send(text);
   }
 
   #message(ws, message) {
@@ -282,7 +284,6 @@ export class RoomcastClient extends EventTarget {
   #closed(ws, code, reason) {
     if (ws !== this.#ws) return;
     this.#detach();
-    if (this.#closedByUser) return;
     if (TERMINAL.has(code)) {
       this.#finish(`${code} ${TERMINAL.get(code)}`, code);
       return;
@@ -422,14 +423,4 @@ function closeQuietly(ws, code, reason) {
   } catch {
     // Already closing.
   }
-}
-
-/** A UUIDv4 for idempotency keys, also outside secure contexts where `randomUUID` is missing. */
-function randomId() {
-  if (globalThis.crypto?.randomUUID) return globalThis.crypto.randomUUID();
-  const b = globalThis.crypto.getRandomValues(new Uint8Array(16));
-  b[6] = (b[6] & 0x0f) | 0x40;
-  b[8] = (b[8] & 0x3f) | 0x80;
-  const hex = [...b].map((x) => x.toString(16).padStart(2, '0')).join('');
-  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
 }
