@@ -39,8 +39,10 @@ bootstrap: node_modules/.package-lock.json
 	@# The end-to-end tests' Kafka-protocol broker (about 15 minutes to build, once).
 	@$(TOOLS_DIR)/bin/tansu --version 2>/dev/null | grep -q "$(TANSU_VER)" \
 	  || cargo install tansu --version "$(TANSU_VER)" --features dynostore --locked --root "$(TOOLS_DIR)" --force
-	@# kcat (watch and feed Kafka topics by hand) and Chromium (the browser test), from Debian.
+	@# kcat (watch and feed Kafka topics by hand), Chromium (the browser test) and socat
+	@# (the end-to-end tests' TLS terminator in front of the broker), from Debian.
 	@missing=""; command -v kcat >/dev/null || missing="$$missing kcat"; \
+	  command -v socat >/dev/null || missing="$$missing socat"; \
 	  test -x $(CHROMIUM) || missing="$$missing chromium"; \
 	  test -z "$$missing" || { apt-get update -qq && apt-get install -y -qq $$missing; }
 

@@ -24,7 +24,7 @@ use anyhow::{bail, Context, Result};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use roomcast_bridge::kafka;
+use roomcast_bridge::kafka::{Kafka, KafkaConfig};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 
@@ -91,9 +91,10 @@ pub fn tansu() -> PathBuf {
 pub async fn run(plan: &Plan) -> Result<BridgeResults> {
     let server = Server::start(Flavor::Ours, &plan.state_root).await?;
     let broker = Broker::start().await?;
-    kafka::ensure_topics(&broker.address, &[EVENTS, INBOUND, PLAIN])
+    kafka(&broker.address)
+        .ensure_topics(&[EVENTS, INBOUND, PLAIN])
         .await
-        .map_err(anyhow::Error::msg)?;
+        .context("creating the topics")?;
     let (bridge, metrics) = start_bridge(&server, &broker.address).await?;
     let idle_kib = bridge_memory::resident_kib(bridge.pgid())?;
 
@@ -237,6 +238,20 @@ async fn prime(outlet: &mut impl Outlet, recorder: &Recorder) -> Result<()> {
     bail!("nothing arrived within {PRIME:?}")
 }
 
+/// Kafka as the bridge sees it, so plain rdkafka is measured with the
+/// bridge's own producer settings.
+fn kafka(brokers: &str) -> Kafka {
+    Kafka {
+        brokers: brokers.to_owned(),
+        config: KafkaConfig::default(),
+        events_topic: EVENTS.into(),
+        inbound_topic: INBOUND.into(),
+        dlq_topic: "roomcast.dlq".into(),
+        group_id: "roomcast-bench".into(),
+        instance: "bench".into(),
+    }
+}
+
 /// Produces stamps as JSON values under one key.
 struct KafkaOutlet {
     producer: FutureProducer,
@@ -247,7 +262,7 @@ struct KafkaOutlet {
 impl KafkaOutlet {
     fn new(brokers: &str, topic: &'static str, key: String) -> Result<KafkaOutlet> {
         Ok(KafkaOutlet {
-            producer: kafka::producer(brokers).context("a producer")?,
+            producer: kafka(brokers).producer().context("a producer")?,
             topic,
             key,
         })

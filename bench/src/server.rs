@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use roomcast_protocol::auth::{mint_hs256, TokenSpec};
 use roomcast_protocol::clock::now_ms;
+use roomcast_protocol::signing::{mint_hs256, TokenSpec};
 
 use crate::cpu::{self, CpuTimes};
 use crate::http;

@@ -3,8 +3,11 @@
 //! systemd deployments configure it.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
-use clap::{Args as ClapArgs, Parser, Subcommand};
+use clap::{ArgGroup, Args as ClapArgs, Parser, Subcommand};
+
+use crate::token::MAX_TTL_SECS;
 
 /// roomcast-bridge relays every room's messages to Kafka and Kafka records
 /// back into rooms, at least once, with a dead-letter topic and Prometheus
@@ -23,6 +26,9 @@ pub struct Cli {
 pub enum Command {
     /// Mint an HS256 token from --jwt-secret, for local use.
     Token(TokenArgs),
+    /// Print the public half of --jwt-key-file as a JWKS, for the worker's
+    /// JWT_PUBLIC_KEYS.
+    Jwks,
 }
 
 #[derive(ClapArgs, Debug, Clone)]
@@ -36,8 +42,8 @@ pub struct TokenArgs {
     /// Room patterns it may publish to, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "*")]
     pub publish: Vec<String>,
-    /// Lifetime: seconds, or with a unit `s`, `m`, `h`, `d` (e.g. `1h`).
-    #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+    /// Lifetime: seconds, or with a unit `s`, `m`, `h`, `d` (e.g. `1h`); at most a day.
+    #[arg(long, default_value = "1h", value_parser = parse_token_ttl)]
     pub ttl: u64,
     /// Mint the bridge's service token (`role: "bridge"`).
     #[arg(long)]
@@ -45,6 +51,7 @@ pub struct TokenArgs {
 }
 
 #[derive(ClapArgs, Debug, Clone)]
+#[command(group(ArgGroup::new("credentials").args(["token", "token_file", "jwt_secret", "jwt_key_file"])))]
 pub struct RunArgs {
     /// Base URL of the roomcast worker (`http(s)://` or `ws(s)://`).
     #[arg(
@@ -54,18 +61,68 @@ pub struct RunArgs {
     )]
     pub worker_url: String,
 
-    /// The bridge's service token (a JWT with `role: "bridge"`).
-    #[arg(long, env = "ROOMCAST_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    /// Extra trusted CA certificates (PEM) for https:// worker URLs, on top
+    /// of the platform's roots (SSL_CERT_FILE and SSL_CERT_DIR apply): a
+    /// private CA, or a local development certificate.
+    #[arg(long, env = "ROOMCAST_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
 
-    /// The worker's HS256 secret: the bridge mints its own service token
-    /// from it (and `token` mints dev tokens).
+    /// The worker's HS256 secret: the bridge mints its own short-lived
+    /// service tokens from it (and `token` mints dev tokens).
     #[arg(long, env = "ROOMCAST_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+
+    /// A private key (Ed25519 or P-256, PEM) the bridge mints its own
+    /// short-lived service tokens with; the worker then holds only the
+    /// public half in JWT_PUBLIC_KEYS (print it with `jwks`).
+    #[arg(long, env = "ROOMCAST_JWT_KEY_FILE")]
+    pub jwt_key_file: Option<PathBuf>,
+
+    /// The `kid` of --jwt-key-file, as named in the worker's JWKS.
+    #[arg(long, env = "ROOMCAST_JWT_KID")]
+    pub jwt_kid: Option<String>,
+
+    /// The `iss` of minted tokens (match the worker's JWT_ISSUER).
+    #[arg(long, env = "ROOMCAST_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// The `aud` of minted tokens (match the worker's JWT_AUDIENCE).
+    #[arg(long, env = "ROOMCAST_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Lifetime of each minted token (at most 1d); a fresh one replaces it
+    /// over the open links when two thirds of it have passed.
+    #[arg(long, env = "ROOMCAST_TOKEN_TTL", default_value = "15m", value_parser = parse_token_ttl)]
+    pub token_ttl: u64,
+
+    /// A file holding the bridge's token, issued by something else; read
+    /// again whenever it changes.
+    #[arg(long, env = "ROOMCAST_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// A fixed service token (a JWT with `role: "bridge"`). It cannot be
+    /// refreshed: prefer the options above outside development.
+    #[arg(long, env = "ROOMCAST_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 
     /// Kafka bootstrap servers, comma-separated.
     #[arg(long, env = "ROOMCAST_BROKERS", default_value = "127.0.0.1:9092")]
     pub brokers: String,
+
+    /// A librdkafka property for every Kafka client (producer, consumer,
+    /// admin), `KEY=VALUE`, repeatable; applied after --kafka-config-file.
+    /// TLS and SASL go here (`security.protocol=SASL_SSL`, ...). The bridge's
+    /// defaults can be changed this way, e.g. the producer's
+    /// `compression.type=lz4` (kafkajs needs an LZ4 codec to read it; use
+    /// `gzip` or `none` for consumers without one). Secret values never
+    /// appear in logs.
+    #[arg(long = "kafka-config", value_name = "KEY=VALUE")]
+    pub kafka_config: Vec<String>,
+
+    /// A Java-properties file of librdkafka properties (`key=value` lines),
+    /// the same for every Kafka client; see --kafka-config.
+    #[arg(long, env = "ROOMCAST_KAFKA_CONFIG_FILE")]
+    pub kafka_config_file: Option<PathBuf>,
 
     /// Start an in-process Kafka-protocol broker (librdkafka's mock cluster)
     /// for local runs. For development only: it keeps nothing on disk.
@@ -84,7 +141,7 @@ pub struct RunArgs {
     )]
     pub inbound_topic: String,
 
-    /// Dead-letter topic for inbound records that cannot be delivered.
+    /// Dead-letter topic for what cannot be delivered, either way.
     #[arg(long, env = "ROOMCAST_DLQ_TOPIC", default_value = "roomcast.dlq")]
     pub dlq_topic: String,
 
@@ -92,7 +149,8 @@ pub struct RunArgs {
     #[arg(long, env = "ROOMCAST_GROUP_ID", default_value = "roomcast-bridge")]
     pub group_id: String,
 
-    /// Where `/metrics` and `/healthz` are served.
+    /// Where `/metrics` and `/healthz` are served. Loopback by default: put
+    /// a scraper next to the bridge, or bind a private address deliberately.
     #[arg(long, env = "ROOMCAST_METRICS_ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_addr: SocketAddr,
 
@@ -101,11 +159,17 @@ pub struct RunArgs {
     /// restarts, and unique per instance.
     #[arg(long, env = "ROOMCAST_INSTANCE_ID")]
     pub instance_id: Option<String>,
+}
 
-    /// Largest inbound record value published into a room; larger ones go to
-    /// the dead-letter topic. Match the worker's MAX_MESSAGE_BYTES.
-    #[arg(long, env = "ROOMCAST_MAX_MESSAGE_BYTES", default_value_t = 65_536)]
-    pub max_message_bytes: usize,
+/// A token lifetime: a duration of at most a day.
+fn parse_token_ttl(text: &str) -> Result<u64, String> {
+    match parse_ttl(text)? {
+        0 => Err("a token must live at least a second".into()),
+        secs if secs > MAX_TTL_SECS => Err(format!(
+            "{text} is longer than a day; the bridge never makes tokens that long"
+        )),
+        secs => Ok(secs),
+    }
 }
 
 /// Parses `90`, `15m`, `1h`, `2d` into seconds.
@@ -139,6 +203,28 @@ mod tests {
         assert_eq!(parse_ttl("1h"), Ok(3600));
         assert!(parse_ttl("1w").is_err());
         assert!(parse_ttl("h").is_err());
+        assert_eq!(parse_token_ttl("15m"), Ok(900));
+        assert!(parse_token_ttl("2d").is_err());
+        assert!(parse_token_ttl("0").is_err());
+    }
+
+    #[test]
+    fn one_source_of_credentials() {
+        assert!(
+            Cli::try_parse_from(["roomcast-bridge", "--jwt-secret", "s", "--token", "t"]).is_err()
+        );
+        let cli = Cli::try_parse_from([
+            "roomcast-bridge",
+            "--jwt-key-file",
+            "k.pem",
+            "--kafka-config",
+            "security.protocol=ssl",
+            "--kafka-config",
+            "ssl.ca.location=/ca.pem",
+        ])
+        .unwrap();
+        assert_eq!(cli.run.kafka_config.len(), 2);
+        assert_eq!(cli.run.token_ttl, 900);
     }
 
     #[test]
@@ -149,5 +235,6 @@ mod tests {
         assert_eq!(cli.run.dlq_topic, "roomcast.dlq");
         assert_eq!(cli.run.group_id, "roomcast-bridge");
         assert_eq!(cli.run.metrics_addr.to_string(), "127.0.0.1:9464");
+        assert!(cli.run.metrics_addr.ip().is_loopback());
     }
 }

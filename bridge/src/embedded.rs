@@ -6,6 +6,7 @@
 //! reachable at the well-known 127.0.0.1:9092 so that tools like `kcat` find
 //! it (they then follow the broker address it advertises, also on loopback).
 
+use rdkafka::error::KafkaError;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use tokio::net::{TcpListener, TcpStream};
@@ -20,18 +21,32 @@ pub struct Embedded {
     pub bootstrap: String,
 }
 
+/// Why the embedded broker did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    #[error("starting the mock cluster: {0}")]
+    Cluster(KafkaError),
+    #[error("creating {topic} on the mock cluster: {source}")]
+    Topic { topic: String, source: KafkaError },
+    #[error("binding {ADDRESS} for the embedded broker (is another Kafka running?): {0}")]
+    Bind(std::io::Error),
+}
+
 /// Starts the mock cluster with `topics` and the forwarder on [`ADDRESS`].
-pub async fn start(topics: &[&str]) -> Result<Embedded, String> {
-    let cluster = MockCluster::new(1).map_err(|e| format!("starting the mock cluster: {e}"))?;
+pub async fn start(topics: &[&str]) -> Result<Embedded, EmbeddedError> {
+    let cluster = MockCluster::new(1).map_err(EmbeddedError::Cluster)?;
     for topic in topics {
         cluster
             .create_topic(topic, 1, 1)
-            .map_err(|e| format!("creating {topic} on the mock cluster: {e}"))?;
+            .map_err(|source| EmbeddedError::Topic {
+                topic: topic.to_string(),
+                source,
+            })?;
     }
     let bootstrap = cluster.bootstrap_servers();
     let listener = TcpListener::bind(ADDRESS)
         .await
-        .map_err(|e| format!("binding {ADDRESS} for the embedded broker: {e}"))?;
+        .map_err(EmbeddedError::Bind)?;
     let target = bootstrap.clone();
     tokio::spawn(async move {
         loop {

@@ -10,16 +10,16 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::metrics::Metrics;
+use crate::stop::Stop;
 
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves until `stop` turns true.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mut stop: Stop) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -33,7 +33,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mut stop: watch
                 }
                 Err(e) => warn!("metrics endpoint: accept failed: {e}"),
             },
-            _ = stop.changed() => return,
+            _ = stop.stopping() => return,
         }
     }
 }

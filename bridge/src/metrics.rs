@@ -45,8 +45,21 @@ pub struct Metrics {
     pub relay_seconds: HistogramVec,
     pub dlq: IntCounterVec,
     rooms: Mutex<BTreeMap<String, StatsReport>>,
-    kafka_up: AtomicBool,
-    worker_up: AtomicBool,
+    health: Health,
+}
+
+/// What `/healthz` is made of; every part must be up.
+#[derive(Default)]
+struct Health {
+    /// Kafka answers metadata requests.
+    kafka: AtomicBool,
+    /// The registry link to the worker is open.
+    worker: AtomicBool,
+    /// The inbound consumer is running (false while it is rebuilt).
+    consumer: AtomicBool,
+    /// Publishing into rooms is not in an outage (a wrong route, a refused
+    /// token, an unreachable worker); it starts healthy.
+    publish_outage: AtomicBool,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -114,8 +127,7 @@ impl Default for Metrics {
             ),
             registry,
             rooms: Mutex::new(BTreeMap::new()),
-            kafka_up: AtomicBool::new(false),
-            worker_up: AtomicBool::new(false),
+            health: Health::default(),
         };
         for direction in [TO_KAFKA, TO_ROOM] {
             metrics.relayed.with_label_values(&[direction]);
@@ -136,23 +148,42 @@ impl Metrics {
     }
 
     pub fn set_kafka_up(&self, up: bool) {
-        self.kafka_up.store(up, Ordering::Relaxed);
+        self.health.kafka.store(up, Ordering::Relaxed);
     }
 
     pub fn set_worker_up(&self, up: bool) {
-        self.worker_up.store(up, Ordering::Relaxed);
+        self.health.worker.store(up, Ordering::Relaxed);
+    }
+
+    pub fn set_consumer_up(&self, up: bool) {
+        self.health.consumer.store(up, Ordering::Relaxed);
+    }
+
+    /// Whether the last publish into a room got through (or failed for a
+    /// reason that is not an outage).
+    pub fn set_publish_ok(&self, ok: bool) {
+        self.health.publish_outage.store(!ok, Ordering::Relaxed);
     }
 
     /// `(healthy, detail)` for `/healthz`.
     pub fn health(&self) -> (bool, String) {
-        let kafka = self.kafka_up.load(Ordering::Relaxed);
-        let worker = self.worker_up.load(Ordering::Relaxed);
-        let body = serde_json::json!({
-            "status": if kafka && worker { "ok" } else { "degraded" },
-            "kafka": if kafka { "up" } else { "down" },
-            "worker": if worker { "up" } else { "down" },
-        });
-        (kafka && worker, body.to_string())
+        let h = &self.health;
+        let parts = [
+            ("kafka", h.kafka.load(Ordering::Relaxed)),
+            ("worker", h.worker.load(Ordering::Relaxed)),
+            ("consumer", h.consumer.load(Ordering::Relaxed)),
+            ("publish", !h.publish_outage.load(Ordering::Relaxed)),
+        ];
+        let healthy = parts.iter().all(|(_, up)| *up);
+        let mut body = serde_json::Map::new();
+        body.insert(
+            "status".into(),
+            (if healthy { "ok" } else { "degraded" }).into(),
+        );
+        for (name, up) in parts {
+            body.insert(name.into(), (if up { "up" } else { "down" }).into());
+        }
+        (healthy, serde_json::Value::Object(body).to_string())
     }
 
     /// Everything, in the Prometheus text format.
@@ -329,11 +360,16 @@ mod tests {
     }
 
     #[test]
-    fn health_needs_both() {
+    fn health_needs_every_part() {
         let m = Metrics::default();
         assert!(!m.health().0);
         m.set_kafka_up(true);
         m.set_worker_up(true);
+        m.set_consumer_up(true);
         assert!(m.health().0);
+        m.set_publish_ok(false);
+        let (healthy, body) = m.health();
+        assert!(!healthy);
+        assert!(body.contains(r#""publish":"down""#), "{body}");
     }
 }

@@ -1,38 +1,34 @@
-//! Room → Kafka: one task per room this instance owns, holding the room link
-//! (SPEC section 5) and producing every message to the events topic with the
-//! key, value and headers of SPEC section 6.
+//! Room → broker: one task per room this instance owns, holding the room
+//! link (SPEC section 5) and handing every message to the [`Sink`].
 //!
-//! Deliveries are awaited in seq order and `bridge_ack` only ever names a seq
-//! whose message, and every one before it, Kafka has acknowledged. Anything
-//! unacknowledged when the link or the producer fails is replayed by the
-//! room on the next link: duplicates are possible, gaps are not.
+//! Deliveries are awaited in seq order, and `bridge_ack` only ever names a
+//! seq whose message, and every one before it, the broker stored, or, when
+//! the broker refused it for good, the dead-letter topic stored. Anything
+//! unacknowledged when the link or the broker fails is replayed by the room
+//! on the next link: duplicates are possible, gaps are not, and no message
+//! can stall its room's relay forever.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureRecord};
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
 use roomcast_protocol::clock::now_ms;
-use roomcast_protocol::stats::StatsReport;
-use roomcast_protocol::wire::Message;
+use roomcast_protocol::wire::{BridgeFrame, Message, ServerFrame};
 use roomcast_protocol::CloseCode;
-use serde_json::Value;
-use tokio::sync::watch;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::Message as Frame;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
-use crate::metrics::TO_KAFKA;
-use crate::relay::Bridge;
+use crate::broker::{DeadLetter, Delivery, Sink, SinkError};
+use crate::context::Bridge;
+use crate::dlq;
+use crate::link::{Link, LinkError};
+use crate::metrics::{Metrics, TO_KAFKA};
+use crate::stop::Stop;
 
 /// How often confirmed progress is acknowledged to the room.
 const ACK_INTERVAL: Duration = Duration::from_millis(50);
-/// How often the link is pinged, so idle links survive proxies.
-const PING_INTERVAL: Duration = Duration::from_secs(20);
 /// How long a shutdown waits for outstanding deliveries.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -46,12 +42,22 @@ enum End {
     Lost(String),
 }
 
+impl From<LinkError> for End {
+    fn from(e: LinkError) -> End {
+        if e.close_code() == Some(CloseCode::Superseded.code()) {
+            End::Superseded
+        } else {
+            End::Lost(e.to_string())
+        }
+    }
+}
+
 /// Relays `room` until superseded or stopped.
-pub async fn run(bridge: Arc<Bridge>, room: String, mut stop: watch::Receiver<bool>) {
+pub async fn run(bridge: Arc<Bridge>, room: String, mut stop: Stop) {
     let mut backoff = Backoff::network();
     let mut connected_before = false;
     loop {
-        let end = link(
+        let end = relay(
             &bridge,
             &room,
             &mut stop,
@@ -72,35 +78,25 @@ pub async fn run(bridge: Arc<Bridge>, room: String, mut stop: watch::Receiver<bo
             End::Stopped => return,
             End::Lost(why) => {
                 warn!(room, "room link lost: {why}");
-                let delay = backoff.next_delay();
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = stop.changed() => return,
+                if !stop.pause(&mut backoff).await {
+                    return;
                 }
             }
         }
     }
 }
 
-/// A produced message whose delivery report is outstanding.
-struct InFlight {
-    seq: u64,
-    ts: u64,
-    id: String,
-    delivery: DeliveryFuture,
-}
-
-async fn link(
+async fn relay(
     bridge: &Bridge,
     room: &str,
-    stop: &mut watch::Receiver<bool>,
+    stop: &mut Stop,
     backoff: &mut Backoff,
     connected_before: &mut bool,
 ) -> End {
     let url = bridge.urls.room_link(room, &bridge.instance);
-    let mut ws = match bridge.connect(&url).await {
-        Ok(ws) => ws,
-        Err(e) => return End::Lost(format!("connect: {e}")),
+    let mut link = match Link::open(&url, &bridge.tokens, &bridge.tls).await {
+        Ok(link) => link,
+        Err(e) => return End::Lost(e.to_string()),
     };
     backoff.reset();
     // Touching the series exports it at 0 before the first reconnect.
@@ -109,58 +105,38 @@ async fn link(
         reconnects.inc();
     }
     bridge.metrics.link_up.with_label_values(&[room]).set(1);
-    let mut inflight: VecDeque<InFlight> = VecDeque::new();
-    let mut confirmed: Option<u64> = None;
+    let mut pending = Pending::new(bridge.sink.clone(), bridge.metrics.clone(), stop.clone());
     let mut acked: Option<u64> = None;
     let mut ack_tick = tokio::time::interval(ACK_INTERVAL);
-    let mut ping_tick = tokio::time::interval(PING_INTERVAL);
     loop {
         tokio::select! {
-            frame = ws.next() => match frame {
-                Some(Ok(Frame::Text(text))) => {
-                    if let Err(why) = on_frame(bridge, room, &text, &mut inflight).await {
-                        return End::Lost(why);
-                    }
+            frame = link.next() => match frame {
+                Ok(ServerFrame::Message(message)) => pending.push(message.into_owned()).await,
+                Ok(ServerFrame::Stats(report)) => bridge.metrics.room_stats(report.into_owned()),
+                Ok(ServerFrame::Welcome(welcome)) => {
+                    info!(room, cursor = welcome.cursor, head = welcome.head, "room link up")
                 }
-                Some(Ok(Frame::Close(close))) => {
-                    let code = close.as_ref().map(|c| u16::from(c.code));
-                    return if code == Some(CloseCode::Superseded.code()) { End::Superseded } else { End::Lost(format!("closed by the room: {close:?}")) };
+                Ok(ServerFrame::Error { code, message, .. }) => {
+                    warn!(room, %code, "the room reported: {message}")
                 }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return End::Lost(format!("link error: {e}")),
-                None => return End::Lost("link ended".into()),
+                Ok(other) => debug!(room, "ignoring {other:?}"),
+                Err(e) => return e.into(),
             },
-            delivered = async { (&mut inflight.front_mut().expect("guarded by the condition").delivery).await }, if !inflight.is_empty() => {
-                let done = inflight.pop_front().expect("front exists");
-                match delivered {
-                    Ok(Ok(_)) => {
-                        confirmed = Some(done.seq);
-                        bridge.metrics.relayed.with_label_values(&[TO_KAFKA]).inc();
-                        let age = now_ms().saturating_sub(done.ts) as f64 / 1000.0;
-                        bridge.metrics.relay_seconds.with_label_values(&[TO_KAFKA]).observe(age);
-                        debug!(room, id = done.id, seq = done.seq, "delivered to Kafka");
-                    }
-                    Ok(Err((e, _))) => return End::Lost(format!("Kafka refused message {} (seq {}): {e}", done.id, done.seq)),
-                    Err(_) => return End::Lost("the producer went away".into()),
+            confirmed = pending.next_confirmed(), if !pending.is_empty() => {
+                if let Err(why) = confirmed {
+                    return End::Lost(why);
                 }
             },
             _ = ack_tick.tick() => {
-                if confirmed > acked {
-                    let seq = confirmed.expect("greater than something");
-                    let ack = serde_json::json!({"type": "bridge_ack", "seq": seq}).to_string();
-                    if let Err(e) = ws.send(Frame::text(ack)).await {
-                        return End::Lost(format!("sending bridge_ack: {e}"));
+                if let Some(seq) = pending.confirmed.filter(|c| Some(*c) > acked) {
+                    if let Err(e) = link.send(&BridgeFrame::BridgeAck { seq }).await {
+                        return e.into();
                     }
-                    acked = confirmed;
+                    acked = Some(seq);
                 }
             },
-            _ = ping_tick.tick() => {
-                if let Err(e) = ws.send(Frame::text("ping")).await {
-                    return End::Lost(format!("ping: {e}"));
-                }
-            },
-            _ = stop.changed() => {
-                drain(bridge, room, &mut ws, inflight, confirmed.filter(|c| Some(*c) > acked)).await;
+            _ = stop.stopping() => {
+                drain(room, link, pending, acked).await;
                 return End::Stopped;
             },
         }
@@ -168,22 +144,12 @@ async fn link(
 }
 
 /// On shutdown: waits (bounded) for outstanding deliveries, acknowledges
-/// what Kafka confirmed, and closes the link with 1001.
-async fn drain(
-    bridge: &Bridge,
-    room: &str,
-    ws: &mut crate::relay::Link,
-    inflight: VecDeque<InFlight>,
-    mut confirmed: Option<u64>,
-) {
+/// what the broker confirmed, and closes the link with 1001.
+async fn drain(room: &str, mut link: Link, mut pending: Pending, acked: Option<u64>) {
     let wait = async {
-        for flight in inflight {
-            match flight.delivery.await {
-                Ok(Ok(_)) => {
-                    confirmed = Some(flight.seq);
-                    bridge.metrics.relayed.with_label_values(&[TO_KAFKA]).inc();
-                }
-                _ => break,
+        while !pending.is_empty() {
+            if pending.next_confirmed().await.is_err() {
+                break;
             }
         }
     };
@@ -193,98 +159,203 @@ async fn drain(
             "shutdown: deliveries still outstanding; the room will replay them"
         );
     }
-    if let Some(seq) = confirmed {
-        let _ = ws
-            .send(Frame::text(
-                serde_json::json!({"type": "bridge_ack", "seq": seq}).to_string(),
-            ))
-            .await;
+    if let Some(seq) = pending.confirmed.filter(|c| Some(*c) > acked) {
+        let _ = link.send(&BridgeFrame::BridgeAck { seq }).await;
     }
-    let close = CloseFrame {
-        code: WsCloseCode::Away,
-        reason: "bridge shutting down".into(),
-    };
-    let _ = ws.close(Some(close)).await;
+    link.close("bridge shutting down").await;
 }
 
-async fn on_frame(
-    bridge: &Bridge,
-    room: &str,
-    text: &str,
-    inflight: &mut VecDeque<InFlight>,
-) -> Result<(), String> {
-    if text == "pong" {
-        return Ok(());
-    }
-    let frame: Value =
-        serde_json::from_str(text).map_err(|e| format!("room sent non-JSON: {e}"))?;
-    match frame["type"].as_str() {
-        Some("message") => {
-            let message: Message =
-                serde_json::from_value(frame).map_err(|e| format!("bad message frame: {e}"))?;
-            inflight.push_back(produce(bridge, message).await?);
+/// Where a message handed to the broker stands.
+enum Stage {
+    /// Waiting for the broker's report.
+    Delivering(Delivery),
+    /// Refused for good; waiting for the dead-letter topic (`false`: stopped).
+    DeadLettering(BoxFuture<'static, bool>),
+}
+
+struct InFlight {
+    message: Message,
+    stage: Stage,
+}
+
+/// The messages handed to the broker and not yet confirmed, in seq order.
+///
+/// Each keeps its pending future inside the queue until it resolves, so
+/// waiting on [`Pending::next_confirmed`] can be cancelled (by `select!`)
+/// at any point without losing track of a message.
+struct Pending {
+    sink: Arc<dyn Sink>,
+    metrics: Arc<Metrics>,
+    stop: Stop,
+    queue: VecDeque<InFlight>,
+    /// The highest seq confirmed so far, with every one before it.
+    confirmed: Option<u64>,
+}
+
+impl Pending {
+    fn new(sink: Arc<dyn Sink>, metrics: Arc<Metrics>, stop: Stop) -> Pending {
+        Pending {
+            sink,
+            metrics,
+            stop,
+            queue: VecDeque::new(),
+            confirmed: None,
         }
-        Some("stats") => match serde_json::from_value::<StatsReport>(frame) {
-            Ok(report) => bridge.metrics.room_stats(report),
-            Err(e) => warn!(room, "unreadable stats frame: {e}"),
-        },
-        Some("welcome") => info!(
-            room,
-            cursor = frame["cursor"].as_u64(),
-            head = frame["head"].as_u64(),
-            "room link up"
-        ),
-        Some("error") => warn!(room, "room reported: {frame}"),
-        other => debug!(room, "ignoring frame type {other:?}"),
     }
-    Ok(())
-}
 
-/// Hands `message` to the producer, waiting while its queue is full.
-async fn produce(bridge: &Bridge, message: Message) -> Result<InFlight, String> {
-    let value = serde_json::to_string(&message).map_err(|e| e.to_string())?;
-    let seq = message.seq.to_string();
-    let headers = OwnedHeaders::new()
-        .insert(Header {
-            key: "message-id",
-            value: Some(message.id.as_str()),
-        })
-        .insert(Header {
-            key: "room",
-            value: Some(message.room.as_str()),
-        })
-        .insert(Header {
-            key: "seq",
-            value: Some(seq.as_str()),
-        })
-        .insert(Header {
-            key: "origin",
-            value: Some(message.origin.as_str()),
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Hands `message` to the broker (waiting while its queue is full).
+    async fn push(&mut self, message: Message) {
+        let delivery = self.sink.publish(&message).await;
+        self.queue.push_back(InFlight {
+            message,
+            stage: Stage::Delivering(delivery),
         });
-    let mut backoff = Backoff::new(Duration::from_millis(5), Duration::from_millis(500));
-    loop {
-        let record = FutureRecord::to(&bridge.events_topic)
-            .key(message.room.as_str())
-            .payload(value.as_str())
-            .headers(headers.clone());
-        match bridge.producer.send_result(record) {
-            Ok(delivery) => {
-                return Ok(InFlight {
-                    seq: message.seq,
-                    ts: message.ts,
-                    id: message.id.clone(),
-                    delivery,
-                });
+    }
+
+    /// Waits until the oldest message is confirmed, dead-lettering it first
+    /// if the broker refused it for good. `Err` when the broker is not
+    /// taking messages now (the room replays them on the next link).
+    async fn next_confirmed(&mut self) -> Result<u64, String> {
+        loop {
+            let front = self
+                .queue
+                .front_mut()
+                .ok_or_else(|| "nothing is pending".to_owned())?;
+            match &mut front.stage {
+                Stage::Delivering(delivery) => match delivery.await {
+                    Ok(()) => return Ok(self.confirm()),
+                    Err(SinkError::Refused { reason, detail }) => {
+                        let message = &front.message;
+                        warn!(
+                            room = message.room,
+                            id = message.id,
+                            seq = message.seq,
+                            reason,
+                            "Kafka refused the message for good: {detail}"
+                        );
+                        let value = serde_json::to_vec(message).unwrap_or_default();
+                        let letter = DeadLetter::message(message, value, &reason);
+                        let (sink, metrics, mut stop) =
+                            (self.sink.clone(), self.metrics.clone(), self.stop.clone());
+                        let id = message.id.clone();
+                        front.stage =
+                            Stage::DeadLettering(
+                                async move {
+                                    dlq::send(&*sink, &letter, &id, &metrics, &mut stop).await
+                                }
+                                .boxed(),
+                            );
+                    }
+                    Err(SinkError::Unavailable(why)) => {
+                        let message = &front.message;
+                        return Err(format!(
+                            "Kafka did not take message {} (seq {}): {why}",
+                            message.id, message.seq
+                        ));
+                    }
+                },
+                Stage::DeadLettering(writing) => {
+                    return match writing.await {
+                        true => Ok(self.confirm()),
+                        false => Err("stopped while dead-lettering".into()),
+                    };
+                }
             }
-            Err((
-                rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                ),
-                _,
-            )) => {
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
-            Err((e, _)) => return Err(format!("producing message {}: {e}", message.id)),
         }
+    }
+
+    /// The front message is stored (in its topic or the dead-letter topic).
+    fn confirm(&mut self) -> u64 {
+        let done = self
+            .queue
+            .pop_front()
+            .expect("confirming the front message");
+        let message = done.message;
+        if matches!(done.stage, Stage::Delivering(_)) {
+            self.metrics.relayed.with_label_values(&[TO_KAFKA]).inc();
+            let age = now_ms().saturating_sub(message.ts) as f64 / 1000.0;
+            self.metrics
+                .relay_seconds
+                .with_label_values(&[TO_KAFKA])
+                .observe(age);
+            debug!(
+                room = message.room,
+                id = message.id,
+                seq = message.seq,
+                "delivered to Kafka"
+            );
+        }
+        self.confirmed = Some(message.seq);
+        message.seq
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MemorySink;
+    use roomcast_protocol::wire::Origin;
+    use serde_json::value::RawValue;
+
+    fn message(seq: u64, data: &str) -> Message {
+        Message {
+            room: "r".into(),
+            id: format!("m{seq}"),
+            seq,
+            ts: now_ms(),
+            sender: "s".into(),
+            origin: Origin::Ws,
+            data: RawValue::from_string(data.into()).unwrap(),
+            trace: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_message_is_dead_lettered_and_the_relay_moves_on() {
+        let sink = Arc::new(MemorySink::refusing_over(100));
+        let (_trigger, stop) = Stop::new();
+        let mut pending = Pending::new(sink.clone(), Arc::new(Metrics::default()), stop);
+        pending.push(message(1, "1")).await;
+        pending
+            .push(message(2, &format!("\"{}\"", "x".repeat(200))))
+            .await;
+        pending.push(message(3, "3")).await;
+        let mut confirmed = Vec::new();
+        while !pending.is_empty() {
+            confirmed.push(pending.next_confirmed().await.unwrap());
+        }
+        assert_eq!(confirmed, [1, 2, 3]);
+        let stored: Vec<u64> = sink.messages().iter().map(|m| m.seq).collect();
+        assert_eq!(stored, [1, 3]);
+        let letters = sink.dead_letters();
+        assert_eq!(letters.len(), 1);
+        let headers: Vec<(&str, &str)> = letters[0]
+            .headers
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect();
+        assert_eq!(
+            &headers[..4],
+            [
+                ("error", "too_large"),
+                ("room", "r"),
+                ("seq", "2"),
+                ("message-id", "m2")
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unavailable_broker_fails_the_link_without_confirming() {
+        let sink = Arc::new(MemorySink::unavailable());
+        let (_trigger, stop) = Stop::new();
+        let mut pending = Pending::new(sink, Arc::new(Metrics::default()), stop);
+        pending.push(message(1, "1")).await;
+        assert!(pending.next_confirmed().await.is_err());
+        assert_eq!(pending.confirmed, None);
     }
 }

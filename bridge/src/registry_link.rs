@@ -3,63 +3,56 @@
 //!
 //! A room that moves to another instance is taken over by that instance's
 //! newer link, which supersedes ours (4009); that is how a room task ends.
-//! Its state is whether the worker is reachable, for `/healthz`.
+//! Whether this link is up is what `/healthz` reports as the worker's state.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use futures_util::StreamExt;
-use roomcast_protocol::wire::Registration;
-use serde_json::Value;
-use tokio::sync::watch;
+use roomcast_protocol::wire::{Registration, ServerFrame};
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::Message as Frame;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
+use crate::context::Bridge;
+use crate::link::Link;
 use crate::outbound;
-use crate::relay::Bridge;
+use crate::stop::Stop;
 
-pub async fn run(bridge: Arc<Bridge>, mut stop: watch::Receiver<bool>) {
+pub async fn run(bridge: Arc<Bridge>, mut stop: Stop) {
     let mut rooms: HashMap<String, JoinHandle<()>> = HashMap::new();
     let mut backoff = Backoff::network();
-    loop {
-        let url = bridge.urls.registry_link(&bridge.instance);
-        match bridge.connect(&url).await {
-            Ok(mut ws) => {
+    let url = bridge.urls.registry_link(&bridge.instance);
+    while !stop.is_stopping() {
+        match Link::open(&url, &bridge.tokens, &bridge.tls).await {
+            Ok(mut link) => {
                 backoff.reset();
                 bridge.metrics.set_worker_up(true);
                 info!(instance = bridge.instance, "registry link up");
-                let stopped = loop {
+                loop {
                     tokio::select! {
-                        frame = ws.next() => match frame {
-                            Some(Ok(Frame::Text(text))) => assign(&bridge, &text, &mut rooms, &stop),
-                            Some(Ok(Frame::Close(close))) => { warn!("registry closed the link: {close:?}"); break false; }
-                            Some(Ok(_)) => {}
-                            Some(Err(e)) => { warn!("registry link error: {e}"); break false; }
-                            None => break false,
+                        frame = link.next() => match frame {
+                            Ok(ServerFrame::Room(registration)) => assign(&bridge, &registration, &mut rooms, &stop),
+                            Ok(other) => debug!("registry sent {other:?}"),
+                            Err(e) => {
+                                warn!("registry link: {e}");
+                                break;
+                            }
                         },
-                        _ = stop.changed() => {
-                            let _ = ws.close(Some(CloseFrame { code: CloseCode::Away, reason: "bridge shutting down".into() })).await;
-                            break true;
+                        _ = stop.stopping() => {
+                            link.close("bridge shutting down").await;
+                            break;
                         }
                     }
-                };
-                bridge.metrics.set_worker_up(false);
-                if stopped {
-                    break;
                 }
+                bridge.metrics.set_worker_up(false);
             }
             Err(e) => {
                 bridge.metrics.set_worker_up(false);
                 warn!("registry link: {e}");
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
-            _ = stop.changed() => break,
+        if !stop.pause(&mut backoff).await {
+            break;
         }
     }
     for (room, task) in rooms {
@@ -72,21 +65,10 @@ pub async fn run(bridge: Arc<Bridge>, mut stop: watch::Receiver<bool>) {
 /// Starts a room link for an announced room unless one is running.
 fn assign(
     bridge: &Arc<Bridge>,
-    text: &str,
+    registration: &Registration,
     rooms: &mut HashMap<String, JoinHandle<()>>,
-    stop: &watch::Receiver<bool>,
+    stop: &Stop,
 ) {
-    let Ok(frame) = serde_json::from_str::<Value>(text) else {
-        warn!("registry sent non-JSON: {text}");
-        return;
-    };
-    if frame["type"] != "room" {
-        return;
-    }
-    let Ok(registration) = serde_json::from_value::<Registration>(frame) else {
-        warn!("registry sent an unreadable room: {text}");
-        return;
-    };
     let running = rooms
         .get(&registration.room)
         .is_some_and(|task| !task.is_finished());
@@ -101,6 +83,6 @@ fn assign(
             registration.room.clone(),
             stop.clone(),
         ));
-        rooms.insert(registration.room, task);
+        rooms.insert(registration.room.clone(), task);
     }
 }

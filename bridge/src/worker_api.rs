@@ -1,8 +1,28 @@
-//! The worker's endpoints as the bridge uses them: the link URLs, and the
-//! batch publish of SPEC section 2 that carries Kafka records into rooms.
+//! The worker's HTTP surface as the bridge uses it: the link URLs, the
+//! batch publish that carries broker records into rooms, and the startup
+//! check that the configured URL reaches a roomcast worker at all.
+//!
+//! The publish answer is sorted into what the relay can act on. Only a
+//! refusal that roomcast itself made about the content (it marks its errors
+//! with the `x-roomcast-error` header) dead-letters records; a 4xx from
+//! anything else (a proxy, a wrong path prefix, a misrouted domain) is an
+//! outage, because the same request would succeed once the route is fixed.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use roomcast_protocol::wire::ERROR_HEADER;
 use serde::Serialize;
 use serde_json::value::RawValue;
+
+use crate::token::Tokens;
+
+/// roomcast's codes that are about the records themselves.
+const RECORD_CODES: [&str; 2] = ["bad_format", "too_large"];
+/// How long one publish may take.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The worker's base URLs, from `--worker-url` in either scheme.
 #[derive(Debug, Clone)]
@@ -21,13 +41,13 @@ impl WorkerUrls {
             Some(("https", rest)) | Some(("wss", rest)) => {
                 (format!("https://{rest}"), format!("wss://{rest}"))
             }
-            _ => {
-                return Err(format!(
-                    "--worker-url {url:?} must start with http://, https://, ws:// or wss://"
-                ))
-            }
+            _ => return Err("it must start with http://, https://, ws:// or wss://".into()),
         };
         Ok(WorkerUrls { http, ws })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.http
     }
 
     pub fn room_link(&self, room: &str, instance: &str) -> String {
@@ -45,6 +65,10 @@ impl WorkerUrls {
     pub fn messages(&self, room: &str) -> String {
         format!("{}/v1/rooms/{room}/messages", self.http)
     }
+
+    pub fn health(&self) -> String {
+        format!("{}/healthz", self.http)
+    }
 }
 
 /// Percent-encodes everything but unreserved characters.
@@ -61,21 +85,157 @@ fn encode(value: &str) -> String {
 }
 
 /// One message of a batch publish; `data` is the record value, verbatim.
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 pub struct Outgoing<'a> {
     pub data: &'a RawValue,
     pub id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<&'a str>,
 }
 
-/// The body of a batch publish.
 #[derive(Serialize)]
-pub struct Batch<'a> {
-    pub messages: &'a [Outgoing<'a>],
+struct Batch<'a> {
+    messages: &'a [Outgoing<'a>],
+}
+
+/// Why a batch did not go into its room.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// roomcast refused the content: dead-letter it (after splitting the
+    /// batch down to the record that is refused).
+    #[error("refused by the room ({code}): {message}")]
+    Refused { code: String, message: String },
+    /// Try again later: a 5xx, a timeout, or the room's rate limit.
+    #[error("{why}")]
+    Retry {
+        why: String,
+        after: Option<Duration>,
+    },
+    /// Nothing will get through until someone fixes something (the route,
+    /// the token, the worker's reachability): retried, and `/healthz` says so.
+    #[error("{0}")]
+    Outage(String),
+}
+
+/// Rooms as the inbound relay sees them: somewhere to publish batches.
+pub trait Rooms: Send + Sync {
+    fn publish<'a>(
+        &'a self,
+        room: &'a str,
+        batch: &'a [Outgoing<'a>],
+    ) -> BoxFuture<'a, Result<(), PublishError>>;
+}
+
+/// The worker's HTTP API with the bridge's current token.
+pub struct WorkerApi {
+    pub urls: WorkerUrls,
+    http: reqwest::Client,
+    tokens: Tokens,
+}
+
+impl WorkerApi {
+    pub fn new(urls: WorkerUrls, tls: Arc<rustls::ClientConfig>, tokens: Tokens) -> WorkerApi {
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls((*tls).clone())
+            .timeout(PUBLISH_TIMEOUT)
+            .build()
+            .expect("a client over a ready TLS configuration builds");
+        WorkerApi { urls, http, tokens }
+    }
+
+    /// `GET /healthz` of the worker, as a reqwest result so the caller can
+    /// tell a certificate problem from an unreachable host.
+    pub async fn health(&self) -> Result<reqwest::Response, reqwest::Error> {
+        self.http
+            .get(self.urls.health())
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+    }
+
+    async fn post(&self, room: &str, batch: &[Outgoing<'_>]) -> Result<(), PublishError> {
+        let body = serde_json::to_string(&Batch { messages: batch })
+            .map_err(|e| PublishError::Outage(format!("encoding a batch: {e}")))?;
+        let response = self
+            .http
+            .post(self.urls.messages(room))
+            .bearer_auth(self.tokens.current())
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| classify_failure(&e))?;
+        let status = response.status().as_u16();
+        if status == 201 {
+            return Ok(());
+        }
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap_or_default();
+        Err(classify(status, &headers, &text))
+    }
+}
+
+impl Rooms for WorkerApi {
+    fn publish<'a>(
+        &'a self,
+        room: &'a str,
+        batch: &'a [Outgoing<'a>],
+    ) -> BoxFuture<'a, Result<(), PublishError>> {
+        Box::pin(self.post(room, batch))
+    }
+}
+
+/// A request that got no answer.
+fn classify_failure(e: &reqwest::Error) -> PublishError {
+    if e.is_timeout() {
+        PublishError::Retry {
+            why: format!("no answer within {PUBLISH_TIMEOUT:?}"),
+            after: None,
+        }
+    } else {
+        PublishError::Outage(format!("the worker is unreachable: {e}"))
+    }
+}
+
+/// Sorts a non-201 answer.
+fn classify(status: u16, headers: &HeaderMap, body: &str) -> PublishError {
+    let code = headers.get(ERROR_HEADER).and_then(|v| v.to_str().ok());
+    let message = || {
+        serde_json::from_str::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    };
+    match (status, code) {
+        (429, _) => PublishError::Retry {
+            why: format!("rate limited ({})", message()),
+            after: headers
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse().ok())
+                .map(Duration::from_secs),
+        },
+        (400..=499, Some(code)) if RECORD_CODES.contains(&code) => PublishError::Refused {
+            code: code.to_owned(),
+            message: message(),
+        },
+        (400..=499, Some(code)) => {
+            PublishError::Outage(format!("the worker answered {status} {code}: {}", message()))
+        }
+        (400..=499, None) => PublishError::Outage(format!(
+            "HTTP {status} that did not come from roomcast (a proxy, or a wrong path in --worker-url?)"
+        )),
+        _ => PublishError::Retry {
+            why: format!("the worker answered {status}"),
+            after: None,
+        },
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use reqwest::header::HeaderValue;
 
     #[test]
     fn urls_in_both_schemes() {
@@ -85,11 +245,59 @@ mod tests {
             u.room_link("a", "x y"),
             "ws://127.0.0.1:8787/v1/rooms/a/bridge?instance=x%20y"
         );
-        let s = WorkerUrls::parse("https://rooms.example").unwrap();
+        let s = WorkerUrls::parse("https://rooms.example/prefix").unwrap();
         assert_eq!(
             s.registry_link("i"),
-            "wss://rooms.example/v1/bridge?instance=i"
+            "wss://rooms.example/prefix/v1/bridge?instance=i"
         );
+        assert_eq!(s.health(), "https://rooms.example/prefix/healthz");
         assert!(WorkerUrls::parse("rooms.example").is_err());
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn only_roomcast_refusals_of_content_dead_letter() {
+        let body = r#"{"error":{"code":"too_large","message":"big"}}"#;
+        assert_eq!(
+            classify(413, &headers(&[(ERROR_HEADER, "too_large")]), body),
+            PublishError::Refused {
+                code: "too_large".into(),
+                message: "big".into()
+            }
+        );
+        assert!(matches!(
+            classify(404, &HeaderMap::new(), "<html>not found</html>"),
+            PublishError::Outage(_)
+        ));
+        assert!(matches!(
+            classify(400, &HeaderMap::new(), body),
+            PublishError::Outage(_)
+        ));
+        assert!(matches!(
+            classify(401, &headers(&[(ERROR_HEADER, "unauthorized")]), ""),
+            PublishError::Outage(_)
+        ));
+        assert!(matches!(
+            classify(503, &HeaderMap::new(), ""),
+            PublishError::Retry { after: None, .. }
+        ));
+        assert_eq!(
+            classify(
+                429,
+                &headers(&[(ERROR_HEADER, "rate_limited"), ("retry-after", "3")]),
+                ""
+            ),
+            PublishError::Retry {
+                why: "rate limited ()".into(),
+                after: Some(Duration::from_secs(3))
+            }
+        );
     }
 }

@@ -10,10 +10,9 @@
 use std::collections::HashMap;
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
-use chrono::{DateTime, Utc};
 use jwt_compact::{
     alg::{Ed25519, Es256, Hs256, Hs256Key},
-    AlgorithmExt, Claims, Header, UntrustedToken,
+    AlgorithmExt, Claims, UntrustedToken,
 };
 use serde::{Deserialize, Serialize};
 
@@ -292,6 +291,17 @@ impl Verifier {
     }
 }
 
+/// When a connection authenticated until `exp` (seconds since the epoch) is
+/// closed with 4001, in ms since the epoch: `exp`, plus the clock leeway that
+/// [`Verifier::verify`] also allows, plus the grace a connection gets to send
+/// a fresh token. Client sessions and bridge links share this one rule, so a
+/// token the verifier would still accept never closes a connection.
+pub fn expiry_close_ms(exp: u64, leeway_secs: u64, grace_ms: u64) -> u64 {
+    exp.saturating_add(leeway_secs)
+        .saturating_mul(1000)
+        .saturating_add(grace_ms)
+}
+
 fn parse_jwks(json: &str) -> Result<HashMap<String, PublicKey>, KeyConfigError> {
     let jwks: Jwks =
         serde_json::from_str(json).map_err(|e| KeyConfigError::NotJwks(e.to_string()))?;
@@ -309,47 +319,24 @@ fn parse_jwks(json: &str) -> Result<HashMap<String, PublicKey>, KeyConfigError> 
         .collect()
 }
 
-/// What to put in a token minted by [`mint_hs256`] (dev tokens, the bridge's
-/// own service token, tests).
-#[derive(Debug, Clone, Default)]
-pub struct TokenSpec {
-    pub sub: String,
-    pub rooms: Vec<String>,
-    pub publish: Vec<String>,
-    pub role: Option<String>,
-    pub iss: Option<String>,
-    pub aud: Option<String>,
-    pub ttl_secs: u64,
-    pub not_before_secs: Option<u64>,
+/// The `exp` of a token, read without verifying it: for a holder that must
+/// know when its own token needs replacing, never for admission.
+pub fn unverified_expiry(token: &str) -> Option<u64> {
+    let untrusted = UntrustedToken::new(token).ok()?;
+    let claims = untrusted
+        .deserialize_claims_unchecked::<RoomClaims>()
+        .ok()?;
+    claims.expiration.map(|exp| exp.timestamp().max(0) as u64)
 }
 
-impl TokenSpec {
-    /// The claims of this spec, issued at `now_ms`.
-    pub fn claims(&self, now_ms: u64) -> Claims<RoomClaims> {
-        let at = |secs: u64| DateTime::<Utc>::from_timestamp(secs as i64, 0).unwrap_or_default();
-        let now = now_ms / 1000;
-        let mut claims = Claims::new(RoomClaims {
-            sub: Some(self.sub.clone()),
-            rooms: self.rooms.clone(),
-            publish: self.publish.clone(),
-            role: self.role.clone(),
-            iss: self.iss.clone(),
-            aud: self.aud.clone().map(Audience::One),
-        });
-        claims.issued_at = Some(at(now));
-        claims.expiration = Some(at(now + self.ttl_secs));
-        claims.not_before = self.not_before_secs.map(at);
-        claims
+#[cfg(test)]
+mod tests {
+    use super::expiry_close_ms;
+
+    #[test]
+    fn expiry_close_adds_leeway_then_grace() {
+        assert_eq!(expiry_close_ms(1_000, 30, 10_000), 1_040_000);
+        assert_eq!(expiry_close_ms(1_000, 0, 0), 1_000_000);
+        assert_eq!(expiry_close_ms(u64::MAX, 30, 1), u64::MAX);
     }
-}
-
-/// Mints an HS256 token for `spec`, signed with `secret`.
-pub fn mint_hs256(secret: &str, spec: &TokenSpec, now_ms: u64) -> String {
-    Hs256
-        .token(
-            &Header::empty(),
-            &spec.claims(now_ms),
-            &Hs256Key::new(secret.as_bytes()),
-        )
-        .expect("serializing plain claims cannot fail")
 }

@@ -15,7 +15,9 @@ pub mod policy;
 pub mod rate;
 pub mod rights;
 pub mod room;
+pub mod signing;
 pub mod stats;
+pub mod trace;
 pub mod wire;
 
 pub use error::{CloseCode, ErrorCode};

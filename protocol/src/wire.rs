@@ -5,6 +5,8 @@
 //! rest (unknown fields are ignored), and every failure carries the error code
 //! the client will see, plus the client's `ref` when it could be read.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -12,6 +14,7 @@ use serde_json::{Map, Value};
 use crate::error::ErrorCode;
 use crate::policy::{self, SizeCheck, MAX_DEPTH};
 use crate::stats::StatsReport;
+use crate::trace::is_traceparent;
 
 /// Longest accepted `ref` and idempotency key.
 pub const MAX_REF_LEN: usize = 64;
@@ -77,6 +80,8 @@ pub struct Draft {
     pub data: Box<RawValue>,
     /// The publisher's idempotency key.
     pub id: Option<String>,
+    /// The publisher's W3C `traceparent`, carried with the message.
+    pub trace: Option<String>,
 }
 
 /// A parsed client frame.
@@ -155,6 +160,16 @@ fn parse_draft(fields: &mut Map<String, Value>) -> Result<Draft, Rejection> {
             ))
         }
     };
+    let trace = match fields.remove("trace") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(trace)) if is_traceparent(&trace) => Some(trace),
+        Some(_) => {
+            return Err(Rejection::new(
+                ErrorCode::BadFormat,
+                "trace must be a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)",
+            ))
+        }
+    };
     let data = fields
         .remove("data")
         .ok_or_else(|| Rejection::new(ErrorCode::BadFormat, "publish needs data"))?;
@@ -166,7 +181,7 @@ fn parse_draft(fields: &mut Map<String, Value>) -> Result<Draft, Rejection> {
     }
     let data = serde_json::value::to_raw_value(&data)
         .map_err(|e| Rejection::new(ErrorCode::BadFormat, e.to_string()))?;
-    Ok(Draft { data, id })
+    Ok(Draft { data, id, trace })
 }
 
 fn check_size(len: usize, max_bytes: usize) -> Result<(), Rejection> {
@@ -239,6 +254,9 @@ pub struct Message {
     pub sender: String,
     pub origin: Origin,
     pub data: Box<RawValue>,
+    /// The publisher's W3C `traceparent`, when it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 /// The outcome of one publish, as acked to the publisher.
@@ -273,23 +291,28 @@ pub struct Welcome {
     pub cursor: Option<u64>,
 }
 
-/// Frames the server sends, tagged by `type`.
+/// Frames the server sends, tagged by `type`: to clients, and to the bridge
+/// on its room and registry links.
+///
+/// The room writes them from borrowed values; the bridge and the tests read
+/// them back with [`parse_server_frame`] into owned ones, so both sides share
+/// this one definition.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame<'a> {
-    Welcome(&'a Welcome),
-    Message(&'a Message),
+    Welcome(Cow<'a, Welcome>),
+    Message(Cow<'a, Message>),
     Ack {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
-        reference: Option<&'a str>,
+        reference: Option<Cow<'a, str>>,
         #[serde(flatten)]
-        receipt: &'a Receipt,
+        receipt: Cow<'a, Receipt>,
     },
     Error {
         code: ErrorCode,
-        message: &'a str,
+        message: Cow<'a, str>,
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
-        reference: Option<&'a str>,
+        reference: Option<Cow<'a, str>>,
     },
     AuthOk {
         exp: u64,
@@ -298,9 +321,9 @@ pub enum ServerFrame<'a> {
         exp: u64,
     },
     /// The room's counters, every 10 s on the bridge link.
-    Stats(&'a StatsReport),
+    Stats(Cow<'a, StatsReport>),
     /// Registry link: a room this bridge instance relays.
-    Room(&'a Registration),
+    Room(Cow<'a, Registration>),
 }
 
 /// A room as the registry knows it: sent by the room when it needs relaying,
@@ -312,40 +335,122 @@ pub struct Registration {
     pub pending: u64,
 }
 
-/// A frame from the bridge on a room link (SPEC section 5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BridgeFrame {
-    /// Kafka has acknowledged every relayed message up to `seq`.
-    Ack { seq: u64 },
-}
-
-/// Parses one text frame from a bridge link.
-pub fn parse_bridge_frame(text: &str) -> Result<BridgeFrame, Rejection> {
-    #[derive(Deserialize)]
-    struct Ack {
-        #[serde(rename = "type")]
-        kind: String,
-        seq: u64,
-    }
-    match serde_json::from_str::<Ack>(text) {
-        Ok(ack) if ack.kind == "bridge_ack" => Ok(BridgeFrame::Ack { seq: ack.seq }),
-        Ok(other) => Err(Rejection::new(
-            ErrorCode::BadFormat,
-            format!("unknown bridge frame type {:?}", other.kind),
-        )),
-        Err(e) => Err(Rejection::new(
-            ErrorCode::BadFormat,
-            format!("expected {{\"type\":\"bridge_ack\",\"seq\":N}}: {e}"),
-        )),
-    }
-}
-
 impl ServerFrame<'_> {
     /// The frame as JSON text.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("server frames contain only serializable data")
     }
 }
+
+/// Reads a frame the server sent.
+///
+/// Two steps instead of serde's internally tagged enums: those buffer the
+/// whole frame into an intermediate tree, which cannot hold a message's raw
+/// `data`. Here the `type` is read first and the frame is then read once,
+/// straight into its variant.
+pub fn parse_server_frame(text: &str) -> Result<ServerFrame<'static>, serde_json::Error> {
+    #[derive(Deserialize)]
+    struct Tag<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Cow<'a, str>,
+    }
+    #[derive(Deserialize)]
+    struct Exp {
+        exp: u64,
+    }
+    #[derive(Deserialize)]
+    struct Refused {
+        code: ErrorCode,
+        message: String,
+        #[serde(rename = "ref", default)]
+        reference: Option<String>,
+    }
+    #[derive(Deserialize)]
+    struct Acked {
+        #[serde(rename = "ref", default)]
+        reference: Option<String>,
+        #[serde(flatten)]
+        receipt: Receipt,
+    }
+    let tag: Tag<'_> = serde_json::from_str(text)?;
+    Ok(match tag.kind.as_ref() {
+        "welcome" => ServerFrame::Welcome(Cow::Owned(serde_json::from_str(text)?)),
+        "message" => ServerFrame::Message(Cow::Owned(serde_json::from_str(text)?)),
+        "ack" => {
+            let ack: Acked = serde_json::from_str(text)?;
+            ServerFrame::Ack {
+                reference: ack.reference.map(Cow::Owned),
+                receipt: Cow::Owned(ack.receipt),
+            }
+        }
+        "error" => {
+            let error: Refused = serde_json::from_str(text)?;
+            ServerFrame::Error {
+                code: error.code,
+                message: Cow::Owned(error.message),
+                reference: error.reference.map(Cow::Owned),
+            }
+        }
+        "auth_ok" => ServerFrame::AuthOk {
+            exp: serde_json::from_str::<Exp>(text)?.exp,
+        },
+        "token_expiring" => ServerFrame::TokenExpiring {
+            exp: serde_json::from_str::<Exp>(text)?.exp,
+        },
+        "stats" => ServerFrame::Stats(Cow::Owned(serde_json::from_str(text)?)),
+        "room" => ServerFrame::Room(Cow::Owned(serde_json::from_str(text)?)),
+        other => {
+            return Err(serde::de::Error::unknown_variant(
+                other,
+                &[
+                    "welcome",
+                    "message",
+                    "ack",
+                    "error",
+                    "auth_ok",
+                    "token_expiring",
+                    "stats",
+                    "room",
+                ],
+            ))
+        }
+    })
+}
+
+/// A frame from the bridge on a room link or the registry link (SPEC
+/// section 5), written by the bridge and read by the worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum BridgeFrame {
+    /// Kafka has acknowledged every relayed message up to `seq` (room links).
+    BridgeAck { seq: u64 },
+    /// A fresh token for the link, so it outlives the token it opened with.
+    Auth { token: String },
+}
+
+impl BridgeFrame {
+    /// The frame as JSON text.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("bridge frames contain only serializable data")
+    }
+}
+
+/// Parses one text frame from a bridge link.
+pub fn parse_bridge_frame(text: &str) -> Result<BridgeFrame, Rejection> {
+    serde_json::from_str(text).map_err(|e| {
+        Rejection::new(
+            ErrorCode::BadFormat,
+            format!("expected {{\"type\":\"bridge_ack\",\"seq\":N}} or {{\"type\":\"auth\",\"token\":\"...\"}}: {e}"),
+        )
+    })
+}
+
+/// The header every HTTP error from roomcast carries, with the same code as
+/// its body. A proxy, a load balancer or a wrong path prefix can answer 4xx
+/// too, with any body; only this header tells a caller (the bridge deciding
+/// between dead-lettering a record and waiting out an outage) that roomcast
+/// itself refused the request.
+pub const ERROR_HEADER: &str = "x-roomcast-error";
 
 /// The JSON body of every HTTP error: `{"error":{"code","message"}}`.
 pub fn error_body(code: ErrorCode, message: &str) -> String {
@@ -387,6 +492,29 @@ mod tests {
             (draft.id.as_deref(), reference.as_deref()),
             (Some("k"), Some("r1"))
         );
+        assert_eq!(draft.trace, None);
+    }
+
+    #[test]
+    fn trace_context_is_carried_or_refused() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let Ok(ClientFrame::Publish { draft, .. }) =
+            parse(json!({"type":"publish","data":1,"trace":tp}))
+        else {
+            panic!()
+        };
+        assert_eq!(draft.trace.as_deref(), Some(tp));
+        for bad in [json!("nope"), json!(7), json!(tp.to_uppercase())] {
+            let r = parse(json!({"type":"publish","data":1,"trace":bad})).unwrap_err();
+            assert_eq!(r.code, ErrorCode::BadFormat, "{bad}");
+        }
+        let (drafts, _) = parse_publish_body(
+            &json!({"messages":[{"data":1,"trace":tp},{"data":2}]}).to_string(),
+            100,
+        )
+        .unwrap();
+        assert_eq!(drafts[0].trace.as_deref(), Some(tp));
+        assert_eq!(drafts[1].trace, None);
     }
 
     #[test]
@@ -463,7 +591,7 @@ mod tests {
             pending: 3,
         };
         assert_eq!(
-            ServerFrame::Room(&r).to_json(),
+            ServerFrame::Room(Cow::Borrowed(&r)).to_json(),
             r#"{"type":"room","room":"a","pending":3}"#
         );
     }
@@ -472,13 +600,16 @@ mod tests {
     fn bridge_frames() {
         assert_eq!(
             parse_bridge_frame(r#"{"type":"bridge_ack","seq":7}"#).unwrap(),
-            BridgeFrame::Ack { seq: 7 }
+            BridgeFrame::BridgeAck { seq: 7 }
         );
+        let auth = BridgeFrame::Auth { token: "t".into() };
+        assert_eq!(parse_bridge_frame(&auth.to_json()).unwrap(), auth);
         for bad in [
             r#"{"type":"bridge_ack"}"#,
             r#"{"type":"nope","seq":1}"#,
             "ping!",
             r#"{"type":"bridge_ack","seq":-1}"#,
+            r#"{"type":"auth","token":5}"#,
         ] {
             assert_eq!(
                 parse_bridge_frame(bad).unwrap_err().code,
@@ -489,6 +620,66 @@ mod tests {
     }
 
     #[test]
+    fn every_server_frame_reads_back_as_written() {
+        let receipt = Receipt {
+            id: "i".into(),
+            seq: 3,
+            duplicate: false,
+        };
+        let message = Message {
+            room: "a".into(),
+            id: "i".into(),
+            seq: 1,
+            ts: 2,
+            sender: "s".into(),
+            origin: Origin::Ws,
+            data: RawValue::from_string(r#"{"deep":[1,{"x":"y"}]}"#.into()).unwrap(),
+            trace: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+        };
+        let welcome = Welcome {
+            room: "a".into(),
+            conn_id: "c".into(),
+            epoch: "e".into(),
+            head: 4,
+            recovered: true,
+            heartbeat_ms: 1,
+            max_message_bytes: 2,
+            rate: RateInfo {
+                per_sec: 3,
+                burst: 4,
+            },
+            exp: 5,
+            cursor: Some(2),
+        };
+        let frames = [
+            ServerFrame::Welcome(Cow::Borrowed(&welcome)),
+            ServerFrame::Message(Cow::Borrowed(&message)),
+            ServerFrame::Ack {
+                reference: Some("r".into()),
+                receipt: Cow::Borrowed(&receipt),
+            },
+            ServerFrame::Error {
+                code: ErrorCode::BadToken,
+                message: "m".into(),
+                reference: None,
+            },
+            ServerFrame::AuthOk { exp: 9 },
+            ServerFrame::TokenExpiring { exp: 9 },
+            ServerFrame::Room(Cow::Owned(Registration {
+                room: "a".into(),
+                pending: 1,
+            })),
+        ];
+        for frame in frames {
+            let text = frame.to_json();
+            let back = parse_server_frame(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(back.to_json(), text);
+        }
+        assert!(parse_server_frame(r#"{"type":"nope"}"#).is_err());
+        assert!(parse_server_frame("pong").is_err());
+    }
+
+    #[test]
     fn server_frames_serialize_per_spec() {
         let receipt = Receipt {
             id: "i".into(),
@@ -496,8 +687,8 @@ mod tests {
             duplicate: false,
         };
         let ack = ServerFrame::Ack {
-            reference: Some("r"),
-            receipt: &receipt,
+            reference: Some("r".into()),
+            receipt: Cow::Borrowed(&receipt),
         }
         .to_json();
         assert_eq!(
@@ -512,8 +703,10 @@ mod tests {
             sender: "s".into(),
             origin: Origin::Kafka,
             data: RawValue::from_string("[1]".into()).unwrap(),
+            trace: None,
         };
-        let frame: Value = serde_json::from_str(&ServerFrame::Message(&msg).to_json()).unwrap();
+        let frame: Value =
+            serde_json::from_str(&ServerFrame::Message(Cow::Borrowed(&msg)).to_json()).unwrap();
         assert_eq!(
             frame,
             json!({"type":"message","room":"a","id":"i","seq":1,"ts":2,"sender":"s","origin":"kafka","data":[1]})
@@ -521,7 +714,7 @@ mod tests {
         let err: Value = serde_json::from_str(
             &ServerFrame::Error {
                 code: ErrorCode::RateLimited,
-                message: "m",
+                message: "m".into(),
                 reference: None,
             }
             .to_json(),

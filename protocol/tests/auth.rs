@@ -7,9 +7,8 @@
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use jwt_compact::alg::{Ed25519, Es256, Hs256, Hs256Key};
 use jwt_compact::{AlgorithmExt, Header};
-use roomcast_protocol::auth::{
-    mint_hs256, AuthError, KeyConfigError, TokenSpec, Verifier, VerifierConfig,
-};
+use roomcast_protocol::auth::{AuthError, KeyConfigError, Verifier, VerifierConfig};
+use roomcast_protocol::signing::{mint_hs256, TokenSpec};
 use serde_json::json;
 
 const NOW_MS: u64 = 1_800_000_000_000;

@@ -7,7 +7,8 @@
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use jwt_compact::alg::{Ed25519, Es256};
 use jwt_compact::{AlgorithmExt, Header};
-use roomcast_protocol::auth::{mint_hs256, TokenSpec, Verifier, VerifierConfig};
+use roomcast_protocol::auth::{Verifier, VerifierConfig};
+use roomcast_protocol::signing::{mint_hs256, TokenSpec};
 use roomcast_protocol::{clock, ids};
 use wasm_bindgen_test::wasm_bindgen_test;
 

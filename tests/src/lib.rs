@@ -5,22 +5,32 @@
 //! its own port and `--persist-to` directory; dropping it kills the whole
 //! group (wrangler starts workerd children), also when a test panics. Every
 //! wait is bounded, so a hang fails the test instead of stalling CI.
+//!
+//! The worker serves HTTPS only, with a certificate from the test CA
+//! ([`tls`]), and every client here trusts that CA: the suite runs the way
+//! production does, where the bridge reaches the worker over TLS.
 
+pub mod broker;
 pub mod dashboards;
+pub mod fault_proxy;
+pub mod records;
+pub mod tls;
+
+pub use broker::Broker;
+pub use fault_proxy::FaultProxy;
+pub use tls::ca_file;
 
 use std::fs::File;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::FutureProducer;
-use roomcast_protocol::auth::{mint_hs256, TokenSpec};
 use roomcast_protocol::clock::now_ms;
+use roomcast_protocol::signing::{mint_hs256, TokenSpec};
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout, Instant};
@@ -28,7 +38,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 /// The HS256 secret every test worker is started with.
 pub const SECRET: &str = "e2e-test-secret-not-for-production";
@@ -87,29 +97,44 @@ impl Service {
         self.child.id()
     }
 
-    /// Sends `signal` (as `kill -s` names it) to the whole group.
+    /// Sends `signal` (as `kill -s` names it) to the whole group, if it is
+    /// still there.
     pub fn signal(&self, signal: &str) {
         let group = format!("-{}", self.child.id());
         let _ = Command::new("kill")
             .args(["-s", signal, "--", &group])
+            .stderr(Stdio::null())
             .status();
+    }
+
+    /// The process's status code if it has exited (-1 for a signal).
+    pub fn exited(&mut self) -> Option<i32> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Some(status.code().unwrap_or(-1)),
+            _ => None,
+        }
     }
 
     /// Waits up to `wait` for the process to exit; its status code.
     pub async fn exited_within(&mut self, wait: Duration) -> Option<i32> {
         let deadline = Instant::now() + wait;
         while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status.code().unwrap_or(-1));
+            if let Some(code) = self.exited() {
+                return Some(code);
             }
             sleep(Duration::from_millis(50)).await;
         }
         None
     }
 
+    /// Everything the process printed so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The last lines the process printed, for failure messages.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let text = self.log();
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
         format!(
             "--- {} log ---\n{}",
@@ -132,11 +157,20 @@ impl Drop for Service {
     }
 }
 
-/// Polls `url` until it answers 200, or panics with `service`'s log.
-pub async fn wait_http_ok(url: &str, service: &Service, within: Duration) {
+/// Polls `url` (HTTP, or HTTPS with the test CA) until it answers 200, or
+/// panics with `service`'s log, at once if `service` exits (a refused flag
+/// fails the test in milliseconds, not after `within`).
+pub async fn wait_http_ok(url: &str, service: &mut Service, within: Duration) {
     let deadline = Instant::now() + within;
-    let client = reqwest::Client::new();
+    let client = tls::http_client().build().expect("an HTTP client");
     while Instant::now() < deadline {
+        if let Some(code) = service.exited() {
+            panic!(
+                "{} exited with {code} before {url} answered 200\n{}",
+                service.name,
+                service.log_tail()
+            );
+        }
         if let Ok(Ok(r)) = timeout(Duration::from_secs(2), client.get(url).send()).await {
             if r.status() == 200 {
                 return;
@@ -150,7 +184,7 @@ pub async fn wait_http_ok(url: &str, service: &Service, within: Duration) {
     );
 }
 
-/// A running `wrangler dev`.
+/// A running `wrangler dev`, serving HTTPS with the test CA's server certificate.
 pub struct Worker {
     pub service: Service,
     port: u16,
@@ -166,10 +200,16 @@ impl Worker {
     /// Starts the worker on an existing state directory (a restart).
     pub async fn start_in(persist: PathBuf, vars: &[(&str, &str)]) -> Worker {
         let port = free_port();
+        let cert = tls::server_cert();
         let mut cmd = Command::new(repo_root().join("node_modules/.bin/wrangler"));
         cmd.current_dir(repo_root())
             .args(["dev", "--ip", "127.0.0.1", "--port", &port.to_string()])
             .args(["--inspector-port", &free_port().to_string()])
+            .args(["--local-protocol", "https"])
+            .arg("--https-key-path")
+            .arg(&cert.key)
+            .arg("--https-cert-path")
+            .arg(&cert.cert)
             .arg("--persist-to")
             .arg(&persist)
             .args(["--var", &format!("JWT_SECRET:{SECRET}")])
@@ -179,21 +219,22 @@ impl Worker {
             cmd.args(["--var", &format!("{name}:{value}")]);
         }
         let log = persist.with_extension(format!("{port}.log"));
-        let worker = Worker {
+        let mut worker = Worker {
             service: Service::spawn("wrangler dev", cmd, log),
             port,
             persist,
         };
-        wait_http_ok(&worker.url("/healthz"), &worker.service, STARTUP).await;
+        let health = worker.url("/healthz");
+        wait_http_ok(&health, &mut worker.service, STARTUP).await;
         worker
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        format!("https://127.0.0.1:{}{path}", self.port)
     }
 
     pub fn ws_url(&self, path: &str) -> String {
-        format!("ws://127.0.0.1:{}{path}", self.port)
+        format!("wss://127.0.0.1:{}{path}", self.port)
     }
 
     /// Kills wrangler and its workerd children.
@@ -202,66 +243,12 @@ impl Worker {
     }
 }
 
-/// A Kafka-protocol broker in its own process: `tansu` with in-memory
-/// storage (installed by `make bootstrap`; `ROOMCAST_TANSU` overrides).
-pub struct Broker {
-    pub service: Service,
-    pub address: String,
-}
-
-impl Broker {
-    pub async fn start() -> Broker {
-        let port = free_port();
-        let address = format!("127.0.0.1:{port}");
-        let binary = std::env::var("ROOMCAST_TANSU")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| {
-                PathBuf::from(std::env::var("HOME").expect("HOME"))
-                    .join(".cache/roomcast/tools/bin/tansu")
-            });
-        let mut cmd = Command::new(binary);
-        cmd.args(["broker", "--listener-url", &format!("tcp://{address}")])
-            .args(["--advertised-listener-url", &format!("tcp://{address}")])
-            .args(["--storage-engine", "memory://tansu/"]);
-        let broker = Broker {
-            service: Service::spawn("tansu", cmd, fresh_dir("tansu").join("tansu.log")),
-            address,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(&broker.address).await.is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not listen\n{}",
-                broker.service.log_tail()
-            );
-            sleep(Duration::from_millis(100)).await;
-        }
-        broker
-    }
-}
-
-impl Broker {
-    /// A producer for the test's own records (patient enough for a frozen broker).
-    pub fn producer(&self) -> FutureProducer {
-        ClientConfig::new()
-            .set("bootstrap.servers", &self.address)
-            .set("message.timeout.ms", "60000")
-            .create()
-            .expect("a test producer")
-    }
-
-    /// An independent consumer of `topic` from its start, in a group of its own.
-    pub fn consumer(&self, topic: &str) -> StreamConsumer {
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.address)
-            .set("group.id", room("test-consumer"))
-            .set("auto.offset.reset", "earliest")
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("a test consumer");
-        consumer.subscribe(&[topic]).expect("subscribe");
-        consumer
-    }
+/// Whether [`BridgeProcess::spawn`] tells the bridge to trust the test CA.
+pub enum CaFile {
+    /// `--ca-file` with [`ca_file`]: the bridge can reach the TLS worker.
+    TestCa,
+    /// No `--ca-file`, for tests of what the bridge does without one.
+    Omitted,
 }
 
 /// A running `roomcast-bridge`.
@@ -271,43 +258,89 @@ pub struct BridgeProcess {
 }
 
 impl BridgeProcess {
-    /// Starts the bridge binary (built by `make test`; `ROOMCAST_BRIDGE_BIN`
-    /// overrides) against `worker` and `broker`, with `extra` flags.
+    /// Starts the bridge against `worker` and `broker`, trusting the test CA,
+    /// with `extra` flags, and waits until its `/healthz` answers 200.
     pub async fn start(
         worker: &Worker,
         broker: &Broker,
         instance: &str,
         extra: &[&str],
     ) -> BridgeProcess {
-        let binary = std::env::var("ROOMCAST_BRIDGE_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| repo_root().join("target/debug/roomcast-bridge"));
+        let mut bridge =
+            BridgeProcess::spawn(&worker.url(""), broker, instance, CaFile::TestCa, extra);
+        let health = bridge.url("/healthz");
+        wait_http_ok(&health, &mut bridge.service, Duration::from_secs(60)).await;
+        bridge
+    }
+
+    /// Starts the bridge binary (built by `make test`; `ROOMCAST_BRIDGE_BIN`
+    /// overrides) with `--worker-url worker_url` and what `broker` needs
+    /// (`--kafka-config` for TLS), and returns at once, so a test can also
+    /// watch it fail ([`Service::exited_within`],
+    /// [`Service::log_tail`]). Credentials default to `--jwt-secret` and
+    /// Kafka properties to the broker's; `extra` replaces either by naming
+    /// its own (`--jwt-key-file`, `--token-file`, ...; `--kafka-config-file`).
+    pub fn spawn(
+        worker_url: &str,
+        broker: &Broker,
+        instance: &str,
+        ca: CaFile,
+        extra: &[&str],
+    ) -> BridgeProcess {
         let metrics = format!("127.0.0.1:{}", free_port());
-        let mut cmd = Command::new(binary);
-        cmd.args(["--worker-url", &worker.url("")])
-            .args(["--jwt-secret", SECRET])
+        let mut cmd = Command::new(bridge_binary());
+        cmd.args(["--worker-url", worker_url])
             .args(["--brokers", &broker.address])
             .args(["--metrics-addr", &metrics])
-            .args(["--instance-id", instance])
-            .args(extra)
+            .args(["--instance-id", instance]);
+        let names = |flags: &[&str]| extra.iter().any(|arg| flags.contains(arg));
+        if !names(&["--jwt-secret", "--jwt-key-file", "--token-file", "--token"]) {
+            cmd.args(["--jwt-secret", SECRET]);
+        }
+        if let CaFile::TestCa = ca {
+            cmd.arg("--ca-file").arg(ca_file());
+        }
+        if !names(&["--kafka-config-file"]) {
+            for (name, value) in broker.kafka_config() {
+                cmd.args(["--kafka-config", &format!("{name}={value}")]);
+            }
+        }
+        cmd.args(extra)
             .env("RUST_LOG", "info,roomcast_bridge=debug");
         let log = fresh_dir("bridge").join(format!("{instance}.log"));
-        let bridge = BridgeProcess {
+        BridgeProcess {
             service: Service::spawn("roomcast-bridge", cmd, log),
             metrics,
-        };
-        wait_http_ok(
-            &bridge.url("/healthz"),
-            &bridge.service,
-            Duration::from_secs(60),
-        )
-        .await;
-        bridge
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.metrics)
     }
+
+    /// What `/metrics` says now.
+    pub async fn metrics_text(&self) -> String {
+        let response = reqwest::get(self.url("/metrics"))
+            .await
+            .expect("GET /metrics");
+        response.text().await.expect("a /metrics body")
+    }
+}
+
+/// The bridge binary the suites run (built by `make test`;
+/// `ROOMCAST_BRIDGE_BIN` overrides).
+pub fn bridge_binary() -> PathBuf {
+    std::env::var("ROOMCAST_BRIDGE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join("target/debug/roomcast-bridge"))
+}
+
+/// The value of one series (`name{labels}`, exactly as exported) in a
+/// Prometheus text exposition.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
 }
 
 /// An HS256 token for `sub` with these room and publish patterns, valid `ttl_secs`.
@@ -380,7 +413,10 @@ impl Client {
                 .headers_mut()
                 .insert(name, HeaderValue::from_str(value).expect("header value"));
         }
-        let (ws, response) = timeout(STEP, tokio_tungstenite::connect_async(request))
+        let tls = Connector::Rustls(Arc::new(tls::client_config()));
+        let handshake =
+            tokio_tungstenite::connect_async_tls_with_config(request, None, false, Some(tls));
+        let (ws, response) = timeout(STEP, handshake)
             .await
             .expect("handshake timed out")?;
         let protocol = response
@@ -503,7 +539,7 @@ pub struct Http {
 impl Default for Http {
     fn default() -> Self {
         Http {
-            client: reqwest::Client::builder()
+            client: tls::http_client()
                 .timeout(STEP)
                 .build()
                 .expect("an HTTP client"),

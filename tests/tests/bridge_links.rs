@@ -1,15 +1,33 @@
 //! End to end, the worker's side of the bridge (SPEC section 5): the room
 //! link's welcome and cursor, the replay of everything not from Kafka, live
 //! relay, `bridge_ack`, supersession (4009), Kafka-origin publishes through
-//! the batch API, history held for the bridge until it confirms, and the
-//! registry that assigns rooms to bridge instances by rendezvous hashing.
+//! the batch API, history held for the bridge until it confirms, the
+//! registry that assigns rooms to bridge instances by rendezvous hashing,
+//! and on both kinds of link the token the bridge refreshes with `auth` and
+//! the 4001 close when it does not.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use roomcast_protocol::assign::owner;
-use roomcast_tests::{assert_error, bridge_token, full_token, room, Client, Frame, Http, Worker};
+use roomcast_protocol::auth::expiry_close_ms;
+use roomcast_protocol::clock::now_ms;
+use roomcast_protocol::signing::{mint_hs256, TokenSpec};
+use roomcast_tests::{
+    assert_error, bridge_token, full_token, room, Client, Frame, Http, Worker, SECRET,
+};
 use serde_json::{json, Value};
+use tokio::time::Instant;
+
+/// The token grace of the worker in the expiry scenarios (its leeway is 0).
+const GRACE_MS: u64 = 500;
+/// Lifetime of the tokens links open with there: long enough to connect and
+/// refresh, short enough to wait out.
+const SHORT_TTL_SECS: u64 = 4;
+/// How late after a deadline the alarm's sweep may run.
+const ALARM_LATENCY: Duration = Duration::from_millis(1500);
+/// A well-formed W3C traceparent.
+const TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 #[tokio::test]
 async fn bridge_links_end_to_end() {
@@ -19,6 +37,15 @@ async fn bridge_links_end_to_end() {
     outbox(&worker, &http).await;
     held_until_confirmed(&worker, &http).await;
     registry(&worker, &http).await;
+}
+
+#[tokio::test]
+async fn link_tokens_refresh_and_expire() {
+    let grace = GRACE_MS.to_string();
+    let worker = Worker::start(&[("JWT_LEEWAY_SECS", "0"), ("TOKEN_GRACE_MS", &grace)]).await;
+    let http = Http::default();
+    room_link_tokens(&worker, &http).await;
+    registry_link_tokens(&worker, &http).await;
 }
 
 async fn admission(worker: &Worker, http: &Http) {
@@ -305,4 +332,166 @@ async fn registry(worker: &Worker, http: &Http) {
     let mut successor = Client::connect(&registry_url(worker, "a")).await;
     assert_eq!(a.expect_close(Duration::from_secs(10)).await, 4009);
     assert!(ours(&announced(&mut successor).await).is_superset(&all));
+}
+
+/// A bridge token valid for `ttl_secs`, and its `exp`.
+fn short_bridge_token(ttl_secs: u64) -> (String, u64) {
+    let now = now_ms();
+    let spec = TokenSpec {
+        sub: "bridge".into(),
+        role: Some("bridge".into()),
+        ttl_secs,
+        ..TokenSpec::default()
+    };
+    (mint_hs256(SECRET, &spec, now), now / 1000 + ttl_secs)
+}
+
+/// When the worker stops honouring a token that expires at `exp`.
+fn deadline(exp: u64) -> Instant {
+    let close_ms = expiry_close_ms(exp, 0, GRACE_MS);
+    Instant::now() + Duration::from_millis(close_ms.saturating_sub(now_ms()))
+}
+
+/// The next frame of `kind`, past the frames links get unasked (`stats`,
+/// `room`); panics on a close.
+async fn next_of(link: &mut Client, kind: &str) -> Value {
+    loop {
+        let frame = link.next_json().await;
+        if frame["type"] == kind {
+            return frame;
+        }
+        assert!(
+            matches!(frame["type"].as_str(), Some("stats" | "room")),
+            "expected {kind}, got {frame}"
+        );
+    }
+}
+
+/// Reads `link` until `until`, failing if it closes meanwhile.
+async fn stays_open_until(link: &mut Client, until: Instant) {
+    while let Some(frame) = link
+        .next_frame_within(until.saturating_duration_since(Instant::now()))
+        .await
+    {
+        assert!(
+            matches!(frame, Frame::Text(_)),
+            "the link closed: {frame:?}"
+        );
+    }
+}
+
+/// Sends tokens a link must refuse, each answered `bad_token`.
+async fn refused_auths(link: &mut Client) {
+    for token in ["garbage".to_owned(), full_token("user")] {
+        link.send_json(json!({"type": "auth", "token": token}))
+            .await;
+        let error = next_of(link, "error").await;
+        assert_eq!(error["code"], "bad_token", "{error}");
+    }
+}
+
+/// Refreshes `link` with a token valid for an hour.
+async fn refresh(link: &mut Client) {
+    let (fresh, exp) = short_bridge_token(3600);
+    link.send_json(json!({"type": "auth", "token": fresh}))
+        .await;
+    assert_eq!(next_of(link, "auth_ok").await["exp"], exp);
+}
+
+/// Waits out a link that was not refreshed: closed with 4001, not before
+/// its token's deadline.
+async fn expires(link: &mut Client, exp: u64) {
+    let due = deadline(exp);
+    let code = link
+        .expect_close(due.saturating_duration_since(Instant::now()) + ALARM_LATENCY * 4)
+        .await;
+    assert_eq!(code, 4001);
+    assert!(
+        Instant::now() + Duration::from_millis(100) >= due,
+        "closed before its token expired"
+    );
+}
+
+async fn room_link_tokens(worker: &Worker, http: &Http) {
+    let (kept_room, lapsed_room) = (room("kept"), room("lapsed"));
+    let user = full_token("user");
+    let kept_messages = worker.url(&format!("/v1/rooms/{kept_room}/messages"));
+    let before = json!({"data": "before", "trace": TRACE}).to_string();
+    assert_eq!(http.post(&kept_messages, &user, &before).await.0, 201);
+
+    let (first, first_exp) = short_bridge_token(SHORT_TTL_SECS);
+    let link = |r: &str, token: &str| {
+        worker.ws_url(&format!("/v1/rooms/{r}/bridge?instance=a&token={token}"))
+    };
+    let mut kept = Client::connect(&link(&kept_room, &first)).await;
+    assert_eq!(kept.expect("welcome").await["exp"], first_exp);
+    let replayed = kept.expect("message").await;
+    assert_eq!(replayed["trace"], TRACE, "the trace is replayed to Kafka");
+    let (second, lapsed_exp) = short_bridge_token(SHORT_TTL_SECS);
+    let mut lapsed = Client::connect(&link(&lapsed_room, &second)).await;
+    lapsed.expect("welcome").await;
+
+    refused_auths(&mut kept).await;
+    refresh(&mut kept).await;
+    // A refused token leaves the old one in force, until it expires.
+    refused_auths(&mut lapsed).await;
+    expires(&mut lapsed, lapsed_exp).await;
+    stays_open_until(&mut kept, deadline(first_exp) + ALARM_LATENCY).await;
+
+    let live = http
+        .raw()
+        .post(&kept_messages)
+        .bearer_auth(&user)
+        .header("traceparent", TRACE)
+        .body(r#"{"data":"after"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 201);
+    let relayed = next_of(&mut kept, "message").await;
+    assert_eq!(
+        (relayed["data"].as_str(), relayed["trace"].as_str()),
+        (Some("after"), Some(TRACE)),
+        "the refreshed link relays, trace included"
+    );
+}
+
+async fn registry_link_tokens(worker: &Worker, http: &Http) {
+    // A room that, of instances a and b, b relays: it moves to a when b's
+    // link expires.
+    let moved = std::iter::repeat_with(|| room("moved"))
+        .find(|r| owner(r, &["a", "b"]) == Some("b"))
+        .unwrap();
+    let messages = worker.url(&format!("/v1/rooms/{moved}/messages"));
+    assert_eq!(
+        http.post(&messages, &full_token("user"), r#"{"data":1}"#)
+            .await
+            .0,
+        201
+    );
+    let registry = |instance: &str, token: &str| {
+        worker.ws_url(&format!("/v1/bridge?instance={instance}&token={token}"))
+    };
+    let (first, first_exp) = short_bridge_token(SHORT_TTL_SECS);
+    let mut kept = Client::connect(&registry("a", &first)).await;
+    let (second, lapsed_exp) = short_bridge_token(SHORT_TTL_SECS);
+    let mut lapsed = Client::connect(&registry("b", &second)).await;
+
+    refused_auths(&mut kept).await;
+    refresh(&mut kept).await;
+    kept.send_json(json!({"type": "bridge_ack", "seq": 1}))
+        .await;
+    assert_eq!(
+        next_of(&mut kept, "error").await["code"],
+        "bad_format",
+        "acks belong on room links"
+    );
+    refused_auths(&mut lapsed).await;
+    expires(&mut lapsed, lapsed_exp).await;
+    // The room frames before the error came from the joins; this one comes
+    // from the rebalance after b's link closed.
+    while next_of(&mut kept, "room").await["room"] != moved.as_str() {}
+    stays_open_until(&mut kept, deadline(first_exp) + ALARM_LATENCY).await;
+    kept.send_text("ping").await;
+    assert_eq!(kept.next_text().await, "pong");
 }

@@ -1,6 +1,7 @@
 //! End to end through a real Kafka-protocol broker (tansu, its own process):
-//! room → Kafka with the key, value and headers of SPEC section 6; Kafka →
-//! rooms with idempotency keys; nothing from Kafka echoed back; bad records
+//! room → Kafka with the key, value and headers of SPEC section 6 (the
+//! publisher's `traceparent` included); Kafka → rooms with idempotency keys
+//! and trace context; nothing from Kafka echoed back; bad records
 //! in the dead-letter topic while good ones keep flowing; the bridge's
 //! `/metrics` and `/healthz` (and that the dashboard and alerts in `deploy/`
 //! query only what it exports); and a graceful SIGTERM.
@@ -8,37 +9,16 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use rdkafka::consumer::StreamConsumer;
-use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::{Headers, Message as _, OwnedMessage};
+use rdkafka::producer::FutureProducer;
 use roomcast_bridge::metrics::METRIC_NAMES;
+use roomcast_tests::records::{collect, produce};
 use roomcast_tests::{dashboards, full_token, room, BridgeProcess, Broker, Client, Http, Worker};
 use serde_json::{json, Value};
-use tokio::time::Instant;
 
+/// The worker's message limit, small so that one Kafka record exceeds it:
+/// the bridge dead-letters what the worker refuses as `too_large`.
 const MAX_BYTES: &str = "1024";
-
-/// Records from `consumer` until `done` says enough, within `wait`.
-async fn collect(
-    consumer: &StreamConsumer,
-    wait: Duration,
-    done: impl Fn(&[OwnedMessage]) -> bool,
-) -> Vec<OwnedMessage> {
-    let deadline = Instant::now() + wait;
-    let mut records = Vec::new();
-    while !done(&records) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(
-            !left.is_zero(),
-            "only {} records within {wait:?}",
-            records.len()
-        );
-        if let Ok(Ok(m)) = tokio::time::timeout(left, consumer.recv()).await {
-            records.push(m.detach());
-        }
-    }
-    records
-}
 
 fn headers(record: &OwnedMessage) -> HashMap<String, String> {
     record
@@ -56,34 +36,30 @@ fn headers(record: &OwnedMessage) -> HashMap<String, String> {
         .unwrap_or_default()
 }
 
+/// Produces an inbound record, with a `message-id` header when given one.
 async fn send(producer: &FutureProducer, key: Option<&str>, value: &str, message_id: Option<&str>) {
-    let mut record = FutureRecord::<str, str>::to("roomcast.inbound").payload(value);
-    if let Some(key) = key {
-        record = record.key(key);
-    }
-    if let Some(id) = message_id {
-        record = record.headers(OwnedHeaders::new().insert(Header {
-            key: "message-id",
-            value: Some(id),
-        }));
-    }
-    producer
-        .send(record, Duration::from_secs(10))
-        .await
-        .expect("produce to the inbound topic");
+    let headers: Vec<(&str, &str)> = message_id
+        .map(|id| ("message-id", id))
+        .into_iter()
+        .collect();
+    produce(
+        producer,
+        "roomcast.inbound",
+        key.unwrap_or_default(),
+        value,
+        &headers,
+    )
+    .await;
 }
+
+/// A W3C trace context, as a tracing library would send it.
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 #[tokio::test]
 async fn relays_through_kafka() {
     let broker = Broker::start().await;
-    let worker = Worker::start(&[]).await;
-    let mut bridge = BridgeProcess::start(
-        &worker,
-        &broker,
-        "solo",
-        &["--max-message-bytes", MAX_BYTES],
-    )
-    .await;
+    let worker = Worker::start(&[("MAX_MESSAGE_BYTES", MAX_BYTES)]).await;
+    let mut bridge = BridgeProcess::start(&worker, &broker, "solo", &[]).await;
     let events = broker.consumer("roomcast.events");
     let dlq = broker.consumer("roomcast.dlq");
     let kafka = broker.producer();
@@ -96,7 +72,7 @@ async fn relays_through_kafka() {
             .await;
     client.expect("welcome").await;
     client
-        .send_json(json!({"type": "publish", "data": {"n": 1}}))
+        .send_json(json!({"type": "publish", "data": {"n": 1}, "trace": TRACEPARENT}))
         .await;
     let sent = client.expect("message").await;
     client.expect("ack").await;
@@ -112,6 +88,10 @@ async fn relays_through_kafka() {
     assert_eq!(
         (h["room"].as_str(), h["seq"].as_str(), h["origin"].as_str()),
         (r.as_str(), "1", "ws")
+    );
+    assert_eq!(
+        h["traceparent"], TRACEPARENT,
+        "the publisher's trace context"
     );
 
     // Kafka → room, once per message-id, never echoed back to Kafka.
@@ -138,6 +118,20 @@ async fn relays_through_kafka() {
     assert_eq!(
         second["data"]["n"], 2,
         "the duplicate ext-1 was delivered twice"
+    );
+    produce(
+        &kafka,
+        "roomcast.inbound",
+        &r,
+        r#"{"traced":true}"#,
+        &[("traceparent", TRACEPARENT)],
+    )
+    .await;
+    let traced = client.expect("message").await;
+    assert_eq!(
+        (traced["data"]["traced"].as_bool(), traced["trace"].as_str()),
+        (Some(true), Some(TRACEPARENT)),
+        "a Kafka record's trace context reaches the subscriber"
     );
 
     // Bad records go to the DLQ; a good one after them still flows.

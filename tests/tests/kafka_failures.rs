@@ -10,9 +10,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use rdkafka::consumer::StreamConsumer;
-use rdkafka::message::{Headers, Message as _};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use roomcast_tests::{full_token, room, BridgeProcess, Broker, Http, Worker};
+use rdkafka::producer::FutureProducer;
+use roomcast_tests::records::{header, produce};
+use roomcast_tests::{full_token, metric, room, BridgeProcess, Broker, Http, Worker};
 use serde_json::{json, Value};
 use tokio::time::{sleep, Instant};
 
@@ -46,16 +46,10 @@ async fn expect_every_seq(
             seen.len()
         );
         if let Ok(Ok(m)) = tokio::time::timeout(left, consumer.recv()).await {
-            let header = |name: &str| -> Option<String> {
-                m.headers()?
-                    .iter()
-                    .find(|h| h.key == name)
-                    .and_then(|h| h.value)
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-            };
+            let m = m.detach();
             let (Some(room), Some(seq)) = (
-                header("room"),
-                header("seq").and_then(|s| s.parse::<u64>().ok()),
+                header(&m, "room"),
+                header(&m, "seq").and_then(|s| s.parse::<u64>().ok()),
             ) else {
                 continue;
             };
@@ -84,16 +78,16 @@ async fn publish(worker: &Worker, room: &str, count: u64) {
     }
 }
 
-async fn produce(producer: &FutureProducer, room: &str, range: std::ops::Range<u64>) {
+async fn produce_range(producer: &FutureProducer, room: &str, range: std::ops::Range<u64>) {
     for n in range {
-        let value = json!({"n": n}).to_string();
-        let record = FutureRecord::<str, str>::to("roomcast.inbound")
-            .key(room)
-            .payload(&value);
-        producer
-            .send(record, Duration::from_secs(60))
-            .await
-            .expect("produce");
+        produce(
+            producer,
+            "roomcast.inbound",
+            room,
+            &json!({"n": n}).to_string(),
+            &[],
+        )
+        .await;
     }
 }
 
@@ -142,7 +136,7 @@ async fn a_killed_bridge_loses_nothing() {
     let kafka = broker.producer();
 
     let publishing = publish(&worker, &out, TOTAL);
-    let producing = produce(&kafka, &inbound, 0..TOTAL);
+    let producing = produce_range(&kafka, &inbound, 0..TOTAL);
     let killing = async {
         sleep(Duration::from_millis(700)).await;
         bridge.service.signal("KILL");
@@ -173,7 +167,7 @@ async fn a_frozen_broker_loses_nothing() {
     let out = room("frozen-out");
     let inbound = room("frozen-in");
     let kafka = broker.producer();
-    produce(&kafka, &inbound, 0..200).await;
+    produce_range(&kafka, &inbound, 0..200).await;
     publish(&worker, &out, 200).await;
 
     broker.service.signal("STOP");
@@ -198,7 +192,7 @@ async fn a_frozen_broker_loses_nothing() {
         assert!(Instant::now() < deadline, "/healthz did not recover");
         sleep(Duration::from_millis(200)).await;
     }
-    produce(&kafka, &inbound, 200..300).await;
+    produce_range(&kafka, &inbound, 200..300).await;
     // 200 before the freeze and 100 during it: seqs 1..=300, no gap.
     expect_every_seq(
         &consumer,
@@ -213,18 +207,10 @@ async fn a_frozen_broker_loses_nothing() {
 
 /// The rooms whose link is up on `bridge`, from its metrics.
 async fn linked(bridge: &BridgeProcess, rooms: &[String]) -> BTreeSet<String> {
-    let text = Http::default()
-        .raw()
-        .get(bridge.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = bridge.metrics_text().await;
     rooms
         .iter()
-        .filter(|r| text.contains(&format!("roomcast_bridge_link_up{{room=\"{r}\"}} 1")))
+        .filter(|r| metric(&text, &format!("roomcast_bridge_link_up{{room=\"{r}\"}}")) == Some(1.0))
         .cloned()
         .collect()
 }

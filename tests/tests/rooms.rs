@@ -1,7 +1,7 @@
 //! End to end, on one worker with default limits: admission (SPEC section 2),
 //! every client frame and server answer of section 3, HTTP publish and
-//! history, idempotency, resume, counters, and each token algorithm of
-//! section 4.
+//! history, idempotency, resume, counters, trace context, the header that
+//! marks roomcast's own errors, and each token algorithm of section 4.
 //!
 //! The scenarios share one `wrangler dev` (each in its own room) because
 //! starting workerd is the slow part; they run in sequence so a failure
@@ -12,13 +12,17 @@ use std::time::Duration;
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use jwt_compact::alg::{Ed25519, Es256};
 use jwt_compact::{AlgorithmExt, Header};
-use roomcast_protocol::auth::TokenSpec;
 use roomcast_protocol::clock::now_ms;
+use roomcast_protocol::signing::{mint_hs256, TokenSpec};
+use roomcast_protocol::wire::ERROR_HEADER;
 use roomcast_tests::{assert_error, full_token, room, token, Client, Http, Worker};
 use serde_json::{json, Value};
 
 const ED_SEED: [u8; 32] = [7; 32];
 const P256_SECRET: [u8; 32] = [9; 32];
+/// Two well-formed W3C traceparents.
+const TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+const HEADER_TRACE: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
 /// The JWKS holding the public halves of the fixed test keys.
 fn jwks() -> String {
@@ -85,6 +89,8 @@ async fn rooms_end_to_end() {
     http_publish_and_history(&worker, &http).await;
     resume(&worker, &http).await;
     stats(&worker, &http).await;
+    trace_context(&worker, &http).await;
+    error_header(&worker, &http).await;
 }
 
 async fn health(worker: &Worker, http: &Http) {
@@ -133,11 +139,7 @@ async fn admission(worker: &Worker, http: &Http) {
     );
     let expired = token("alice", &["*"], &["*"], 0);
     // exp == now is still inside the 30 s leeway; one minute ago is not.
-    let stale = roomcast_protocol::auth::mint_hs256(
-        roomcast_tests::SECRET,
-        &spec("alice"),
-        now_ms() - 700_000,
-    );
+    let stale = mint_hs256(roomcast_tests::SECRET, &spec("alice"), now_ms() - 700_000);
     assert_eq!(
         http.get(
             &worker.url(&format!("/v1/rooms/{r}/messages")),
@@ -701,4 +703,125 @@ async fn stats(worker: &Worker, http: &Http) {
     assert!(s["connections"].as_u64().unwrap() >= 1);
     let closed: Value = s["connection_seconds"]["count"].clone();
     assert!(closed.as_u64().unwrap() <= 1, "{s}");
+}
+
+/// A publisher's `traceparent` is stored with its message and comes back
+/// wherever the message does: live, in a replay and in the history.
+async fn trace_context(worker: &Worker, http: &Http) {
+    let r = room("trace");
+    let t = full_token("tina");
+    let ws = worker.ws_url(&format!("/v1/rooms/{r}/ws?token={t}"));
+    let url = worker.url(&format!("/v1/rooms/{r}/messages"));
+    let mut publisher = Client::connect(&ws).await;
+    let mut listener = Client::connect(&ws).await;
+    let epoch = publisher.expect("welcome").await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    listener.expect("welcome").await;
+
+    publisher
+        .send_json(json!({"type": "publish", "data": 1, "trace": TRACE}))
+        .await;
+    assert_eq!(listener.expect("message").await["trace"], TRACE);
+    assert_eq!(publisher.expect("message").await["trace"], TRACE);
+    publisher.expect("ack").await;
+    publisher
+        .send_json(json!({"type": "publish", "data": 0, "trace": "00-nope", "ref": "t"}))
+        .await;
+    let error = publisher.expect("error").await;
+    assert_eq!(
+        (error["code"].as_str(), error["ref"].as_str()),
+        (Some("bad_format"), Some("t"))
+    );
+
+    // Over HTTP the `traceparent` header fills in for messages without a
+    // trace of their own, and a malformed header is ignored.
+    let post = |traceparent: &str, body: Value| {
+        http.raw()
+            .post(&url)
+            .bearer_auth(&t)
+            .header("traceparent", traceparent)
+            .body(body.to_string())
+            .send()
+    };
+    let batch = json!({"messages": [{"data": 2}, {"data": 3, "trace": TRACE}]});
+    assert_eq!(post(HEADER_TRACE, batch).await.unwrap().status(), 201);
+    assert_eq!(
+        post("not-a-trace", json!({"data": 4}))
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    let refused = post(HEADER_TRACE, json!({"data": 5, "trace": "not-a-trace"}))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    assert_eq!(refused.headers()[ERROR_HEADER], "bad_format");
+    let live: Vec<Value> = vec![
+        listener.expect("message").await,
+        listener.expect("message").await,
+        listener.expect("message").await,
+    ];
+    assert_eq!(
+        live.iter().map(|m| m["trace"].clone()).collect::<Vec<_>>(),
+        [json!(HEADER_TRACE), json!(TRACE), Value::Null]
+    );
+    assert!(
+        live[2].get("trace").is_none(),
+        "no trace, no field: {}",
+        live[2]
+    );
+
+    let expected = [json!(TRACE), json!(HEADER_TRACE), json!(TRACE), Value::Null];
+    let (status, page) = http.get(&format!("{url}?since=0"), Some(&t)).await;
+    assert_eq!(status, 200, "{page}");
+    let stored: Vec<Value> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["trace"].clone())
+        .collect();
+    assert_eq!(stored, expected);
+    let mut resumed = Client::connect(&format!("{ws}&since=0&epoch={epoch}")).await;
+    assert_eq!(resumed.expect("welcome").await["recovered"], true);
+    let mut replayed = Vec::new();
+    for _ in 0..expected.len() {
+        replayed.push(resumed.expect("message").await["trace"].clone());
+    }
+    assert_eq!(replayed, expected);
+}
+
+/// Every error roomcast answers, from the router or from a room, names its
+/// code in a header too, so a caller can tell it from a proxy's 4xx.
+async fn error_header(worker: &Worker, http: &Http) {
+    let ivy = full_token("ivy");
+    let t = ivy.as_str();
+    let messages = worker.url(&format!("/v1/rooms/{}/messages", room("hdr")));
+    let cases = [
+        (worker.url("/v1/nothing"), Some(t), "not_found"),
+        (worker.url("/v1/rooms/.bad/messages"), Some(t), "bad_room"),
+        (messages.clone(), None, "unauthorized"),
+        (format!("{messages}?since=-1"), Some(t), "bad_request"),
+    ];
+    for (url, bearer, code) in cases {
+        let mut request = http.raw().get(&url);
+        if let Some(bearer) = bearer {
+            request = request.bearer_auth(bearer);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.headers()[ERROR_HEADER], code, "{url}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], code, "{url}");
+    }
+    let ok = http
+        .raw()
+        .get(&messages)
+        .bearer_auth(t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert!(ok.headers().get(ERROR_HEADER).is_none());
 }

@@ -22,10 +22,20 @@ use worker::{Result, SqlStorage, SqlStorageValue};
 /// without bound.
 const MAX_KEYS: u64 = 100_000;
 
+/// The tables as the first release created them (schema version 0).
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS messages (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, ts INTEGER NOT NULL, sender TEXT NOT NULL, origin TEXT NOT NULL, data TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS idempotency (seq INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, ts INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+];
+
+/// Changes since [`SCHEMA`], in order; `meta.schema` counts those a room has
+/// applied. Rooms live as long as their storage, so a room created by any
+/// earlier release opens with this release's tables: a new room creates
+/// version 0 and applies them all, an old one applies the rest. Append only.
+const MIGRATIONS: &[&str] = &[
+    // 1: the publisher's W3C traceparent (NULL when it sent none).
+    "ALTER TABLE messages ADD COLUMN trace TEXT",
 ];
 
 #[derive(Deserialize)]
@@ -36,6 +46,7 @@ struct MessageRow {
     sender: String,
     origin: String,
     data: String,
+    trace: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -74,7 +85,8 @@ pub struct History {
 }
 
 impl History {
-    /// Opens (creating on first use) the room's tables and loads head and epoch.
+    /// Opens (creating or migrating on first use) the room's tables and loads
+    /// head and epoch.
     pub fn open(sql: SqlStorage) -> Result<History> {
         for statement in SCHEMA {
             sql.exec(statement, None)?;
@@ -90,6 +102,7 @@ impl History {
         let number = |key| -> Result<u64> {
             Ok(history.meta(key)?.and_then(|v| v.parse().ok()).unwrap_or(0))
         };
+        history.migrate(number("schema")? as usize)?;
         history.head.set(number("head")?);
         history.cursor.set(number("cursor")?);
         history.bridged.set(history.meta("bridged")?.is_some());
@@ -110,6 +123,19 @@ impl History {
         };
         *history.epoch.borrow_mut() = epoch;
         Ok(history)
+    }
+
+    /// Applies the migrations after the first `applied`. They and the new
+    /// version are written with no `await` between them, which the runtime
+    /// commits atomically, so a room never holds half a migration.
+    fn migrate(&self, applied: usize) -> Result<()> {
+        let Some(pending) = MIGRATIONS.get(applied..).filter(|p| !p.is_empty()) else {
+            return Ok(());
+        };
+        for statement in pending {
+            self.sql.exec(statement, None)?;
+        }
+        self.set_meta("schema", &MIGRATIONS.len().to_string())
     }
 
     pub fn head(&self) -> u64 {
@@ -170,7 +196,7 @@ impl History {
         let id = draft.id.clone().unwrap_or_else(|| ids::message_id(now_ms));
         let ts = SqlStorageValue::try_from_i64(now_ms as i64)?;
         self.sql.exec(
-            "INSERT INTO messages (seq, id, ts, sender, origin, data) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO messages (seq, id, ts, sender, origin, data, trace) VALUES (?, ?, ?, ?, ?, ?, ?)",
             vec![
                 (seq as i64).into(),
                 id.as_str().into(),
@@ -178,6 +204,7 @@ impl History {
                 sender.into(),
                 origin.as_str().into(),
                 draft.data.get().into(),
+                draft.trace.as_deref().into(),
             ],
         )?;
         if draft.id.is_some() {
@@ -196,6 +223,7 @@ impl History {
             sender: sender.to_owned(),
             origin,
             data: draft.data,
+            trace: draft.trace,
         }))
     }
 
@@ -220,9 +248,9 @@ impl History {
         relay_only: bool,
     ) -> Result<Vec<Message>> {
         let query = if relay_only {
-            "SELECT seq, id, ts, sender, origin, data FROM messages WHERE seq > ? AND origin != 'kafka' ORDER BY seq LIMIT ?"
+            "SELECT seq, id, ts, sender, origin, data, trace FROM messages WHERE seq > ? AND origin != 'kafka' ORDER BY seq LIMIT ?"
         } else {
-            "SELECT seq, id, ts, sender, origin, data FROM messages WHERE seq > ? ORDER BY seq LIMIT ?"
+            "SELECT seq, id, ts, sender, origin, data, trace FROM messages WHERE seq > ? ORDER BY seq LIMIT ?"
         };
         let rows: Vec<MessageRow> = self
             .sql
@@ -351,5 +379,6 @@ fn to_message(room: &str, row: MessageRow) -> Result<Message> {
         sender: row.sender,
         origin,
         data,
+        trace: row.trace,
     })
 }

@@ -1,4 +1,5 @@
-//! roomcast's edge worker: the HTTP router and the `Room` Durable Object.
+//! roomcast's edge worker: the HTTP router, the `Room` Durable Object and
+//! the `Registry` that assigns rooms to bridge instances.
 //!
 //! Everything here is glue between the Workers runtime and
 //! `roomcast-protocol`, where the rules live. The router authenticates and
@@ -6,7 +7,9 @@
 //! its history and its WebSockets (on the Hibernation API, so idle rooms cost
 //! nothing).
 
+mod alarm;
 mod attachment;
+mod bridge_token;
 mod hibernation;
 mod history;
 mod registry;
@@ -16,12 +19,21 @@ mod router;
 mod session;
 mod settings;
 
-use worker::{event, Context, Env, Request, Response, Result};
+use roomcast_protocol::ErrorCode;
+use worker::{console_error, event, Context, Env, Request, Response, Result};
 
 pub use registry::Registry;
 pub use room::Room;
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
-    router::handle(req, env).await
+    // A failure the router did not answer itself still gets roomcast's error
+    // shape, so callers can tell it from a proxy's (see `reply`).
+    router::handle(req, env).await.or_else(|e| {
+        console_error!("request failed: {e}");
+        reply::error(
+            ErrorCode::Internal,
+            "the worker failed to handle the request",
+        )
+    })
 }

@@ -8,11 +8,19 @@
 //! every room to its owner and only the rooms of the instance that came or
 //! went change hands. There is a single registry; it handles one small
 //! write per room transition, far below what one object sustains.
+//!
+//! A link lives as long as the bridge keeps its token fresh (`auth`, see
+//! [`crate::bridge_token`]): the alarm, set for the earliest member expiry,
+//! closes an expired link (4001) and hands its rooms to the others.
 
+use std::borrow::Cow;
 use std::cell::Cell;
+use std::rc::Rc;
 
 use roomcast_protocol::assign::owner;
-use roomcast_protocol::wire::{Registration, ServerFrame};
+use roomcast_protocol::auth::Identity;
+use roomcast_protocol::clock::now_ms;
+use roomcast_protocol::wire::{parse_bridge_frame, BridgeFrame, Registration, ServerFrame};
 use roomcast_protocol::{CloseCode, ErrorCode};
 use serde::{Deserialize, Serialize};
 use worker::{
@@ -21,8 +29,12 @@ use worker::{
     WebSocketRequestResponsePair,
 };
 
+use crate::alarm;
 use crate::attachment::Attachment;
+use crate::bridge_token;
 use crate::reply;
+use crate::room::IDENTITY_HEADER;
+use crate::settings::{self, Settings};
 
 /// The Durable Object namespace of the registry (see `wrangler.toml`).
 const REGISTRY_BINDING: &str = "REGISTRY";
@@ -59,7 +71,9 @@ pub async fn register(env: &Env, registration: &Registration) -> Result<()> {
 #[derive(Serialize, Deserialize)]
 struct Member {
     instance: String,
-    /// Superseded or closing: no longer owns rooms.
+    /// Expiry of the last token the instance presented, seconds since the epoch.
+    exp: u64,
+    /// Superseded, expired or closing: no longer owns rooms.
     closed: bool,
 }
 
@@ -68,16 +82,18 @@ impl Attachment for Member {}
 #[durable_object]
 pub struct Registry {
     state: State,
+    env: Env,
     schema_ready: Cell<bool>,
 }
 
 impl DurableObject for Registry {
-    fn new(state: State, _env: Env) -> Self {
+    fn new(state: State, env: Env) -> Self {
         if let Ok(pair) = WebSocketRequestResponsePair::new("ping", "pong") {
             state.set_websocket_auto_response(&pair);
         }
         Registry {
             state,
+            env,
             schema_ready: Cell::new(false),
         }
     }
@@ -88,7 +104,7 @@ impl DurableObject for Registry {
                 Ok(registration) => self.register(&registration),
                 Err(e) => reply::error(ErrorCode::BadFormat, &e.to_string()),
             },
-            ("/v1/bridge", Method::Get) => self.join(&req),
+            ("/v1/bridge", Method::Get) => self.join(&req).await,
             _ => reply::error(ErrorCode::NotFound, "no such registry operation"),
         };
         result.or_else(|e| {
@@ -111,18 +127,25 @@ impl DurableObject for Registry {
         ws: WebSocket,
         message: WebSocketIncomingMessage,
     ) -> Result<()> {
-        // Links only listen; `ping` is answered by the runtime.
-        if let WebSocketIncomingMessage::String(text) = message {
-            if text == "ping" {
-                return ws.send_with_str("pong");
+        // `ping` is normally answered by the runtime without waking the registry.
+        let frame = match message {
+            WebSocketIncomingMessage::String(text) if text == "ping" => {
+                return ws.send_with_str("pong")
+            }
+            WebSocketIncomingMessage::String(text) => parse_bridge_frame(&text).ok(),
+            WebSocketIncomingMessage::Binary(_) => None,
+        };
+        match frame {
+            Some(BridgeFrame::Auth { token }) => self.refresh(&ws, &token),
+            Some(BridgeFrame::BridgeAck { .. }) | None => {
+                let error = ServerFrame::Error {
+                    code: ErrorCode::BadFormat,
+                    message: "the registry link accepts only auth and ping".into(),
+                    reference: None,
+                };
+                ws.send_with_str(error.to_json())
             }
         }
-        let error = ServerFrame::Error {
-            code: ErrorCode::BadFormat,
-            message: "the registry link accepts only ping",
-            reference: None,
-        };
-        ws.send_with_str(error.to_json())
     }
 
     async fn websocket_close(
@@ -144,7 +167,11 @@ impl DurableObject for Registry {
     }
 
     async fn alarm(&self) -> Result<Response> {
-        Response::ok("the registry sets no alarms")
+        let result = self.sweep().await;
+        if let Err(e) = &result {
+            console_error!("registry: sweep failed: {e}");
+        }
+        result.and_then(|_| Response::ok("swept"))
     }
 }
 
@@ -155,6 +182,10 @@ struct RoomRow {
 }
 
 impl Registry {
+    fn settings(&self) -> Result<Rc<Settings>> {
+        settings::load(&self.env).map_err(worker::Error::RustError)
+    }
+
     fn sql(&self) -> Result<SqlStorage> {
         let sql = self.state.storage().sql();
         if !self.schema_ready.replace(true) {
@@ -167,13 +198,13 @@ impl Registry {
     }
 
     /// Connected instances and their sockets.
-    fn members(&self) -> Vec<(WebSocket, String)> {
+    fn members(&self) -> Vec<(WebSocket, Member)> {
         self.state
             .get_websockets_with_tag(LINK_TAG)
             .into_iter()
             .filter_map(|ws| {
                 let member = Member::load(&ws).ok().flatten().filter(|m| !m.closed)?;
-                Some((ws, member.instance))
+                Some((ws, member))
             })
             .collect()
     }
@@ -189,7 +220,11 @@ impl Registry {
     }
 
     /// Accepts an instance's link, superseding an older link of the same instance.
-    fn join(&self, req: &Request) -> Result<Response> {
+    async fn join(&self, req: &Request) -> Result<Response> {
+        let identity: Identity = match req.headers().get(IDENTITY_HEADER)? {
+            Some(json) => serde_json::from_str(&json)?,
+            None => return reply::error(ErrorCode::Unauthorized, "no identity"),
+        };
         let url = req.url()?;
         let Some(instance) = url
             .query_pairs()
@@ -202,13 +237,10 @@ impl Registry {
                 "the registry link needs ?instance=<id>",
             );
         };
-        for (ws, existing) in self.members() {
-            if existing == instance {
-                Member {
-                    instance: existing,
-                    closed: true,
-                }
-                .save(&ws)?;
+        for (ws, mut existing) in self.members() {
+            if existing.instance == instance {
+                existing.closed = true;
+                existing.save(&ws)?;
                 let _ = ws.close(
                     Some(CloseCode::Superseded.code()),
                     Some(CloseCode::Superseded.reason()),
@@ -220,11 +252,53 @@ impl Registry {
             .accept_websocket_with_tags(&pair.server, &[LINK_TAG]);
         Member {
             instance,
+            exp: identity.exp,
             closed: false,
         }
         .save(&pair.server)?;
         self.rebalance()?;
+        let close_at = bridge_token::close_at_ms(identity.exp, &*self.settings()?);
+        alarm::no_later_than(&self.state.storage(), close_at).await?;
         Response::from_websocket(pair.client)
+    }
+
+    /// Moves a member's expiry to that of a fresh bridge token. The alarm
+    /// set for the old expiry comes first; its sweep reads the new one.
+    fn refresh(&self, ws: &WebSocket, token: &str) -> Result<()> {
+        let Some(mut member) = Member::load(ws)?.filter(|m| !m.closed) else {
+            return Ok(());
+        };
+        bridge_token::refresh(ws, token, &*self.settings()?, now_ms(), |exp| {
+            member.exp = exp;
+            member.save(ws)
+        })
+    }
+
+    /// Closes the links whose token expired, hands their rooms to the other
+    /// instances, and sets the alarm for the next expiry.
+    async fn sweep(&self) -> Result<()> {
+        let settings = self.settings()?;
+        let now = now_ms();
+        let mut next: Option<u64> = None;
+        let mut expired = false;
+        for (ws, mut member) in self.members() {
+            let close_at = bridge_token::close_at_ms(member.exp, &settings);
+            if now >= close_at {
+                member.closed = true;
+                member.save(&ws)?;
+                bridge_token::close_expired(&ws);
+                expired = true;
+            } else {
+                next = Some(next.map_or(close_at, |n| n.min(close_at)));
+            }
+        }
+        if expired {
+            self.rebalance()?;
+        }
+        match next {
+            Some(at) => alarm::set(&self.state.storage(), at).await,
+            None => Ok(()),
+        }
     }
 
     fn leave(&self, ws: &WebSocket) {
@@ -264,14 +338,14 @@ impl Registry {
 }
 
 /// Sends `registration` to the instance that owns its room.
-fn announce(members: &[(WebSocket, String)], registration: &Registration) {
-    let instances: Vec<&str> = members.iter().map(|(_, i)| i.as_str()).collect();
+fn announce(members: &[(WebSocket, Member)], registration: &Registration) {
+    let instances: Vec<&str> = members.iter().map(|(_, m)| m.instance.as_str()).collect();
     let Some(owner) = owner(&registration.room, &instances) else {
         return;
     };
-    let frame = ServerFrame::Room(registration).to_json();
-    for (ws, instance) in members {
-        if instance == owner {
+    let frame = ServerFrame::Room(Cow::Borrowed(registration)).to_json();
+    for (ws, member) in members {
+        if member.instance == owner {
             // A link that cannot take the frame is closing; the rebalance
             // when it is gone re-announces its rooms.
             let _ = ws.send_with_str(&frame);

@@ -1,7 +1,9 @@
 //! HTTP responses in the shapes of SPEC section 2: JSON bodies, and JSON
-//! errors `{"error":{"code","message"}}` whose status follows from the code.
+//! errors `{"error":{"code","message"}}` whose status follows from the code
+//! and which name the code again in the [`ERROR_HEADER`], so a caller can
+//! tell roomcast's own refusals from a proxy's.
 
-use roomcast_protocol::wire::error_body;
+use roomcast_protocol::wire::{error_body, ERROR_HEADER};
 use roomcast_protocol::ErrorCode;
 use serde::Serialize;
 use worker::{Headers, Response, Result};
@@ -24,7 +26,10 @@ pub fn json<T: Serialize>(status: u16, body: &T) -> Result<Response> {
 
 /// The error response for `code`.
 pub fn error(code: ErrorCode, message: &str) -> Result<Response> {
+    let headers = json_headers();
+    // Error codes are fixed ASCII names, always a valid header value.
+    let _ = headers.set(ERROR_HEADER, code.as_str());
     Ok(Response::ok(error_body(code, message))?
         .with_status(code.http_status())
-        .with_headers(json_headers()))
+        .with_headers(headers))
 }

@@ -1,7 +1,7 @@
 //! One client connection's state, kept in its WebSocket attachment: who it
 //! is, its rate bucket, when it was last heard from.
 
-use roomcast_protocol::auth::Identity;
+use roomcast_protocol::auth::{expiry_close_ms, Identity};
 use roomcast_protocol::policy::Strikes;
 use roomcast_protocol::rate::Bucket;
 use roomcast_protocol::rights::Rights;
@@ -47,9 +47,9 @@ impl Session {
         }
     }
 
-    /// When the token stops being honoured: `exp` plus leeway plus grace.
+    /// When the token stops being honoured (SPEC section 8).
     pub fn expiry_close_ms(&self, leeway_secs: u64, grace_ms: u64) -> u64 {
-        (self.exp + leeway_secs) * 1000 + grace_ms
+        expiry_close_ms(self.exp, leeway_secs, grace_ms)
     }
 
     /// When the `token_expiring` notice is due, unless it was sent.

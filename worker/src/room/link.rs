@@ -5,8 +5,11 @@
 //! replays every message after the bridge's cursor that did not come from
 //! Kafka, then carries live ones; `bridge_ack` moves the cursor, which is
 //! what lets the room trim its history. Counters go out every 10 s, from the
-//! same alarm that runs the client sweeps.
+//! same alarm that runs the client sweeps; that alarm also closes a link
+//! whose token expired (4001) unless the bridge refreshed it with `auth`
+//! ([`crate::bridge_token`]).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use roomcast_protocol::auth::Identity;
@@ -20,6 +23,8 @@ use worker::{Response, Result, WebSocket, WebSocketIncomingMessage, WebSocketPai
 
 use super::{send_error, Room};
 use crate::attachment::Attachment;
+use crate::bridge_token;
+use crate::settings::Settings;
 
 /// Tag of bridge links among the room's sockets.
 const LINK_TAG: &str = "bridge";
@@ -30,12 +35,20 @@ const STATS_INTERVAL_MS: u64 = 10_000;
 #[derive(Debug, Serialize, Deserialize)]
 struct Link {
     instance: String,
+    /// Expiry of the last token the bridge presented, seconds since the epoch.
+    exp: u64,
     last_stats_ms: u64,
-    /// Superseded: no more frames go to it.
+    /// Superseded or expired: no more frames go to it.
     closed: bool,
 }
 
 impl Attachment for Link {}
+
+impl Link {
+    fn stats_due_ms(&self) -> u64 {
+        self.last_stats_ms + STATS_INTERVAL_MS
+    }
+}
 
 impl Room {
     pub(super) fn is_link(&self, ws: &WebSocket) -> bool {
@@ -86,12 +99,13 @@ impl Room {
         let pair = WebSocketPair::new()?;
         self.state
             .accept_websocket_with_tags(&pair.server, &[LINK_TAG]);
-        Link {
+        let link = Link {
             instance,
+            exp: identity.exp,
             last_stats_ms: now,
             closed: false,
-        }
-        .save(&pair.server)?;
+        };
+        link.save(&pair.server)?;
         let welcome = Welcome {
             room: room.to_owned(),
             conn_id: ids::conn_id(),
@@ -108,11 +122,13 @@ impl Room {
             cursor: Some(history.cursor()),
         };
         pair.server
-            .send_with_str(ServerFrame::Welcome(&welcome).to_json())?;
+            .send_with_str(ServerFrame::Welcome(Cow::Borrowed(&welcome)).to_json())?;
         self.replay(&pair.server, room, history.cursor(), welcome.head, true)?;
         pair.server
-            .send_with_str(ServerFrame::Stats(&self.stats_report(room)?).to_json())?;
-        self.schedule_sweep(now + STATS_INTERVAL_MS).await?;
+            .send_with_str(ServerFrame::Stats(Cow::Owned(self.stats_report(room)?)).to_json())?;
+        let close_at = bridge_token::close_at_ms(link.exp, &*self.settings()?);
+        self.schedule_sweep(link.stats_due_ms().min(close_at))
+            .await?;
         Response::from_websocket(pair.client)
     }
 
@@ -147,26 +163,55 @@ impl Room {
             }
         };
         match parse_bridge_frame(&text) {
-            Ok(BridgeFrame::Ack { seq }) => {
+            Ok(BridgeFrame::BridgeAck { seq }) => {
                 let history = self.history()?;
                 history.confirm(seq)?;
                 let room = self.name()?;
                 history.trim_count(&self.settings()?.config.limits_for(&room))
             }
+            Ok(BridgeFrame::Auth { token }) => self.refresh_link(ws, &token),
             Err(rejection) => send_error(ws, rejection.code, &rejection.message, None),
         }
     }
 
-    /// Sends the counters to links that are due; returns when the next is due.
-    pub(super) fn link_tick(&self, room: &str, now: u64) -> Result<Option<u64>> {
+    /// Moves the link's expiry to that of a fresh bridge token. No alarm is
+    /// needed for the later deadline: the one already set for the old
+    /// deadline (or the stats tick) comes first, and its sweep reads the new
+    /// expiry.
+    fn refresh_link(&self, ws: &WebSocket, token: &str) -> Result<()> {
+        let Some(mut link) = Link::load(ws)?.filter(|l| !l.closed) else {
+            return Ok(());
+        };
+        bridge_token::refresh(ws, token, &*self.settings()?, now_ms(), |exp| {
+            link.exp = exp;
+            link.save(ws)
+        })
+    }
+
+    /// Closes links whose token expired and sends the counters to those that
+    /// are due; returns when the next link deadline is.
+    pub(super) fn link_tick(
+        &self,
+        room: &str,
+        settings: &Settings,
+        now: u64,
+    ) -> Result<Option<u64>> {
         let mut next = None;
         for (ws, mut link) in self.links() {
-            if now >= link.last_stats_ms + STATS_INTERVAL_MS {
-                ws.send_with_str(ServerFrame::Stats(&self.stats_report(room)?).to_json())?;
+            let close_at = bridge_token::close_at_ms(link.exp, settings);
+            if now >= close_at {
+                link.closed = true;
+                link.save(&ws)?;
+                bridge_token::close_expired(&ws);
+                continue;
+            }
+            if now >= link.stats_due_ms() {
+                let stats = self.stats_report(room)?;
+                ws.send_with_str(ServerFrame::Stats(Cow::Owned(stats)).to_json())?;
                 link.last_stats_ms = now;
                 link.save(&ws)?;
             }
-            let due = link.last_stats_ms + STATS_INTERVAL_MS;
+            let due = link.stats_due_ms().min(close_at);
             next = Some(next.map_or(due, |n: u64| n.min(due)));
         }
         Ok(next)

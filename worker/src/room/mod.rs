@@ -10,6 +10,7 @@
 //! The router has already authenticated the request; it passes the room name
 //! and the verified identity in internal headers.
 
+use std::borrow::Cow;
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -21,6 +22,7 @@ use roomcast_protocol::history::{parse_u64, plan_resume, Page};
 use roomcast_protocol::ids;
 use roomcast_protocol::rate::{self, Admission, RoomBudget};
 use roomcast_protocol::stats::{RoomStats, StatsReport};
+use roomcast_protocol::trace;
 use roomcast_protocol::wire::{
     parse_client_frame, parse_publish_body, ClientFrame, Draft, HistoryPage, Message, Origin,
     RateInfo, Receipt, Registration, Rejection, ServerFrame, Welcome,
@@ -33,6 +35,7 @@ use worker::{
 
 mod link;
 
+use crate::alarm;
 use crate::attachment::Attachment;
 use crate::hibernation::last_auto_response_ms;
 use crate::history::{Appended, History};
@@ -54,8 +57,6 @@ const REPLAY_CHUNK: u64 = 500;
 const AGE_TRIM_INTERVAL_MS: u64 = 60_000;
 /// How soon a failed registration is retried.
 const ANNOUNCE_RETRY_MS: u64 = 5_000;
-/// The earliest an alarm is set after now, so a burst of deadlines coalesces.
-const MIN_ALARM_DELAY_MS: u64 = 50;
 
 #[durable_object]
 pub struct Room {
@@ -281,7 +282,7 @@ impl Room {
             cursor: None,
         };
         pair.server
-            .send_with_str(ServerFrame::Welcome(&welcome).to_json())?;
+            .send_with_str(ServerFrame::Welcome(Cow::Borrowed(&welcome)).to_json())?;
         // Replay runs in this same turn, so no live message can slip in between.
         if let Some(after) = resume.replay_after {
             self.replay(&pair.server, room, after, welcome.head, false)?;
@@ -321,7 +322,7 @@ impl Room {
             let Some(last) = page.last() else { break };
             from = last.seq;
             for message in &page {
-                ws.send_with_str(ServerFrame::Message(message).to_json())?;
+                ws.send_with_str(ServerFrame::Message(Cow::Borrowed(message)).to_json())?;
             }
             self.with_stats(|s| s.deliveries_total += page.len() as u64);
         }
@@ -421,8 +422,8 @@ impl Room {
         for receipt in &receipts {
             ws.send_with_str(
                 ServerFrame::Ack {
-                    reference: reference.as_deref(),
-                    receipt,
+                    reference: reference.as_deref().map(Cow::Borrowed),
+                    receipt: Cow::Borrowed(receipt),
                 }
                 .to_json(),
             )?;
@@ -482,7 +483,7 @@ impl Room {
     }
 
     fn broadcast(&self, message: &Message) {
-        let frame = ServerFrame::Message(message).to_json();
+        let frame = ServerFrame::Message(Cow::Borrowed(message)).to_json();
         let mut delivered = 0;
         for ws in self.state.get_websockets_with_tag(CLIENT_TAG) {
             // A socket that is closing can refuse the send; its client will
@@ -614,15 +615,12 @@ impl Room {
             let deadline = self.next_deadline(&session, pinged, &settings, &limits);
             next = Some(next.map_or(deadline, |n| n.min(deadline)));
         }
-        if let Some(at) = self.link_tick(&room, now)? {
+        if let Some(at) = self.link_tick(&room, &settings, now)? {
             next = Some(next.map_or(at, |n| n.min(at)));
         }
         self.history()?.trim_age(&limits, now)?;
         if let Some(at) = next {
-            self.state
-                .storage()
-                .set_alarm(at.saturating_sub(now).max(MIN_ALARM_DELAY_MS) as i64)
-                .await?;
+            alarm::set(&self.state.storage(), at).await?;
         }
         Ok(())
     }
@@ -663,16 +661,9 @@ impl Room {
         idle.min(expiry).min(notice)
     }
 
-    /// Makes sure the alarm fires no later than `at_ms`.
+    /// Makes sure the sweep runs no later than `at_ms`.
     async fn schedule_sweep(&self, at_ms: u64) -> Result<()> {
-        let storage = self.state.storage();
-        if let Some(current) = storage.get_alarm().await? {
-            if current >= 0 && (current as u64) <= at_ms {
-                return Ok(());
-            }
-        }
-        let delay = at_ms.saturating_sub(now_ms()).max(MIN_ALARM_DELAY_MS);
-        storage.set_alarm(delay as i64).await
+        alarm::no_later_than(&self.state.storage(), at_ms).await
     }
 
     async fn publish_http(
@@ -683,13 +674,14 @@ impl Room {
         limits: &Limits,
     ) -> Result<Response> {
         let body = req.text().await?;
-        let (drafts, batch) = match parse_publish_body(&body, limits.max_message_bytes) {
+        let (mut drafts, batch) = match parse_publish_body(&body, limits.max_message_bytes) {
             Ok(parsed) => parsed,
             Err(rejection) => {
                 self.with_stats(|s| s.reject(rejection.code));
                 return reply::error(rejection.code, &rejection.message);
             }
         };
+        trace::inherit(&mut drafts, req.headers().get("traceparent")?.as_deref());
         // The bridge publishes what it consumed from Kafka (SPEC section 5).
         let origin = if identity.rights.bridge {
             Origin::Kafka
@@ -841,8 +833,8 @@ fn send_error(
     ws.send_with_str(
         ServerFrame::Error {
             code,
-            message,
-            reference,
+            message: message.into(),
+            reference: reference.map(Into::into),
         }
         .to_json(),
     )

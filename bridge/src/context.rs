@@ -1,0 +1,28 @@
+//! What every task of the bridge shares: who this instance is, how to reach
+//! the worker (URLs, TLS, the current token) and the broker, and where the
+//! metrics go. Built once at startup by the supervisor and handed to the
+//! tasks; the tasks never reach back into the supervisor.
+
+use std::sync::Arc;
+
+use crate::broker::Sink;
+use crate::kafka::Kafka;
+use crate::metrics::Metrics;
+use crate::token::Tokens;
+use crate::worker_api::{WorkerApi, WorkerUrls};
+
+pub struct Bridge {
+    /// This instance's id among several bridges (registry links, rendezvous
+    /// assignment, Kafka static membership).
+    pub instance: String,
+    pub urls: WorkerUrls,
+    /// One TLS configuration for every link and request to the worker.
+    pub tls: Arc<rustls::ClientConfig>,
+    pub tokens: Tokens,
+    /// The worker's HTTP API, where inbound records are published.
+    pub worker: Arc<WorkerApi>,
+    pub kafka: Kafka,
+    /// Room messages and dead letters go here.
+    pub sink: Arc<dyn Sink>,
+    pub metrics: Arc<Metrics>,
+}

@@ -1,0 +1,50 @@
+//! Why the bridge could not start: each a configuration or environment
+//! problem the operator must fix, said with the flag or URL it concerns.
+//! Once running, the bridge does not exit on errors; it retries and says so
+//! on `/healthz` and in its log.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::embedded::EmbeddedError;
+use crate::kafka::config::ConfigError;
+use crate::tls::TlsError;
+use crate::token::TokenError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("--worker-url {url:?}: {reason}")]
+    WorkerUrl { url: String, reason: String },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(
+        "the worker at {url} presented a certificate that does not verify ({reason}); \\
+         if it is signed by a private CA or is a local certificate, pass the CA with --ca-file"
+    )]
+    Certificate { url: String, reason: String },
+    #[error("no credentials: pass --jwt-key-file, --jwt-secret, --token-file or --token")]
+    NoCredentials,
+    #[error("--jwt-key-file {path}: {reason}")]
+    KeyFile { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error(transparent)]
+    KafkaConfig(#[from] ConfigError),
+    #[error("creating the Kafka {client}: {source}")]
+    Kafka {
+        client: &'static str,
+        source: rdkafka::error::KafkaError,
+    },
+    #[error(transparent)]
+    Embedded(#[from] EmbeddedError),
+    #[error("binding --metrics-addr {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("installing signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("shutdown took longer than {0:?}")]
+    SlowShutdown(Duration),
+}

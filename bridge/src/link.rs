@@ -1,0 +1,197 @@
+//! A WebSocket link to the worker (a room link or the registry link), with
+//! the two chores every link has besides its own frames: keeping the token
+//! fresh (an `auth` frame whenever the bridge's token changes, so a link
+//! outlives the token it opened with) and a keepalive `ping` so idle links
+//! survive proxies. Callers see only the frames that matter to them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use roomcast_protocol::wire::{parse_server_frame, BridgeFrame, ServerFrame};
+use roomcast_protocol::ErrorCode;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{Interval, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message as Frame;
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+use tracing::{debug, warn};
+
+use crate::token::{Token, Tokens};
+
+/// How long a connect may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The read chunk of every link. A bridge holds one link per room, so the
+/// per-socket buffer is what its memory scales with: tungstenite's default
+/// 128 KiB made 1000 links cost 150 MiB. A larger message still arrives
+/// whole (this is the read chunk, not a message limit).
+const READ_BUFFER: usize = 8 * 1024;
+/// How often an idle link is pinged.
+const PING_INTERVAL: Duration = Duration::from_secs(20);
+
+/// Why a link could not be opened or went down.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("connecting to {url}: {source}")]
+    Connect {
+        url: String,
+        source: Box<tokio_tungstenite::tungstenite::Error>,
+    },
+    #[error("connecting to {0}: timed out")]
+    Timeout(String),
+    #[error("{0}")]
+    Socket(#[from] Box<tokio_tungstenite::tungstenite::Error>),
+    #[error("the worker closed the link ({code:?}: {reason})")]
+    Closed { code: Option<u16>, reason: String },
+    #[error("the link ended")]
+    Ended,
+}
+
+impl LinkError {
+    /// The close code, when the worker closed the link.
+    pub fn close_code(&self) -> Option<u16> {
+        match self {
+            LinkError::Closed { code, .. } => *code,
+            _ => None,
+        }
+    }
+}
+
+/// An open link.
+pub struct Link {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    tokens: watch::Receiver<Token>,
+    /// False once the token can no longer change (a fixed token, or the
+    /// bridge is stopping), so the branch that waits for it is switched off.
+    refreshing: bool,
+    ping: Interval,
+    url: String,
+}
+
+impl Link {
+    /// Opens `url` with the current token.
+    pub async fn open(
+        url: &str,
+        tokens: &Tokens,
+        tls: &Arc<rustls::ClientConfig>,
+    ) -> Result<Link, LinkError> {
+        let connect_error = |e| LinkError::Connect {
+            url: url.to_owned(),
+            source: Box::new(e),
+        };
+        let mut request = url.into_client_request().map_err(connect_error)?;
+        let bearer = HeaderValue::from_str(&format!("Bearer {}", tokens.current()))
+            .map_err(|e| connect_error(e.into()))?;
+        request.headers_mut().insert("authorization", bearer);
+        let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
+        let connecting = tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            Some(config),
+            false,
+            Some(Connector::Rustls(tls.clone())),
+        );
+        let (ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| LinkError::Timeout(url.to_owned()))?
+            .map_err(connect_error)?;
+        let mut ping = tokio::time::interval(PING_INTERVAL);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        ping.reset();
+        Ok(Link {
+            ws,
+            tokens: tokens.changes(),
+            refreshing: true,
+            ping,
+            url: url.to_owned(),
+        })
+    }
+
+    /// The next frame from the worker. Meanwhile it sends fresh tokens and
+    /// keepalive pings, and swallows their answers.
+    pub async fn next(&mut self) -> Result<ServerFrame<'static>, LinkError> {
+        loop {
+            tokio::select! {
+                frame = self.ws.next() => match frame {
+                    Some(Ok(Frame::Text(text))) => {
+                        if let Some(frame) = self.read(&text) {
+                            return Ok(frame);
+                        }
+                    }
+                    Some(Ok(Frame::Close(close))) => {
+                        return Err(LinkError::Closed {
+                            code: close.as_ref().map(|c| u16::from(c.code)),
+                            reason: close.map(|c| c.reason.to_string()).unwrap_or_default(),
+                        })
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(Box::new(e).into()),
+                    None => return Err(LinkError::Ended),
+                },
+                changed = self.tokens.changed(), if self.refreshing => match changed {
+                    Ok(()) => {
+                        let token = self.tokens.borrow_and_update().jwt.to_string();
+                        self.send(&BridgeFrame::Auth { token }).await?;
+                    }
+                    Err(_) => self.refreshing = false,
+                },
+                _ = self.ping.tick() => self.send_text("ping").await?,
+            }
+        }
+    }
+
+    /// Parses a text frame; `None` for the ones handled here.
+    fn read(&self, text: &str) -> Option<ServerFrame<'static>> {
+        if text == "pong" {
+            return None;
+        }
+        match parse_server_frame(text) {
+            Ok(ServerFrame::AuthOk { exp }) => {
+                debug!(url = self.url, exp, "the worker took the fresh token");
+                None
+            }
+            Ok(ServerFrame::Error {
+                code: ErrorCode::BadToken,
+                message,
+                ..
+            }) => {
+                warn!(
+                    url = self.url,
+                    "the worker refused the fresh token: {message}"
+                );
+                None
+            }
+            Ok(frame) => Some(frame),
+            Err(e) => {
+                warn!(
+                    url = self.url,
+                    "unreadable frame from the worker ({e}): {text:.200}"
+                );
+                None
+            }
+        }
+    }
+
+    pub async fn send(&mut self, frame: &BridgeFrame) -> Result<(), LinkError> {
+        self.send_text(&frame.to_json()).await
+    }
+
+    async fn send_text(&mut self, text: &str) -> Result<(), LinkError> {
+        self.ws
+            .send(Frame::text(text))
+            .await
+            .map_err(|e| Box::new(e).into())
+    }
+
+    /// Closes with 1001 (the bridge is going away).
+    pub async fn close(mut self, reason: &str) {
+        let frame = CloseFrame {
+            code: CloseCode::Away,
+            reason: reason.into(),
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.ws.close(Some(frame))).await;
+    }
+}

@@ -1,0 +1,130 @@
+//! In-memory implementations of the broker seam, for unit tests of the
+//! relay: a [`MemorySink`] that stores or refuses, and a [`MemorySource`]
+//! that hands out prepared records and remembers commits.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use roomcast_protocol::wire::Message;
+
+use crate::broker::{DeadLetter, Delivery, Record, Sink, SinkError, Source, SourceError};
+
+/// How the sink answers.
+enum Behaviour {
+    /// Stores messages whose JSON is at most this long; refuses larger ones.
+    RefuseOver(usize),
+    /// Takes nothing.
+    Unavailable,
+}
+
+pub struct MemorySink {
+    behaviour: Behaviour,
+    messages: Mutex<Vec<Message>>,
+    dead_letters: Mutex<Vec<DeadLetter>>,
+}
+
+impl MemorySink {
+    pub fn refusing_over(bytes: usize) -> MemorySink {
+        MemorySink::with(Behaviour::RefuseOver(bytes))
+    }
+
+    pub fn unavailable() -> MemorySink {
+        MemorySink::with(Behaviour::Unavailable)
+    }
+
+    fn with(behaviour: Behaviour) -> MemorySink {
+        MemorySink {
+            behaviour,
+            messages: Mutex::default(),
+            dead_letters: Mutex::default(),
+        }
+    }
+
+    pub fn messages(&self) -> Vec<Message> {
+        self.messages.lock().unwrap().clone()
+    }
+
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.dead_letters.lock().unwrap().clone()
+    }
+}
+
+impl Sink for MemorySink {
+    fn publish<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Delivery> {
+        let outcome = match self.behaviour {
+            Behaviour::Unavailable => Err(SinkError::Unavailable("memory sink is down".into())),
+            Behaviour::RefuseOver(limit)
+                if serde_json::to_string(message).unwrap().len() > limit =>
+            {
+                Err(SinkError::Refused {
+                    reason: "too_large".into(),
+                    detail: format!("over {limit} bytes"),
+                })
+            }
+            Behaviour::RefuseOver(_) => {
+                self.messages.lock().unwrap().push(message.clone());
+                Ok(())
+            }
+        };
+        let delivery: Delivery = futures_util::future::ready(outcome).boxed();
+        futures_util::future::ready(delivery).boxed()
+    }
+
+    fn dead_letter<'a>(&'a self, letter: &'a DeadLetter) -> BoxFuture<'a, Result<(), SinkError>> {
+        self.dead_letters.lock().unwrap().push(letter.clone());
+        futures_util::future::ready(Ok(())).boxed()
+    }
+}
+
+/// Hands out `records`, then fails with `then` (or waits forever);
+/// commits are recorded.
+pub struct MemorySource {
+    records: VecDeque<Record>,
+    then: Option<SourceError>,
+    pub commits: Vec<(i32, i64)>,
+    pub closed: bool,
+}
+
+impl MemorySource {
+    pub fn new(records: Vec<Record>) -> MemorySource {
+        MemorySource {
+            records: records.into(),
+            then: None,
+            commits: Vec::new(),
+            closed: false,
+        }
+    }
+
+    /// A source that fails with `error` once its records are out.
+    pub fn failing(records: Vec<Record>, error: SourceError) -> MemorySource {
+        MemorySource {
+            then: Some(error),
+            ..MemorySource::new(records)
+        }
+    }
+}
+
+impl Source for MemorySource {
+    fn next(&mut self) -> BoxFuture<'_, Result<Record, SourceError>> {
+        match (self.records.pop_front(), self.then.take()) {
+            (Some(record), then) => {
+                self.then = then;
+                futures_util::future::ready(Ok(record)).boxed()
+            }
+            (None, Some(error)) => futures_util::future::ready(Err(error)).boxed(),
+            (None, None) => futures_util::future::pending().boxed(),
+        }
+    }
+
+    fn commit(&mut self, partition: i32, offset: i64) -> Result<(), SourceError> {
+        self.commits.push((partition, offset));
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<(), SourceError> {
+        self.closed = true;
+        Ok(())
+    }
+}

@@ -1,0 +1,232 @@
+//! Starting and stopping the bridge: everything that can be wrong with its
+//! configuration is found before any task starts (credentials, TLS, the
+//! worker's certificate, Kafka properties), then the task tree runs
+//! (metrics endpoint, Kafka probe, registry link with its room links, the
+//! inbound relay) until SIGTERM or SIGINT, and drains in order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use roomcast_protocol::signing::SigningKey;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{info, warn};
+
+use crate::cli::RunArgs;
+use crate::context::Bridge;
+use crate::error::StartError;
+use crate::kafka::sink::KafkaSink;
+use crate::kafka::{reachable, Kafka, KafkaConfig};
+use crate::metrics::Metrics;
+use crate::stop::Stop;
+use crate::token::TokenSource;
+use crate::worker_api::{WorkerApi, WorkerUrls};
+use crate::{embedded, endpoint, inbound, registry_link, tls};
+
+/// How long startup waits for Kafka to create missing topics.
+const TOPICS_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often Kafka's reachability is checked for `/healthz`.
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// How long a shutdown may take in all.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs the bridge until a signal; `Err` only for what stops it starting.
+pub async fn run(args: RunArgs) -> Result<(), StartError> {
+    let (trigger, stop) = Stop::new();
+    let mut terminate = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
+    let instance = args.instance_id.clone().unwrap_or_else(hostname);
+    let urls = WorkerUrls::parse(&args.worker_url).map_err(|reason| StartError::WorkerUrl {
+        url: args.worker_url.clone(),
+        reason,
+    })?;
+    let tls = tls::client_config(args.ca_file.as_deref())?;
+    let tokens = credentials(&args)?.start(stop.clone())?;
+    let worker = Arc::new(WorkerApi::new(urls.clone(), tls.clone(), tokens.clone()));
+    check_worker(&worker).await?;
+
+    let config = KafkaConfig::load(args.kafka_config_file.as_deref(), &args.kafka_config)?;
+    if !config.describe().is_empty() {
+        info!(properties = config.describe(), "Kafka client properties");
+    }
+    // Kept alive until the bridge stops.
+    let mut _embedded = None;
+    let brokers = if args.embedded_kafka {
+        let topics = [&args.events_topic, &args.inbound_topic, &args.dlq_topic].map(String::as_str);
+        let cluster = embedded::start(&topics).await?;
+        warn!(
+            "EMBEDDED KAFKA on {} (mock cluster at {}): for development only, nothing is persisted",
+            embedded::ADDRESS,
+            cluster.bootstrap
+        );
+        let brokers = cluster.bootstrap.clone();
+        _embedded = Some(cluster);
+        brokers
+    } else {
+        args.brokers.clone()
+    };
+    let kafka = Kafka {
+        brokers,
+        config,
+        events_topic: args.events_topic.clone(),
+        inbound_topic: args.inbound_topic.clone(),
+        dlq_topic: args.dlq_topic.clone(),
+        group_id: args.group_id.clone(),
+        instance: instance.clone(),
+    };
+    if !args.embedded_kafka {
+        match tokio::time::timeout(TOPICS_TIMEOUT, kafka.ensure_topics(&kafka.topics())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!("could not make sure the topics exist (continuing): {e}"),
+            Err(_) => {
+                warn!("Kafka did not answer topic creation within {TOPICS_TIMEOUT:?} (continuing)")
+            }
+        }
+    }
+    let sink = Arc::new(
+        KafkaSink::new(kafka.clone()).map_err(|source| StartError::Kafka {
+            client: "producer",
+            source,
+        })?,
+    );
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: args.metrics_addr,
+            source,
+        })?;
+
+    let bridge = Arc::new(Bridge {
+        instance: instance.clone(),
+        urls,
+        tls,
+        tokens,
+        worker,
+        kafka,
+        sink: sink.clone(),
+        metrics: Arc::new(Metrics::default()),
+    });
+    info!(instance, worker = args.worker_url, metrics = %args.metrics_addr, "bridge running");
+    let running = tokio::spawn(tasks(bridge, sink, listener, stop));
+    tokio::select! {
+        _ = terminate.recv() => info!("SIGTERM: draining"),
+        _ = interrupt.recv() => info!("SIGINT: draining"),
+    }
+    trigger.fire();
+    tokio::time::timeout(SHUTDOWN_TIMEOUT, running)
+        .await
+        .map(|_| ())
+        .map_err(|_| StartError::SlowShutdown(SHUTDOWN_TIMEOUT))
+}
+
+/// Where the bridge's token comes from; exactly one source is given (the
+/// command line enforces it).
+fn credentials(args: &RunArgs) -> Result<TokenSource, StartError> {
+    let minted = |key| {
+        TokenSource::minted(
+            key,
+            args.jwt_issuer.clone(),
+            args.jwt_audience.clone(),
+            args.token_ttl,
+        )
+    };
+    if let Some(path) = &args.token_file {
+        return Ok(TokenSource::File(path.clone()));
+    }
+    if let Some(token) = args.token.as_deref().filter(|t| !t.is_empty()) {
+        return Ok(TokenSource::Fixed(token.to_owned()));
+    }
+    if let Some(path) = &args.jwt_key_file {
+        return Ok(minted(signing_key(path, args.jwt_kid.clone())?));
+    }
+    match args.jwt_secret.as_deref().filter(|s| !s.is_empty()) {
+        Some(secret) => Ok(minted(SigningKey::hs256(secret))),
+        None => Err(StartError::NoCredentials),
+    }
+}
+
+/// The private key in `path`.
+pub fn signing_key(path: &std::path::Path, kid: Option<String>) -> Result<SigningKey, StartError> {
+    let fail = |reason: String| StartError::KeyFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let pem = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    SigningKey::from_pem(&pem, kid).map_err(|e| fail(e.to_string()))
+}
+
+/// Reaches the worker once: a certificate that does not verify stops the
+/// bridge here, with the URL; a worker that is merely down is waited for.
+async fn check_worker(worker: &WorkerApi) -> Result<(), StartError> {
+    let url = worker.urls.health();
+    match worker.health().await {
+        Ok(response) if response.status().is_success() => Ok(()),
+        Ok(response) => {
+            warn!(url, status = %response.status(), "the worker's /healthz did not answer 200: is --worker-url right?");
+            Ok(())
+        }
+        Err(e) => match tls::certificate_problem(&e) {
+            Some(reason) => Err(StartError::Certificate { url, reason }),
+            None => {
+                warn!(
+                    url,
+                    "the worker is not reachable yet ({e}); retrying in the background"
+                );
+                Ok(())
+            }
+        },
+    }
+}
+
+/// The task tree, until `stop`; then the producer's queue is flushed.
+async fn tasks(
+    bridge: Arc<Bridge>,
+    sink: Arc<KafkaSink>,
+    listener: tokio::net::TcpListener,
+    stop: Stop,
+) {
+    let endpoint = tokio::spawn(endpoint::serve(
+        listener,
+        bridge.metrics.clone(),
+        stop.clone(),
+    ));
+    let probe = tokio::spawn(probe_kafka(
+        sink.clone(),
+        bridge.metrics.clone(),
+        stop.clone(),
+    ));
+    let rooms = tokio::spawn(registry_link::run(bridge.clone(), stop.clone()));
+    let inbound = tokio::spawn(inbound::run(bridge.clone(), stop.clone()));
+    for (name, task) in [
+        ("room links", rooms),
+        ("inbound", inbound),
+        ("probe", probe),
+        ("endpoint", endpoint),
+    ] {
+        if let Err(e) = task.await {
+            warn!("{name} task failed: {e}");
+        }
+    }
+    if let Err(e) = sink.flush(Duration::from_secs(10)) {
+        warn!("flushing the producer: {e}");
+    }
+    info!("bridge stopped");
+}
+
+async fn probe_kafka(sink: Arc<KafkaSink>, metrics: Arc<Metrics>, mut stop: Stop) {
+    loop {
+        let producer = sink.producer();
+        let up = tokio::task::spawn_blocking(move || reachable(&producer))
+            .await
+            .unwrap_or(false);
+        metrics.set_kafka_up(up);
+        if !stop.sleep(PROBE_INTERVAL).await {
+            return;
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "bridge".into())
+}

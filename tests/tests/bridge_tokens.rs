@@ -1,0 +1,269 @@
+//! End to end, the bridge's credentials in production: short-lived tokens
+//! minted from a private key whose public half is all the worker holds,
+//! with the issuer and audience the worker checks, replaced over the open
+//! links before they expire, so over several lifetimes no link reconnects
+//! and nothing is lost or doubled; and a token issued elsewhere, followed
+//! through its file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use rdkafka::message::Message as _;
+use roomcast_protocol::clock::now_ms;
+use roomcast_protocol::signing::{mint_hs256, TokenSpec};
+use roomcast_tests::records::{collect, header, produce};
+use roomcast_tests::{
+    bridge_binary, fresh_dir, metric, room, BridgeProcess, Broker, Client, Http, Worker, SECRET,
+};
+use serde_json::json;
+use tokio::time::{sleep, Instant};
+
+const TTL_SECS: u64 = 20;
+const ISSUER: &str = "https://auth.roomcast.test";
+const AUDIENCE: &str = "roomcast-e2e";
+const KID: &str = "bridge-e2e";
+
+/// A fresh Ed25519 private key in PEM, as `openssl genpkey` writes it.
+fn key_file() -> PathBuf {
+    let mut seed = [0u8; 32];
+    getrandom::getrandom(&mut seed).expect("randomness");
+    let pair = ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new(seed));
+    let path = fresh_dir("bridge-key").join("key.pem");
+    std::fs::write(&path, pair.sk.to_pem()).expect("write the key");
+    path
+}
+
+/// The worker's JWKS, as the bridge prints it for its key.
+fn jwks(key: &Path) -> String {
+    let out = Command::new(bridge_binary())
+        .arg("--jwt-key-file")
+        .arg(key)
+        .args(["--jwt-kid", KID, "jwks"])
+        .output()
+        .expect("run roomcast-bridge jwks");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("UTF-8")
+        .trim()
+        .to_owned()
+}
+
+/// A user token with the issuer and audience the worker checks.
+fn user_token(sub: &str) -> String {
+    let spec = TokenSpec {
+        sub: sub.into(),
+        rooms: vec!["*".into()],
+        publish: vec!["*".into()],
+        iss: Some(ISSUER.into()),
+        aud: Some(AUDIENCE.into()),
+        ttl_secs: 3600,
+        ..TokenSpec::default()
+    };
+    mint_hs256(SECRET, &spec, now_ms())
+}
+
+#[tokio::test]
+async fn short_tokens_are_replaced_over_open_links() {
+    let key = key_file();
+    let keys = jwks(&key);
+    let worker = Worker::start(&[
+        ("JWT_PUBLIC_KEYS", &keys),
+        ("JWT_ISSUER", ISSUER),
+        ("JWT_AUDIENCE", AUDIENCE),
+        // No slack: a link still on an expired token is closed (4001)
+        // half a second after its `exp`.
+        ("JWT_LEEWAY_SECS", "0"),
+        ("TOKEN_GRACE_MS", "500"),
+    ])
+    .await;
+    let broker = Broker::start().await;
+    let key_arg = key.display().to_string();
+    let ttl = format!("{TTL_SECS}s");
+    let bridge = BridgeProcess::start(
+        &worker,
+        &broker,
+        "tokens",
+        &[
+            "--jwt-key-file",
+            &key_arg,
+            "--jwt-kid",
+            KID,
+            "--jwt-issuer",
+            ISSUER,
+            "--jwt-audience",
+            AUDIENCE,
+            "--token-ttl",
+            &ttl,
+        ],
+    )
+    .await;
+    let out = room("tokens-out");
+    let inbound = room("tokens-in");
+    let events = broker.consumer("roomcast.events");
+    let kafka = broker.producer();
+    let user = user_token("tokens");
+    let mut client =
+        Client::connect(&worker.ws_url(&format!("/v1/rooms/{out}/ws?token={user}"))).await;
+    client.expect("welcome").await;
+
+    // Traffic both ways for three and a quarter token lifetimes, paced at
+    // four messages a second each way.
+    let until = Instant::now() + Duration::from_millis(TTL_SECS * 1000 * 13 / 4);
+    let mut sent = 0u64;
+    while Instant::now() < until {
+        client
+            .send_json(json!({"type": "publish", "data": {"n": sent}, "id": format!("ws-{sent}")}))
+            .await;
+        produce(
+            &kafka,
+            "roomcast.inbound",
+            &inbound,
+            &json!({"n": sent}).to_string(),
+            &[("message-id", &format!("kafka-{sent}"))],
+        )
+        .await;
+        sent += 1;
+        sleep(Duration::from_millis(250)).await;
+    }
+
+    // Every WebSocket message reached Kafka exactly once.
+    let records = collect(&events, Duration::from_secs(60), |got| {
+        got.iter()
+            .filter(|r| r.key() == Some(out.as_bytes()))
+            .count() as u64
+            >= sent
+    })
+    .await;
+    let mut seqs: BTreeMap<u64, usize> = BTreeMap::new();
+    for r in records.iter().filter(|r| r.key() == Some(out.as_bytes())) {
+        let seq = header(r, "seq")
+            .and_then(|s| s.parse().ok())
+            .expect("a seq header");
+        *seqs.entry(seq).or_default() += 1;
+    }
+    assert_eq!(seqs.len() as u64, sent, "every seq reached Kafka");
+    assert!(
+        seqs.values().all(|n| *n == 1),
+        "a message reached Kafka twice: {seqs:?}"
+    );
+
+    // Every Kafka record reached its room exactly once.
+    let http = Http::default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, page) = http
+            .get(
+                &worker.url(&format!("/v1/rooms/{inbound}/messages?since=0&limit=1000")),
+                Some(&user),
+            )
+            .await;
+        assert_eq!(status, 200, "{page}");
+        let ids: Vec<&str> = page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap())
+            .collect();
+        if ids.len() as u64 >= sent {
+            let expected: Vec<String> = (0..sent).map(|n| format!("kafka-{n}")).collect();
+            assert_eq!(ids, expected, "each record once, in order");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {sent} records reached the room",
+            ids.len()
+        );
+        sleep(Duration::from_millis(300)).await;
+    }
+
+    // No link reconnected, for auth or any other reason, and the bridge
+    // really did change tokens under the open links.
+    let text = bridge.metrics_text().await;
+    assert_eq!(
+        metric(
+            &text,
+            &format!("roomcast_bridge_link_reconnects_total{{room=\"{out}\"}}")
+        ),
+        Some(0.0),
+        "{text}"
+    );
+    let log = bridge.service.log();
+    assert!(
+        log.matches("minted a fresh token").count() >= 3,
+        "{}",
+        bridge.service.log_tail()
+    );
+    for lost in ["room link lost", "registry link:", "4001"] {
+        assert!(
+            !log.contains(lost),
+            "{lost:?} in the bridge's log:\n{}",
+            bridge.service.log_tail()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_token_file_is_followed() {
+    let worker = Worker::start(&[("JWT_LEEWAY_SECS", "0"), ("TOKEN_GRACE_MS", "500")]).await;
+    let broker = Broker::start().await;
+    let path = fresh_dir("token-file").join("bridge.jwt");
+    let bridge_token = |ttl_secs| {
+        let spec = TokenSpec {
+            sub: "external-issuer-bridge".into(),
+            role: Some("bridge".into()),
+            ttl_secs,
+            ..TokenSpec::default()
+        };
+        mint_hs256(SECRET, &spec, now_ms())
+    };
+    const FIRST_TTL: u64 = 8;
+    std::fs::write(&path, bridge_token(FIRST_TTL)).unwrap();
+    let first_expires = Instant::now() + Duration::from_secs(FIRST_TTL);
+    let path_arg = path.display().to_string();
+    let bridge =
+        BridgeProcess::start(&worker, &broker, "token-file", &["--token-file", &path_arg]).await;
+    let r = room("token-file");
+    let events = broker.consumer("roomcast.events");
+    let http = Http::default();
+    let user = roomcast_tests::full_token("user");
+    let publish = |n: u64| {
+        let url = worker.url(&format!("/v1/rooms/{r}/messages"));
+        let http = &http;
+        let user = &user;
+        async move {
+            let (status, body) = http.post(&url, user, &json!({"data": n}).to_string()).await;
+            assert_eq!(status, 201, "{body}");
+        }
+    };
+    publish(1).await;
+    collect(&events, Duration::from_secs(30), |got| !got.is_empty()).await;
+
+    // The issuer rotates the file; the first token then expires (a wait
+    // for the clock, not for an event).
+    std::fs::write(&path, bridge_token(3600)).unwrap();
+    tokio::time::sleep_until(first_expires + Duration::from_secs(2)).await;
+    publish(2).await;
+    let records = collect(&events, Duration::from_secs(30), |got| !got.is_empty()).await;
+    assert_eq!(header(&records[0], "seq").as_deref(), Some("2"));
+    let text = bridge.metrics_text().await;
+    assert_eq!(
+        metric(
+            &text,
+            &format!("roomcast_bridge_link_reconnects_total{{room=\"{r}\"}}")
+        ),
+        Some(0.0),
+        "the link outlived the first token without reconnecting:\n{}",
+        bridge.service.log_tail()
+    );
+    assert!(bridge
+        .service
+        .log()
+        .contains("read a new token from the file"));
+}
