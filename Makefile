@@ -10,6 +10,10 @@ SHELL := /bin/bash
 CARGO_BIN        := $(HOME)/.cargo/bin
 WORKER_BUILD_VER := 0.8.7
 TANSU_VER        := 0.6.0
+# dynostore: in-memory brokers; libsql: sqlite storage, the one that keeps
+# SCRAM users (the SASL tests).
+TANSU_FEATURES   := dynostore,libsql
+CARGO_FUZZ_VER   := 0.13.2
 TOOLS_DIR        := $(HOME)/.cache/roomcast/tools
 CHROMIUM         := /usr/bin/chromium
 # wasm-bindgen-cli must match the wasm-bindgen crate exactly: read it from the lock file.
@@ -25,7 +29,7 @@ export CARGO_TERM_COLOR := never
 WORKER_BUNDLE  := build/worker/shim.mjs
 WORKER_SOURCES := $(shell find worker/src protocol/src -name '*.rs') worker/Cargo.toml protocol/Cargo.toml Cargo.toml Cargo.lock
 
-.PHONY: bootstrap build worker bridge dev token test test-unit test-wasm test-e2e test-js lint bench deploy-check clean
+.PHONY: bootstrap build worker bridge dev token test test-unit test-wasm test-fuzz test-e2e test-js lint fuzz bench deploy-check clean
 
 ## bootstrap: install every tool the build and the tests need (idempotent)
 bootstrap: node_modules/.package-lock.json
@@ -36,13 +40,19 @@ bootstrap: node_modules/.package-lock.json
 	  || cargo install wasm-bindgen-cli --version "$(WASM_BINDGEN_VER)" --force
 	@$(CARGO_BIN)/worker-build --version 2>/dev/null | grep -q "$(WORKER_BUILD_VER)" \
 	  || cargo install worker-build --version "$(WORKER_BUILD_VER)" --force
-	@# The end-to-end tests' Kafka-protocol broker (about 15 minutes to build, once).
-	@$(TOOLS_DIR)/bin/tansu --version 2>/dev/null | grep -q "$(TANSU_VER)" \
-	  || cargo install tansu --version "$(TANSU_VER)" --features dynostore --locked --root "$(TOOLS_DIR)" --force
-	@# kcat (watch and feed Kafka topics by hand), Chromium (the browser test) and socat
-	@# (the end-to-end tests' TLS terminator in front of the broker), from Debian.
+	@$(CARGO_BIN)/cargo-fuzz --version 2>/dev/null | grep -qx "cargo-fuzz $(CARGO_FUZZ_VER)" \
+	  || cargo install cargo-fuzz --version "$(CARGO_FUZZ_VER)" --locked --force
+	@# The end-to-end tests' Kafka-protocol broker (about 20 minutes to build, once).
+	@test "$$(cat $(TOOLS_DIR)/tansu.features 2>/dev/null)" = "$(TANSU_VER) $(TANSU_FEATURES)" \
+	  && $(TOOLS_DIR)/bin/tansu --version 2>/dev/null | grep -q "$(TANSU_VER)" \
+	  || { cargo install tansu --version "$(TANSU_VER)" --features "$(TANSU_FEATURES)" --locked --root "$(TOOLS_DIR)" --force \
+	       && echo "$(TANSU_VER) $(TANSU_FEATURES)" > $(TOOLS_DIR)/tansu.features; }
+	@# kcat (watch and feed Kafka topics by hand), Chromium (the browser test), socat
+	@# (the end-to-end tests' TLS terminator in front of the broker) and OpenSSL's
+	@# headers (librdkafka's TLS and SASL), from Debian.
 	@missing=""; command -v kcat >/dev/null || missing="$$missing kcat"; \
 	  command -v socat >/dev/null || missing="$$missing socat"; \
+	  pkg-config --exists openssl 2>/dev/null || missing="$$missing libssl-dev pkg-config"; \
 	  test -x $(CHROMIUM) || missing="$$missing chromium"; \
 	  test -z "$$missing" || { apt-get update -qq && apt-get install -y -qq $$missing; }
 
@@ -84,13 +94,15 @@ token: .dev.vars
 	@cargo run -q -p roomcast-bridge -- --jwt-secret "$$(sed -n 's/^JWT_SECRET=//p' .dev.vars)" \
 	  token --sub "$(SUB)" --rooms '$(ROOMS)' --publish '$(PUBLISH)' --ttl "$(TTL)"
 
-## test: every test: formatting, lints, unit and property tests (native and wasm), end to end, JS client and browser
-test: lint test-unit test-wasm test-e2e test-js
+## test: every test: formatting, lints, unit and property tests (native and wasm), a short fuzz run, end to end, JS client and browser
+test: lint test-unit test-wasm test-fuzz test-e2e test-js
 
 lint: bootstrap
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p roomcast-worker --target wasm32-unknown-unknown -- -D warnings
+	cargo fmt --manifest-path fuzz/Cargo.toml --check
+	cargo clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
 
 test-unit: bootstrap
 	cargo test -p roomcast-protocol -p roomcast-bridge -p roomcast-bench
@@ -98,6 +110,11 @@ test-unit: bootstrap
 test-wasm: bootstrap
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
 	  cargo test -p roomcast-protocol --target wasm32-unknown-unknown
+
+## test-fuzz: every fuzz target (fuzz/) for FUZZ_RUNS inputs from the committed seeds, the same inputs each time
+FUZZ_RUNS ?= 50000
+test-fuzz: bootstrap
+	scripts/fuzz.sh --runs $(FUZZ_RUNS)
 
 test-e2e: worker
 	cargo build -p roomcast-bridge
@@ -107,6 +124,11 @@ test-e2e: worker
 test-js: worker
 	CHROMIUM_PATH=$(CHROMIUM) node --test --test-concurrency=1 --test-timeout=300000 --test-reporter=spec \
 	  clients/js/test/ tests/browser/
+
+## fuzz: every fuzz target for FUZZ_SECONDS each (7 x 90 s: over ten minutes), growing fuzz/corpus; not part of test
+FUZZ_SECONDS ?= 90
+fuzz: bootstrap
+	scripts/fuzz.sh --seconds $(FUZZ_SECONDS)
 
 ## bench: not part of test (see bench/)
 bench: build
@@ -120,4 +142,4 @@ deploy-check: worker
 	@for f in build/deploy-check/*; do printf '%-50s %8d bytes, %8d gzipped\n' "$$f" "$$(wc -c < $$f)" "$$(gzip -9c $$f | wc -c)"; done
 
 clean:
-	rm -rf build target
+	rm -rf build target fuzz/target

@@ -16,8 +16,9 @@ use prometheus::{
 };
 use roomcast_protocol::stats::StatsReport;
 
-/// Every series name of SPEC section 7, which dashboards and alerts may query.
-pub const METRIC_NAMES: [&str; 12] = [
+/// Every series name the bridge exports, which dashboards and alerts may
+/// query (docs/protocol.md, "Metrics").
+pub const METRIC_NAMES: [&str; 15] = [
     "roomcast_room_connections",
     "roomcast_room_messages_total",
     "roomcast_room_deliveries_total",
@@ -30,6 +31,9 @@ pub const METRIC_NAMES: [&str; 12] = [
     "roomcast_bridge_relayed_total",
     "roomcast_bridge_relay_seconds",
     "roomcast_bridge_dlq_total",
+    "roomcast_room_outbox_dropped_total",
+    "roomcast_room_storage_rows_written_total",
+    "roomcast_room_storage_rows_read_total",
 ];
 
 /// Relay directions, the `direction` label.
@@ -138,6 +142,15 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Drops every series of a room that retired.
+    pub fn forget_room(&self, room: &str) {
+        let _ = self.link_up.remove_label_values(&[room]);
+        let _ = self.link_reconnects.remove_label_values(&[room]);
+        let _ = self.outbox_pending.remove_label_values(&[room]);
+        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        rooms.remove(room);
+    }
+
     /// Records a room's latest counters.
     pub fn room_stats(&self, report: StatsReport) {
         self.outbox_pending
@@ -284,6 +297,27 @@ fn render_rooms(text: &mut String, rooms: &BTreeMap<String, StatsReport>) {
             r.counters.reconnects_total
         );
     }
+    let mut per_room = |name: &str, help: &str, value: fn(&StatsReport) -> u64| {
+        family(text, name, "counter", help);
+        for (room, r) in rooms {
+            let _ = writeln!(text, "{name}{{room=\"{}\"}} {}", escape(room), value(r));
+        }
+    };
+    per_room(
+        "roomcast_room_outbox_dropped_total",
+        "Messages trimmed before the bridge confirmed them (outbox over OUTBOX_LIMIT)",
+        |r| r.counters.outbox_dropped_total,
+    );
+    per_room(
+        "roomcast_room_storage_rows_written_total",
+        "SQLite rows the room wrote",
+        |r| r.counters.storage.rows_written,
+    );
+    per_room(
+        "roomcast_room_storage_rows_read_total",
+        "SQLite rows the room read",
+        |r| r.counters.storage.rows_read,
+    );
     family(
         text,
         "roomcast_room_connection_seconds",

@@ -36,6 +36,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 enum End {
     /// Another instance took the room over (4009): do not reconnect.
     Superseded,
+    /// The room retired (4010): its series go; the registry announces it
+    /// again when it has a message.
+    Retired,
     /// The bridge is shutting down.
     Stopped,
     /// Anything else: reconnect with backoff.
@@ -44,10 +47,10 @@ enum End {
 
 impl From<LinkError> for End {
     fn from(e: LinkError) -> End {
-        if e.close_code() == Some(CloseCode::Superseded.code()) {
-            End::Superseded
-        } else {
-            End::Lost(e.to_string())
+        match e.close_code() {
+            Some(code) if code == CloseCode::Superseded.code() => End::Superseded,
+            Some(code) if code == CloseCode::Retired.code() => End::Retired,
+            _ => End::Lost(e.to_string()),
         }
     }
 }
@@ -73,6 +76,11 @@ pub async fn run(bridge: Arc<Bridge>, room: String, mut stop: Stop) {
         match end {
             End::Superseded => {
                 info!(room, "room link superseded by another bridge instance");
+                return;
+            }
+            End::Retired => {
+                info!(room, "room retired");
+                bridge.metrics.forget_room(&room);
                 return;
             }
             End::Stopped => return,

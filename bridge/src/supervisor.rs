@@ -43,6 +43,16 @@ pub async fn run(args: RunArgs) -> Result<(), StartError> {
     let tokens = credentials(&args)?.start(stop.clone())?;
     let worker = Arc::new(WorkerApi::new(urls.clone(), tls.clone(), tokens.clone()));
     check_worker(&worker).await?;
+    // `/healthz` answers from here on (503 until everything is up), so an
+    // orchestrator sees a bridge that is starting, not a dead one.
+    let metrics = Arc::new(Metrics::default());
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: args.metrics_addr,
+            source,
+        })?;
+    let endpoint = tokio::spawn(endpoint::serve(listener, metrics.clone(), stop.clone()));
 
     let config = KafkaConfig::load(args.kafka_config_file.as_deref(), &args.kafka_config)?;
     if !config.describe().is_empty() {
@@ -74,13 +84,7 @@ pub async fn run(args: RunArgs) -> Result<(), StartError> {
         instance: instance.clone(),
     };
     if !args.embedded_kafka {
-        match tokio::time::timeout(TOPICS_TIMEOUT, kafka.ensure_topics(&kafka.topics())).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!("could not make sure the topics exist (continuing): {e}"),
-            Err(_) => {
-                warn!("Kafka did not answer topic creation within {TOPICS_TIMEOUT:?} (continuing)")
-            }
-        }
+        tokio::spawn(create_topics(kafka.clone()));
     }
     let sink = Arc::new(
         KafkaSink::new(kafka.clone()).map_err(|source| StartError::Kafka {
@@ -88,12 +92,6 @@ pub async fn run(args: RunArgs) -> Result<(), StartError> {
             source,
         })?,
     );
-    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: args.metrics_addr,
-            source,
-        })?;
 
     let bridge = Arc::new(Bridge {
         instance: instance.clone(),
@@ -103,10 +101,10 @@ pub async fn run(args: RunArgs) -> Result<(), StartError> {
         worker,
         kafka,
         sink: sink.clone(),
-        metrics: Arc::new(Metrics::default()),
+        metrics,
     });
     info!(instance, worker = args.worker_url, metrics = %args.metrics_addr, "bridge running");
-    let running = tokio::spawn(tasks(bridge, sink, listener, stop));
+    let running = tokio::spawn(tasks(bridge, sink, endpoint, stop));
     tokio::select! {
         _ = terminate.recv() => info!("SIGTERM: draining"),
         _ = interrupt.recv() => info!("SIGINT: draining"),
@@ -177,18 +175,24 @@ async fn check_worker(worker: &WorkerApi) -> Result<(), StartError> {
     }
 }
 
+/// Creates the topics that are missing, in the background: a cluster that is
+/// slow to answer (or refuses the bridge's credentials) must not hold the
+/// bridge's start, and `/healthz` and the log say what is wrong meanwhile.
+async fn create_topics(kafka: Kafka) {
+    match tokio::time::timeout(TOPICS_TIMEOUT, kafka.ensure_topics(&kafka.topics())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!("could not make sure the topics exist: {e}"),
+        Err(_) => warn!("Kafka did not answer topic creation within {TOPICS_TIMEOUT:?}"),
+    }
+}
+
 /// The task tree, until `stop`; then the producer's queue is flushed.
 async fn tasks(
     bridge: Arc<Bridge>,
     sink: Arc<KafkaSink>,
-    listener: tokio::net::TcpListener,
+    endpoint: tokio::task::JoinHandle<()>,
     stop: Stop,
 ) {
-    let endpoint = tokio::spawn(endpoint::serve(
-        listener,
-        bridge.metrics.clone(),
-        stop.clone(),
-    ));
     let probe = tokio::spawn(probe_kafka(
         sink.clone(),
         bridge.metrics.clone(),

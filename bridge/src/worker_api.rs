@@ -19,8 +19,9 @@ use serde_json::value::RawValue;
 
 use crate::token::Tokens;
 
-/// roomcast's codes that are about the records themselves.
-const RECORD_CODES: [&str; 2] = ["bad_format", "too_large"];
+/// roomcast's codes that are about the records themselves: the content,
+/// or an id another publisher holds in the room.
+const RECORD_CODES: [&str; 3] = ["bad_format", "too_large", "id_conflict"];
 /// How long one publish may take.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -97,6 +97,22 @@ pub struct Identity {
     pub rights: Rights,
 }
 
+impl Identity {
+    /// The identity as one header value (base64url of its JSON), for the
+    /// hop from the router to the room: a header carries Latin-1 at best, a
+    /// subject or a room pattern may be in any script.
+    pub fn to_header(&self) -> String {
+        let json = serde_json::to_vec(self).expect("an identity is plain data");
+        URL_SAFE_NO_PAD.encode(json)
+    }
+
+    /// Reads [`Identity::to_header`]'s form back.
+    pub fn from_header(value: &str) -> Option<Identity> {
+        let json = URL_SAFE_NO_PAD.decode(value.trim()).ok()?;
+        serde_json::from_slice(&json).ok()
+    }
+}
+
 /// A public key from the JWKS, tagged with the algorithm it verifies.
 enum PublicKey {
     Ed25519(ed25519_compact::PublicKey),
@@ -331,12 +347,29 @@ pub fn unverified_expiry(token: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::expiry_close_ms;
+    use super::*;
 
     #[test]
     fn expiry_close_adds_leeway_then_grace() {
         assert_eq!(expiry_close_ms(1_000, 30, 10_000), 1_040_000);
         assert_eq!(expiry_close_ms(1_000, 0, 0), 1_000_000);
         assert_eq!(expiry_close_ms(u64::MAX, 30, 1), u64::MAX);
+    }
+
+    #[test]
+    fn identities_of_any_script_survive_the_header() {
+        let identity = Identity {
+            sub: "Łukasz-東京".into(),
+            exp: 9,
+            rights: Rights {
+                rooms: vec!["café.*".into()],
+                publish: vec!["*".into()],
+                bridge: false,
+            },
+        };
+        let header = identity.to_header();
+        assert!(header.is_ascii());
+        assert_eq!(Identity::from_header(&header), Some(identity));
+        assert_eq!(Identity::from_header("not base64 {}"), None);
     }
 }

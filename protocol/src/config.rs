@@ -1,4 +1,5 @@
-//! Worker configuration (SPEC section 8), read from any name → value lookup.
+//! Worker configuration (docs/protocol.md, "Configuration"), read from any
+//! name → value lookup.
 //!
 //! The worker passes a closure over its `Env` (so `wrangler.toml` vars,
 //! `.dev.vars` and `wrangler dev --var` all apply); tests pass a map. Bad
@@ -25,6 +26,11 @@ pub struct Limits {
     pub history_ttl_secs: u64,
     /// Messages a room holds for a bridge that has not confirmed them.
     pub outbox_limit: u64,
+    /// WebSockets one subject may hold open in the room.
+    pub max_connections_per_subject: u32,
+    /// How long a room with no sockets and nothing pending waits after its
+    /// last message before it retires.
+    pub room_retire_ms: u64,
 }
 
 impl Default for Limits {
@@ -41,6 +47,8 @@ impl Default for Limits {
             history_limit: 1000,
             history_ttl_secs: 86_400,
             outbox_limit: 100_000,
+            max_connections_per_subject: 16,
+            room_retire_ms: 7 * 86_400_000,
         }
     }
 }
@@ -58,6 +66,8 @@ pub struct RoomPolicy {
     pub rate_strikes: Option<u32>,
     pub history_limit: Option<u64>,
     pub history_ttl_secs: Option<u64>,
+    pub max_connections_per_subject: Option<u32>,
+    pub room_retire_ms: Option<u64>,
 }
 
 impl RoomPolicy {
@@ -70,6 +80,8 @@ impl RoomPolicy {
             rate_strikes,
             history_limit,
             history_ttl_secs,
+            max_connections_per_subject,
+            room_retire_ms,
             ..
         } = limits;
         set(max_message_bytes, self.max_message_bytes);
@@ -79,6 +91,11 @@ impl RoomPolicy {
         set(rate_strikes, self.rate_strikes);
         set(history_limit, self.history_limit);
         set(history_ttl_secs, self.history_ttl_secs);
+        set(
+            max_connections_per_subject,
+            self.max_connections_per_subject,
+        );
+        set(room_retire_ms, self.room_retire_ms);
     }
 }
 
@@ -96,7 +113,15 @@ pub struct Config {
     /// Origins allowed to open WebSockets; empty means any.
     pub allowed_origins: Vec<String>,
     pub auth: VerifierConfig,
+    /// Largest request body the worker reads.
+    pub max_body_bytes: u64,
+    /// A bridge relays this deployment (`BRIDGE = "on"`): every room is an
+    /// outbox from its first message, not only once a bridge linked to it.
+    pub bridge: bool,
 }
+
+/// Default of `MAX_BODY_BYTES`.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 4 * 1024 * 1024;
 
 /// A configuration variable with an unusable value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -128,6 +153,12 @@ impl Config {
             history_limit: number(&get, "HISTORY_LIMIT", d.history_limit)?,
             history_ttl_secs: number(&get, "HISTORY_TTL_SECS", d.history_ttl_secs)?,
             outbox_limit: number(&get, "OUTBOX_LIMIT", d.outbox_limit)?,
+            max_connections_per_subject: number(
+                &get,
+                "MAX_CONNECTIONS_PER_SUBJECT",
+                d.max_connections_per_subject,
+            )?,
+            room_retire_ms: number(&get, "ROOM_RETIRE_MS", d.room_retire_ms)?,
         };
         let policies = match get("ROOM_POLICIES") {
             None => Vec::new(),
@@ -151,11 +182,23 @@ impl Config {
             audience: get("JWT_AUDIENCE"),
             leeway_secs: number(&get, "JWT_LEEWAY_SECS", 30)?,
         };
+        let bridge = match get("BRIDGE").as_deref() {
+            None | Some("off") => false,
+            Some("on") => true,
+            Some(other) => {
+                return Err(ConfigError {
+                    name: "BRIDGE",
+                    reason: format!("{other:?} is neither \"on\" nor \"off\""),
+                })
+            }
+        };
         Ok(Config {
             defaults,
             policies,
             allowed_origins,
             auth,
+            max_body_bytes: number(&get, "MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)?,
+            bridge,
         })
     }
 
@@ -231,6 +274,9 @@ mod tests {
         );
         let err = config(&[("HISTORY_LIMIT", "lots")]).unwrap_err();
         assert_eq!(err.name, "HISTORY_LIMIT");
+        assert_eq!(config(&[("BRIDGE", "yes")]).unwrap_err().name, "BRIDGE");
+        assert!(config(&[("BRIDGE", "on")]).unwrap().bridge);
+        assert_eq!(config(&[]).unwrap().max_body_bytes, 4 * 1024 * 1024);
     }
 
     #[test]

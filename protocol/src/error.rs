@@ -1,4 +1,4 @@
-//! Error and close codes of SPEC sections 2 and 3.
+//! Error and close codes (docs/protocol.md, "Errors" and "Close codes").
 //!
 //! One enum for every code a client can see, so the HTTP status, the JSON
 //! `code` string and the WebSocket `error` frame can never disagree.
@@ -21,6 +21,8 @@ pub enum ErrorCode {
     BadFormat,
     TooLarge,
     RateLimited,
+    TooManyConnections,
+    IdConflict,
     BadToken,
     Internal,
 }
@@ -39,6 +41,8 @@ impl ErrorCode {
             ErrorCode::BadFormat => "bad_format",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::IdConflict => "id_conflict",
             ErrorCode::BadToken => "bad_token",
             ErrorCode::Internal => "internal",
         }
@@ -52,9 +56,10 @@ impl ErrorCode {
             ErrorCode::Forbidden | ErrorCode::BadOrigin => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::IdConflict => 409,
             ErrorCode::TooLarge => 413,
             ErrorCode::UpgradeRequired => 426,
-            ErrorCode::RateLimited => 429,
+            ErrorCode::RateLimited | ErrorCode::TooManyConnections => 429,
             ErrorCode::Internal => 500,
         }
     }
@@ -79,6 +84,9 @@ pub enum CloseCode {
     RightsRevoked = 4003,
     IdleTimeout = 4008,
     Superseded = 4009,
+    /// Bridge links only: the room retired (idle, nothing pending); the
+    /// registry announces it again when it has a message.
+    Retired = 4010,
     RateLimited = 4029,
 }
 
@@ -99,6 +107,7 @@ impl CloseCode {
             CloseCode::RightsRevoked => "rights revoked",
             CloseCode::IdleTimeout => "no heartbeat",
             CloseCode::Superseded => "superseded",
+            CloseCode::Retired => "room retired",
             CloseCode::RateLimited => "rate limit exceeded",
         }
     }
@@ -114,6 +123,8 @@ mod tests {
             ErrorCode::BadRoom,
             ErrorCode::UpgradeRequired,
             ErrorCode::RateLimited,
+            ErrorCode::TooManyConnections,
+            ErrorCode::IdConflict,
         ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));

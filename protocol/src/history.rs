@@ -1,13 +1,47 @@
-//! History and resume arithmetic (SPEC sections 2 and 3).
+//! History and resume arithmetic (docs/protocol.md, "History and resume").
 //!
 //! A room's history is the contiguous run of sequence numbers
 //! `oldest..=head` that is still stored. Whether a reconnecting client can
-//! resume without a gap, and which rows to trim, are plain arithmetic on
-//! those numbers, kept here so the Durable Object only runs the queries.
+//! resume without a gap, how much of it one turn may carry, and which rows
+//! to trim are plain arithmetic on those numbers, kept here so the Durable
+//! Object only runs the queries.
+//!
+//! One turn of a room never carries more than [`TURN_BYTES`] of message
+//! data, whatever the message sizes or the history length: a page of
+//! `GET /messages` stops there, a resume that would replay more is told to
+//! page through HTTP instead, and the bridge link is fed in windows.
 
 /// Default and maximum page size of `GET /messages`.
 pub const DEFAULT_PAGE: u64 = 100;
 pub const MAX_PAGE: u64 = 1000;
+
+/// The most message data (bytes of `data`) one turn reads or sends: a page,
+/// a replay on connect, a step of the bridge link's window.
+pub const TURN_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The most messages a connect replays before any live one; a longer
+/// resume is handed to HTTP paging (see [`replay_route`]).
+pub const MAX_REPLAY: u64 = 1000;
+
+/// How a resuming client gets the messages it missed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// On the socket, right after `welcome`, before any live message.
+    Socket { after: u64 },
+    /// Too much for one turn: the client pages `GET /messages?since=after`
+    /// up to the welcome's `head`; live messages after it arrive on the
+    /// socket meanwhile.
+    Http { after: u64 },
+}
+
+/// Routes a replay of `count` messages holding `bytes` of data.
+pub fn replay_route(after: u64, count: u64, bytes: u64) -> Replay {
+    if count <= MAX_REPLAY && bytes <= TURN_BYTES {
+        Replay::Socket { after }
+    } else {
+        Replay::Http { after }
+    }
+}
 
 /// What the room stores, by sequence number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +124,24 @@ pub fn trim_ceiling(head: u64, floor: u64, outbox: Option<Outbox>) -> u64 {
             .min(outbox.cursor)
             .max(count_floor(head, outbox.limit).min(floor)),
     }
+}
+
+/// Whether `stored` messages have outgrown `limit` by enough to trim. The
+/// room lets a little slack accumulate so that one DELETE removes many rows
+/// and the publish path runs it rarely.
+pub fn count_trim_due(stored: u64, limit: u64) -> bool {
+    stored > limit.saturating_add(trim_slack(limit))
+}
+
+fn trim_slack(limit: u64) -> u64 {
+    (limit / 10).clamp(16, 1000)
+}
+
+/// The unconfirmed messages a trim up to `ceiling` drops: the outbox was
+/// full, and these never reached the bridge. `None` when none are lost.
+pub fn dropped_unconfirmed(ceiling: u64, outbox: Option<Outbox>) -> Option<(u64, u64)> {
+    let outbox = outbox?;
+    (ceiling > outbox.cursor).then(|| (outbox.cursor + 1, ceiling))
 }
 
 /// Oldest timestamp (ms) the time limit keeps.
@@ -199,6 +251,36 @@ mod tests {
             "but never more than the outbox limit"
         );
         assert_eq!(trim_ceiling(5, 40, None), 5);
+    }
+
+    #[test]
+    fn long_resumes_go_to_http() {
+        assert_eq!(replay_route(5, 10, 1000), Replay::Socket { after: 5 });
+        assert_eq!(
+            replay_route(5, MAX_REPLAY + 1, 10),
+            Replay::Http { after: 5 }
+        );
+        assert_eq!(
+            replay_route(5, 2, TURN_BYTES + 1),
+            Replay::Http { after: 5 }
+        );
+    }
+
+    #[test]
+    fn trims_wait_for_slack_and_report_what_the_bridge_lost() {
+        assert!(!count_trim_due(1100, 1000));
+        assert!(count_trim_due(1101, 1000));
+        assert!(
+            !count_trim_due(16, 0) && count_trim_due(17, 0),
+            "a zero limit trims past 16"
+        );
+        let outbox = Some(Outbox {
+            cursor: 10,
+            limit: 100,
+        });
+        assert_eq!(dropped_unconfirmed(10, outbox), None);
+        assert_eq!(dropped_unconfirmed(25, outbox), Some((11, 25)));
+        assert_eq!(dropped_unconfirmed(25, None), None);
     }
 
     #[test]

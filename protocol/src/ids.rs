@@ -40,6 +40,28 @@ pub fn epoch() -> String {
     format!("e_{}", hex(&random_bytes::<8>()))
 }
 
+/// The prefix of the ids the bridge gives Kafka records without a
+/// `message-id` header (`kafka:<topic>:<partition>:<offset>`). They are
+/// predictable, so only a bridge token may publish an id of this form:
+/// anyone else could claim the id of a record before it arrives.
+pub const BRIDGE_ID_PREFIX: &str = "kafka:";
+
+/// Is `id` of the form reserved for the bridge?
+pub fn reserved_for_bridge(id: &str) -> bool {
+    id.starts_with(BRIDGE_ID_PREFIX)
+}
+
+/// A short, stable tag naming a subject among a room's sockets, to count a
+/// subject's connections: socket tags are short ASCII, subjects are not.
+/// FNV-1a over the subject; subjects come from signed tokens, so nobody can
+/// pick one to collide with another's.
+pub fn subject_tag(sub: &str) -> String {
+    let hash = sub.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("s:{hash:016x}")
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -55,6 +77,16 @@ mod tests {
         assert_eq!(a.len(), 36);
         assert_eq!(&a[14..15], "7");
         assert!(a < b);
+    }
+
+    #[test]
+    fn subject_tags_are_short_ascii_and_stable() {
+        let tag = subject_tag("Łukasz-東京");
+        assert_eq!(tag.len(), 18);
+        assert!(tag.is_ascii());
+        assert_eq!(tag, subject_tag("Łukasz-東京"));
+        assert_ne!(tag, subject_tag("Lukasz-東京"));
+        assert!(reserved_for_bridge("kafka:t:0:1") && !reserved_for_bridge("k:1"));
     }
 
     #[test]

@@ -1,18 +1,25 @@
-//! Rate limiting (SPEC section 3): a token bucket per connection whose refill
-//! rate adapts to the room's load.
+//! Rate limiting (docs/protocol.md, "Limits"): a token bucket per subject
+//! in each room, whose refill rate adapts to the room's load.
 //!
-//! The per-connection state ([`Bucket`]) is small and serializable because the
-//! worker keeps it in the WebSocket attachment, which survives hibernation.
-//! The room-wide state ([`RoomBudget`]) lives in memory: losing it when a room
-//! hibernates only forgets a load measurement that a hibernating room does
-//! not have anyway.
+//! The bucket belongs to the subject (the token's `sub`), not to a
+//! connection, so reconnecting does not refill it and sixteen connections
+//! share one budget; WebSocket publishes, HTTP publishes (one token per
+//! message of a batch) and `auth` frames all draw from it. The state lives in
+//! the room's memory ([`Limiter`]): a room that hibernates has been idle for
+//! longer than any bucket takes to fill, so what eviction forgets is a full
+//! bucket, which is what a subject starts with anyway. For the same reason a
+//! bucket that is full again is forgotten, which bounds the memory by the
+//! subjects active in the last few seconds.
 
-use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
 use crate::config::Limits;
 
-/// One connection's token bucket and strike counter.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// How many subjects a room tracks before it forgets the full buckets.
+const FORGET_ABOVE: usize = 1024;
+
+/// One subject's token bucket and strike counter.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Bucket {
     tokens: f64,
     last_ms: u64,
@@ -42,14 +49,32 @@ impl Bucket {
         self.last_ms = self.last_ms.max(now_ms);
     }
 
-    fn take(&mut self, now_ms: u64, per_sec: f64, burst: u32) -> bool {
+    /// Takes `n` tokens, all or none; otherwise how long (ms) until `n`
+    /// would be there (a batch larger than the burst never fits: it is told
+    /// to wait for a full bucket, and splitting is up to the sender).
+    fn take(&mut self, n: u32, now_ms: u64, per_sec: f64, burst: u32) -> Result<(), u64> {
         self.refill(now_ms, per_sec, burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
+        let n = f64::from(n);
+        if self.tokens >= n {
+            self.tokens -= n;
+            return Ok(());
         }
+        let missing = n.min(f64::from(burst)) - self.tokens;
+        let wait_ms = if per_sec > 0.0 {
+            (missing.max(0.0) / per_sec * 1000.0).ceil() as u64
+        } else {
+            u64::MAX
+        };
+        Err(wait_ms.max(1))
+    }
+
+    /// Whether the bucket is full again at `now_ms`, i.e. indistinguishable
+    /// from a fresh one, with no run of limited publishes in progress.
+    fn idle(&self, now_ms: u64, per_sec: f64, burst: u32) -> bool {
+        let elapsed = now_ms.saturating_sub(self.last_ms) as f64 / 1000.0;
+        let full = self.tokens + elapsed * per_sec >= f64::from(burst);
+        let striking = now_ms.saturating_sub(self.last_limited_ms) <= 1000;
+        full && !striking
     }
 
     /// Records a rate-limited frame; returns for how long (ms) the connection
@@ -119,20 +144,39 @@ impl RoomBudget {
     }
 }
 
-/// What the limiter decided about one publish.
+/// What the limiter decided about a publish (or an `auth` frame).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
     Accepted,
-    /// Over the limit: reject this frame with `rate_limited`.
-    Limited,
-    /// Over the limit for `rate_strikes` seconds on end: close with 4029.
-    Close,
+    /// Over the limit: refuse with `rate_limited`; `n` tokens are there
+    /// again after `retry_after_ms` (the HTTP `Retry-After`).
+    Limited {
+        retry_after_ms: u64,
+    },
+    /// Over the limit for `rate_strikes` seconds on end: a WebSocket is
+    /// closed with 4029 (HTTP answers as for `Limited`).
+    Close {
+        retry_after_ms: u64,
+    },
 }
 
-/// Decides one publish from `bucket` in a room measured by `budget`.
+impl Admission {
+    /// How long to wait, when refused.
+    pub fn retry_after_ms(self) -> Option<u64> {
+        match self {
+            Admission::Accepted => None,
+            Admission::Limited { retry_after_ms } | Admission::Close { retry_after_ms } => {
+                Some(retry_after_ms)
+            }
+        }
+    }
+}
+
+/// Decides `n` publishes at once from `bucket` in a room measured by `budget`.
 pub fn admit(
     bucket: &mut Bucket,
     budget: &mut RoomBudget,
+    n: u32,
     limits: &Limits,
     now_ms: u64,
 ) -> Admission {
@@ -140,15 +184,61 @@ pub fn admit(
     if bucket.enter_window(budget.window) {
         budget.publishers += 1;
     }
-    budget.demand = budget.demand.saturating_add(1);
-    if bucket.take(now_ms, budget.rate(limits.rate_per_sec), limits.rate_burst) {
-        budget.accepted = budget.accepted.saturating_add(1);
-        return Admission::Accepted;
+    budget.demand = budget.demand.saturating_add(n);
+    let rate = budget.rate(limits.rate_per_sec);
+    match bucket.take(n, now_ms, rate, limits.rate_burst) {
+        Ok(()) => {
+            budget.accepted = budget.accepted.saturating_add(n);
+            Admission::Accepted
+        }
+        Err(retry_after_ms) => {
+            if bucket.strike(now_ms) >= u64::from(limits.rate_strikes.max(1)) * 1000 {
+                Admission::Close { retry_after_ms }
+            } else {
+                Admission::Limited { retry_after_ms }
+            }
+        }
     }
-    if bucket.strike(now_ms) >= u64::from(limits.rate_strikes.max(1)) * 1000 {
-        Admission::Close
-    } else {
-        Admission::Limited
+}
+
+/// A room's rate state: a bucket per subject and the room's load.
+#[derive(Debug, Default)]
+pub struct Limiter {
+    subjects: HashMap<String, Bucket>,
+    room: RoomBudget,
+}
+
+impl Limiter {
+    /// Decides `n` publishes (or one `auth` frame) by `subject`.
+    pub fn admit(&mut self, subject: &str, n: u32, limits: &Limits, now_ms: u64) -> Admission {
+        if self.subjects.len() >= FORGET_ABOVE {
+            self.forget_idle(limits, now_ms);
+        }
+        let bucket = self
+            .subjects
+            .entry(subject.to_owned())
+            .or_insert_with(|| Bucket::new(limits.rate_burst, now_ms));
+        admit(bucket, &mut self.room, n, limits, now_ms)
+    }
+
+    /// Counts publishes no budget limits (the bridge's, from Kafka) in the
+    /// room's load, so a flood from Kafka still turns on fair share for the
+    /// room's other publishers.
+    pub fn count_unlimited(&mut self, n: u32, limits: &Limits, now_ms: u64) {
+        self.room.roll(now_ms, limits.room_rate_per_sec);
+        self.room.demand = self.room.demand.saturating_add(n);
+        self.room.accepted = self.room.accepted.saturating_add(n);
+    }
+
+    /// Subjects tracked now.
+    pub fn subjects(&self) -> usize {
+        self.subjects.len()
+    }
+
+    fn forget_idle(&mut self, limits: &Limits, now_ms: u64) {
+        let rate = self.room.rate(limits.rate_per_sec);
+        self.subjects
+            .retain(|_, bucket| !bucket.idle(now_ms, rate, limits.rate_burst));
     }
 }
 
@@ -165,16 +255,76 @@ mod tests {
         }
     }
 
+    fn one(b: &mut Bucket, room: &mut RoomBudget, l: &Limits, now: u64) -> Admission {
+        admit(b, room, 1, l, now)
+    }
+
     #[test]
     fn burst_then_refill() {
         let l = limits(10, 5, 1000);
         let (mut b, mut room) = (Bucket::new(5, 0), RoomBudget::default());
         for _ in 0..5 {
-            assert_eq!(admit(&mut b, &mut room, &l, 0), Admission::Accepted);
+            assert_eq!(one(&mut b, &mut room, &l, 0), Admission::Accepted);
         }
-        assert_eq!(admit(&mut b, &mut room, &l, 0), Admission::Limited);
-        assert_eq!(admit(&mut b, &mut room, &l, 100), Admission::Accepted);
-        assert_eq!(admit(&mut b, &mut room, &l, 100), Admission::Limited);
+        assert_eq!(
+            one(&mut b, &mut room, &l, 0),
+            Admission::Limited {
+                retry_after_ms: 100
+            }
+        );
+        assert_eq!(one(&mut b, &mut room, &l, 100), Admission::Accepted);
+        assert!(matches!(
+            one(&mut b, &mut room, &l, 100),
+            Admission::Limited { .. }
+        ));
+    }
+
+    #[test]
+    fn a_batch_takes_all_its_tokens_or_none() {
+        let l = limits(10, 20, 1000);
+        let (mut b, mut room) = (Bucket::new(20, 0), RoomBudget::default());
+        assert_eq!(admit(&mut b, &mut room, 15, &l, 0), Admission::Accepted);
+        assert_eq!(
+            admit(&mut b, &mut room, 10, &l, 0),
+            Admission::Limited {
+                retry_after_ms: 500
+            },
+            "5 left, 5 more in half a second"
+        );
+        assert_eq!(admit(&mut b, &mut room, 10, &l, 500), Admission::Accepted);
+        assert_eq!(
+            admit(&mut b, &mut room, 100, &l, 10_000)
+                .retry_after_ms()
+                .unwrap(),
+            1,
+            "over the burst: wait for a full bucket (it is full)"
+        );
+    }
+
+    #[test]
+    fn the_budget_belongs_to_the_subject() {
+        let l = limits(1, 3, 1000);
+        let mut limiter = Limiter::default();
+        for _ in 0..3 {
+            assert_eq!(limiter.admit("alice", 1, &l, 0), Admission::Accepted);
+        }
+        assert!(matches!(
+            limiter.admit("alice", 1, &l, 0),
+            Admission::Limited { .. }
+        ));
+        assert_eq!(limiter.admit("bob", 1, &l, 0), Admission::Accepted);
+    }
+
+    #[test]
+    fn full_buckets_are_forgotten() {
+        let l = limits(10, 1, 1_000_000);
+        let mut limiter = Limiter::default();
+        for n in 0..FORGET_ABOVE {
+            limiter.admit(&format!("s{n}"), 1, &l, 0);
+        }
+        assert_eq!(limiter.subjects(), FORGET_ABOVE);
+        limiter.admit("late", 1, &l, 5_000);
+        assert_eq!(limiter.subjects(), 1, "every earlier bucket refilled");
     }
 
     /// Sends a frame every 100 ms from `from_ms` and returns when the
@@ -182,7 +332,7 @@ mod tests {
     fn first_close(b: &mut Bucket, room: &mut RoomBudget, l: &Limits, from_ms: u64) -> u64 {
         (from_ms..from_ms + 10_000)
             .step_by(100)
-            .find(|t| admit(b, room, l, *t) == Admission::Close)
+            .find(|t| matches!(one(b, room, l, *t), Admission::Close { .. }))
             .expect("never closed")
     }
 
@@ -198,8 +348,11 @@ mod tests {
     fn a_pause_ends_the_run() {
         let l = limits(1, 1, 1000);
         let (mut b, mut room) = (Bucket::new(0, 0), RoomBudget::default());
-        assert_eq!(admit(&mut b, &mut room, &l, 0), Admission::Limited);
-        assert_eq!(admit(&mut b, &mut room, &l, 2_500), Admission::Accepted);
+        assert!(matches!(
+            one(&mut b, &mut room, &l, 0),
+            Admission::Limited { .. }
+        ));
+        assert_eq!(one(&mut b, &mut room, &l, 2_500), Admission::Accepted);
         assert_eq!(first_close(&mut b, &mut room, &l, 2_600), 5_600);
     }
 
@@ -215,11 +368,11 @@ mod tests {
         ];
         for b in conns.iter_mut() {
             for _ in 0..20 {
-                admit(b, &mut room, &l, 0);
+                one(b, &mut room, &l, 0);
             }
         }
         assert!(!room.constrained());
-        admit(&mut conns[0], &mut room, &l, 1000);
+        one(&mut conns[0], &mut room, &l, 1000);
         assert!(room.constrained());
         assert_eq!(room.rate(100), 10.0);
         assert_eq!(room.rate(5), 5.0);

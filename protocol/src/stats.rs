@@ -1,5 +1,5 @@
-//! A room's counters (SPEC section 7), as served by `GET /stats` and sent to
-//! the bridge.
+//! A room's counters (docs/protocol.md, "Metrics"), as served by `GET /stats`
+//! and sent to the bridge.
 //!
 //! The room persists them as one JSON document so they survive hibernation and
 //! restarts; the bridge turns them into Prometheus series.
@@ -60,6 +60,22 @@ pub struct RoomStats {
     pub reconnects_total: u64,
     /// Lifetime of closed connections, seconds.
     pub connection_seconds: Histogram,
+    /// Messages trimmed before the bridge confirmed them (the outbox was
+    /// over `OUTBOX_LIMIT`): they never reached Kafka.
+    #[serde(default)]
+    pub outbox_dropped_total: u64,
+    /// The room's SQLite work.
+    #[serde(default)]
+    pub storage: StorageStats,
+}
+
+/// Statements run and rows read and written on a room's SQLite storage
+/// (cumulative), as the runtime counts them for billing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageStats {
+    pub statements: u64,
+    pub rows_read: u64,
+    pub rows_written: u64,
 }
 
 /// Every origin and every reason a client frame is rejected for start at
@@ -82,6 +98,8 @@ impl Default for RoomStats {
             rejects_total: zeros(FRAME_REJECTS.map(ErrorCode::as_str)),
             reconnects_total: 0,
             connection_seconds: Histogram::new(&CONNECTION_SECONDS_BUCKETS),
+            outbox_dropped_total: 0,
+            storage: StorageStats::default(),
         }
     }
 }

@@ -289,6 +289,18 @@ pub struct Welcome {
     /// Bridge links only: the highest seq the bridge has confirmed to Kafka.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<u64>,
+    /// The missed messages were too many to replay on the socket: page
+    /// `GET /messages?since=<since>` until `head`; live messages after
+    /// `head` arrive on this socket as usual.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catch_up: Option<CatchUp>,
+}
+
+/// Where a resuming client pages its missed messages from (see [`Welcome`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatchUp {
+    pub since: u64,
+    pub until: u64,
 }
 
 /// Frames the server sends, tagged by `type`: to clients, and to the bridge
@@ -650,6 +662,7 @@ mod tests {
             },
             exp: 5,
             cursor: Some(2),
+            catch_up: Some(CatchUp { since: 1, until: 4 }),
         };
         let frames = [
             ServerFrame::Welcome(Cow::Borrowed(&welcome)),

@@ -88,7 +88,7 @@ proptest! {
         let (mut now, mut accepted) = (0u64, 0u64);
         for gap in gaps {
             now += gap;
-            if admit(&mut bucket, &mut room, &limits, now) == Admission::Accepted {
+            if admit(&mut bucket, &mut room, 1, &limits, now) == Admission::Accepted {
                 accepted += 1;
             }
             let allowed = f64::from(burst) + f64::from(per_sec) * now as f64 / 1000.0;
@@ -103,8 +103,8 @@ proptest! {
     ) {
         let limits = Limits { rate_per_sec: per_sec, rate_burst: burst, room_rate_per_sec: room_rate, rate_strikes: strikes, ..Limits::default() };
         let (mut bucket, mut room) = (Bucket::new(burst, clocks[0]), RoomBudget::default());
-        for now in clocks {
-            admit(&mut bucket, &mut room, &limits, now);
+        for (i, now) in clocks.into_iter().enumerate() {
+            admit(&mut bucket, &mut room, i as u32, &limits, now);
         }
     }
 

@@ -1,12 +1,17 @@
 //! The Kafka side of the end-to-end tests: a real Kafka-protocol broker
-//! (tansu with in-memory storage) in its own process, plain or behind TLS.
+//! (tansu) in its own process, plain, behind TLS, or behind TLS with SASL.
 //!
 //! tansu 0.6 cannot serve TLS itself, so [`Broker::start_tls`] puts socat in
 //! front of it as a TLS terminator and has tansu advertise the terminator's
 //! port: clients bootstrap, find the group coordinator and fetch through
-//! TLS only, as against a production cluster.
+//! TLS only, as against a production cluster. [`Broker::start_sasl`] adds
+//! SCRAM-SHA-512 authentication, which tansu 0.6 keeps only with its sqlite
+//! storage, and creates its user before it starts requiring it (tansu has
+//! no other way to create the first user). tansu cannot re-authenticate a
+//! connection, which librdkafka does after 90% of the 60 s session tansu
+//! grants: SASL tests stay well under a minute.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -22,14 +27,20 @@ use crate::{free_port, fresh_dir, room, Service};
 /// How long tansu and socat may take to accept connections.
 const LISTEN: Duration = Duration::from_secs(30);
 
+/// The SCRAM user [`Broker::start_sasl`] creates.
+pub const SASL_USER: &str = "roomcast-bridge";
+pub const SASL_PASSWORD: &str = "scram-test-password";
+
 /// A running broker: tansu, and socat in front of it for TLS.
 pub struct Broker {
     /// tansu. Tests freeze it (SIGSTOP) to make Kafka unreachable.
     pub service: Service,
-    /// socat terminating TLS in front of tansu ([`Broker::start_tls`] only).
+    /// socat terminating TLS in front of tansu (not for a plain broker).
     pub tls: Option<Service>,
     /// What clients bootstrap from (the TLS port when there is one).
     pub address: String,
+    /// The librdkafka properties a client needs besides the address.
+    config: Vec<(String, String)>,
 }
 
 impl Broker {
@@ -37,12 +48,13 @@ impl Broker {
     /// overrides).
     pub async fn start() -> Broker {
         let address = format!("127.0.0.1:{}", free_port());
-        let service = tansu(&address, &address);
+        let service = tansu(&address, &address).spawn();
         wait_listening(&address, &service).await;
         Broker {
             service,
             tls: None,
             address,
+            config: Vec::new(),
         }
     }
 
@@ -52,34 +64,71 @@ impl Broker {
         let internal = format!("127.0.0.1:{}", free_port());
         let port = free_port();
         let address = format!("127.0.0.1:{port}");
-        let service = tansu(&internal, &address);
+        let service = tansu(&internal, &address).spawn();
         wait_listening(&internal, &service).await;
-        let mut cmd = Command::new("socat");
-        cmd.arg(format!(
-            "OPENSSL-LISTEN:{port},bind=127.0.0.1,cert={},verify=0,fork,reuseaddr",
-            server_cert().combined.display()
-        ))
-        .arg(format!("TCP:{internal}"));
-        let log = fresh_dir("socat").join("socat.log");
-        let terminator = Service::spawn("socat", cmd, log);
-        wait_listening(&address, &terminator).await;
+        let terminator = terminate_tls(port, &internal).await;
         Broker {
             service,
             tls: Some(terminator),
             address,
+            config: vec![
+                ("security.protocol".into(), "ssl".into()),
+                ("ssl.ca.location".into(), ca_file().display().to_string()),
+            ],
+        }
+    }
+
+    /// tansu requiring SCRAM-SHA-512 ([`SASL_USER`], [`SASL_PASSWORD`]),
+    /// behind socat serving TLS: `SASL_SSL`, as managed clusters offer it.
+    pub async fn start_sasl() -> Broker {
+        let data = fresh_dir("tansu-sasl");
+        let setup = format!("127.0.0.1:{}", free_port());
+        let mut open = tansu(&setup, &setup).sqlite(&data).spawn();
+        wait_listening(&setup, &open).await;
+        let created = Command::new(tansu_binary())
+            .args([
+                "user",
+                "create",
+                SASL_USER,
+                SASL_PASSWORD,
+                "--mechanism",
+                "scram512",
+            ])
+            .args(["--broker", &format!("tcp://{setup}")])
+            .status()
+            .expect("run tansu user create");
+        assert!(
+            created.success(),
+            "tansu user create: {created}\n{}",
+            open.log_tail()
+        );
+        open.stop();
+        let internal = format!("127.0.0.1:{}", free_port());
+        let port = free_port();
+        let address = format!("127.0.0.1:{port}");
+        let mut secured = tansu(&internal, &address).sqlite(&data);
+        secured.cmd.arg("--authentication");
+        let service = secured.spawn();
+        wait_listening(&internal, &service).await;
+        let terminator = terminate_tls(port, &internal).await;
+        Broker {
+            service,
+            tls: Some(terminator),
+            address,
+            config: vec![
+                ("security.protocol".into(), "sasl_ssl".into()),
+                ("ssl.ca.location".into(), ca_file().display().to_string()),
+                ("sasl.mechanisms".into(), "SCRAM-SHA-512".into()),
+                ("sasl.username".into(), SASL_USER.into()),
+                ("sasl.password".into(), SASL_PASSWORD.into()),
+            ],
         }
     }
 
     /// The librdkafka properties, besides `bootstrap.servers` =
     /// [`Broker::address`], that a client of this broker needs.
     pub fn kafka_config(&self) -> Vec<(String, String)> {
-        match self.tls {
-            None => Vec::new(),
-            Some(_) => vec![
-                ("security.protocol".into(), "ssl".into()),
-                ("ssl.ca.location".into(), ca_file().display().to_string()),
-            ],
-        }
+        self.config.clone()
     }
 
     /// A client configuration that reaches this broker.
@@ -114,19 +163,61 @@ impl Broker {
     }
 }
 
-/// tansu listening on `listen` and telling clients to come back on `advertised`.
-fn tansu(listen: &str, advertised: &str) -> Service {
-    let binary = std::env::var("ROOMCAST_TANSU")
+/// The tansu binary (installed by `make bootstrap`; `ROOMCAST_TANSU` overrides).
+fn tansu_binary() -> PathBuf {
+    std::env::var("ROOMCAST_TANSU")
         .map(PathBuf::from)
         .unwrap_or_else(|_| {
             PathBuf::from(std::env::var("HOME").expect("HOME"))
                 .join(".cache/roomcast/tools/bin/tansu")
-        });
-    let mut cmd = Command::new(binary);
+        })
+}
+
+/// A tansu process about to start.
+struct Tansu {
+    cmd: Command,
+    storage: &'static str,
+}
+
+/// tansu listening on `listen` and telling clients to come back on
+/// `advertised`, keeping its data in memory.
+fn tansu(listen: &str, advertised: &str) -> Tansu {
+    let mut cmd = Command::new(tansu_binary());
     cmd.args(["broker", "--listener-url", &format!("tcp://{listen}")])
-        .args(["--advertised-listener-url", &format!("tcp://{advertised}")])
-        .args(["--storage-engine", "memory://tansu/"]);
-    Service::spawn("tansu", cmd, fresh_dir("tansu").join("tansu.log"))
+        .args(["--advertised-listener-url", &format!("tcp://{advertised}")]);
+    Tansu {
+        cmd,
+        storage: "memory://tansu/",
+    }
+}
+
+impl Tansu {
+    /// Keeps the data in sqlite in `dir` instead (tansu resolves the URL's
+    /// path against its working directory).
+    fn sqlite(mut self, dir: &Path) -> Tansu {
+        self.cmd.current_dir(dir);
+        self.storage = "sqlite://tansu.db";
+        self
+    }
+
+    fn spawn(mut self) -> Service {
+        self.cmd.args(["--storage-engine", self.storage]);
+        Service::spawn("tansu", self.cmd, fresh_dir("tansu").join("tansu.log"))
+    }
+}
+
+/// socat on `port`, terminating TLS with the test CA's certificate for the
+/// broker on `internal`; returns once it listens.
+async fn terminate_tls(port: u16, internal: &str) -> Service {
+    let mut cmd = Command::new("socat");
+    cmd.arg(format!(
+        "OPENSSL-LISTEN:{port},bind=127.0.0.1,cert={},verify=0,fork,reuseaddr",
+        server_cert().combined.display()
+    ))
+    .arg(format!("TCP:{internal}"));
+    let terminator = Service::spawn("socat", cmd, fresh_dir("socat").join("socat.log"));
+    wait_listening(&format!("127.0.0.1:{port}"), &terminator).await;
+    terminator
 }
 
 /// Waits until `address` accepts TCP connections, or panics with `service`'s log.

@@ -16,7 +16,7 @@ pub mod fault_proxy;
 pub mod records;
 pub mod tls;
 
-pub use broker::Broker;
+pub use broker::{Broker, SASL_PASSWORD, SASL_USER};
 pub use fault_proxy::FaultProxy;
 pub use tls::ca_file;
 

@@ -175,9 +175,11 @@ async fn outbox(worker: &Worker, http: &Http) {
     let mut successor = Client::connect(&link_url(worker, &r, "b")).await;
     assert_eq!(link.expect_close(Duration::from_secs(10)).await, 4009);
     let welcome = successor.expect("welcome").await;
+    // The ack of 5 also moved the cursor over 6, which came from Kafka and
+    // is never relayed: nothing is pending.
     assert_eq!(
         (welcome["cursor"].as_u64(), welcome["head"].as_u64()),
-        (Some(5), Some(6))
+        (Some(6), Some(6))
     );
     assert_eq!(
         successor.expect("stats").await["pending"],

@@ -1,16 +1,18 @@
 //! End to end, the bridge over TLS both ways: to the worker (served over
 //! HTTPS by the harness) trusting only what it is told to, and to Kafka
-//! behind a TLS terminator, configured through librdkafka properties alone,
-//! with secrets kept out of its log and its metrics.
+//! behind a TLS terminator, with and without SASL (SCRAM-SHA-512),
+//! configured through librdkafka properties alone, with secrets kept out of
+//! its log and its metrics.
 
 use std::time::Duration;
 
 use rdkafka::message::Message as _;
 use roomcast_tests::records::{collect, produce};
 use roomcast_tests::{
-    ca_file, fresh_dir, full_token, room, BridgeProcess, Broker, CaFile, Client, Worker,
+    fresh_dir, full_token, room, BridgeProcess, Broker, CaFile, Client, Http, Worker, SASL_PASSWORD,
 };
 use serde_json::{json, Value};
+use tokio::time::{sleep, Instant};
 
 #[tokio::test]
 async fn a_worker_certificate_that_does_not_verify_stops_the_bridge() {
@@ -30,30 +32,21 @@ async fn a_worker_certificate_that_does_not_verify_stops_the_bridge() {
 }
 
 /// A secret the bridge is given and must never print.
-const SASL_SECRET: &str = "never-in-a-log-7f3a9c";
+const SECRET_VALUE: &str = "never-in-a-log-7f3a9c";
 
 #[tokio::test]
 async fn relays_both_ways_over_tls_with_kafka_configured_by_properties() {
     let broker = Broker::start_tls().await;
     let worker = Worker::start(&[]).await;
-    let properties = fresh_dir("kafka-properties").join("client.properties");
-    std::fs::write(
-        &properties,
-        format!(
-            "# the broker's TLS, as an operator keeps it\nsecurity.protocol=ssl\nssl.ca.location={}\n",
-            ca_file().display()
-        ),
-    )
-    .unwrap();
-    let properties_arg = properties.display().to_string();
-    let secret = format!("sasl.password={SASL_SECRET}");
+    let properties = properties_file(&broker, None);
+    let secret = format!("sasl.password={SECRET_VALUE}");
     let bridge = BridgeProcess::start(
         &worker,
         &broker,
         "tls",
         &[
             "--kafka-config-file",
-            &properties_arg,
+            &properties,
             "--kafka-config",
             "compression.type=gzip",
             "--kafka-config",
@@ -61,8 +54,81 @@ async fn relays_both_ways_over_tls_with_kafka_configured_by_properties() {
         ],
     )
     .await;
+    relays_both_ways(&worker, &broker, &room("tls")).await;
+
+    let log = bridge.service.log();
+    assert!(
+        log.contains("sasl.password=[redacted]"),
+        "{}",
+        bridge.service.log_tail()
+    );
+    assert!(
+        !log.contains(SECRET_VALUE),
+        "the secret is in the bridge's log"
+    );
+    assert!(!bridge.metrics_text().await.contains(SECRET_VALUE));
+}
+
+#[tokio::test]
+async fn relays_over_sasl_ssl_and_a_wrong_password_stays_unhealthy() {
+    let broker = Broker::start_sasl().await;
+    let worker = Worker::start(&[]).await;
+    let good = properties_file(&broker, None);
+    let bridge =
+        BridgeProcess::start(&worker, &broker, "sasl", &["--kafka-config-file", &good]).await;
+    relays_both_ways(&worker, &broker, &room("sasl")).await;
+    assert!(
+        !bridge.service.log().contains(SASL_PASSWORD),
+        "the password is in the bridge's log"
+    );
+
+    let bad = properties_file(&broker, Some("not-the-password"));
+    let wrong = BridgeProcess::spawn(
+        &worker.url(""),
+        &broker,
+        "sasl-wrong",
+        CaFile::TestCa,
+        &["--kafka-config-file", &bad],
+    );
+    let http = Http::default();
+    let mut refused = false;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline && !refused {
+        if let Ok(response) = http.raw().get(wrong.url("/healthz")).send().await {
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            assert_ne!(status, 200, "healthy with a wrong password: {body}");
+            refused = body["kafka"] == "down" && wrong.service.log().contains("Authentication");
+        }
+        sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        refused,
+        "no authentication failure reported\n{}",
+        wrong.service.log_tail()
+    );
+}
+
+/// `broker`'s client properties as an operator keeps them, in a properties
+/// file; with `password`, a wrong SASL password in place of the right one.
+fn properties_file(broker: &Broker, password: Option<&str>) -> String {
+    let path = fresh_dir("kafka-properties").join("client.properties");
+    let mut text = String::from("# the cluster's TLS (and SASL), as an operator keeps it\n");
+    for (key, value) in broker.kafka_config() {
+        let value = match password {
+            Some(wrong) if key == "sasl.password" => wrong.to_owned(),
+            _ => value,
+        };
+        text.push_str(&format!("{key}={value}\n"));
+    }
+    std::fs::write(&path, text).expect("write the properties");
+    path.display().to_string()
+}
+
+/// A message from a WebSocket reaches Kafka, and a Kafka record reaches the
+/// WebSocket, through the bridge already running between them.
+async fn relays_both_ways(worker: &Worker, broker: &Broker, r: &str) {
     let events = broker.consumer("roomcast.events");
-    let r = room("tls");
     let mut client =
         Client::connect(&worker.ws_url(&format!("/v1/rooms/{r}/ws?token={}", full_token("tls"))))
             .await;
@@ -78,7 +144,7 @@ async fn relays_both_ways_over_tls_with_kafka_configured_by_properties() {
     produce(
         &broker.producer(),
         "roomcast.inbound",
-        &r,
+        r,
         r#""kafka to room""#,
         &[],
     )
@@ -90,16 +156,4 @@ async fn relays_both_ways_over_tls_with_kafka_configured_by_properties() {
             break;
         }
     }
-
-    let log = bridge.service.log();
-    assert!(
-        log.contains("sasl.password=[redacted]"),
-        "{}",
-        bridge.service.log_tail()
-    );
-    assert!(
-        !log.contains(SASL_SECRET),
-        "the secret is in the bridge's log"
-    );
-    assert!(!bridge.metrics_text().await.contains(SASL_SECRET));
 }

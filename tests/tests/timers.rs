@@ -179,9 +179,13 @@ async fn trimmed(worker: &Worker) {
     let t = full_token("f");
     let http = Http::default();
     let url = worker.url(&format!("/v1/rooms/{r}/messages"));
-    let batch =
-        json!({"messages": (0..8).map(|n| json!({"data": n})).collect::<Vec<_>>()}).to_string();
-    assert_eq!(http.post(&url, &t, &batch).await.0, 201);
+    // Eight messages, from three subjects: each has a burst of three.
+    for (i, chunk) in (0..8).collect::<Vec<u64>>().chunks(3).enumerate() {
+        let batch =
+            json!({"messages": chunk.iter().map(|n| json!({"data": n})).collect::<Vec<_>>()});
+        let publisher = full_token(&format!("trimmer-{i}"));
+        assert_eq!(http.post(&url, &publisher, &batch.to_string()).await.0, 201);
+    }
     let (_, page) = http.get(&url, Some(&t)).await;
     let seqs: Vec<u64> = page["messages"]
         .as_array()

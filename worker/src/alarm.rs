@@ -1,4 +1,4 @@
-//! The Durable Object alarm as a deadline: "sweep no later than then".
+//! The Durable Object alarm as a deadline.
 //!
 //! An object has one alarm but many deadlines (one or more per socket), so
 //! a new deadline only ever moves the alarm earlier, and the sweep the alarm
@@ -15,14 +15,4 @@ const MIN_DELAY_MS: u64 = 50;
 pub async fn set(storage: &Storage, at_ms: u64) -> Result<()> {
     let delay = at_ms.saturating_sub(now_ms()).max(MIN_DELAY_MS);
     storage.set_alarm(delay as i64).await
-}
-
-/// Makes sure the alarm fires no later than `at_ms`.
-pub async fn no_later_than(storage: &Storage, at_ms: u64) -> Result<()> {
-    if let Some(current) = storage.get_alarm().await? {
-        if current >= 0 && (current as u64) <= at_ms {
-            return Ok(());
-        }
-    }
-    set(storage, at_ms).await
 }

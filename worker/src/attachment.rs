@@ -23,3 +23,5 @@ pub trait Attachment: Serialize + DeserializeOwned {
         ws.serialize_attachment(serde_json::to_string(self)?)
     }
 }
+
+impl Attachment for roomcast_protocol::session::Session {}

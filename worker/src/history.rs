@@ -1,26 +1,33 @@
-//! A room's durable state in its SQLite storage: the message history, the
-//! idempotency keys, the sequence head, the epoch and the counters.
+//! A room's durable state in its SQLite storage: the message history (which
+//! is also the bridge's outbox and, through the ids it stores, the record of
+//! idempotency keys), and a few facts in `meta` (epoch, bridge cursor,
+//! registration, counters, schema version).
 //!
-//! Every accepted message is written here before it is sent anywhere, so the
-//! history is both the resume buffer and (for the bridge) the outbox. All
-//! statements are synchronous: a publish and its broadcast happen in one turn
-//! of the room, which is what keeps `seq` gapless and replays unmixed with
-//! live messages.
+//! Every accepted message is written here before it is sent anywhere. All
+//! statements are synchronous: a publish and its broadcast happen in one
+//! turn of the room, which keeps `seq` gapless and replays unmixed with live
+//! messages, and the runtime commits a turn's writes atomically.
+//!
+//! A publish costs one statement and one row (the message); trimming is
+//! batched (one DELETE per [`count_trim_due`] of slack, so each message's
+//! eventual delete is its second row), the head is written only when a
+//! trim could remove it, and nothing is written for reads: a room that was
+//! never written has no tables at all until its first write.
 
 use std::cell::{Cell, RefCell};
 
 use roomcast_protocol::config::Limits;
-use roomcast_protocol::history::{count_floor, trim_ceiling, ttl_cutoff_ms, Outbox, Retained};
+use roomcast_protocol::history::{
+    count_floor, count_trim_due, dropped_unconfirmed, trim_ceiling, ttl_cutoff_ms, Outbox,
+    Retained, TURN_BYTES,
+};
 use roomcast_protocol::ids;
-use roomcast_protocol::wire::{Draft, Message, Origin, Receipt};
+use roomcast_protocol::wire::{Message, Origin};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use worker::{Result, SqlStorage, SqlStorageValue};
+use worker::{Result, SqlStorageValue};
 
-/// Idempotency keys kept at most, besides the time limit: enough for any
-/// realistic retry window without letting a busy room's key table grow
-/// without bound.
-const MAX_KEYS: u64 = 100_000;
+use crate::storage::Db;
 
 /// The tables as the first release created them (schema version 0).
 const SCHEMA: &[&str] = &[
@@ -33,10 +40,28 @@ const SCHEMA: &[&str] = &[
 /// applied. Rooms live as long as their storage, so a room created by any
 /// earlier release opens with this release's tables: a new room creates
 /// version 0 and applies them all, an old one applies the rest. Append only.
-const MIGRATIONS: &[&str] = &[
+const MIGRATIONS: &[&[&str]] = &[
     // 1: the publisher's W3C traceparent (NULL when it sent none).
-    "ALTER TABLE messages ADD COLUMN trace TEXT",
+    &["ALTER TABLE messages ADD COLUMN trace TEXT"],
+    // 2: idempotency keys live in the message rows (`keyed`: the id is the
+    // publisher's key), so a keyed publish writes one row, not three.
+    &[
+        "ALTER TABLE messages ADD COLUMN keyed INTEGER NOT NULL DEFAULT 0",
+        "UPDATE messages SET keyed = 1 WHERE seq IN (SELECT seq FROM idempotency)",
+        "DROP TABLE idempotency",
+    ],
 ];
+
+/// Rows per INSERT of a batch: eight bound values a row keeps a statement
+/// well under the runtime's limit on bound parameters.
+const ROWS_PER_INSERT: usize = 10;
+
+/// A timestamp bound no message reaches, and still exact as a JavaScript
+/// number (the runtime passes bound values through JavaScript).
+const NO_CUTOFF: i64 = (1 << 53) - 1;
+
+/// How often age trimming runs on the publish path (the alarm runs it too).
+const AGE_TRIM_INTERVAL_MS: u64 = 60_000;
 
 #[derive(Deserialize)]
 struct MessageRow {
@@ -50,196 +75,334 @@ struct MessageRow {
 }
 
 #[derive(Deserialize)]
-struct SeqRow {
-    seq: Option<u64>,
+struct KeyRow {
+    id: String,
+    sender: String,
+    seq: u64,
 }
 
 #[derive(Deserialize)]
-struct CountRow {
+struct Span {
     n: u64,
+    lo: Option<u64>,
+    hi: Option<u64>,
 }
 
 #[derive(Deserialize)]
 struct MetaRow {
+    key: String,
     value: String,
 }
 
-/// What appending a draft did.
-pub enum Appended {
-    /// A new message, to broadcast.
-    New(Message),
-    /// The idempotency key was seen before; nothing was written.
-    Duplicate(Receipt),
+#[derive(Deserialize)]
+struct Count {
+    n: u64,
+}
+
+/// A message about to be stored.
+pub struct Row<'a> {
+    pub message: &'a Message,
+    /// The id is the publisher's idempotency key.
+    pub keyed: bool,
+}
+
+/// What a trim did, for the counters and the log.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Trimmed {
+    /// Unconfirmed messages dropped because the outbox was full, and their
+    /// seq range.
+    pub dropped: u64,
+    pub range: Option<(u64, u64)>,
+}
+
+/// The facts kept in `meta`, loaded once.
+#[derive(Default)]
+struct Meta {
+    epoch: Option<String>,
+    cursor: u64,
+    bridged: bool,
+    registered: bool,
+    head: u64,
+    stats: Option<String>,
+    name: Option<String>,
 }
 
 pub struct History {
-    sql: SqlStorage,
+    db: Db,
+    /// The tables exist (false for a room that was never written).
+    created: Cell<bool>,
     head: Cell<u64>,
-    epoch: RefCell<String>,
+    /// Lowest stored seq and how many are stored.
+    oldest: Cell<Option<u64>>,
+    stored: Cell<u64>,
+    epoch: RefCell<Option<String>>,
     /// Highest seq the bridge confirmed as written to Kafka.
     cursor: Cell<u64>,
-    /// A bridge has linked to this room, so it is an outbox from now on.
+    /// The room holds unconfirmed messages for the bridge.
     bridged: Cell<bool>,
-    /// The registry must hear of this room (kept durably until it has).
-    announce_due: Cell<bool>,
+    /// The registry knows this room.
+    registered: Cell<bool>,
+    /// The head as last written to `meta` (a trim writes it first).
+    saved_head: Cell<u64>,
+    last_age_trim_ms: Cell<u64>,
+    name: RefCell<Option<String>>,
+    stats: RefCell<Option<String>>,
 }
 
 impl History {
-    /// Opens (creating or migrating on first use) the room's tables and loads
-    /// head and epoch.
-    pub fn open(sql: SqlStorage) -> Result<History> {
-        for statement in SCHEMA {
-            sql.exec(statement, None)?;
-        }
+    /// Opens the room's storage without writing anything.
+    pub fn open(db: Db) -> Result<History> {
+        let created = db
+            .rows::<Count>(
+                "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+                vec![],
+            )?
+            .first()
+            .is_some_and(|c| c.n > 0);
         let history = History {
-            sql,
+            db,
+            created: Cell::new(created),
             head: Cell::new(0),
-            epoch: RefCell::new(String::new()),
+            oldest: Cell::new(None),
+            stored: Cell::new(0),
+            epoch: RefCell::new(None),
             cursor: Cell::new(0),
             bridged: Cell::new(false),
-            announce_due: Cell::new(false),
+            registered: Cell::new(false),
+            saved_head: Cell::new(0),
+            last_age_trim_ms: Cell::new(0),
+            name: RefCell::new(None),
+            stats: RefCell::new(None),
         };
-        let number = |key| -> Result<u64> {
-            Ok(history.meta(key)?.and_then(|v| v.parse().ok()).unwrap_or(0))
-        };
-        history.migrate(number("schema")? as usize)?;
-        history.head.set(number("head")?);
-        history.cursor.set(number("cursor")?);
-        history.bridged.set(history.meta("bridged")?.is_some());
-        match history.meta("announce")?.as_deref() {
-            Some(flag) => history.announce_due.set(flag == "1"),
-            // A room with messages from before the registry existed has
-            // never been announced: do it now.
-            None if history.head() > 0 => history.request_announce()?,
-            None => {}
+        if created {
+            history.migrate()?;
+            history.load()?;
         }
-        let epoch = match history.meta("epoch")? {
-            Some(epoch) => epoch,
-            None => {
-                let epoch = ids::epoch();
-                history.set_meta("epoch", &epoch)?;
-                epoch
-            }
-        };
-        *history.epoch.borrow_mut() = epoch;
         Ok(history)
     }
 
-    /// Applies the migrations after the first `applied`. They and the new
-    /// version are written with no `await` between them, which the runtime
-    /// commits atomically, so a room never holds half a migration.
-    fn migrate(&self, applied: usize) -> Result<()> {
+    /// Creates the tables and the epoch on the room's first write; `bridged`
+    /// when every room is an outbox from its first message.
+    pub fn create(&self, name: &str, bridged: bool) -> Result<()> {
+        if self.created.get() {
+            return Ok(());
+        }
+        for statement in SCHEMA {
+            self.db.run(statement, vec![])?;
+        }
+        self.created.set(true);
+        self.migrate()?;
+        let epoch = ids::epoch();
+        self.set_meta("epoch", &epoch)?;
+        self.set_meta("room", name)?;
+        *self.epoch.borrow_mut() = Some(epoch);
+        *self.name.borrow_mut() = Some(name.to_owned());
+        if bridged {
+            self.mark_bridged()?;
+        }
+        Ok(())
+    }
+
+    /// Applies the migrations this room has not. They and the new version
+    /// are written with no `await` between them, which the runtime commits
+    /// atomically, so a room never holds half a migration.
+    fn migrate(&self) -> Result<()> {
+        let applied = self
+            .db
+            .rows::<MetaRow>("SELECT key, value FROM meta WHERE key = 'schema'", vec![])?
+            .first()
+            .and_then(|r| r.value.parse().ok())
+            .unwrap_or(0usize);
         let Some(pending) = MIGRATIONS.get(applied..).filter(|p| !p.is_empty()) else {
             return Ok(());
         };
-        for statement in pending {
-            self.sql.exec(statement, None)?;
+        for migration in pending {
+            for statement in *migration {
+                self.db.run(statement, vec![])?;
+            }
         }
         self.set_meta("schema", &MIGRATIONS.len().to_string())
+    }
+
+    fn load(&self) -> Result<()> {
+        let mut meta = Meta::default();
+        for row in self
+            .db
+            .rows::<MetaRow>("SELECT key, value FROM meta", vec![])?
+        {
+            let number = || row.value.parse().unwrap_or(0);
+            match row.key.as_str() {
+                "epoch" => meta.epoch = Some(row.value.clone()),
+                "cursor" => meta.cursor = number(),
+                "bridged" => meta.bridged = true,
+                "registered" => meta.registered = row.value == "1",
+                "head" => meta.head = number(),
+                "stats" => meta.stats = Some(row.value.clone()),
+                "room" => meta.name = Some(row.value.clone()),
+                _ => {}
+            }
+        }
+        let span = self.span()?;
+        self.head.set(meta.head.max(span.hi.unwrap_or(0)));
+        self.saved_head.set(meta.head);
+        self.oldest.set(span.lo);
+        self.stored.set(span.n);
+        self.cursor.set(meta.cursor);
+        self.bridged.set(meta.bridged);
+        self.registered.set(meta.registered);
+        *self.epoch.borrow_mut() = meta.epoch;
+        *self.name.borrow_mut() = meta.name;
+        *self.stats.borrow_mut() = meta.stats;
+        Ok(())
+    }
+
+    /// Count, lowest and highest seq of the stored messages.
+    fn span(&self) -> Result<Span> {
+        let row = self.db.rows::<Span>(
+            "SELECT COUNT(*) AS n, MIN(seq) AS lo, MAX(seq) AS hi FROM messages",
+            vec![],
+        )?;
+        Ok(row.into_iter().next().unwrap_or(Span {
+            n: 0,
+            lo: None,
+            hi: None,
+        }))
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Whether the room was ever written (since its storage was last deleted).
+    pub fn exists(&self) -> bool {
+        self.created.get()
     }
 
     pub fn head(&self) -> u64 {
         self.head.get()
     }
 
-    pub fn epoch(&self) -> String {
+    /// The epoch, once the room exists.
+    pub fn epoch(&self) -> Option<String> {
         self.epoch.borrow().clone()
     }
 
-    pub fn meta(&self, key: &str) -> Result<Option<String>> {
-        let rows: Vec<MetaRow> = self
-            .sql
-            .exec("SELECT value FROM meta WHERE key = ?", vec![key.into()])?
-            .to_array()?;
-        Ok(rows.into_iter().next().map(|r| r.value))
+    /// The room's name as its first write stored it.
+    pub fn name(&self) -> Option<String> {
+        self.name.borrow().clone()
     }
 
-    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
-        self.sql.exec(
-            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            vec![key.into(), value.into()],
-        )?;
+    /// The counters a previous wake stored, as JSON.
+    pub fn stored_stats(&self) -> Option<String> {
+        self.stats.borrow().clone()
+    }
+
+    pub fn save_stats(&self, json: &str) -> Result<()> {
+        if self.created.get() {
+            self.set_meta("stats", json)?;
+        }
         Ok(())
     }
 
-    /// The stored range, for resume decisions.
-    pub fn retained(&self) -> Result<Retained> {
-        let row: SeqRow = self
-            .sql
-            .exec("SELECT MIN(seq) AS seq FROM messages", None)?
-            .one()?;
-        Ok(Retained {
+    /// The range clients see, for resume decisions and history pages. Rows
+    /// are deleted in batches, so some below the limits may still be stored;
+    /// they are already out of sight.
+    pub fn retained(&self, limits: &Limits) -> Retained {
+        let floor = self.floor(limits);
+        Retained {
             head: self.head(),
-            oldest: row.seq,
-        })
+            oldest: self
+                .oldest
+                .get()
+                .map(|oldest| oldest.max(floor + 1))
+                .filter(|oldest| *oldest <= self.head()),
+        }
     }
 
-    /// Writes `draft` as the next message, unless its idempotency key was seen.
-    pub fn append(
-        &self,
-        room: &str,
-        draft: Draft,
-        sender: &str,
-        origin: Origin,
-        now_ms: u64,
-    ) -> Result<Appended> {
-        if let Some(key) = &draft.id {
-            if let Some(seq) = self.seq_of_key(key)? {
-                return Ok(Appended::Duplicate(Receipt {
-                    id: key.clone(),
-                    seq,
-                    duplicate: true,
-                }));
-            }
+    /// The highest seq the count limit hides from clients (messages held for
+    /// the bridge stay visible, as they stay stored).
+    pub fn floor(&self, limits: &Limits) -> u64 {
+        let head = self.head();
+        trim_ceiling(
+            head,
+            count_floor(head, limits.history_limit),
+            self.outbox(limits),
+        )
+    }
+
+    /// How many messages follow `since`, and how many bytes of data they hold.
+    pub fn size_after(&self, since: u64) -> Result<(u64, u64)> {
+        if !self.created.get() || since >= self.head() {
+            return Ok((0, 0));
         }
-        let seq = self.head() + 1;
-        let id = draft.id.clone().unwrap_or_else(|| ids::message_id(now_ms));
-        let ts = SqlStorageValue::try_from_i64(now_ms as i64)?;
-        self.sql.exec(
-            "INSERT INTO messages (seq, id, ts, sender, origin, data, trace) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            vec![
-                (seq as i64).into(),
-                id.as_str().into(),
-                ts.clone(),
-                sender.into(),
-                origin.as_str().into(),
-                draft.data.get().into(),
-                draft.trace.as_deref().into(),
-            ],
+        #[derive(Deserialize)]
+        struct Size {
+            n: u64,
+            bytes: Option<u64>,
+        }
+        let rows = self.db.rows::<Size>(
+            "SELECT COUNT(*) AS n, SUM(octet_length(data)) AS bytes FROM messages WHERE seq > ?",
+            vec![seq_value(since)],
         )?;
-        if draft.id.is_some() {
-            self.sql.exec(
-                "INSERT INTO idempotency (seq, key, ts) VALUES (?, ?, ?)",
-                vec![(seq as i64).into(), id.as_str().into(), ts],
+        Ok(rows.first().map_or((0, 0), |r| (r.n, r.bytes.unwrap_or(0))))
+    }
+
+    /// The next seq.
+    pub fn next_seq(&self) -> u64 {
+        self.head() + 1
+    }
+
+    /// Stores `rows`, whose seqs follow the head in order, a few rows per
+    /// statement.
+    pub fn append(&self, rows: &[Row<'_>]) -> Result<()> {
+        for chunk in rows.chunks(ROWS_PER_INSERT) {
+            let placeholders = vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+            let mut values = Vec::with_capacity(chunk.len() * 8);
+            for row in chunk {
+                let m = row.message;
+                values.extend([
+                    seq_value(m.seq),
+                    m.id.as_str().into(),
+                    SqlStorageValue::try_from_i64(m.ts as i64)?,
+                    m.sender.as_str().into(),
+                    m.origin.as_str().into(),
+                    m.data.get().into(),
+                    m.trace.as_deref().into(),
+                    i64::from(row.keyed).into(),
+                ]);
+            }
+            self.db.run(
+                &format!("INSERT INTO messages (seq, id, ts, sender, origin, data, trace, keyed) VALUES {placeholders}"),
+                values,
             )?;
         }
-        self.set_meta("head", &seq.to_string())?;
-        self.head.set(seq);
-        Ok(Appended::New(Message {
-            room: room.to_owned(),
-            id,
-            seq,
-            ts: now_ms,
-            sender: sender.to_owned(),
-            origin,
-            data: draft.data,
-            trace: draft.trace,
-        }))
+        if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
+            self.head.set(last.message.seq);
+            if self.oldest.get().is_none() {
+                self.oldest.set(Some(first.message.seq));
+            }
+            self.stored.set(self.stored.get() + rows.len() as u64);
+        }
+        Ok(())
     }
 
-    fn seq_of_key(&self, key: &str) -> Result<Option<u64>> {
-        let rows: Vec<SeqRow> = self
-            .sql
-            .exec(
-                "SELECT seq FROM idempotency WHERE key = ?",
-                vec![key.into()],
-            )?
-            .to_array()?;
-        Ok(rows.into_iter().next().and_then(|r| r.seq))
+    /// The keys of the stored keyed messages, oldest first, to seed the
+    /// room's in-memory key window when it wakes.
+    pub fn keys(&self) -> Result<Vec<(String, String, u64)>> {
+        if !self.created.get() {
+            return Ok(Vec::new());
+        }
+        let rows = self.db.rows::<KeyRow>(
+            "SELECT id, sender, seq FROM messages WHERE keyed = 1 ORDER BY seq",
+            vec![],
+        )?;
+        Ok(rows.into_iter().map(|r| (r.id, r.sender, r.seq)).collect())
     }
 
-    /// Up to `limit` stored messages with `seq > since`, in order; with
-    /// `relay_only`, only those the bridge relays to Kafka (not from Kafka).
+    /// Stored messages with `seq > since`, in order: at most `limit`, and no
+    /// more data than [`TURN_BYTES`] (but always at least one message, so a
+    /// reader makes progress); with `relay_only`, only those the bridge
+    /// relays to Kafka (not from Kafka).
     pub fn after(
         &self,
         room: &str,
@@ -247,22 +410,58 @@ impl History {
         limit: u64,
         relay_only: bool,
     ) -> Result<Vec<Message>> {
-        let query = if relay_only {
-            "SELECT seq, id, ts, sender, origin, data, trace FROM messages WHERE seq > ? AND origin != 'kafka' ORDER BY seq LIMIT ?"
+        if !self.created.get() || since >= self.head() {
+            return Ok(Vec::new());
+        }
+        let filter = if relay_only {
+            "AND origin != 'kafka'"
         } else {
-            "SELECT seq, id, ts, sender, origin, data, trace FROM messages WHERE seq > ? ORDER BY seq LIMIT ?"
+            ""
         };
-        let rows: Vec<MessageRow> = self
-            .sql
-            .exec(
-                query,
-                vec![
-                    (since.min(i64::MAX as u64) as i64).into(),
-                    (limit as i64).into(),
-                ],
-            )?
-            .to_array()?;
+        let query = format!(
+            "SELECT seq, id, ts, sender, origin, data, trace FROM (\
+               SELECT seq, id, ts, sender, origin, data, trace, \
+                 SUM(octet_length(data)) OVER (ORDER BY seq) - octet_length(data) AS before \
+               FROM messages WHERE seq > ? {filter} ORDER BY seq LIMIT ?\
+             ) WHERE before < ? ORDER BY seq"
+        );
+        let rows: Vec<MessageRow> = self.db.rows(
+            &query,
+            vec![
+                seq_value(since),
+                seq_value(limit),
+                (TURN_BYTES as i64).into(),
+            ],
+        )?;
         rows.into_iter().map(|row| to_message(room, row)).collect()
+    }
+
+    /// When the oldest stored message was stored.
+    pub fn oldest_ts(&self) -> Result<Option<u64>> {
+        let Some(oldest) = self.oldest.get().filter(|_| self.created.get()) else {
+            return Ok(None);
+        };
+        self.ts_of(oldest)
+    }
+
+    /// When the latest message was stored, if it still is.
+    pub fn last_message_ms(&self) -> Result<Option<u64>> {
+        if !self.created.get() {
+            return Ok(None);
+        }
+        self.ts_of(self.head())
+    }
+
+    fn ts_of(&self, seq: u64) -> Result<Option<u64>> {
+        #[derive(Deserialize)]
+        struct Ts {
+            ts: u64,
+        }
+        let rows = self.db.rows::<Ts>(
+            "SELECT ts FROM messages WHERE seq = ?",
+            vec![seq_value(seq)],
+        )?;
+        Ok(rows.first().map(|r| r.ts))
     }
 
     pub fn cursor(&self) -> u64 {
@@ -279,45 +478,39 @@ impl History {
         Ok(())
     }
 
-    /// Records, in the same turn as the messages that caused it, that the
-    /// registry must be told about this room.
-    pub fn request_announce(&self) -> Result<()> {
-        if !self.announce_due.replace(true) {
-            self.set_meta("announce", "1")?;
-        }
-        Ok(())
-    }
-
-    pub fn announce_due(&self) -> bool {
-        self.announce_due.get()
-    }
-
-    /// The registry has heard of this room.
-    pub fn announced(&self) -> Result<()> {
-        if self.announce_due.replace(false) {
-            self.set_meta("announce", "0")?;
-        }
-        Ok(())
-    }
-
     /// Makes this room hold unconfirmed messages for the bridge from now on.
     pub fn mark_bridged(&self) -> Result<()> {
-        if !self.bridged.replace(true) {
+        if self.created.get() && !self.bridged.replace(true) {
             self.set_meta("bridged", "1")?;
         }
         Ok(())
     }
 
-    /// Messages the bridge has yet to confirm to Kafka.
+    pub fn registered(&self) -> bool {
+        self.registered.get()
+    }
+
+    /// Records whether the registry knows this room.
+    pub fn set_registered(&self, registered: bool) -> Result<()> {
+        if self.created.get() && self.registered.replace(registered) != registered {
+            self.set_meta("registered", if registered { "1" } else { "0" })?;
+        }
+        Ok(())
+    }
+
+    /// Messages the bridge has yet to confirm (none unless the room holds
+    /// them for a bridge). Messages from Kafka are not relayed, so they do
+    /// not count. Costs nothing once the bridge has caught up (the usual
+    /// case), and a read of the unconfirmed rows otherwise.
     pub fn pending(&self) -> Result<u64> {
-        let row: CountRow = self
-            .sql
-            .exec(
-                "SELECT COUNT(*) AS n FROM messages WHERE seq > ? AND origin != 'kafka'",
-                vec![(self.cursor() as i64).into()],
-            )?
-            .one()?;
-        Ok(row.n)
+        if !self.created.get() || !self.bridged.get() || self.cursor() >= self.head() {
+            return Ok(0);
+        }
+        let rows = self.db.rows::<Count>(
+            "SELECT COUNT(*) AS n FROM messages WHERE seq > ? AND origin != 'kafka'",
+            vec![seq_value(self.cursor())],
+        )?;
+        Ok(rows.first().map_or(0, |r| r.n))
     }
 
     fn outbox(&self, limits: &Limits) -> Option<Outbox> {
@@ -327,40 +520,98 @@ impl History {
         })
     }
 
-    /// Keeps at most `history_limit` messages, besides those held for the bridge.
-    pub fn trim_count(&self, limits: &Limits) -> Result<()> {
-        let head = self.head();
-        let ceiling = trim_ceiling(
-            head,
-            count_floor(head, limits.history_limit),
-            self.outbox(limits),
-        );
-        self.sql.exec(
-            "DELETE FROM messages WHERE seq <= ?",
-            vec![(ceiling as i64).into()],
+    /// Deletes what the count limit hides, besides what is held for the
+    /// bridge; runs only once the slack has filled up.
+    pub fn trim_count(&self, limits: &Limits) -> Result<Trimmed> {
+        if !count_trim_due(self.stored.get(), limits.history_limit) {
+            return Ok(Trimmed::default());
+        }
+        self.trim(self.floor(limits), None, limits)
+    }
+
+    /// Drops messages older than `history_ttl_secs`, besides those held for
+    /// the bridge; on the publish path at most once a minute.
+    pub fn trim_age(&self, limits: &Limits, now_ms: u64, force: bool) -> Result<Trimmed> {
+        if !self.created.get()
+            || self.stored.get() == 0
+            || (!force && now_ms < self.last_age_trim_ms.get() + AGE_TRIM_INTERVAL_MS)
+        {
+            return Ok(Trimmed::default());
+        }
+        self.last_age_trim_ms.set(now_ms);
+        let ceiling = trim_ceiling(self.head(), self.head(), self.outbox(limits));
+        let cutoff = ttl_cutoff_ms(now_ms, limits.history_ttl_secs);
+        self.trim(ceiling, Some(cutoff), limits)
+    }
+
+    /// Deletes messages up to `ceiling` (older than `cutoff`, when given),
+    /// after saving the head (the table may end up empty) and counting what
+    /// the bridge never confirmed.
+    fn trim(&self, ceiling: u64, cutoff: Option<u64>, limits: &Limits) -> Result<Trimmed> {
+        if self.oldest.get().is_none_or(|oldest| oldest > ceiling) {
+            return Ok(Trimmed::default());
+        }
+        if self.saved_head.get() < self.head() {
+            self.set_meta("head", &self.head().to_string())?;
+            self.saved_head.set(self.head());
+        }
+        let mut trimmed = Trimmed::default();
+        let cutoff_value =
+            SqlStorageValue::from(cutoff.map_or(NO_CUTOFF, |ms| ms.min(NO_CUTOFF as u64) as i64));
+        if let Some((from, to)) = dropped_unconfirmed(ceiling, self.outbox(limits)) {
+            #[derive(Deserialize)]
+            struct Lost {
+                n: u64,
+                lo: Option<u64>,
+                hi: Option<u64>,
+            }
+            let lost = self.db.rows::<Lost>(
+                "SELECT COUNT(*) AS n, MIN(seq) AS lo, MAX(seq) AS hi FROM messages WHERE seq >= ? AND seq <= ? AND ts < ? AND origin != 'kafka'",
+                vec![seq_value(from), seq_value(to), cutoff_value.clone()],
+            )?;
+            if let Some(lost) = lost.into_iter().next().filter(|l| l.n > 0) {
+                trimmed.dropped = lost.n;
+                trimmed.range = lost.lo.zip(lost.hi);
+            }
+        }
+        self.db.run(
+            "DELETE FROM messages WHERE seq <= ? AND ts < ?",
+            vec![seq_value(ceiling), cutoff_value],
         )?;
-        let key_floor = count_floor(head, MAX_KEYS) as i64;
-        self.sql.exec(
-            "DELETE FROM idempotency WHERE seq <= ?",
-            vec![key_floor.into()],
+        let span = self.span()?;
+        self.oldest.set(span.lo);
+        self.stored.set(span.n);
+        Ok(trimmed)
+    }
+
+    fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.db.run(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            vec![key.into(), value.into()],
         )?;
         Ok(())
     }
 
-    /// Drops messages and keys older than `history_ttl_secs`, besides those
-    /// held for the bridge.
-    pub fn trim_age(&self, limits: &Limits, now_ms: u64) -> Result<()> {
-        let cutoff =
-            SqlStorageValue::try_from_i64(ttl_cutoff_ms(now_ms, limits.history_ttl_secs) as i64)?;
-        let ceiling = trim_ceiling(self.head(), self.head(), self.outbox(limits)) as i64;
-        self.sql.exec(
-            "DELETE FROM messages WHERE ts < ? AND seq <= ?",
-            vec![cutoff.clone(), ceiling.into()],
-        )?;
-        self.sql
-            .exec("DELETE FROM idempotency WHERE ts < ?", vec![cutoff])?;
-        Ok(())
+    /// Forgets everything after the room's storage was deleted: the next
+    /// write creates it afresh, under a new epoch.
+    pub fn forget(&self) {
+        self.created.set(false);
+        self.head.set(0);
+        self.oldest.set(None);
+        self.stored.set(0);
+        self.cursor.set(0);
+        self.bridged.set(false);
+        self.registered.set(false);
+        self.saved_head.set(0);
+        *self.epoch.borrow_mut() = None;
+        *self.stats.borrow_mut() = None;
     }
+}
+
+/// A seq as a bound value; seqs never come near JavaScript's exact limit,
+/// and a client's `since` beyond it reads as "after everything".
+fn seq_value(seq: u64) -> SqlStorageValue {
+    (seq.min(NO_CUTOFF as u64) as i64).into()
 }
 
 fn to_message(room: &str, row: MessageRow) -> Result<Message> {

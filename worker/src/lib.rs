@@ -16,8 +16,8 @@ mod registry;
 mod reply;
 mod room;
 mod router;
-mod session;
 mod settings;
+mod storage;
 
 use roomcast_protocol::ErrorCode;
 use worker::{console_error, event, Context, Env, Request, Response, Result};

@@ -1,4 +1,4 @@
-//! HTTP responses in the shapes of SPEC section 2: JSON bodies, and JSON
+//! HTTP responses (docs/protocol.md, "HTTP"): JSON bodies, and JSON
 //! errors `{"error":{"code","message"}}` whose status follows from the code
 //! and which name the code again in the [`ERROR_HEADER`], so a caller can
 //! tell roomcast's own refusals from a proxy's.
@@ -26,7 +26,17 @@ pub fn json<T: Serialize>(status: u16, body: &T) -> Result<Response> {
 
 /// The error response for `code`.
 pub fn error(code: ErrorCode, message: &str) -> Result<Response> {
+    error_with(code, message, json_headers())
+}
+
+/// `429 rate_limited`, with when to try again.
+pub fn rate_limited(message: &str, retry_after_secs: u64) -> Result<Response> {
     let headers = json_headers();
+    let _ = headers.set("retry-after", &retry_after_secs.to_string());
+    error_with(ErrorCode::RateLimited, message, headers)
+}
+
+fn error_with(code: ErrorCode, message: &str, headers: Headers) -> Result<Response> {
     // Error codes are fixed ASCII names, always a valid header value.
     let _ = headers.set(ERROR_HEADER, code.as_str());
     Ok(Response::ok(error_body(code, message))?

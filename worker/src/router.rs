@@ -5,6 +5,7 @@
 //! woken; the room receives only authenticated requests, with the verified
 //! identity attached.
 
+use futures_util::StreamExt;
 use roomcast_protocol::auth::Identity;
 use roomcast_protocol::clock::now_ms;
 use roomcast_protocol::{ErrorCode, RoomName};
@@ -42,7 +43,8 @@ pub async fn handle(req: Request, env: Env) -> Result<Response> {
             &serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}),
         ),
         ["v1", "rooms", room, op] => room_request(req, env, room, op).await,
-        ["v1", "bridge"] => registry_request(req, env).await,
+        ["v1", "bridge"] => registry_request(req, env, true).await,
+        ["v1", "registry"] => registry_request(req, env, false).await,
         ["v1", ..] => reply::error(ErrorCode::NotFound, "no such API path"),
         _ => env.assets(ASSETS_BINDING)?.fetch_request(req).await,
     }
@@ -77,12 +79,13 @@ async fn room_request(req: Request, env: Env, room: &str, op: &str) -> Result<Re
     admit_and_forward(req, &env, Some(&room), need, stub).await
 }
 
-/// The registry link of SPEC section 5, for the bridge only.
-async fn registry_request(req: Request, env: Env) -> Result<Response> {
+/// The registry link (`/v1/bridge`, a WebSocket) and the registry's report
+/// (`/v1/registry`), for the bridge's token only.
+async fn registry_request(req: Request, env: Env, link: bool) -> Result<Response> {
     if req.method() != Method::Get {
         return reply::error(ErrorCode::MethodNotAllowed, "method not allowed here");
     }
-    if !is_upgrade(&req)? {
+    if link && !is_upgrade(&req)? {
         return reply::error(
             ErrorCode::UpgradeRequired,
             "this endpoint needs a WebSocket upgrade",
@@ -113,7 +116,7 @@ async fn admit_and_forward(
         Ok(identity) => identity,
         Err((code, message)) => return reply::error(code, &message),
     };
-    forward(req, stub, room, &identity).await
+    forward(req, stub, room, &identity, settings.config.max_body_bytes).await
 }
 
 /// Checks origin, token and rights; the error is the code and message to send.
@@ -204,6 +207,7 @@ async fn forward(
     stub: Stub,
     room: Option<&RoomName>,
     identity: &Identity,
+    max_body_bytes: u64,
 ) -> Result<Response> {
     let headers = Headers::new();
     for (name, value) in req.headers().entries() {
@@ -214,12 +218,60 @@ async fn forward(
     if let Some(room) = room {
         headers.set(ROOM_HEADER, room.as_str())?;
     }
-    headers.set(IDENTITY_HEADER, &serde_json::to_string(identity)?)?;
+    headers.set(IDENTITY_HEADER, &identity.to_header())?;
     let mut init = RequestInit::new();
     init.with_method(req.method()).with_headers(headers);
     if req.method() == Method::Post {
-        init.with_body(Some(req.text().await?.into()));
+        match read_body(&mut req, max_body_bytes).await? {
+            Body::Text(body) => init.with_body(Some(body.into())),
+            Body::TooLarge => {
+                return reply::error(
+                    ErrorCode::TooLarge,
+                    &format!("the request body is over MAX_BODY_BYTES ({max_body_bytes} bytes)"),
+                )
+            }
+            Body::NotText => {
+                return reply::error(ErrorCode::BadFormat, "the request body is not UTF-8 text")
+            }
+        };
     }
     let inner = Request::new_with_init(req.url()?.as_str(), &init)?;
     stub.fetch_with_request(inner).await
+}
+
+/// A request body as the router reads it.
+enum Body {
+    Text(String),
+    TooLarge,
+    NotText,
+}
+
+/// The request body, refused when it is over `max` bytes: on its declared
+/// length before anything is read, and while reading when it comes chunked
+/// (or lies about its length).
+async fn read_body(req: &mut Request, max: u64) -> Result<Body> {
+    let declared = req
+        .headers()
+        .get("content-length")?
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max) {
+        return Ok(Body::TooLarge);
+    }
+    if declared == Some(0) {
+        return Ok(Body::Text(String::new()));
+    }
+    let mut stream = match req.stream() {
+        Ok(stream) => stream,
+        // No body at all.
+        Err(_) => return Ok(Body::Text(String::new())),
+    };
+    let mut body = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if (body.len() + chunk.len()) as u64 > max {
+            return Ok(Body::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8(body).map_or(Body::NotText, Body::Text))
 }

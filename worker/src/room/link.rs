@@ -1,35 +1,42 @@
-//! The bridge's room link (SPEC section 5): the room as a durable outbox.
+//! The bridge's room link (docs/protocol.md, "Bridge links"): the room as a
+//! durable outbox.
 //!
 //! One link per room; a newer one supersedes the older (4009), so a bridge
-//! instance taking over a room never races the previous one. The link first
-//! replays every message after the bridge's cursor that did not come from
-//! Kafka, then carries live ones; `bridge_ack` moves the cursor, which is
-//! what lets the room trim its history. Counters go out every 10 s, from the
-//! same alarm that runs the client sweeps; that alarm also closes a link
-//! whose token expired (4001) unless the bridge refreshed it with `auth`
-//! ([`crate::bridge_token`]).
+//! instance taking over a room never races the previous one. The link is fed
+//! every message after the bridge's cursor that did not come from Kafka, in
+//! order, through a window: at most [`WINDOW`] messages beyond the cursor,
+//! and no more than one turn's byte budget per step, so a long outbox never
+//! makes one turn huge and a slow bridge is not flooded. `bridge_ack` moves
+//! the cursor (which is what lets the room trim) and opens the window
+//! again. A link's token is held to its expiry like a client's: the bridge
+//! refreshes it with `auth` ([`crate::bridge_token`]), or the alarm closes
+//! the link (4001). Counters go out when they changed, at most every
+//! [`STATS_INTERVAL_MS`]. A room that retires closes its link with 4010.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 
 use roomcast_protocol::auth::Identity;
-use roomcast_protocol::clock::now_ms;
-use roomcast_protocol::config::Limits;
+use roomcast_protocol::history::TURN_BYTES;
 use roomcast_protocol::ids;
-use roomcast_protocol::wire::{parse_bridge_frame, BridgeFrame, RateInfo, ServerFrame, Welcome};
+use roomcast_protocol::wire::{
+    parse_bridge_frame, BridgeFrame, Message, Origin, RateInfo, ServerFrame, Welcome,
+};
 use roomcast_protocol::{CloseCode, ErrorCode};
 use serde::{Deserialize, Serialize};
 use worker::{Response, Result, WebSocket, WebSocketIncomingMessage, WebSocketPair};
 
-use super::{send_error, Room};
+use super::frames::send_error;
+use super::{Ctx, Room};
 use crate::attachment::Attachment;
 use crate::bridge_token;
-use crate::settings::Settings;
 
 /// Tag of bridge links among the room's sockets.
 const LINK_TAG: &str = "bridge";
-/// How often the room's counters go to the bridge.
+/// How often changed counters go to the bridge at most.
 const STATS_INTERVAL_MS: u64 = 10_000;
+/// The most messages beyond the bridge's cursor the link carries at once.
+const WINDOW: u64 = 1000;
 
 /// A link's state, in its socket attachment.
 #[derive(Debug, Serialize, Deserialize)]
@@ -38,20 +45,40 @@ struct Link {
     /// Expiry of the last token the bridge presented, seconds since the epoch.
     exp: u64,
     last_stats_ms: u64,
-    /// Superseded or expired: no more frames go to it.
+    /// Superseded, expired or retired: no more frames go to it.
     closed: bool,
 }
 
 impl Attachment for Link {}
 
-impl Link {
-    fn stats_due_ms(&self) -> u64 {
-        self.last_stats_ms + STATS_INTERVAL_MS
-    }
+/// The open link as this wake of the room knows it.
+pub(super) enum LinkCache {
+    /// Not looked up since the room woke.
+    Unknown,
+    None,
+    Open(Feed),
+}
+
+/// Where the feed of the open link stands (memory only: after a wake the
+/// feed restarts from the cursor, so what was in flight may be sent again,
+/// which at-least-once delivery allows).
+pub(super) struct Feed {
+    ws: WebSocket,
+    /// Every message up to this seq has been sent or skipped (Kafka's).
+    sent: u64,
+    /// The highest seq actually sent.
+    relayed: u64,
+    /// The counters' version in the last `stats` frame.
+    stats_version: Option<u64>,
 }
 
 impl Room {
     pub(super) fn is_link(&self, ws: &WebSocket) -> bool {
+        if let LinkCache::Open(feed) = &*self.link.borrow() {
+            if feed.ws.as_ref() == ws.as_ref() {
+                return true;
+            }
+        }
         self.state.get_tags(ws).iter().any(|t| t == LINK_TAG)
     }
 
@@ -70,28 +97,38 @@ impl Room {
             .collect()
     }
 
+    /// Finds the open link after a wake, once.
+    fn resolve_link(&self) -> Result<()> {
+        if !matches!(*self.link.borrow(), LinkCache::Unknown) {
+            return Ok(());
+        }
+        let cursor = self.history()?.cursor();
+        let found = self.links().into_iter().next().map(|(ws, _)| Feed {
+            ws,
+            sent: cursor,
+            relayed: cursor,
+            stats_version: None,
+        });
+        *self.link.borrow_mut() = found.map_or(LinkCache::None, LinkCache::Open);
+        Ok(())
+    }
+
     /// Accepts a bridge link, superseding any older one.
     pub(super) async fn link(
         &self,
-        room: &str,
+        ctx: &Ctx,
         identity: Identity,
         query: &HashMap<String, String>,
-        limits: &Limits,
     ) -> Result<Response> {
         if !identity.rights.bridge {
             return crate::reply::error(ErrorCode::Forbidden, "room links need the bridge's token");
         }
-        for (ws, mut old) in self.links() {
-            old.closed = true;
-            old.save(&ws)?;
-            let _ = ws.close(
-                Some(CloseCode::Superseded.code()),
-                Some(CloseCode::Superseded.reason()),
-            );
+        for (ws, old) in self.links() {
+            self.close_link(&ws, old, CloseCode::Superseded)?;
         }
         let history = self.history()?;
+        history.create(&ctx.room, true)?;
         history.mark_bridged()?;
-        let now = now_ms();
         let instance = query
             .get("instance")
             .cloned()
@@ -102,51 +139,131 @@ impl Room {
         let link = Link {
             instance,
             exp: identity.exp,
-            last_stats_ms: now,
+            last_stats_ms: ctx.now,
             closed: false,
         };
         link.save(&pair.server)?;
         let welcome = Welcome {
-            room: room.to_owned(),
+            room: ctx.room.clone(),
             conn_id: ids::conn_id(),
-            epoch: history.epoch(),
+            epoch: history.epoch().unwrap_or_default(),
             head: history.head(),
             recovered: true,
-            heartbeat_ms: limits.heartbeat_ms,
-            max_message_bytes: limits.max_message_bytes,
+            heartbeat_ms: ctx.limits.heartbeat_ms,
+            max_message_bytes: ctx.limits.max_message_bytes,
             rate: RateInfo {
-                per_sec: limits.rate_per_sec,
-                burst: limits.rate_burst,
+                per_sec: ctx.limits.rate_per_sec,
+                burst: ctx.limits.rate_burst,
             },
             exp: identity.exp,
             cursor: Some(history.cursor()),
+            catch_up: None,
         };
         pair.server
             .send_with_str(ServerFrame::Welcome(Cow::Borrowed(&welcome)).to_json())?;
-        self.replay(&pair.server, room, history.cursor(), welcome.head, true)?;
-        pair.server
-            .send_with_str(ServerFrame::Stats(Cow::Owned(self.stats_report(room)?)).to_json())?;
-        let close_at = bridge_token::close_at_ms(link.exp, &*self.settings()?);
-        self.schedule_sweep(link.stats_due_ms().min(close_at))
+        *self.link.borrow_mut() = LinkCache::Open(Feed {
+            ws: pair.server.clone(),
+            sent: history.cursor(),
+            relayed: history.cursor(),
+            stats_version: None,
+        });
+        self.pump(ctx)?;
+        self.send_stats(ctx)?;
+        let close_at = bridge_token::close_at_ms(link.exp, &ctx.settings);
+        self.alarm_no_later_than(close_at.min(ctx.now + STATS_INTERVAL_MS))
             .await?;
         Response::from_websocket(pair.client)
     }
 
-    /// Sends a live message frame to the link.
-    pub(super) fn relay(&self, frame: &str) {
-        for (ws, link) in self.links() {
-            // A failed send leaves the message above the cursor: the next
-            // link replays it, so nothing is lost.
-            if let Err(e) = ws.send_with_str(frame) {
-                worker::console_warn!("bridge link {} refused a frame: {e}", link.instance);
+    /// Hands a just-stored message to the link: sent at once when the feed
+    /// is caught up and the window open, else fed by [`Room::pump`].
+    pub(super) fn relay(&self, ctx: &Ctx, message: &Message, frame: &str) {
+        if self.resolve_link().is_err() {
+            return;
+        }
+        let caught_up = {
+            let mut cache = self.link.borrow_mut();
+            let LinkCache::Open(feed) = &mut *cache else {
+                return;
+            };
+            let cursor = self.history().map(|h| h.cursor()).unwrap_or(0);
+            let open = message.seq.saturating_sub(cursor) <= WINDOW;
+            if feed.sent + 1 == message.seq && open {
+                if message.origin != Origin::Kafka {
+                    // A failed send leaves the message above the cursor:
+                    // the next link replays it, so nothing is lost.
+                    if let Err(e) = feed.ws.send_with_str(frame) {
+                        worker::console_warn!(
+                            "room {}: the bridge link refused a frame: {e}",
+                            ctx.room
+                        );
+                    }
+                    feed.relayed = message.seq;
+                }
+                feed.sent = message.seq;
+                true
+            } else {
+                false
+            }
+        };
+        if !caught_up {
+            if let Err(e) = self.pump(ctx) {
+                worker::console_warn!("room {}: feeding the bridge link: {e}", ctx.room);
             }
         }
+    }
+
+    /// Sends what the window allows of the messages the feed has not sent
+    /// yet, within one turn's byte budget.
+    fn pump(&self, ctx: &Ctx) -> Result<()> {
+        self.resolve_link()?;
+        let history = self.history()?;
+        let mut cache = self.link.borrow_mut();
+        let LinkCache::Open(feed) = &mut *cache else {
+            return Ok(());
+        };
+        let mut bytes = 0u64;
+        while feed.sent < history.head() && bytes < TURN_BYTES {
+            let room_in_window = (history.cursor() + WINDOW).saturating_sub(feed.sent);
+            if room_in_window == 0 {
+                break;
+            }
+            let page = history.after(&ctx.room, feed.sent, room_in_window, true)?;
+            let Some(last) = page.last() else {
+                // Only Kafka's messages are left: nothing to send.
+                feed.sent = history.head();
+                break;
+            };
+            for message in &page {
+                let frame = ServerFrame::Message(Cow::Borrowed(message)).to_json();
+                bytes += frame.len() as u64;
+                feed.ws.send_with_str(&frame)?;
+            }
+            feed.sent = last.seq;
+            feed.relayed = last.seq;
+        }
+        Ok(())
+    }
+
+    /// Moves the cursor over what the link only skipped (messages from
+    /// Kafka) once everything it sent is confirmed: otherwise a room whose
+    /// last messages came from Kafka would look pending forever.
+    fn skip_confirmed(&self) -> Result<()> {
+        let history = self.history()?;
+        let cache = self.link.borrow();
+        if let LinkCache::Open(feed) = &*cache {
+            if feed.relayed <= history.cursor() && feed.sent > history.cursor() {
+                history.confirm(feed.sent)?;
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn on_link_frame(
         &self,
         ws: &WebSocket,
         message: WebSocketIncomingMessage,
+        ctx: &Ctx,
     ) -> Result<()> {
         let text = match message {
             WebSocketIncomingMessage::String(text) if text == "ping" => {
@@ -166,54 +283,116 @@ impl Room {
             Ok(BridgeFrame::BridgeAck { seq }) => {
                 let history = self.history()?;
                 history.confirm(seq)?;
-                let room = self.name()?;
-                history.trim_count(&self.settings()?.config.limits_for(&room))
+                self.skip_confirmed()?;
+                history.trim_count(&ctx.limits)?;
+                self.pump(ctx)
             }
-            Ok(BridgeFrame::Auth { token }) => self.refresh_link(ws, &token),
+            Ok(BridgeFrame::Auth { token }) => self.refresh_link(ws, &token, ctx),
             Err(rejection) => send_error(ws, rejection.code, &rejection.message, None),
         }
     }
 
     /// Moves the link's expiry to that of a fresh bridge token. No alarm is
     /// needed for the later deadline: the one already set for the old
-    /// deadline (or the stats tick) comes first, and its sweep reads the new
-    /// expiry.
-    fn refresh_link(&self, ws: &WebSocket, token: &str) -> Result<()> {
+    /// deadline comes first, and its sweep reads the new expiry.
+    fn refresh_link(&self, ws: &WebSocket, token: &str, ctx: &Ctx) -> Result<()> {
         let Some(mut link) = Link::load(ws)?.filter(|l| !l.closed) else {
             return Ok(());
         };
-        bridge_token::refresh(ws, token, &*self.settings()?, now_ms(), |exp| {
+        bridge_token::refresh(ws, token, &ctx.settings, ctx.now, |exp| {
             link.exp = exp;
             link.save(ws)
         })
     }
 
-    /// Closes links whose token expired and sends the counters to those that
-    /// are due; returns when the next link deadline is.
-    pub(super) fn link_tick(
-        &self,
-        room: &str,
-        settings: &Settings,
-        now: u64,
-    ) -> Result<Option<u64>> {
+    /// Sends the counters to the link if they changed since the last time.
+    fn send_stats(&self, ctx: &Ctx) -> Result<()> {
+        let version = self.counters.version();
+        let stale = matches!(&*self.link.borrow(), LinkCache::Open(feed) if feed.stats_version != Some(version));
+        if !stale {
+            return Ok(());
+        }
+        self.skip_confirmed()?;
+        let frame = ServerFrame::Stats(Cow::Owned(self.stats_report(ctx)?)).to_json();
+        if let LinkCache::Open(feed) = &mut *self.link.borrow_mut() {
+            feed.ws.send_with_str(&frame)?;
+            feed.stats_version = Some(version);
+        }
+        Ok(())
+    }
+
+    /// The alarm's part for links: closes those whose token expired, sends
+    /// changed counters to the open one; returns when the next link
+    /// deadline is.
+    pub(super) fn link_tick(&self, ctx: &Ctx) -> Result<Option<u64>> {
+        self.resolve_link()?;
         let mut next = None;
         for (ws, mut link) in self.links() {
-            let close_at = bridge_token::close_at_ms(link.exp, settings);
-            if now >= close_at {
-                link.closed = true;
-                link.save(&ws)?;
-                bridge_token::close_expired(&ws);
+            let close_at = bridge_token::close_at_ms(link.exp, &ctx.settings);
+            if ctx.now >= close_at {
+                self.close_link(&ws, link, CloseCode::TokenExpired)?;
                 continue;
             }
-            if now >= link.stats_due_ms() {
-                let stats = self.stats_report(room)?;
-                ws.send_with_str(ServerFrame::Stats(Cow::Owned(stats)).to_json())?;
-                link.last_stats_ms = now;
+            let stats_due = link.last_stats_ms + STATS_INTERVAL_MS;
+            if ctx.now >= stats_due && self.link_stats_stale() {
+                self.send_stats(ctx)?;
+                link.last_stats_ms = ctx.now;
                 link.save(&ws)?;
             }
-            let due = link.stats_due_ms().min(close_at);
+            self.pump(ctx)?;
+            // An idle linked room sleeps until its link's token needs
+            // checking; new counters bring the next stats tick forward.
+            let due = if self.link_stats_stale() {
+                close_at.min(link.last_stats_ms + STATS_INTERVAL_MS)
+            } else {
+                close_at
+            };
             next = Some(next.map_or(due, |n: u64| n.min(due)));
         }
         Ok(next)
+    }
+
+    /// When new counters should reach the link, if they should.
+    pub(super) fn link_stats_due(&self, now_ms: u64) -> Option<u64> {
+        self.link_stats_stale()
+            .then_some(now_ms + STATS_INTERVAL_MS)
+    }
+
+    /// Whether the open link's last `stats` frame is out of date.
+    fn link_stats_stale(&self) -> bool {
+        matches!(&*self.link.borrow(), LinkCache::Open(feed) if feed.stats_version != Some(self.counters.version()))
+    }
+
+    /// Closes the link because the room retires.
+    pub(super) fn retire_links(&self) -> Result<()> {
+        for (ws, link) in self.links() {
+            self.close_link(&ws, link, CloseCode::Retired)?;
+        }
+        Ok(())
+    }
+
+    fn close_link(&self, ws: &WebSocket, mut link: Link, code: CloseCode) -> Result<()> {
+        link.closed = true;
+        link.save(ws)?;
+        self.link_gone(ws);
+        // The socket may already be closing from the other side.
+        let _ = ws.close(Some(code.code()), Some(code.reason()));
+        Ok(())
+    }
+
+    /// The link is gone (closed by the room or by the bridge).
+    pub(super) fn link_gone(&self, ws: &WebSocket) {
+        let mut cache = self.link.borrow_mut();
+        let gone = match &*cache {
+            LinkCache::Open(feed) => feed.ws.as_ref() == ws.as_ref(),
+            _ => false,
+        };
+        if gone {
+            *cache = LinkCache::None;
+        } else if matches!(*cache, LinkCache::Open(_)) {
+            // Another link is open: nothing to forget.
+        } else {
+            *cache = LinkCache::Unknown;
+        }
     }
 }

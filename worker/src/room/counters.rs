@@ -1,0 +1,132 @@
+//! The room's counters (docs/protocol.md, "Metrics") and its `/stats`.
+//!
+//! Counters change on nearly every event and matter only in aggregate, so
+//! they live in memory and are written to storage at most every
+//! [`FLUSH_INTERVAL_MS`] (and when the room retires): an evicted room loses
+//! at most that much counting, which Prometheus reads as a counter reset,
+//! rather than every publish paying a row for them. The storage counts
+//! (statements, rows) restart from the flushed values the same way.
+
+use std::cell::{Cell, RefCell};
+
+use roomcast_protocol::stats::{RoomStats, StatsReport};
+use worker::{console_error, Response, Result};
+
+use super::{Ctx, Room};
+use crate::history::History;
+use crate::reply;
+
+/// How often changed counters are written at most.
+const FLUSH_INTERVAL_MS: u64 = 10_000;
+
+#[derive(Default)]
+pub(super) struct Counters {
+    stats: RefCell<Option<RoomStats>>,
+    /// Changed since the last flush.
+    dirty: Cell<bool>,
+    flushed_ms: Cell<u64>,
+    /// Bumped on every change, so a link can tell whether its last `stats`
+    /// frame is still current.
+    version: Cell<u64>,
+}
+
+impl Counters {
+    /// Runs `f` on the counters, loading them on first use.
+    pub fn with<T>(&self, f: impl FnOnce(&mut RoomStats) -> T) -> T {
+        let mut slot = self.stats.borrow_mut();
+        let stats = slot.get_or_insert_with(RoomStats::default);
+        self.dirty.set(true);
+        self.version.set(self.version.get() + 1);
+        f(stats)
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version.get()
+    }
+
+    /// Takes over the counters a previous wake stored (and the storage
+    /// counts they carry), once per wake.
+    pub fn load(&self, history: &History) {
+        if self.stats.borrow().is_some() {
+            return;
+        }
+        let stored: RoomStats = history
+            .stored_stats()
+            .and_then(|json| serde_json::from_str(&json).ok())
+            .unwrap_or_default();
+        history.db().restore(stored.storage);
+        *self.stats.borrow_mut() = Some(stored);
+    }
+
+    /// A copy with the storage counts as of now.
+    pub fn snapshot(&self, history: &History) -> RoomStats {
+        self.load(history);
+        let mut stats = self.stats.borrow().clone().unwrap_or_default();
+        stats.storage = history.db().counts();
+        stats
+    }
+
+    pub fn flush_if_due(&self, history: &History, now_ms: u64) {
+        if self.dirty.get() && now_ms >= self.flushed_ms.get() + FLUSH_INTERVAL_MS {
+            self.flush(history, now_ms);
+        }
+    }
+
+    /// Writes the counters now (when changed).
+    pub fn flush(&self, history: &History, now_ms: u64) {
+        if !self.dirty.replace(false) || !history.exists() {
+            return;
+        }
+        self.flushed_ms.set(now_ms);
+        let json = serde_json::to_string(&self.snapshot(history)).unwrap_or_default();
+        if let Err(e) = history.save_stats(&json) {
+            console_error!("could not store the room's counters: {e}");
+        }
+    }
+
+    /// Forgets everything (the room's storage was deleted).
+    pub fn reset(&self) {
+        *self.stats.borrow_mut() = None;
+        self.dirty.set(false);
+    }
+}
+
+impl Room {
+    /// The counters with the room's current state. Reads nothing from
+    /// storage but what was loaded on wake: `/stats` costs the same however
+    /// big the room is.
+    pub(super) fn stats_report(&self, ctx: &Ctx) -> Result<StatsReport> {
+        let history = self.history()?;
+        Ok(StatsReport {
+            room: ctx.room.clone(),
+            epoch: history.epoch().unwrap_or_default(),
+            head: history.head(),
+            connections: self.clients(),
+            cursor: history.cursor(),
+            pending: history.pending()?,
+            counters: self.counters.snapshot(history),
+        })
+    }
+
+    pub(super) async fn report_stats(&self, ctx: &Ctx) -> Result<Response> {
+        let mut report = serde_json::to_value(self.stats_report(ctx)?)?;
+        report["alarm"] = self.next_alarm().await?.into();
+        reply::json(200, &report)
+    }
+
+    /// When the alarm fires next, if it is set.
+    async fn next_alarm(&self) -> Result<Option<u64>> {
+        if let Some(known) = self.alarm_at.get() {
+            return Ok(known);
+        }
+        let current = self
+            .state
+            .storage()
+            .get_alarm()
+            .await?
+            .filter(|t| *t >= 0)
+            .map(|t| t as u64);
+        self.alarm_at.set(Some(current));
+        Ok(current)
+    }
+}

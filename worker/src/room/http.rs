@@ -1,0 +1,108 @@
+//! The room's HTTP surface (docs/protocol.md, "HTTP"): publishing one
+//! message or a batch, and reading history. Reads never write: a history
+//! page costs its own rows, and reading a room that was never written
+//! leaves nothing behind.
+
+use std::collections::HashMap;
+
+use roomcast_protocol::auth::Identity;
+use roomcast_protocol::history::Page;
+use roomcast_protocol::trace::inherit;
+use roomcast_protocol::wire::{parse_publish_body, HistoryPage, Origin};
+use roomcast_protocol::ErrorCode;
+use worker::{Request, Response, Result};
+
+use super::publish::{Publisher, Refusal};
+use super::{Ctx, Room};
+use crate::reply;
+
+impl Room {
+    pub(super) async fn publish_http(
+        &self,
+        mut req: Request,
+        ctx: &Ctx,
+        identity: &Identity,
+    ) -> Result<Response> {
+        let trace = req.headers().get("traceparent")?;
+        let body = req.text().await?;
+        let (mut drafts, batch) = match parse_publish_body(&body, ctx.limits.max_message_bytes) {
+            Ok(parsed) => parsed,
+            Err(rejection) => {
+                self.counters.with(|s| s.reject(rejection.code));
+                return reply::error(rejection.code, &rejection.message);
+            }
+        };
+        inherit(&mut drafts, trace.as_deref());
+        let burst = ctx.limits.rate_burst;
+        if !identity.rights.bridge && drafts.len() > burst as usize {
+            return reply::error(
+                ErrorCode::TooLarge,
+                &format!(
+                    "a batch of {} is over this room's rate burst of {burst}: send at most {burst} messages per request",
+                    drafts.len()
+                ),
+            );
+        }
+        // The bridge publishes what it consumed from Kafka.
+        let origin = if identity.rights.bridge {
+            Origin::Kafka
+        } else {
+            Origin::Http
+        };
+        let publisher = Publisher {
+            sub: &identity.sub,
+            bridge: identity.rights.bridge,
+            origin,
+        };
+        let receipts = match self.publish(ctx, drafts, &publisher)? {
+            Ok(receipts) => receipts,
+            Err(refusal) => return self.http_refusal(&refusal),
+        };
+        if batch {
+            reply::json(201, &serde_json::json!({ "results": receipts }))
+        } else {
+            reply::json(201, &receipts[0])
+        }
+    }
+
+    fn http_refusal(&self, refusal: &Refusal) -> Result<Response> {
+        let (code, message) = refusal.code_and_message();
+        self.counters.with(|s| s.reject(code));
+        match refusal {
+            Refusal::Limited { retry_after_ms, .. } => {
+                reply::rate_limited(&message, retry_after_ms.div_ceil(1000).max(1))
+            }
+            _ => reply::error(code, &message),
+        }
+    }
+
+    pub(super) fn read_history(
+        &self,
+        ctx: &Ctx,
+        query: &HashMap<String, String>,
+    ) -> Result<Response> {
+        let page = match Page::parse(
+            query.get("since").map(String::as_str),
+            query.get("limit").map(String::as_str),
+        ) {
+            Ok(page) => page,
+            Err(message) => return reply::error(ErrorCode::BadRequest, &message),
+        };
+        let history = self.history()?;
+        let since = page.since.max(history.floor(&ctx.limits));
+        let messages = history.after(&ctx.room, since, page.limit, false)?;
+        let retained = history.retained(&ctx.limits);
+        // History is contiguous up to the head: a page that stops short of it
+        // was cut, by the count or by the byte budget of a turn.
+        let truncated = messages.last().is_some_and(|m| m.seq < retained.head);
+        let body = HistoryPage {
+            room: ctx.room.clone(),
+            epoch: history.epoch().unwrap_or_default(),
+            head: retained.head,
+            messages,
+            truncated,
+            oldest: retained.oldest,
+        };
+        reply::json(200, &body)
+    }
+}

@@ -1,0 +1,278 @@
+//! The one path every message takes, from a WebSocket `publish`, an HTTP
+//! publish or the bridge's batch of Kafka records: the publisher's rights
+//! over ids and its rate budget, then idempotency, then one write, then the
+//! broadcast and the bridge link, then the counters and trims.
+//!
+//! A batch is all or nothing: every check runs before anything is written,
+//! and the writes of one call happen in one synchronous turn, which the
+//! runtime commits together.
+
+use std::borrow::Cow;
+
+use roomcast_protocol::dedupe::{Keys, Verdict};
+use roomcast_protocol::ids::{self, reserved_for_bridge};
+use roomcast_protocol::rate::Admission;
+use roomcast_protocol::wire::{Draft, Message, Origin, Receipt, ServerFrame};
+use roomcast_protocol::ErrorCode;
+use worker::{console_warn, Result};
+
+use super::{Ctx, Room, CLIENT_TAG};
+use crate::history::Row;
+
+/// Who publishes.
+pub(super) struct Publisher<'a> {
+    pub sub: &'a str,
+    /// The bridge's token: no rate budget of its own, and the only one that
+    /// may use the ids the bridge gives Kafka records.
+    pub bridge: bool,
+    pub origin: Origin,
+}
+
+/// Why a publish was refused; nothing of it was stored.
+#[derive(Debug)]
+pub(super) enum Refusal {
+    /// Over the subject's budget; `close` when it kept sending over it for
+    /// `RATE_STRIKES` seconds.
+    Limited { retry_after_ms: u64, close: bool },
+    /// An id of the form the bridge gives Kafka records, from anyone else.
+    ReservedId(String),
+    /// Another subject already used this id in the room.
+    Conflict(String),
+}
+
+impl Refusal {
+    pub fn code_and_message(&self) -> (ErrorCode, String) {
+        match self {
+            Refusal::Limited { .. } => (
+                ErrorCode::RateLimited,
+                "slow down: over the rate limit".into(),
+            ),
+            Refusal::ReservedId(id) => (
+                ErrorCode::Forbidden,
+                format!(
+                    "id {id:?}: ids starting with {:?} are the bridge's",
+                    ids::BRIDGE_ID_PREFIX
+                ),
+            ),
+            Refusal::Conflict(id) => (
+                ErrorCode::IdConflict,
+                format!("id {id:?} is already another publisher's in this room"),
+            ),
+        }
+    }
+}
+
+impl Room {
+    /// Stores `drafts` in order and sends the new ones; a receipt for each.
+    pub(super) fn publish(
+        &self,
+        ctx: &Ctx,
+        drafts: Vec<Draft>,
+        publisher: &Publisher<'_>,
+    ) -> Result<std::result::Result<Vec<Receipt>, Refusal>> {
+        if !publisher.bridge {
+            if let Some(id) = drafts
+                .iter()
+                .filter_map(|d| d.id.as_deref())
+                .find(|id| reserved_for_bridge(id))
+            {
+                return Ok(Err(Refusal::ReservedId(id.to_owned())));
+            }
+        }
+        let verdicts = match self.verdicts(&drafts, publisher.sub)? {
+            Ok(verdicts) => verdicts,
+            Err(id) => return Ok(Err(Refusal::Conflict(id))),
+        };
+        let fresh = verdicts.iter().filter(|v| **v == Verdict::New).count() as u32;
+        if let Err(refusal) = self.admit(ctx, publisher, drafts.len() as u32, fresh) {
+            return Ok(Err(refusal));
+        }
+        let history = self.history()?;
+        history.create(&ctx.room, ctx.settings.config.bridge)?;
+        let mut receipts = Vec::with_capacity(drafts.len());
+        let mut messages: Vec<(Message, bool)> = Vec::with_capacity(fresh as usize);
+        for (draft, verdict) in drafts.into_iter().zip(verdicts) {
+            // A repeated id within one batch is a duplicate of its first copy.
+            let earlier = draft.id.as_deref().and_then(|id| {
+                messages
+                    .iter()
+                    .find(|(m, keyed)| *keyed && m.id == id)
+                    .map(|(m, _)| m.seq)
+            });
+            match (verdict, earlier) {
+                (Verdict::Duplicate { seq }, _) | (Verdict::New, Some(seq)) => {
+                    receipts.push(Receipt {
+                        id: draft.id.unwrap_or_default(),
+                        seq,
+                        duplicate: true,
+                    })
+                }
+                (Verdict::New, None) => {
+                    let keyed = draft.id.is_some();
+                    let seq = history.next_seq() + messages.len() as u64;
+                    let message = message(ctx, draft, seq, publisher);
+                    receipts.push(Receipt {
+                        id: message.id.clone(),
+                        seq,
+                        duplicate: false,
+                    });
+                    messages.push((message, keyed));
+                }
+                (Verdict::Conflict, _) => unreachable!("conflicts refuse the batch above"),
+            }
+        }
+        self.store(&messages)?;
+        for (message, _) in &messages {
+            self.broadcast(ctx, message);
+        }
+        self.after_publish(ctx, &messages, publisher.origin)?;
+        Ok(Ok(receipts))
+    }
+
+    /// What each draft's id means in the room; the first conflict refuses
+    /// the whole batch (its id is returned).
+    fn verdicts(
+        &self,
+        drafts: &[Draft],
+        sender: &str,
+    ) -> Result<std::result::Result<Vec<Verdict>, String>> {
+        if drafts.iter().all(|d| d.id.is_none()) {
+            return Ok(Ok(vec![Verdict::New; drafts.len()]));
+        }
+        self.seed_keys()?;
+        let keys = self.keys.borrow();
+        let keys = keys.as_ref().expect("seeded above");
+        let mut verdicts = Vec::with_capacity(drafts.len());
+        for draft in drafts {
+            let verdict = match draft.id.as_deref() {
+                None => Verdict::New,
+                Some(id) => match keys.check(id, sender) {
+                    Verdict::Conflict => return Ok(Err(id.to_owned())),
+                    verdict => verdict,
+                },
+            };
+            verdicts.push(verdict);
+        }
+        Ok(Ok(verdicts))
+    }
+
+    fn seed_keys(&self) -> Result<()> {
+        if self.keys.borrow().is_some() {
+            return Ok(());
+        }
+        let mut keys = Keys::default();
+        for (id, sender, seq) in self.history()?.keys()? {
+            keys.record(&id, &sender, seq);
+        }
+        *self.keys.borrow_mut() = Some(keys);
+        Ok(())
+    }
+
+    /// The publisher's budget: `n` tokens of the subject's bucket (the
+    /// bridge's publishes are counted in the room's load but not limited).
+    fn admit(
+        &self,
+        ctx: &Ctx,
+        publisher: &Publisher<'_>,
+        n: u32,
+        fresh: u32,
+    ) -> std::result::Result<(), Refusal> {
+        let mut limiter = self.limiter.borrow_mut();
+        if publisher.bridge {
+            limiter.count_unlimited(fresh, &ctx.limits, ctx.now);
+            return Ok(());
+        }
+        match limiter.admit(publisher.sub, n, &ctx.limits, ctx.now) {
+            Admission::Accepted => Ok(()),
+            Admission::Limited { retry_after_ms } => Err(Refusal::Limited {
+                retry_after_ms,
+                close: false,
+            }),
+            Admission::Close { retry_after_ms } => Err(Refusal::Limited {
+                retry_after_ms,
+                close: true,
+            }),
+        }
+    }
+
+    /// Writes the new messages and remembers their keys.
+    fn store(&self, messages: &[(Message, bool)]) -> Result<()> {
+        let rows: Vec<Row<'_>> = messages
+            .iter()
+            .map(|(message, keyed)| Row {
+                message,
+                keyed: *keyed,
+            })
+            .collect();
+        self.history()?.append(&rows)?;
+        let mut keys = self.keys.borrow_mut();
+        if let Some(keys) = keys.as_mut() {
+            for (message, _) in messages.iter().filter(|(_, keyed)| *keyed) {
+                keys.record(&message.id, &message.sender, message.seq);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a stored message to every client and to the bridge link. The
+    /// frame is serialised once for all of them.
+    pub(super) fn broadcast(&self, ctx: &Ctx, message: &Message) {
+        let frame = ServerFrame::Message(Cow::Borrowed(message)).to_json();
+        let mut delivered = 0;
+        for ws in self.state.get_websockets_with_tag(CLIENT_TAG) {
+            // A socket that is closing can refuse the send; its client will
+            // resume from history, so nothing is lost.
+            if ws.send_with_str(&frame).is_ok() {
+                delivered += 1;
+            }
+        }
+        self.counters.with(|s| s.deliveries_total += delivered);
+        self.relay(ctx, message, &frame);
+    }
+
+    /// Counters, trims and registration after new messages.
+    fn after_publish(&self, ctx: &Ctx, messages: &[(Message, bool)], origin: Origin) -> Result<()> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        self.counters.with(|s| {
+            for _ in messages {
+                s.message(origin);
+            }
+        });
+        let history = self.history()?;
+        let mut trimmed = history.trim_count(&ctx.limits)?;
+        if trimmed.dropped == 0 {
+            trimmed = history.trim_age(&ctx.limits, ctx.now, false)?;
+        }
+        if let Some((from, to)) = trimmed.range {
+            self.counters
+                .with(|s| s.outbox_dropped_total += trimmed.dropped);
+            console_warn!(
+                "room {}: dropped {} messages the bridge never confirmed (seq {from}..={to}): the outbox is over OUTBOX_LIMIT",
+                ctx.room,
+                trimmed.dropped
+            );
+        }
+        if !history.registered() {
+            self.register.set(true);
+        }
+        self.retire_check
+            .set(Some(ctx.now.saturating_add(ctx.limits.room_retire_ms)));
+        Ok(())
+    }
+}
+
+/// A new message from `draft` as message `seq`.
+fn message(ctx: &Ctx, draft: Draft, seq: u64, publisher: &Publisher<'_>) -> Message {
+    Message {
+        room: ctx.room.clone(),
+        id: draft.id.unwrap_or_else(|| ids::message_id(ctx.now)),
+        seq,
+        ts: ctx.now,
+        sender: publisher.sub.to_owned(),
+        origin: publisher.origin,
+        data: draft.data,
+        trace: draft.trace,
+    }
+}
