@@ -64,7 +64,7 @@ done
 secret=$(sed -n 's/^JWT_SECRET=//p' .dev.vars)
 [[ -n $secret ]] || { echo ".dev.vars has no JWT_SECRET" >&2; exit 1; }
 
-service worker node_modules/.bin/wrangler dev --ip "${WORKER%:*}" --port "${WORKER#*:}"
+service worker node_modules/.bin/wrangler dev --ip "${WORKER%:*}" --port "${WORKER#*:}" --var BRIDGE:on
 wait_healthy worker "http://$WORKER/healthz" "${groups[0]}"
 
 service bridge "$BRIDGE" --worker-url "http://$WORKER" --jwt-secret "$secret" --embedded-kafka \

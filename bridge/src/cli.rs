@@ -1,4 +1,4 @@
-//! The bridge's command line (SPEC section 8). Every flag can also be set by
+//! The bridge's command line (docs/protocol.md, "Configuration"). Every flag can also be set by
 //! an environment variable `ROOMCAST_<NAME>`, which is how container and
 //! systemd deployments configure it.
 
@@ -69,25 +69,30 @@ pub struct RunArgs {
 
     /// The worker's HS256 secret: the bridge mints its own short-lived
     /// service tokens from it (and `token` mints dev tokens).
-    #[arg(long, env = "ROOMCAST_JWT_SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "ROOMCAST_JWT_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
     pub jwt_secret: Option<String>,
 
     /// A private key (Ed25519 or P-256, PEM) the bridge mints its own
     /// short-lived service tokens with; the worker then holds only the
     /// public half in JWT_PUBLIC_KEYS (print it with `jwks`).
-    #[arg(long, env = "ROOMCAST_JWT_KEY_FILE")]
+    #[arg(long, env = "ROOMCAST_JWT_KEY_FILE", global = true)]
     pub jwt_key_file: Option<PathBuf>,
 
     /// The `kid` of --jwt-key-file, as named in the worker's JWKS.
-    #[arg(long, env = "ROOMCAST_JWT_KID")]
+    #[arg(long, env = "ROOMCAST_JWT_KID", global = true)]
     pub jwt_kid: Option<String>,
 
     /// The `iss` of minted tokens (match the worker's JWT_ISSUER).
-    #[arg(long, env = "ROOMCAST_JWT_ISSUER")]
+    #[arg(long, env = "ROOMCAST_JWT_ISSUER", global = true)]
     pub jwt_issuer: Option<String>,
 
     /// The `aud` of minted tokens (match the worker's JWT_AUDIENCE).
-    #[arg(long, env = "ROOMCAST_JWT_AUDIENCE")]
+    #[arg(long, env = "ROOMCAST_JWT_AUDIENCE", global = true)]
     pub jwt_audience: Option<String>,
 
     /// Lifetime of each minted token (at most 1d); a fresh one replaces it

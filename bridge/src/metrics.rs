@@ -1,4 +1,4 @@
-//! Prometheus metrics (SPEC section 7) and the health flags behind `/healthz`.
+//! Prometheus metrics (docs/protocol.md, "Metrics") and the health flags behind `/healthz`.
 //!
 //! The bridge's own series live in a `prometheus` registry. The rooms' series
 //! are the rooms' cumulative counters as they arrive on the links (`stats`
@@ -221,7 +221,7 @@ fn family(text: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
-/// The room series of SPEC section 7, from the rooms' own counters.
+/// The room series of docs/protocol.md, "Metrics", from the rooms' own counters.
 fn render_rooms(text: &mut String, rooms: &BTreeMap<String, StatsReport>) {
     family(
         text,

@@ -1,5 +1,5 @@
 //! Room → broker: one task per room this instance owns, holding the room
-//! link (SPEC section 5) and handing every message to the [`Sink`].
+//! link (docs/protocol.md, "Bridge links") and handing every message to the [`Sink`].
 //!
 //! Deliveries are awaited in seq order, and `bridge_ack` only ever names a
 //! seq whose message, and every one before it, the broker stored, or, when
@@ -75,7 +75,9 @@ pub async fn run(bridge: Arc<Bridge>, room: String, mut stop: Stop) {
             .set(0);
         match end {
             End::Superseded => {
+                // The new owner exports the room's series from now on.
                 info!(room, "room link superseded by another bridge instance");
+                bridge.metrics.forget_room(&room);
                 return;
             }
             End::Retired => {

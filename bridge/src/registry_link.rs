@@ -1,4 +1,4 @@
-//! The registry link (SPEC section 5): learns which rooms this instance owns
+//! The registry link (docs/protocol.md, "Bridge links"): learns which rooms this instance owns
 //! and keeps one room link task per owned room.
 //!
 //! A room that moves to another instance is taken over by that instance's

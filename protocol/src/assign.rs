@@ -1,5 +1,5 @@
 //! Which bridge instance relays which room: rendezvous (highest random
-//! weight) hashing (SPEC section 5).
+//! weight) hashing (docs/protocol.md, "Bridge links").
 //!
 //! Every instance scores every room and the highest score wins, so all
 //! parties agree without coordination, and when an instance joins or leaves

@@ -1,4 +1,4 @@
-//! Token verification (SPEC section 4), with `jwt-compact`.
+//! Token verification (docs/protocol.md, "Tokens"), with `jwt-compact`.
 //!
 //! A [`Verifier`] is built once from configuration (the HS256 secret and the
 //! JWKS of public keys) and then checks compact JWTs against a caller-supplied
@@ -174,7 +174,7 @@ fn parse_jwk(jwk: &Jwk) -> Result<PublicKey, String> {
     }
 }
 
-/// What a [`Verifier`] is built from (SPEC section 8: `JWT_SECRET`,
+/// What a [`Verifier`] is built from (docs/protocol.md, "Configuration": `JWT_SECRET`,
 /// `JWT_PUBLIC_KEYS`, `JWT_ISSUER`, `JWT_AUDIENCE`, `JWT_LEEWAY_SECS`).
 #[derive(Debug, Clone, Default)]
 pub struct VerifierConfig {

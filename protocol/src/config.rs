@@ -132,7 +132,7 @@ pub struct ConfigError {
 }
 
 impl Config {
-    /// Reads every variable of SPEC section 8 through `lookup`; absent or
+    /// Reads every variable of docs/protocol.md, "Configuration" through `lookup`; absent or
     /// empty variables take their defaults.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let get = |name: &str| {

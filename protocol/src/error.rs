@@ -71,7 +71,7 @@ impl std::fmt::Display for ErrorCode {
     }
 }
 
-/// WebSocket close codes (SPEC section 3).
+/// WebSocket close codes (docs/protocol.md, "Client frames").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u16)]
 pub enum CloseCode {

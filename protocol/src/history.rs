@@ -102,7 +102,7 @@ pub fn count_floor(head: u64, limit: u64) -> u64 {
     head.saturating_sub(limit)
 }
 
-/// What the bridge still needs from a room's history (SPEC section 5): the
+/// What the bridge still needs from a room's history (docs/protocol.md, "Bridge links"): the
 /// room is the outbox, so rows above the bridge's cursor stay, up to a cap
 /// that keeps a room whose bridge is gone for good from growing forever.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

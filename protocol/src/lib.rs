@@ -4,6 +4,7 @@
 //! over this crate. Keeping the rules here, free of I/O, means they are unit-
 //! and property-tested natively and behave identically on `wasm32`.
 
+pub mod admission;
 pub mod assign;
 pub mod auth;
 pub mod clock;

@@ -1,10 +1,8 @@
 //! The message policy: what a client frame may look like before it is parsed
-//! into a command (SPEC section 3 error codes `bad_format` and `too_large`).
+//! into a command (docs/protocol.md, "Client frames" error codes `bad_format` and `too_large`).
 //!
 //! Checks run cheapest first (size, then JSON, then shape) so an abusive
 //! client costs the room as little as possible.
-
-use serde_json::Value;
 
 /// Deepest nesting of arrays and objects accepted in a frame.
 pub const MAX_DEPTH: usize = 32;
@@ -34,23 +32,32 @@ pub fn check_size(len: usize, max: usize) -> SizeCheck {
     }
 }
 
-/// Nesting depth of a JSON value: scalars are 0, `[]` and `{}` are 1.
+/// Nesting depth of a JSON text: scalars are 0, `[]` and `{}` are 1.
 ///
-/// Iterative, so a hostile document cannot exhaust the stack here (serde_json
-/// already refuses more than 128 levels while parsing).
-pub fn depth(value: &Value) -> usize {
-    let mut deepest = 0;
-    let mut stack = vec![(value, 0usize)];
-    while let Some((v, above)) = stack.pop() {
-        match v {
-            Value::Array(items) => {
-                deepest = deepest.max(above + 1);
-                stack.extend(items.iter().map(|c| (c, above + 1)));
+/// It scans the text (which the caller already knows is JSON) instead of
+/// building a tree of it, so measuring a message costs no allocation, and a
+/// hostile document cannot exhaust the stack (serde_json refuses more than
+/// 128 levels while reading it anyway).
+pub fn depth(json: &str) -> usize {
+    let (mut level, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for byte in json.bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
             }
-            Value::Object(map) => {
-                deepest = deepest.max(above + 1);
-                stack.extend(map.values().map(|c| (c, above + 1)));
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                level += 1;
+                deepest = deepest.max(level);
             }
+            b']' | b'}' => level = level.saturating_sub(1),
             _ => {}
         }
     }
@@ -77,7 +84,6 @@ impl Strikes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn sizes() {
@@ -89,10 +95,15 @@ mod tests {
 
     #[test]
     fn depths() {
-        assert_eq!(depth(&json!(1)), 0);
-        assert_eq!(depth(&json!([])), 1);
-        assert_eq!(depth(&json!({"a":[1,{"b":{}}]})), 4);
-        assert_eq!(depth(&json!([[[]]])), 3);
+        assert_eq!(depth("1"), 0);
+        assert_eq!(depth("[]"), 1);
+        assert_eq!(depth(r#"{"a":[1,{"b":{}}]}"#), 4);
+        assert_eq!(depth("[[[]]]"), 3);
+        assert_eq!(
+            depth(r#"["[[[", "\\\"{{", {}]"#),
+            2,
+            "brackets in strings do not count"
+        );
     }
 
     #[test]

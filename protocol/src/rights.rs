@@ -1,6 +1,6 @@
 //! What a token lets its holder do: room patterns and the bridge role.
 //!
-//! A pattern is an exact room name or a prefix ending in `*` (SPEC section 4).
+//! A pattern is an exact room name or a prefix ending in `*` (docs/protocol.md, "Tokens").
 //! Matching is a plain string comparison, so it is cheap enough to run on
 //! every publish.
 

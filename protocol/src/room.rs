@@ -1,7 +1,7 @@
 //! Room names: the one rule that decides which Durable Object a request reaches.
 //!
 //! The name is part of URLs, Kafka keys and metric labels, so it is restricted
-//! to a small, unambiguous alphabet (SPEC section 2).
+//! to a small, unambiguous alphabet (docs/protocol.md, "HTTP").
 
 use std::fmt;
 

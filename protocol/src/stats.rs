@@ -82,12 +82,14 @@ pub struct StorageStats {
 /// zero: a series that appears only with its first event makes `rate()` and
 /// the error ratio read "no data" instead of 0 until then.
 const ORIGINS: [Origin; 3] = [Origin::Ws, Origin::Http, Origin::Kafka];
-const FRAME_REJECTS: [ErrorCode; 5] = [
+const FRAME_REJECTS: [ErrorCode; 7] = [
     ErrorCode::BadFormat,
     ErrorCode::TooLarge,
     ErrorCode::RateLimited,
     ErrorCode::Forbidden,
     ErrorCode::BadToken,
+    ErrorCode::IdConflict,
+    ErrorCode::TooManyConnections,
 ];
 
 impl Default for RoomStats {

@@ -1,4 +1,4 @@
-//! Wire formats of SPEC sections 2 and 3: client frames, server frames and the
+//! Wire formats of docs/protocol.md, "HTTP" and "Client frames": client frames, server frames and the
 //! JSON bodies of the HTTP API.
 //!
 //! Parsing is strict about the fields roomcast reads and lenient about the
@@ -9,7 +9,6 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 
 use crate::error::ErrorCode;
 use crate::policy::{self, SizeCheck, MAX_DEPTH};
@@ -96,92 +95,148 @@ pub enum ClientFrame {
     },
 }
 
+/// The fields roomcast reads from a client frame or a message of an HTTP
+/// body, each still as its raw JSON text: they are checked one by one (for
+/// a precise error) and `data` is kept verbatim, never built into a tree.
+#[derive(Deserialize)]
+struct Fields<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<&'a RawValue>,
+    #[serde(rename = "ref", borrow, default)]
+    reference: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    trace: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    token: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    messages: Option<&'a RawValue>,
+}
+
+impl<'a> Fields<'a> {
+    /// Reads a JSON object's fields; `what` names it in errors.
+    fn read(text: &'a str, what: &str) -> Result<Fields<'a>, Rejection> {
+        serde_json::from_str(text).map_err(|e| {
+            let object = text.trim_start().starts_with('{');
+            let json = serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok();
+            let message = if json && !object {
+                format!("{what} must be a JSON object")
+            } else {
+                format!("{what} is not JSON: {e}")
+            };
+            Rejection::new(ErrorCode::BadFormat, message)
+        })
+    }
+
+    /// The optional `ref`, cut to its limit, for errors about the rest.
+    fn reference_for_errors(&self) -> Option<String> {
+        let text = string(self.reference?)?;
+        Some(text.chars().take(MAX_REF_LEN).collect())
+    }
+}
+
+/// A raw JSON value as a string, if it is one (`null` and other types: none).
+fn string(raw: &RawValue) -> Option<Cow<'_, str>> {
+    serde_json::from_str::<Cow<'_, str>>(raw.get()).ok()
+}
+
+/// A field that may be absent or `null`, else must be a string that `ok`
+/// accepts; `wrong` describes what it must be.
+fn optional_string(
+    raw: Option<&RawValue>,
+    ok: impl Fn(&str) -> bool,
+    wrong: impl FnOnce() -> String,
+) -> Result<Option<String>, Rejection> {
+    match raw {
+        None => Ok(None),
+        Some(raw) if raw.get() == "null" => Ok(None),
+        Some(raw) => match string(raw) {
+            Some(text) if ok(&text) => Ok(Some(text.into_owned())),
+            _ => Err(Rejection::new(ErrorCode::BadFormat, wrong())),
+        },
+    }
+}
+
 /// Parses one text frame under the size limit `max_bytes`.
 pub fn parse_client_frame(text: &str, max_bytes: usize) -> Result<ClientFrame, Rejection> {
-    check_size(text.len(), max_bytes)?;
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| Rejection::new(ErrorCode::BadFormat, format!("not JSON: {e}")))?;
-    let Value::Object(mut frame) = value else {
-        return Err(Rejection::new(
-            ErrorCode::BadFormat,
-            "a frame must be a JSON object",
-        ));
+    if let Err(rejection) = check_size(text.len(), max_bytes) {
+        // Reading a frame up to four times the limit for its `ref` is
+        // bounded, and lets the publisher tell which of its frames it was.
+        let reference = if rejection.fatal {
+            None
+        } else {
+            Fields::read(text, "a frame")
+                .ok()
+                .and_then(|f| f.reference_for_errors())
+        };
+        return Err(rejection.with_ref(reference));
+    }
+    let fields = Fields::read(text, "a frame")?;
+    let reference = fields.reference_for_errors();
+    let kind = match fields.kind {
+        None => Err(Rejection::new(ErrorCode::BadFormat, "frame has no type")),
+        Some(raw) => {
+            string(raw).ok_or_else(|| Rejection::new(ErrorCode::BadFormat, "type must be a string"))
+        }
     };
-    let reference = frame
-        .get("ref")
-        .and_then(Value::as_str)
-        .map(|r| r.chars().take(MAX_REF_LEN).collect::<String>());
-    let parsed = match frame.get("type") {
-        Some(Value::String(t)) if t == "publish" => parse_publish(&mut frame),
-        Some(Value::String(t)) if t == "auth" => match frame.remove("token") {
-            Some(Value::String(token)) => Ok(ClientFrame::Auth { token }),
-            _ => Err(Rejection::new(
+    let parsed = kind.and_then(|kind| match kind.as_ref() {
+        "publish" => parse_publish(&fields),
+        "auth" => match fields.token.and_then(string) {
+            Some(token) => Ok(ClientFrame::Auth {
+                token: token.into_owned(),
+            }),
+            None => Err(Rejection::new(
                 ErrorCode::BadFormat,
                 "auth needs a string token",
             )),
         },
-        Some(Value::String(t)) => Err(Rejection::new(
+        other => Err(Rejection::new(
             ErrorCode::BadFormat,
-            format!("unknown frame type {t:?}"),
+            format!("unknown frame type {other:?}"),
         )),
-        Some(_) => Err(Rejection::new(
-            ErrorCode::BadFormat,
-            "type must be a string",
-        )),
-        None => Err(Rejection::new(ErrorCode::BadFormat, "frame has no type")),
-    };
+    });
     parsed.map_err(|r| r.with_ref(reference))
 }
 
-fn parse_publish(frame: &mut Map<String, Value>) -> Result<ClientFrame, Rejection> {
-    let reference = match frame.remove("ref") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(r)) if r.len() <= MAX_REF_LEN => Some(r),
-        Some(_) => {
-            return Err(Rejection::new(
-                ErrorCode::BadFormat,
-                format!("ref must be a string of at most {MAX_REF_LEN} bytes"),
-            ))
-        }
-    };
-    let draft = parse_draft(frame)?;
+fn parse_publish(fields: &Fields<'_>) -> Result<ClientFrame, Rejection> {
+    let reference = optional_string(
+        fields.reference,
+        |r| r.len() <= MAX_REF_LEN,
+        || format!("ref must be a string of at most {MAX_REF_LEN} bytes"),
+    )?;
+    let draft = parse_draft(fields)?;
     Ok(ClientFrame::Publish { draft, reference })
 }
 
-/// Reads `data` and the optional idempotency key `id` of one message.
-fn parse_draft(fields: &mut Map<String, Value>) -> Result<Draft, Rejection> {
-    let id = match fields.remove("id") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(id)) if !id.is_empty() && id.len() <= MAX_ID_LEN => Some(id),
-        Some(_) => {
-            return Err(Rejection::new(
-                ErrorCode::BadFormat,
-                format!("id must be a non-empty string of at most {MAX_ID_LEN} bytes"),
-            ))
-        }
-    };
-    let trace = match fields.remove("trace") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(trace)) if is_traceparent(&trace) => Some(trace),
-        Some(_) => {
-            return Err(Rejection::new(
-                ErrorCode::BadFormat,
-                "trace must be a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)",
-            ))
-        }
-    };
+/// Reads `data` and the optional idempotency key `id` and `trace` of one
+/// message. `data` is kept as the publisher wrote it; only its nesting is
+/// measured, by scanning the text.
+fn parse_draft(fields: &Fields<'_>) -> Result<Draft, Rejection> {
+    let id = optional_string(
+        fields.id,
+        |id| !id.is_empty() && id.len() <= MAX_ID_LEN,
+        || format!("id must be a non-empty string of at most {MAX_ID_LEN} bytes"),
+    )?;
+    let trace = optional_string(fields.trace, is_traceparent, || {
+        "trace must be a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)".into()
+    })?;
     let data = fields
-        .remove("data")
+        .data
         .ok_or_else(|| Rejection::new(ErrorCode::BadFormat, "publish needs data"))?;
-    if policy::depth(&data) > MAX_DEPTH {
+    if policy::depth(data.get()) > MAX_DEPTH {
         return Err(Rejection::new(
             ErrorCode::BadFormat,
             format!("data is nested deeper than {MAX_DEPTH} levels"),
         ));
     }
-    let data = serde_json::value::to_raw_value(&data)
-        .map_err(|e| Rejection::new(ErrorCode::BadFormat, e.to_string()))?;
-    Ok(Draft { data, id, trace })
+    Ok(Draft {
+        data: data.to_owned(),
+        id,
+        trace,
+    })
 }
 
 fn check_size(len: usize, max_bytes: usize) -> Result<(), Rejection> {
@@ -200,51 +255,42 @@ fn check_size(len: usize, max_bytes: usize) -> Result<(), Rejection> {
 /// Parses the body of `POST /v1/rooms/{room}/messages`: `{"data","id"?}` or
 /// `{"messages":[...]}`. Returns the drafts and whether it was the batch form.
 pub fn parse_publish_body(body: &str, max_bytes: usize) -> Result<(Vec<Draft>, bool), Rejection> {
-    let value: Value = serde_json::from_str(body)
-        .map_err(|e| Rejection::new(ErrorCode::BadFormat, format!("body is not JSON: {e}")))?;
-    let Value::Object(mut fields) = value else {
-        return Err(Rejection::new(
-            ErrorCode::BadFormat,
-            "body must be a JSON object",
-        ));
+    let fields = Fields::read(body, "the body")?;
+    let Some(messages) = fields.messages else {
+        return Ok((vec![parse_http_draft(&fields, max_bytes)?], false));
     };
-    match fields.remove("messages") {
-        None => Ok((vec![parse_http_draft(fields, max_bytes)?], false)),
-        Some(Value::Array(items)) if items.len() <= MAX_BATCH && !items.is_empty() => {
-            let drafts = items
-                .into_iter()
-                .enumerate()
-                .map(|(i, item)| {
-                    match item {
-                        Value::Object(fields) => parse_http_draft(fields, max_bytes),
-                        _ => Err(Rejection::new(
-                            ErrorCode::BadFormat,
-                            "each message must be an object",
-                        )),
-                    }
-                    .map_err(|r| Rejection {
-                        message: format!("messages[{i}]: {}", r.message),
-                        ..r
-                    })
+    let items: Vec<&RawValue> = serde_json::from_str(messages.get())
+        .ok()
+        .filter(|items: &Vec<&RawValue>| !items.is_empty() && items.len() <= MAX_BATCH)
+        .ok_or_else(|| {
+            Rejection::new(
+                ErrorCode::BadFormat,
+                format!("messages must be a list of 1 to {MAX_BATCH} messages"),
+            )
+        })?;
+    let drafts = items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            Fields::read(item.get(), "each message")
+                .and_then(|fields| parse_http_draft(&fields, max_bytes))
+                .map_err(|r| Rejection {
+                    message: format!("messages[{i}]: {}", r.message),
+                    ..r
                 })
-                .collect::<Result<_, _>>()?;
-            Ok((drafts, true))
-        }
-        Some(_) => Err(Rejection::new(
-            ErrorCode::BadFormat,
-            format!("messages must be a list of 1 to {MAX_BATCH} messages"),
-        )),
-    }
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((drafts, true))
 }
 
-fn parse_http_draft(mut fields: Map<String, Value>, max_bytes: usize) -> Result<Draft, Rejection> {
-    let draft = parse_draft(&mut fields)?;
+fn parse_http_draft(fields: &Fields<'_>, max_bytes: usize) -> Result<Draft, Rejection> {
+    let draft = parse_draft(fields)?;
     check_size(draft.data.get().len(), max_bytes)?;
     Ok(draft)
 }
 
 /// A stored, broadcast message: the `message` frame without `type`, and the
-/// value of the Kafka record (SPEC section 6).
+/// value of the Kafka record (docs/protocol.md, "Kafka mapping").
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Message {
     pub room: String,
@@ -429,8 +475,8 @@ pub fn parse_server_frame(text: &str) -> Result<ServerFrame<'static>, serde_json
     })
 }
 
-/// A frame from the bridge on a room link or the registry link (SPEC
-/// section 5), written by the bridge and read by the worker.
+/// A frame from the bridge on a room link or the registry link (docs/protocol.md,
+/// "Bridge links"), written by the bridge and read by the worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum BridgeFrame {
@@ -487,6 +533,7 @@ pub struct HistoryPage {
 mod tests {
     use super::*;
     use serde_json::json;
+    use serde_json::Value;
 
     fn parse(v: Value) -> Result<ClientFrame, Rejection> {
         parse_client_frame(&v.to_string(), 1000)
@@ -570,9 +617,14 @@ mod tests {
 
     #[test]
     fn size_limits() {
-        let text = json!({"type":"publish","data":"x".repeat(200)}).to_string();
+        let text = json!({"type":"publish","data":"x".repeat(200),"ref":"big"}).to_string();
         let r = parse_client_frame(&text, 100).unwrap_err();
         assert_eq!((r.code, r.fatal), (ErrorCode::TooLarge, false));
+        assert_eq!(
+            r.reference.as_deref(),
+            Some("big"),
+            "the publisher learns which"
+        );
         assert!(parse_client_frame(&text, 50).unwrap_err().fatal);
     }
 

@@ -1,5 +1,5 @@
 #![cfg(not(target_arch = "wasm32"))]
-//! The token validation matrix of SPEC section 4: every accepted algorithm,
+//! The token validation matrix of docs/protocol.md, "Tokens": every accepted algorithm,
 //! and every way a token must be refused, against one verifier configured
 //! like a production worker (HS256 secret plus an EdDSA and an ES256 key in
 //! the JWKS).

@@ -123,15 +123,43 @@ export class Worker {
    * @param {unknown} data
    */
   async publish(room, token, data) {
+    return this.#post(room, token, { data });
+  }
+
+  /**
+   * Publishes a batch (`[{data, id?}]`) over HTTP; resolves with the receipts.
+   * @param {string} room
+   * @param {string} token
+   * @param {object[]} messages
+   */
+  async publishBatch(room, token, messages) {
+    return this.#post(room, token, { messages });
+  }
+
+  async #post(room, token, body) {
     const response = await fetch(this.url(`/v1/rooms/${room}/messages`), {
       method: 'POST',
       headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ data }),
+      body: JSON.stringify(body),
       signal: AbortSignal.timeout(10_000),
     });
-    const body = await response.json();
-    if (response.status !== 201) throw new Error(`publish: ${response.status} ${JSON.stringify(body)}`);
-    return body;
+    const answer = await response.json();
+    if (response.status !== 201) throw new Error(`publish: ${response.status} ${JSON.stringify(answer)}`);
+    return answer;
+  }
+
+  /**
+   * A page of the room's history after `since`.
+   * @param {string} room
+   * @param {string} token
+   * @param {number} since
+   */
+  async history(room, token, since) {
+    const response = await fetch(this.url(`/v1/rooms/${room}/messages?since=${since}`), {
+      headers: { authorization: `Bearer ${token}` },
+      signal: AbortSignal.timeout(10_000),
+    });
+    return response.json();
   }
 }
 

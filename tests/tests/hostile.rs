@@ -104,6 +104,16 @@ async fn ids_belong_to_their_first_publisher() {
         "forbidden",
     );
 
+    // A server-assigned id is its message's too: nobody else can reuse it.
+    alice
+        .send_json(json!({"type": "publish", "data": "no id", "ref": "n"}))
+        .await;
+    let assigned = answer(&mut alice).await["id"].as_str().unwrap().to_owned();
+    mallory
+        .send_json(json!({"type": "publish", "data": "copy", "id": assigned}))
+        .await;
+    assert_eq!(answer(&mut mallory).await["code"], "id_conflict");
+
     // History holds each id once.
     let (_, page) = http.get(&url, Some(&full_token("alice"))).await;
     let ids: Vec<&str> = page["messages"]
@@ -112,7 +122,7 @@ async fn ids_belong_to_their_first_publisher() {
         .iter()
         .map(|m| m["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, ["order-42", "order-42b"]);
+    assert_eq!(ids, ["order-42", "order-42b", assigned.as_str()]);
 }
 
 #[tokio::test]

@@ -1,5 +1,5 @@
 //! End to end through a real Kafka-protocol broker (tansu, its own process):
-//! room → Kafka with the key, value and headers of SPEC section 6 (the
+//! room → Kafka with the key, value and headers of docs/protocol.md, "Kafka mapping" (the
 //! publisher's `traceparent` included); Kafka → rooms with idempotency keys
 //! and trace context; nothing from Kafka echoed back; bad records
 //! in the dead-letter topic while good ones keep flowing; the bridge's
@@ -178,7 +178,7 @@ async fn relays_through_kafka() {
         more.iter().map(headers).collect::<Vec<_>>()
     );
 
-    // Metrics: every SPEC name, with values that match the traffic.
+    // Metrics: every documented name, with values that match the traffic.
     let (status, _) = http.get(&bridge.url("/healthz"), None).await;
     assert_eq!(status, 200);
     let text = http

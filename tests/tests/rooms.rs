@@ -1,4 +1,4 @@
-//! End to end, on one worker with default limits: admission (SPEC section 2),
+//! End to end, on one worker with default limits: admission (docs/protocol.md, "HTTP"),
 //! every client frame and server answer of section 3, HTTP publish and
 //! history, idempotency, resume, counters, trace context, the header that
 //! marks roomcast's own errors, and each token algorithm of section 4.
@@ -270,6 +270,13 @@ async fn token_sources(worker: &Worker) {
         .unwrap();
     assert_eq!(by_protocol.protocol.as_deref(), Some("roomcast.v1"));
     by_protocol.expect("welcome").await;
+    // A token offered as the only subprotocol would have to be echoed back
+    // in the answer: refused instead.
+    let lone = format!("bearer.{t}");
+    assert_eq!(
+        Client::refused_with(&url, &[("sec-websocket-protocol", &lone)]).await,
+        400
+    );
     let mut by_query = Client::connect(&format!("{url}?token={t}")).await;
     let welcome = by_query.expect("welcome").await;
     for field in ["conn_id", "epoch"] {
@@ -432,7 +439,7 @@ async fn bad_frames(worker: &Worker) {
         (
             json!({"type": "publish", "data": "x".repeat(70_000), "ref": "big"}).to_string(),
             "too_large",
-            None,
+            Some("big"),
         ),
         (
             json!({"type": "auth", "token": "garbage"}).to_string(),
@@ -697,7 +704,7 @@ async fn stats(worker: &Worker, http: &Http) {
     assert_eq!(s["deliveries_total"], 4);
     assert_eq!(
         s["rejects_total"],
-        json!({"bad_format": 1, "too_large": 0, "rate_limited": 0, "forbidden": 0, "bad_token": 0})
+        json!({"bad_format": 1, "too_large": 0, "rate_limited": 0, "forbidden": 0, "bad_token": 0, "id_conflict": 0, "too_many_connections": 0})
     );
     assert_eq!(s["reconnects_total"], 1);
     assert!(s["connections"].as_u64().unwrap() >= 1);

@@ -43,13 +43,9 @@ const SCHEMA: &[&str] = &[
 const MIGRATIONS: &[&[&str]] = &[
     // 1: the publisher's W3C traceparent (NULL when it sent none).
     &["ALTER TABLE messages ADD COLUMN trace TEXT"],
-    // 2: idempotency keys live in the message rows (`keyed`: the id is the
-    // publisher's key), so a keyed publish writes one row, not three.
-    &[
-        "ALTER TABLE messages ADD COLUMN keyed INTEGER NOT NULL DEFAULT 0",
-        "UPDATE messages SET keyed = 1 WHERE seq IN (SELECT seq FROM idempotency)",
-        "DROP TABLE idempotency",
-    ],
+    // 2: the ids of the stored messages are the idempotency keys (the room
+    // keeps them in memory), so a keyed publish writes one row, not three.
+    &["DROP TABLE idempotency"],
 ];
 
 /// Rows per INSERT of a batch: eight bound values a row keeps a statement
@@ -74,11 +70,13 @@ struct MessageRow {
     trace: Option<String>,
 }
 
+/// A stored message's id and who owns it.
 #[derive(Deserialize)]
-struct KeyRow {
-    id: String,
-    sender: String,
-    seq: u64,
+pub struct KeyRow {
+    pub id: String,
+    pub sender: String,
+    pub origin: String,
+    pub seq: u64,
 }
 
 #[derive(Deserialize)]
@@ -99,13 +97,6 @@ struct Count {
     n: u64,
 }
 
-/// A message about to be stored.
-pub struct Row<'a> {
-    pub message: &'a Message,
-    /// The id is the publisher's idempotency key.
-    pub keyed: bool,
-}
-
 /// What a trim did, for the counters and the log.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Trimmed {
@@ -123,6 +114,7 @@ struct Meta {
     bridged: bool,
     registered: bool,
     head: u64,
+    last_ms: Option<u64>,
     stats: Option<String>,
     name: Option<String>,
 }
@@ -144,6 +136,9 @@ pub struct History {
     registered: Cell<bool>,
     /// The head as last written to `meta` (a trim writes it first).
     saved_head: Cell<u64>,
+    /// When the head message was stored, as written with the head: it is
+    /// still known once that message is trimmed (retirement counts from it).
+    saved_last_ms: Cell<Option<u64>>,
     last_age_trim_ms: Cell<u64>,
     name: RefCell<Option<String>>,
     stats: RefCell<Option<String>>,
@@ -170,6 +165,7 @@ impl History {
             bridged: Cell::new(false),
             registered: Cell::new(false),
             saved_head: Cell::new(0),
+            saved_last_ms: Cell::new(None),
             last_age_trim_ms: Cell::new(0),
             name: RefCell::new(None),
             stats: RefCell::new(None),
@@ -237,6 +233,7 @@ impl History {
                 "bridged" => meta.bridged = true,
                 "registered" => meta.registered = row.value == "1",
                 "head" => meta.head = number(),
+                "last_ms" => meta.last_ms = row.value.parse().ok(),
                 "stats" => meta.stats = Some(row.value.clone()),
                 "room" => meta.name = Some(row.value.clone()),
                 _ => {}
@@ -245,6 +242,7 @@ impl History {
         let span = self.span()?;
         self.head.set(meta.head.max(span.hi.unwrap_or(0)));
         self.saved_head.set(meta.head);
+        self.saved_last_ms.set(meta.last_ms);
         self.oldest.set(span.lo);
         self.stored.set(span.n);
         self.cursor.set(meta.cursor);
@@ -305,29 +303,46 @@ impl History {
     }
 
     /// The range clients see, for resume decisions and history pages. Rows
-    /// are deleted in batches, so some below the limits may still be stored;
+    /// are deleted in batches, so some past the limits may still be stored;
     /// they are already out of sight.
-    pub fn retained(&self, limits: &Limits) -> Retained {
-        let floor = self.floor(limits);
-        Retained {
+    pub fn retained(&self, limits: &Limits, now_ms: u64) -> Result<Retained> {
+        let floor = self.floor(limits, now_ms)?;
+        Ok(Retained {
             head: self.head(),
             oldest: self
                 .oldest
                 .get()
                 .map(|oldest| oldest.max(floor + 1))
                 .filter(|oldest| *oldest <= self.head()),
-        }
+        })
     }
 
-    /// The highest seq the count limit hides from clients (messages held for
-    /// the bridge stay visible, as they stay stored).
-    pub fn floor(&self, limits: &Limits) -> u64 {
+    /// The highest seq the limits hide from clients: past the count limit,
+    /// or older than the age limit (messages held for the bridge stay
+    /// visible, as they stay stored). Costs a read only while messages past
+    /// the age limit wait for their trim.
+    pub fn floor(&self, limits: &Limits, now_ms: u64) -> Result<u64> {
         let head = self.head();
-        trim_ceiling(
-            head,
-            count_floor(head, limits.history_limit),
-            self.outbox(limits),
-        )
+        let outbox = self.outbox(limits);
+        let by_count = trim_ceiling(head, count_floor(head, limits.history_limit), outbox);
+        let cutoff = ttl_cutoff_ms(now_ms, limits.history_ttl_secs);
+        if self.oldest_ts()?.is_none_or(|ts| ts >= cutoff) {
+            return Ok(by_count);
+        }
+        #[derive(Deserialize)]
+        struct First {
+            seq: Option<u64>,
+        }
+        let first_young = self
+            .db
+            .rows::<First>(
+                "SELECT MIN(seq) AS seq FROM messages WHERE ts >= ?",
+                vec![SqlStorageValue::from(cutoff.min(NO_CUTOFF as u64) as i64)],
+            )?
+            .first()
+            .and_then(|f| f.seq);
+        let by_age = first_young.map_or(head, |seq| seq.saturating_sub(1));
+        Ok(by_count.max(trim_ceiling(head, by_age, outbox)))
     }
 
     /// How many messages follow `since`, and how many bytes of data they hold.
@@ -352,14 +367,13 @@ impl History {
         self.head() + 1
     }
 
-    /// Stores `rows`, whose seqs follow the head in order, a few rows per
-    /// statement.
-    pub fn append(&self, rows: &[Row<'_>]) -> Result<()> {
-        for chunk in rows.chunks(ROWS_PER_INSERT) {
-            let placeholders = vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
-            let mut values = Vec::with_capacity(chunk.len() * 8);
-            for row in chunk {
-                let m = row.message;
+    /// Stores `messages`, whose seqs follow the head in order, a few rows
+    /// per statement.
+    pub fn append(&self, messages: &[Message]) -> Result<()> {
+        for chunk in messages.chunks(ROWS_PER_INSERT) {
+            let placeholders = vec!["(?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+            let mut values = Vec::with_capacity(chunk.len() * 7);
+            for m in chunk {
                 values.extend([
                     seq_value(m.seq),
                     m.id.as_str().into(),
@@ -368,35 +382,33 @@ impl History {
                     m.origin.as_str().into(),
                     m.data.get().into(),
                     m.trace.as_deref().into(),
-                    i64::from(row.keyed).into(),
                 ]);
             }
             self.db.run(
-                &format!("INSERT INTO messages (seq, id, ts, sender, origin, data, trace, keyed) VALUES {placeholders}"),
+                &format!("INSERT INTO messages (seq, id, ts, sender, origin, data, trace) VALUES {placeholders}"),
                 values,
             )?;
         }
-        if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
-            self.head.set(last.message.seq);
+        if let (Some(first), Some(last)) = (messages.first(), messages.last()) {
+            self.head.set(last.seq);
             if self.oldest.get().is_none() {
-                self.oldest.set(Some(first.message.seq));
+                self.oldest.set(Some(first.seq));
             }
-            self.stored.set(self.stored.get() + rows.len() as u64);
+            self.stored.set(self.stored.get() + messages.len() as u64);
         }
         Ok(())
     }
 
-    /// The keys of the stored keyed messages, oldest first, to seed the
-    /// room's in-memory key window when it wakes.
-    pub fn keys(&self) -> Result<Vec<(String, String, u64)>> {
+    /// The ids of the stored messages, oldest first, to seed the room's
+    /// in-memory key window when it wakes.
+    pub fn keys(&self) -> Result<Vec<KeyRow>> {
         if !self.created.get() {
             return Ok(Vec::new());
         }
-        let rows = self.db.rows::<KeyRow>(
-            "SELECT id, sender, seq FROM messages WHERE keyed = 1 ORDER BY seq",
+        self.db.rows(
+            "SELECT id, sender, origin, seq FROM messages ORDER BY seq",
             vec![],
-        )?;
-        Ok(rows.into_iter().map(|r| (r.id, r.sender, r.seq)).collect())
+        )
     }
 
     /// Stored messages with `seq > since`, in order: at most `limit`, and no
@@ -449,7 +461,7 @@ impl History {
         if !self.created.get() {
             return Ok(None);
         }
-        self.ts_of(self.head())
+        Ok(self.ts_of(self.head())?.or(self.saved_last_ms.get()))
     }
 
     fn ts_of(&self, seq: u64) -> Result<Option<u64>> {
@@ -526,7 +538,13 @@ impl History {
         if !count_trim_due(self.stored.get(), limits.history_limit) {
             return Ok(Trimmed::default());
         }
-        self.trim(self.floor(limits), None, limits)
+        let head = self.head();
+        let ceiling = trim_ceiling(
+            head,
+            count_floor(head, limits.history_limit),
+            self.outbox(limits),
+        );
+        self.trim(ceiling, None, limits)
     }
 
     /// Drops messages older than `history_ttl_secs`, besides those held for
@@ -554,6 +572,10 @@ impl History {
         if self.saved_head.get() < self.head() {
             self.set_meta("head", &self.head().to_string())?;
             self.saved_head.set(self.head());
+            if let Some(last) = self.ts_of(self.head())? {
+                self.set_meta("last_ms", &last.to_string())?;
+                self.saved_last_ms.set(Some(last));
+            }
         }
         let mut trimmed = Trimmed::default();
         let cutoff_value =
@@ -603,6 +625,7 @@ impl History {
         self.bridged.set(false);
         self.registered.set(false);
         self.saved_head.set(0);
+        self.saved_last_ms.set(None);
         *self.epoch.borrow_mut() = None;
         *self.stats.borrow_mut() = None;
     }

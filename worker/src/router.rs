@@ -1,15 +1,18 @@
-//! The HTTP surface of SPEC section 2: admission (room name, origin, token,
-//! rights) and dispatch to the room's Durable Object.
+//! The worker's front door (docs/protocol.md, "HTTP"): reads a request's
+//! method, path and headers, asks [`roomcast_protocol::admission`] where it
+//! goes and whether its token allows it, reads a bounded body, and forwards
+//! it to its Durable Object.
 //!
-//! Everything that can be refused is refused here, before a Durable Object is
-//! woken; the room receives only authenticated requests, with the verified
+//! Everything that can be refused is refused here, before a Durable Object
+//! is woken; the objects receive only admitted requests, with the verified
 //! identity attached.
 
 use futures_util::StreamExt;
+use roomcast_protocol::admission::{self, Refusal, Route};
 use roomcast_protocol::auth::Identity;
 use roomcast_protocol::clock::now_ms;
-use roomcast_protocol::{ErrorCode, RoomName};
-use worker::{Env, Headers, Method, Request, RequestInit, Response, Result, Stub};
+use roomcast_protocol::ErrorCode;
+use worker::{Env, Headers, Method, Request, RequestInit, Response, Stub};
 
 use crate::registry;
 use crate::reply;
@@ -26,177 +29,134 @@ const ASSETS_BINDING: &str = "ASSETS";
 /// the session.
 const MAX_IDENTITY_BYTES: usize = 8 * 1024;
 
-/// What a room request needs the token to allow.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Need {
-    Subscribe,
-    Publish,
-    Bridge,
+/// Why the router did not forward a request: a refusal for the caller, or
+/// a failure of the runtime.
+enum Failure {
+    Refused(Refusal),
+    Runtime(worker::Error),
 }
 
-pub async fn handle(req: Request, env: Env) -> Result<Response> {
-    let path = req.path();
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match segments.as_slice() {
-        ["healthz"] => reply::json(
+impl From<worker::Error> for Failure {
+    fn from(e: worker::Error) -> Failure {
+        Failure::Runtime(e)
+    }
+}
+
+impl From<Refusal> for Failure {
+    fn from(refusal: Refusal) -> Failure {
+        Failure::Refused(refusal)
+    }
+}
+
+impl From<serde_json::Error> for Failure {
+    fn from(e: serde_json::Error) -> Failure {
+        Failure::Runtime(e.into())
+    }
+}
+
+fn refused(code: ErrorCode, message: impl Into<String>) -> Failure {
+    Failure::Refused((code, message.into()))
+}
+
+pub async fn handle(req: Request, env: Env) -> worker::Result<Response> {
+    match dispatch(req, &env).await {
+        Ok(response) => Ok(response),
+        Err(Failure::Refused((code, message))) => reply::error(code, &message),
+        Err(Failure::Runtime(e)) => Err(e),
+    }
+}
+
+async fn dispatch(req: Request, env: &Env) -> Result<Response, Failure> {
+    let route = admission::route(req.method().as_ref(), &req.path())?;
+    match &route {
+        Route::Health => Ok(reply::json(
             200,
             &serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}),
-        ),
-        ["v1", "rooms", room, op] => room_request(req, env, room, op).await,
-        ["v1", "bridge"] => registry_request(req, env, true).await,
-        ["v1", "registry"] => registry_request(req, env, false).await,
-        ["v1", ..] => reply::error(ErrorCode::NotFound, "no such API path"),
-        _ => env.assets(ASSETS_BINDING)?.fetch_request(req).await,
-    }
-}
-
-async fn room_request(req: Request, env: Env, room: &str, op: &str) -> Result<Response> {
-    let Some(room) = RoomName::parse(room) else {
-        return reply::error(
-            ErrorCode::BadRoom,
-            "room names match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
-        );
-    };
-    let need = match (op, req.method()) {
-        ("ws" | "stats", Method::Get) | ("messages", Method::Get) => Need::Subscribe,
-        ("messages", Method::Post) => Need::Publish,
-        ("bridge", Method::Get) => Need::Bridge,
-        ("ws" | "stats" | "messages" | "bridge", _) => {
-            return reply::error(ErrorCode::MethodNotAllowed, "method not allowed here")
+        )?),
+        Route::Assets => Ok(env.assets(ASSETS_BINDING)?.fetch_request(req).await?),
+        Route::Room { room, .. } => {
+            let stub = env
+                .durable_object(ROOMS_BINDING)?
+                .id_from_name(room.as_str())?
+                .get_stub()?;
+            admit_and_forward(req, env, &route, stub).await
         }
-        _ => return reply::error(ErrorCode::NotFound, "no such room operation"),
-    };
-    if matches!(op, "ws" | "bridge") && !is_upgrade(&req)? {
-        return reply::error(
-            ErrorCode::UpgradeRequired,
-            "this endpoint needs a WebSocket upgrade",
-        );
+        Route::RegistryLink | Route::RegistryReport => {
+            admit_and_forward(req, env, &route, registry::stub(env)?).await
+        }
     }
-    let stub = env
-        .durable_object(ROOMS_BINDING)?
-        .id_from_name(room.as_str())?
-        .get_stub()?;
-    admit_and_forward(req, &env, Some(&room), need, stub).await
-}
-
-/// The registry link (`/v1/bridge`, a WebSocket) and the registry's report
-/// (`/v1/registry`), for the bridge's token only.
-async fn registry_request(req: Request, env: Env, link: bool) -> Result<Response> {
-    if req.method() != Method::Get {
-        return reply::error(ErrorCode::MethodNotAllowed, "method not allowed here");
-    }
-    if link && !is_upgrade(&req)? {
-        return reply::error(
-            ErrorCode::UpgradeRequired,
-            "this endpoint needs a WebSocket upgrade",
-        );
-    }
-    let stub = registry::stub(&env)?;
-    admit_and_forward(req, &env, None, Need::Bridge, stub).await
 }
 
 async fn admit_and_forward(
     req: Request,
     env: &Env,
-    room: Option<&RoomName>,
-    need: Need,
+    route: &Route,
     stub: Stub,
-) -> Result<Response> {
-    let settings = match settings::load(env) {
-        Ok(settings) => settings,
-        Err(message) => {
-            worker::console_error!("configuration error: {message}");
-            return reply::error(
-                ErrorCode::Internal,
-                "the worker is misconfigured; see its logs",
-            );
-        }
-    };
-    let identity = match admit(&req, &settings, room, need)? {
-        Ok(identity) => identity,
-        Err((code, message)) => return reply::error(code, &message),
-    };
-    forward(req, stub, room, &identity, settings.config.max_body_bytes).await
+) -> Result<Response, Failure> {
+    let settings = settings::load(env).map_err(|message| {
+        worker::console_error!("configuration error: {message}");
+        refused(
+            ErrorCode::Internal,
+            "the worker is misconfigured; see its logs",
+        )
+    })?;
+    if route.upgrade() && !is_upgrade(&req)? {
+        return Err(refused(
+            ErrorCode::UpgradeRequired,
+            "this endpoint needs a WebSocket upgrade",
+        ));
+    }
+    let identity = admit(&req, &settings, route)?;
+    forward(req, stub, route, &identity, settings.config.max_body_bytes).await
 }
 
-/// Checks origin, token and rights; the error is the code and message to send.
-fn admit(
-    req: &Request,
-    settings: &Settings,
-    room: Option<&RoomName>,
-    need: Need,
-) -> Result<std::result::Result<Identity, (ErrorCode, String)>> {
-    let origin = req.headers().get("origin")?;
+/// Checks origin, token and rights.
+fn admit(req: &Request, settings: &Settings, route: &Route) -> Result<Identity, Failure> {
+    let headers = req.headers();
+    let origin = headers.get("origin")?;
     if !settings.config.origin_allowed(origin.as_deref()) {
-        return Ok(Err((
-            ErrorCode::BadOrigin,
-            "this origin is not allowed".into(),
-        )));
+        return Err(refused(ErrorCode::BadOrigin, "this origin is not allowed"));
     }
-    let Some(token) = token(req)? else {
-        return Ok(Err((
+    let query_token = req
+        .url()?
+        .query_pairs()
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.into_owned());
+    let token = admission::token(
+        headers.get("authorization")?.as_deref(),
+        headers.get("sec-websocket-protocol")?.as_deref(),
+        query_token.as_deref(),
+    )?
+    .ok_or_else(|| {
+        refused(
             ErrorCode::Unauthorized,
-            "a token is required (Authorization: Bearer, bearer.<jwt> subprotocol or ?token=)"
-                .into(),
-        )));
-    };
-    let identity = match settings.verifier.verify(&token, now_ms()) {
-        Ok(identity) => identity,
-        Err(e) => return Ok(Err((ErrorCode::Unauthorized, e.to_string()))),
-    };
+            "a token is required (Authorization: Bearer, bearer.<jwt> subprotocol or ?token=)",
+        )
+    })?;
+    let identity = settings
+        .verifier
+        .verify(&token, now_ms())
+        .map_err(|e| refused(ErrorCode::Unauthorized, e.to_string()))?;
     if serde_json::to_string(&identity)?.len() > MAX_IDENTITY_BYTES {
-        return Ok(Err((
+        return Err(refused(
             ErrorCode::Unauthorized,
-            "the token carries too many room patterns".into(),
-        )));
+            "the token carries too many room patterns",
+        ));
     }
-    let allowed = match need {
-        Need::Subscribe => room.is_some_and(|r| identity.rights.can_subscribe(r.as_str())),
-        Need::Publish => room.is_some_and(|r| identity.rights.can_publish(r.as_str())),
-        Need::Bridge => identity.rights.bridge,
-    };
-    if !allowed {
-        return Ok(Err((
+    if !route.allowed(&identity.rights) {
+        return Err(refused(
             ErrorCode::Forbidden,
-            "this token does not grant that here".into(),
-        )));
+            "this token does not grant that here",
+        ));
     }
-    Ok(Ok(identity))
+    Ok(identity)
 }
 
-fn is_upgrade(req: &Request) -> Result<bool> {
+fn is_upgrade(req: &Request) -> worker::Result<bool> {
     Ok(req
         .headers()
         .get("upgrade")?
         .is_some_and(|u| u.eq_ignore_ascii_case("websocket")))
-}
-
-/// The token from, in order, `Authorization: Bearer`, the `bearer.<jwt>`
-/// subprotocol, or `?token=` (SPEC section 2).
-fn token(req: &Request) -> Result<Option<String>> {
-    let headers = req.headers();
-    if let Some(auth) = headers.get("authorization")? {
-        if let Some(token) = auth
-            .strip_prefix("Bearer ")
-            .or_else(|| auth.strip_prefix("bearer "))
-        {
-            return Ok(Some(token.trim().to_owned()));
-        }
-    }
-    if let Some(protocols) = headers.get("sec-websocket-protocol")? {
-        if let Some(token) = protocols
-            .split(',')
-            .map(str::trim)
-            .find_map(|p| p.strip_prefix("bearer."))
-        {
-            return Ok(Some(token.to_owned()));
-        }
-    }
-    let url = req.url()?;
-    Ok(url
-        .query_pairs()
-        .find(|(k, _)| k == "token")
-        .map(|(_, v)| v.into_owned()))
 }
 
 /// Sends the admitted request to its Durable Object, with the room name and
@@ -205,73 +165,62 @@ fn token(req: &Request) -> Result<Option<String>> {
 async fn forward(
     mut req: Request,
     stub: Stub,
-    room: Option<&RoomName>,
+    route: &Route,
     identity: &Identity,
     max_body_bytes: u64,
-) -> Result<Response> {
+) -> Result<Response, Failure> {
     let headers = Headers::new();
     for (name, value) in req.headers().entries() {
         if name != ROOM_HEADER && name != IDENTITY_HEADER {
             headers.append(&name, &value)?;
         }
     }
-    if let Some(room) = room {
+    if let Route::Room { room, .. } = route {
         headers.set(ROOM_HEADER, room.as_str())?;
     }
     headers.set(IDENTITY_HEADER, &identity.to_header())?;
     let mut init = RequestInit::new();
     init.with_method(req.method()).with_headers(headers);
     if req.method() == Method::Post {
-        match read_body(&mut req, max_body_bytes).await? {
-            Body::Text(body) => init.with_body(Some(body.into())),
-            Body::TooLarge => {
-                return reply::error(
-                    ErrorCode::TooLarge,
-                    &format!("the request body is over MAX_BODY_BYTES ({max_body_bytes} bytes)"),
-                )
-            }
-            Body::NotText => {
-                return reply::error(ErrorCode::BadFormat, "the request body is not UTF-8 text")
-            }
-        };
+        let body = read_body(&mut req, max_body_bytes).await?;
+        init.with_body(Some(body.into()));
     }
     let inner = Request::new_with_init(req.url()?.as_str(), &init)?;
-    stub.fetch_with_request(inner).await
+    Ok(stub.fetch_with_request(inner).await?)
 }
 
-/// A request body as the router reads it.
-enum Body {
-    Text(String),
-    TooLarge,
-    NotText,
-}
-
-/// The request body, refused when it is over `max` bytes: on its declared
-/// length before anything is read, and while reading when it comes chunked
-/// (or lies about its length).
-async fn read_body(req: &mut Request, max: u64) -> Result<Body> {
+/// The request body as text, refused when it is over `max` bytes: on its
+/// declared length before anything is read, and while reading when it comes
+/// chunked (or lies about its length).
+async fn read_body(req: &mut Request, max: u64) -> Result<String, Failure> {
+    let too_large = || {
+        refused(
+            ErrorCode::TooLarge,
+            format!("the request body is over MAX_BODY_BYTES ({max} bytes)"),
+        )
+    };
     let declared = req
         .headers()
         .get("content-length")?
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|len| len > max) {
-        return Ok(Body::TooLarge);
+        return Err(too_large());
     }
     if declared == Some(0) {
-        return Ok(Body::Text(String::new()));
+        return Ok(String::new());
     }
-    let mut stream = match req.stream() {
-        Ok(stream) => stream,
+    let Ok(mut stream) = req.stream() else {
         // No body at all.
-        Err(_) => return Ok(Body::Text(String::new())),
+        return Ok(String::new());
     };
     let mut body = Vec::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
         if (body.len() + chunk.len()) as u64 > max {
-            return Ok(Body::TooLarge);
+            return Err(too_large());
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(String::from_utf8(body).map_or(Body::NotText, Body::Text))
+    String::from_utf8(body)
+        .map_err(|_| refused(ErrorCode::BadFormat, "the request body is not UTF-8 text"))
 }

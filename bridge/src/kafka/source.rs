@@ -1,5 +1,5 @@
-//! Records for rooms from the inbound topic, in the consumer group (SPEC
-//! section 6).
+//! Records for rooms from the inbound topic, in the consumer group (docs/protocol.md,
+//! "Kafka mapping").
 //!
 //! A record's idempotency key is its `message-id` header, or
 //! `kafka:<topic>:<partition>:<offset>`, so a record delivered again after a
@@ -16,7 +16,6 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
 use roomcast_protocol::trace::is_traceparent;
-use roomcast_protocol::wire::MAX_ID_LEN;
 
 use super::Kafka;
 use crate::broker::{Position, Record, Source, SourceError};
@@ -70,10 +69,21 @@ fn record(topic: &Arc<str>, message: &BorrowedMessage<'_>) -> Record {
         partition: message.partition(),
         offset: message.offset(),
     };
-    let id = header(message, "message-id")
-        .filter(|id| !id.is_empty() && id.len() <= MAX_ID_LEN)
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("kafka:{topic}:{}:{}", position.partition, position.offset));
+    // A `message-id` header is used as it is, even when the room will
+    // refuse it (too long, empty, not text): the room decides, and the
+    // record is dead-lettered with its reason instead of being stored under
+    // an id its producer did not give it.
+    let id = match message
+        .headers()
+        .and_then(|h| h.iter().find(|h| h.key == "message-id"))
+    {
+        Some(header) => header
+            .value
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .unwrap_or_default()
+            .to_owned(),
+        None => format!("kafka:{topic}:{}:{}", position.partition, position.offset),
+    };
     Record {
         topic: topic.clone(),
         position,

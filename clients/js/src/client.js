@@ -89,6 +89,12 @@ export class RoomcastClient extends EventTarget {
   #lastHeard = 0;
   /** @type {Promise<void>|null} */
   #refreshing = null;
+  /**
+   * While the client pages the history a `welcome.catch_up` pointed it to,
+   * the live messages that arrive meanwhile, held back in order.
+   * @type {object[]|null}
+   */
+  #caughtUpLater = null;
   #timers = { connect: null, reconnect: null, watch: null, refresh: null };
 
   /** @param {ClientOptions} options */
@@ -249,9 +255,48 @@ export class RoomcastClient extends EventTarget {
     this.#watch(ws, this.#options.heartbeatMs ?? welcome.heartbeat_ms);
     this.#scheduleRefresh();
     for (const { text } of this.#pending.values()) this.#send(text);
+    this.#caughtUpLater = null;
+    if (welcome.catch_up) void this.#catchUp(ws, welcome.catch_up);
+  }
+
+  /**
+   * The room had more to replay than one turn may carry: it sent nothing
+   * and pointed here instead. Pages the history up to `until`, delivering it
+   * in order, then the live messages that came meanwhile.
+   */
+  async #catchUp(ws, { since, until }) {
+    const held = [];
+    this.#caughtUpLater = held;
+    try {
+      let from = since;
+      while (from < until) {
+        const page = await this.history({ since: from, limit: 1000 });
+        if (ws !== this.#ws) return;
+        const last = page.messages.at(-1);
+        if (!last) throw new Error(`the history ends before seq ${until}`);
+        for (const message of page.messages) {
+          if (message.seq <= until) this.#deliver(ws, message);
+        }
+        from = last.seq;
+      }
+    } catch (e) {
+      this.#lost(ws, `catching up: ${e.message}`);
+      return;
+    }
+    if (ws !== this.#ws || this.#caughtUpLater !== held) return;
+    this.#caughtUpLater = null;
+    for (const message of held) this.#deliver(ws, message);
   }
 
   #message(ws, message) {
+    if (this.#caughtUpLater) {
+      this.#caughtUpLater.push(message);
+      return undefined;
+    }
+    return this.#deliver(ws, message);
+  }
+
+  #deliver(ws, message) {
     switch (this.#sequence.accept(message.seq)) {
       case 'deliver':
         return this.#emit('message', message);

@@ -18,6 +18,7 @@ before(async () => {
     RATE_PER_SEC: '1000',
     RATE_BURST: '1000',
     ROOM_RATE_PER_SEC: '100000',
+    HISTORY_LIMIT: '2000',
   });
 });
 after(() => worker?.stop());
@@ -168,4 +169,28 @@ test('close() stops for good and rejects what is pending', async () => {
   await closed;
   await assert.rejects(publish, /client closed/);
   await assert.rejects(c.publish({}), /client is closed/);
+});
+
+test('a resume too long to replay is paged from history, then live messages follow', async (t) => {
+  const name = room('js.catchup');
+  const writer = token({ sub: 'writer' });
+  for (let start = 0; start < 1200; start += 400) {
+    // Each batch from its own subject: one subject's burst is 1000.
+    const messages = Array.from({ length: 400 }, (_, i) => ({ data: { n: start + i } }));
+    await worker.publishBatch(name, token({ sub: `bulk-${start}` }), messages);
+  }
+  const page = await worker.history(name, writer, 0);
+  const c = client({ room: name, heartbeatMs: 500, since: 0, epoch: page.epoch });
+  t.after(() => c.close());
+  const seen = record(c);
+  const welcome = await nextEvent(c, 'welcome');
+  assert.deepEqual(welcome.catch_up, { since: 0, until: 1200 });
+  await worker.publish(name, writer, { live: true });
+  await messagesArrive(c, seen, 1201, 30_000);
+  assert.deepEqual(
+    seen.messages.map((m) => m.seq),
+    Array.from({ length: 1201 }, (_, i) => i + 1),
+    'every message once, in order, the live one last',
+  );
+  assert.equal(seen.resyncs.length, 0);
 });

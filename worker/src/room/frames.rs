@@ -208,10 +208,11 @@ impl Room {
         if !identity.rights.can_subscribe(&ctx.room) {
             return Ok(Outcome::Close(CloseCode::RightsRevoked));
         }
+        // A fresh token does not forgive earlier bad frames: otherwise
+        // alternating them with `auth` would never reach the strike limit.
         session.exp = identity.exp;
         session.rights = identity.rights;
         session.warned = false;
-        session.strikes.clear();
         ws.send_with_str(ServerFrame::AuthOk { exp: session.exp }.to_json())?;
         self.alarm_no_later_than(session.next_deadline(0, &ctx.timing()))
             .await?;

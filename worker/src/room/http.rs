@@ -35,6 +35,7 @@ impl Room {
         inherit(&mut drafts, trace.as_deref());
         let burst = ctx.limits.rate_burst;
         if !identity.rights.bridge && drafts.len() > burst as usize {
+            self.counters.with(|s| s.reject(ErrorCode::TooLarge));
             return reply::error(
                 ErrorCode::TooLarge,
                 &format!(
@@ -89,9 +90,9 @@ impl Room {
             Err(message) => return reply::error(ErrorCode::BadRequest, &message),
         };
         let history = self.history()?;
-        let since = page.since.max(history.floor(&ctx.limits));
+        let since = page.since.max(history.floor(&ctx.limits, ctx.now)?);
         let messages = history.after(&ctx.room, since, page.limit, false)?;
-        let retained = history.retained(&ctx.limits);
+        let retained = history.retained(&ctx.limits, ctx.now)?;
         // History is contiguous up to the head: a page that stops short of it
         // was cut, by the count or by the byte budget of a turn.
         let truncated = messages.last().is_some_and(|m| m.seq < retained.head);

@@ -10,6 +10,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
+use roomcast_protocol::admission::answer_subprotocol;
 use roomcast_protocol::auth::Identity;
 use roomcast_protocol::history::{parse_u64, plan_resume, replay_route, Replay, MAX_PAGE};
 use roomcast_protocol::ids::{self, subject_tag};
@@ -40,6 +41,8 @@ impl Room {
         let tag = subject_tag(&identity.sub);
         let limit = ctx.limits.max_connections_per_subject;
         if self.open_of(&tag) >= limit as usize {
+            self.counters
+                .with(|s| s.reject(ErrorCode::TooManyConnections));
             return reply::error(
                 ErrorCode::TooManyConnections,
                 &format!("this subject already holds {limit} connections to this room"),
@@ -54,7 +57,7 @@ impl Room {
             since,
             query.get("epoch").map(String::as_str),
             &epoch,
-            history.retained(&ctx.limits),
+            history.retained(&ctx.limits, ctx.now)?,
         );
         let replay = match resume.replay_after {
             Some(after) => {
@@ -106,7 +109,8 @@ impl Room {
         self.alarm_no_later_than(session.next_deadline(0, &ctx.timing()))
             .await?;
         let response = Response::from_websocket(pair.client)?;
-        match chosen_subprotocol(req)? {
+        let offered = req.headers().get("sec-websocket-protocol")?;
+        match answer_subprotocol(offered.as_deref()) {
             Some(protocol) => {
                 let headers = worker::Headers::new();
                 headers.set("sec-websocket-protocol", &protocol)?;
@@ -142,23 +146,4 @@ impl Room {
         }
         Ok(())
     }
-}
-
-/// The subprotocol to answer with: `roomcast.v1` when offered; otherwise the
-/// first one offered, because a browser that offered only `bearer.<jwt>`
-/// fails the handshake if the answer names none.
-fn chosen_subprotocol(req: &Request) -> Result<Option<String>> {
-    let Some(offered) = req.headers().get("sec-websocket-protocol")? else {
-        return Ok(None);
-    };
-    let offers: Vec<&str> = offered
-        .split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .collect();
-    Ok(offers
-        .iter()
-        .find(|p| **p == "roomcast.v1")
-        .or(offers.first())
-        .map(|p| p.to_string()))
 }

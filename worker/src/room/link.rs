@@ -123,16 +123,18 @@ impl Room {
         if !identity.rights.bridge {
             return crate::reply::error(ErrorCode::Forbidden, "room links need the bridge's token");
         }
+        let Some(instance) = query.get("instance").filter(|i| !i.is_empty()).cloned() else {
+            return crate::reply::error(
+                ErrorCode::BadRequest,
+                "the room link needs ?instance=<id>",
+            );
+        };
         for (ws, old) in self.links() {
             self.close_link(&ws, old, CloseCode::Superseded)?;
         }
         let history = self.history()?;
         history.create(&ctx.room, true)?;
         history.mark_bridged()?;
-        let instance = query
-            .get("instance")
-            .cloned()
-            .unwrap_or_else(|| "unnamed".into());
         let pair = WebSocketPair::new()?;
         self.state
             .accept_websocket_with_tags(&pair.server, &[LINK_TAG]);

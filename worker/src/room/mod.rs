@@ -280,12 +280,10 @@ impl Room {
         if let Ok(history) = self.history() {
             self.counters.flush_if_due(history, now);
         }
-        if let Some(at) = self.link_stats_due(now) {
+        let due = [self.link_stats_due(now), self.retire_check.take()];
+        if let Some(at) = due.into_iter().flatten().min() {
             if let Err(e) = self.alarm_no_later_than(at).await {
-                console_error!(
-                    "room {}: scheduling link stats: {e}",
-                    self.name_or_unknown()
-                );
+                console_error!("room {}: scheduling the alarm: {e}", self.name_or_unknown());
             }
         }
         if self.register.replace(false) {

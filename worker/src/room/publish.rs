@@ -17,7 +17,10 @@ use roomcast_protocol::ErrorCode;
 use worker::{console_warn, Result};
 
 use super::{Ctx, Room, CLIENT_TAG};
-use crate::history::Row;
+
+/// The owner of the ids the bridge publishes under, whatever the subject
+/// of the bridge token in use: every bridge instance may retry any record.
+const BRIDGE_OWNER: &str = "\u{0}bridge";
 
 /// Who publishes.
 pub(super) struct Publisher<'a> {
@@ -38,6 +41,17 @@ pub(super) enum Refusal {
     ReservedId(String),
     /// Another subject already used this id in the room.
     Conflict(String),
+}
+
+impl Publisher<'_> {
+    /// Whom the ids this publisher names belong to.
+    fn owner(&self) -> &str {
+        if self.bridge {
+            BRIDGE_OWNER
+        } else {
+            self.sub
+        }
+    }
 }
 
 impl Refusal {
@@ -79,90 +93,93 @@ impl Room {
                 return Ok(Err(Refusal::ReservedId(id.to_owned())));
             }
         }
-        let verdicts = match self.verdicts(&drafts, publisher.sub)? {
-            Ok(verdicts) => verdicts,
+        let duplicates = match self.duplicates(&drafts, publisher.owner())? {
+            Ok(duplicates) => duplicates,
             Err(id) => return Ok(Err(Refusal::Conflict(id))),
         };
-        let fresh = verdicts.iter().filter(|v| **v == Verdict::New).count() as u32;
+        let fresh = duplicates.iter().filter(|d| d.is_none()).count() as u32;
         if let Err(refusal) = self.admit(ctx, publisher, drafts.len() as u32, fresh) {
             return Ok(Err(refusal));
         }
         let history = self.history()?;
         history.create(&ctx.room, ctx.settings.config.bridge)?;
         let mut receipts = Vec::with_capacity(drafts.len());
-        let mut messages: Vec<(Message, bool)> = Vec::with_capacity(fresh as usize);
-        for (draft, verdict) in drafts.into_iter().zip(verdicts) {
+        let mut messages: Vec<Message> = Vec::with_capacity(fresh as usize);
+        for (draft, duplicate) in drafts.into_iter().zip(duplicates) {
             // A repeated id within one batch is a duplicate of its first copy.
-            let earlier = draft.id.as_deref().and_then(|id| {
-                messages
-                    .iter()
-                    .find(|(m, keyed)| *keyed && m.id == id)
-                    .map(|(m, _)| m.seq)
-            });
-            match (verdict, earlier) {
-                (Verdict::Duplicate { seq }, _) | (Verdict::New, Some(seq)) => {
-                    receipts.push(Receipt {
-                        id: draft.id.unwrap_or_default(),
-                        seq,
-                        duplicate: true,
-                    })
-                }
-                (Verdict::New, None) => {
-                    let keyed = draft.id.is_some();
-                    let seq = history.next_seq() + messages.len() as u64;
-                    let message = message(ctx, draft, seq, publisher);
-                    receipts.push(Receipt {
-                        id: message.id.clone(),
-                        seq,
-                        duplicate: false,
-                    });
-                    messages.push((message, keyed));
-                }
-                (Verdict::Conflict, _) => unreachable!("conflicts refuse the batch above"),
+            let earlier = draft
+                .id
+                .as_deref()
+                .and_then(|id| messages.iter().find(|m| m.id == id).map(|m| m.seq));
+            if let Some(seq) = duplicate.or(earlier) {
+                receipts.push(Receipt {
+                    id: draft.id.unwrap_or_default(),
+                    seq,
+                    duplicate: true,
+                });
+                continue;
             }
+            let seq = history.next_seq() + messages.len() as u64;
+            let message = message(ctx, draft, seq, publisher);
+            receipts.push(Receipt {
+                id: message.id.clone(),
+                seq,
+                duplicate: false,
+            });
+            messages.push(message);
         }
-        self.store(&messages)?;
-        for (message, _) in &messages {
+        self.store(&messages, publisher.owner())?;
+        for message in &messages {
             self.broadcast(ctx, message);
         }
         self.after_publish(ctx, &messages, publisher.origin)?;
         Ok(Ok(receipts))
     }
 
-    /// What each draft's id means in the room; the first conflict refuses
-    /// the whole batch (its id is returned).
-    fn verdicts(
+    /// For each draft, the seq of the message it repeats (the same id from
+    /// the same owner), if any; a draft whose id another owner holds refuses
+    /// the whole batch, and its id is returned.
+    fn duplicates(
         &self,
         drafts: &[Draft],
-        sender: &str,
-    ) -> Result<std::result::Result<Vec<Verdict>, String>> {
+        owner: &str,
+    ) -> Result<std::result::Result<Vec<Option<u64>>, String>> {
         if drafts.iter().all(|d| d.id.is_none()) {
-            return Ok(Ok(vec![Verdict::New; drafts.len()]));
+            return Ok(Ok(vec![None; drafts.len()]));
         }
         self.seed_keys()?;
         let keys = self.keys.borrow();
-        let keys = keys.as_ref().expect("seeded above");
-        let mut verdicts = Vec::with_capacity(drafts.len());
+        let mut duplicates = Vec::with_capacity(drafts.len());
         for draft in drafts {
-            let verdict = match draft.id.as_deref() {
-                None => Verdict::New,
-                Some(id) => match keys.check(id, sender) {
-                    Verdict::Conflict => return Ok(Err(id.to_owned())),
-                    verdict => verdict,
-                },
+            let verdict = match (draft.id.as_deref(), keys.as_ref()) {
+                (Some(id), Some(keys)) => keys.check(id, owner),
+                _ => Verdict::New,
             };
-            verdicts.push(verdict);
+            duplicates.push(match verdict {
+                Verdict::New => None,
+                Verdict::Duplicate { seq } => Some(seq),
+                Verdict::Conflict => {
+                    return Ok(Err(draft.id.clone().unwrap_or_default()));
+                }
+            });
         }
-        Ok(Ok(verdicts))
+        Ok(Ok(duplicates))
     }
 
+    /// Loads the ids of the stored messages into the key window, once per
+    /// wake: the first publish that names an id needs them.
     fn seed_keys(&self) -> Result<()> {
         if self.keys.borrow().is_some() {
             return Ok(());
         }
         let mut keys = Keys::default();
-        for (id, sender, seq) in self.history()?.keys()? {
-            keys.record(&id, &sender, seq);
+        for row in self.history()?.keys()? {
+            let owner = if row.origin == Origin::Kafka.as_str() {
+                BRIDGE_OWNER
+            } else {
+                row.sender.as_str()
+            };
+            keys.record(&row.id, owner, row.seq);
         }
         *self.keys.borrow_mut() = Some(keys);
         Ok(())
@@ -195,20 +212,13 @@ impl Room {
         }
     }
 
-    /// Writes the new messages and remembers their keys.
-    fn store(&self, messages: &[(Message, bool)]) -> Result<()> {
-        let rows: Vec<Row<'_>> = messages
-            .iter()
-            .map(|(message, keyed)| Row {
-                message,
-                keyed: *keyed,
-            })
-            .collect();
-        self.history()?.append(&rows)?;
-        let mut keys = self.keys.borrow_mut();
-        if let Some(keys) = keys.as_mut() {
-            for (message, _) in messages.iter().filter(|(_, keyed)| *keyed) {
-                keys.record(&message.id, &message.sender, message.seq);
+    /// Writes the new messages and remembers their ids (once the window is
+    /// loaded; until then the stored rows are the record).
+    fn store(&self, messages: &[Message], owner: &str) -> Result<()> {
+        self.history()?.append(messages)?;
+        if let Some(keys) = self.keys.borrow_mut().as_mut() {
+            for message in messages {
+                keys.record(&message.id, owner, message.seq);
             }
         }
         Ok(())
@@ -231,7 +241,7 @@ impl Room {
     }
 
     /// Counters, trims and registration after new messages.
-    fn after_publish(&self, ctx: &Ctx, messages: &[(Message, bool)], origin: Origin) -> Result<()> {
+    fn after_publish(&self, ctx: &Ctx, messages: &[Message], origin: Origin) -> Result<()> {
         if messages.is_empty() {
             return Ok(());
         }
