@@ -29,9 +29,9 @@ export CARGO_TERM_COLOR := never
 WORKER_BUNDLE  := build/worker/shim.mjs
 WORKER_SOURCES := $(shell find worker/src protocol/src -name '*.rs') worker/Cargo.toml protocol/Cargo.toml Cargo.toml Cargo.lock
 
-.PHONY: bootstrap build worker bridge dev token test test-unit test-wasm test-fuzz test-e2e test-js lint fuzz bench deploy-check clean
+.PHONY: bootstrap bootstrap-test build worker bridge dev token test test-unit test-wasm test-fuzz test-e2e test-js lint fuzz bench profile deploy-check clean
 
-## bootstrap: install every tool the build and the tests need (idempotent)
+## bootstrap: install what building and running needs (idempotent): the wasm toolchain, wrangler, OpenSSL's headers
 bootstrap: node_modules/.package-lock.json
 	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy rustfmt
@@ -40,19 +40,25 @@ bootstrap: node_modules/.package-lock.json
 	  || cargo install wasm-bindgen-cli --version "$(WASM_BINDGEN_VER)" --force
 	@$(CARGO_BIN)/worker-build --version 2>/dev/null | grep -q "$(WORKER_BUILD_VER)" \
 	  || cargo install worker-build --version "$(WORKER_BUILD_VER)" --force
+	@# OpenSSL's headers (librdkafka's TLS and SASL, in the bridge) and kcat (the
+	@# Kafka side of `make dev`), from Debian.
+	@missing=""; pkg-config --exists openssl 2>/dev/null || missing="$$missing libssl-dev pkg-config"; \
+	  command -v kcat >/dev/null || missing="$$missing kcat"; \
+	  test -z "$$missing" || { apt-get update -qq && apt-get install -y -qq $$missing; }
+
+## bootstrap-test: bootstrap, and what only the tests, fuzzing and benchmarks need (idempotent)
+bootstrap-test: bootstrap
 	@$(CARGO_BIN)/cargo-fuzz --version 2>/dev/null | grep -qx "cargo-fuzz $(CARGO_FUZZ_VER)" \
 	  || cargo install cargo-fuzz --version "$(CARGO_FUZZ_VER)" --locked --force
-	@# The end-to-end tests' Kafka-protocol broker (about 20 minutes to build, once).
+	@# The end-to-end tests' Kafka-protocol broker (about 20 minutes to build, once;
+	@# `make dev` uses the bridge's embedded one instead).
 	@test "$$(cat $(TOOLS_DIR)/tansu.features 2>/dev/null)" = "$(TANSU_VER) $(TANSU_FEATURES)" \
 	  && $(TOOLS_DIR)/bin/tansu --version 2>/dev/null | grep -q "$(TANSU_VER)" \
 	  || { cargo install tansu --version "$(TANSU_VER)" --features "$(TANSU_FEATURES)" --locked --root "$(TOOLS_DIR)" --force \
 	       && echo "$(TANSU_VER) $(TANSU_FEATURES)" > $(TOOLS_DIR)/tansu.features; }
-	@# kcat (watch and feed Kafka topics by hand), Chromium (the browser test), socat
-	@# (the end-to-end tests' TLS terminator in front of the broker) and OpenSSL's
-	@# headers (librdkafka's TLS and SASL), from Debian.
-	@missing=""; command -v kcat >/dev/null || missing="$$missing kcat"; \
-	  command -v socat >/dev/null || missing="$$missing socat"; \
-	  pkg-config --exists openssl 2>/dev/null || missing="$$missing libssl-dev pkg-config"; \
+	@# Chromium (the browser test) and socat (the end-to-end tests' TLS terminator
+	@# in front of the broker), from Debian.
+	@missing=""; command -v socat >/dev/null || missing="$$missing socat"; \
 	  test -x $(CHROMIUM) || missing="$$missing chromium"; \
 	  test -z "$$missing" || { apt-get update -qq && apt-get install -y -qq $$missing; }
 
@@ -68,9 +74,12 @@ build: bootstrap worker bridge
 worker: bootstrap $(WORKER_BUNDLE)
 
 # wasm-opt runs here rather than inside worker-build so that it can shrink for
-# size and strip debug names (bundle size is cold-start time on Workers).
+# size and strip debug names (bundle size is cold-start time on Workers). The
+# worker is compiled for size (opt-level z: about 25 KB less gzipped than s);
+# the bridge keeps the workspace's release profile.
+WORKER_CARGO := CARGO_PROFILE_RELEASE_OPT_LEVEL=z
 $(WORKER_BUNDLE): $(WORKER_SOURCES)
-	worker-build --release --no-opt --out-dir ../build worker
+	$(WORKER_CARGO) worker-build --release --no-opt --out-dir ../build worker
 	wasm-opt build/index_bg.wasm -o build/index_bg.wasm -Oz --enable-exception-handling --strip-debug --strip-producers
 	@touch $@
 
@@ -113,27 +122,45 @@ test-wasm: bootstrap
 
 ## test-fuzz: every fuzz target (fuzz/) for FUZZ_RUNS inputs from the committed seeds, the same inputs each time
 FUZZ_RUNS ?= 50000
-test-fuzz: bootstrap
+test-fuzz: bootstrap-test
 	scripts/fuzz.sh --runs $(FUZZ_RUNS)
 
-test-e2e: worker
+test-e2e: bootstrap-test worker
 	cargo build -p roomcast-bridge
 	ROOMCAST_TANSU=$(TOOLS_DIR)/bin/tansu cargo test -p roomcast-tests -- --test-threads=1
 
 ## test-js: the JS client (node's test runner) and the demo page in headless Chromium, against wrangler dev
-test-js: worker
+test-js: bootstrap-test worker
 	CHROMIUM_PATH=$(CHROMIUM) node --test --test-concurrency=1 --test-timeout=300000 --test-reporter=spec \
 	  clients/js/test/ tests/browser/
 
 ## fuzz: every fuzz target for FUZZ_SECONDS each (7 x 90 s: over ten minutes), growing fuzz/corpus; not part of test
 FUZZ_SECONDS ?= 90
-fuzz: bootstrap
+fuzz: bootstrap-test
 	scripts/fuzz.sh --seconds $(FUZZ_SECONDS)
 
-## bench: not part of test (see bench/)
-bench: build
+# The worker with Rust function names kept, for profiles (rule below).
+PROFILE_BUNDLE := build/profile/worker/shim.mjs
+
+## bench: the ladder (bare JS, durable JS, partyserver, roomcast), push/poll, fan-out, many rooms, footprint [FULL=1: everything, and the bridge]; not part of test (see BENCHMARKS.md)
+bench: bootstrap-test build $(PROFILE_BUNDLE)
 	cargo build --release -p roomcast-bench
 	target/release/roomcast-bench $(if $(filter 1,$(FULL)),--full) --out target/bench-$(if $(filter 1,$(FULL)),full,quick).md
+
+## profile: a CPU profile of one room under publish load (PROFILE_SECONDS), from a worker build that keeps function names; see BENCHMARKS.md, "Profiling"
+PROFILE_SECONDS ?= 10
+profile: bootstrap $(PROFILE_BUNDLE)
+	cargo build --release -p roomcast-bench
+	target/release/roomcast-bench profile --seconds $(PROFILE_SECONDS) --out target/profile.cpuprofile
+
+# The worker as $(WORKER_BUNDLE) builds it, with the same optimisations, but
+# keeping wasm's name section (wasm-opt -g, no --strip-debug) so that a
+# profile names Rust functions; in its own directory, so the deploy bundle is
+# untouched.
+$(PROFILE_BUNDLE): $(WORKER_SOURCES)
+	$(WORKER_CARGO) worker-build --release --no-opt --out-dir ../build/profile worker
+	wasm-opt build/profile/index_bg.wasm -o build/profile/index_bg.wasm -Oz -g --enable-exception-handling --strip-producers
+	@touch $@
 
 ## deploy-check: the deploy bundle, built offline, and its gzip size
 deploy-check: worker

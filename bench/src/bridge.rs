@@ -14,7 +14,6 @@
 //! registry to assign the room and for consumer groups to settle).
 
 use std::fmt::Write;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
@@ -25,22 +24,21 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use roomcast_bridge::kafka::{Kafka, KafkaConfig};
-use tokio::net::TcpStream;
+use roomcast_tests::broker::tansu_binary;
+use roomcast_tests::{repo_root, BridgeCommand, Broker};
 use tokio::time::{sleep_until, Instant};
 
 use crate::bridge_memory::{self, Memory};
 use crate::clock;
 use crate::fanout::Timing;
-use crate::http;
 use crate::load::{self, Outlet};
 use crate::net::Traffic;
 use crate::probe::Probe;
-use crate::process::{log_path, Group};
 use crate::publisher::Publisher;
 use crate::receiver::{Receivers, RecordShape};
 use crate::recorder::{Recorder, Stamp};
 use crate::report::{cell, number, Table};
-use crate::server::{free_port, repo_root, Flavor, Server, SECRET};
+use crate::server::{Flavor, Server};
 use crate::stats::{Sample, Summary};
 use crate::ws;
 
@@ -53,8 +51,6 @@ const WINDOW: u64 = 20_000;
 const PRIME: Duration = Duration::from_secs(120);
 /// How long stragglers of a run may take.
 const DRAIN: Duration = Duration::from_secs(10);
-/// How long the broker and the bridge may take to come up.
-const STARTUP: Duration = Duration::from_secs(60);
 
 pub struct Plan {
     /// Messages/s of the latency runs.
@@ -63,6 +59,8 @@ pub struct Plan {
     pub links: usize,
     pub timing: Timing,
     pub state_root: PathBuf,
+    /// roomcast's wrangler configuration.
+    pub config: PathBuf,
 }
 
 /// One path's figures.
@@ -83,20 +81,33 @@ pub struct BridgeResults {
     pub to_room: PathResult,
 }
 
-/// The tansu broker `make bootstrap` installs.
-pub fn tansu() -> PathBuf {
-    PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/roomcast/tools/bin/tansu")
-}
-
 pub async fn run(plan: &Plan) -> Result<BridgeResults> {
-    let server = Server::start(Flavor::Ours, &plan.state_root).await?;
-    let broker = Broker::start().await?;
+    let server = Server::start(Flavor::Ours, &plan.config, &plan.state_root).await?;
+    let version = Command::new(tansu_binary())
+        .arg("--version")
+        .output()
+        .with_context(|| {
+            format!(
+                "{} (installed by `make bootstrap`)",
+                tansu_binary().display()
+            )
+        })?;
+    let broker = Broker::start().await;
+    let version = String::from_utf8_lossy(&version.stdout).trim().to_owned();
+    eprintln!("[bridge] {version} on {}", broker.address);
     kafka(&broker.address)
         .ensure_topics(&[EVENTS, INBOUND, PLAIN])
         .await
         .context("creating the topics")?;
-    let (bridge, metrics) = start_bridge(&server, &broker.address).await?;
-    let idle_kib = bridge_memory::resident_kib(bridge.pgid())?;
+    // The release build, logging warnings only: its log lines would cost
+    // CPU inside the measurement.
+    let bridge = BridgeCommand {
+        binary: repo_root().join("target/release/roomcast-bridge"),
+        log_filter: "warn",
+    }
+    .start(server.worker(), &broker, "bench", &[])
+    .await;
+    let idle_kib = bridge_memory::resident_kib(bridge.service.pid())?;
 
     let plain = {
         let recorder = Recorder::new();
@@ -132,11 +143,11 @@ pub async fn run(plan: &Plan) -> Result<BridgeResults> {
         receivers.stop().await?;
         result?
     };
-    let memory = bridge_memory::measure(&server, bridge.pgid(), metrics, idle_kib, plan.links)
+    let memory = bridge_memory::measure(&server, &bridge, idle_kib, plan.links)
         .await
         .context("bridge memory")?;
     Ok(BridgeResults {
-        broker: broker.label(),
+        broker: format!("{version} (in-memory storage), one partition per topic"),
         memory,
         rate: plan.rate,
         plain,
@@ -301,76 +312,6 @@ fn consumer(brokers: &str, topic: &str) -> Result<StreamConsumer> {
         .context("a consumer")?;
     consumer.subscribe(&[topic]).context("subscribing")?;
     Ok(consumer)
-}
-
-/// tansu with in-memory storage.
-struct Broker {
-    _process: Group,
-    address: String,
-    version: String,
-}
-
-impl Broker {
-    async fn start() -> Result<Broker> {
-        let binary = tansu();
-        let version = Command::new(&binary)
-            .arg("--version")
-            .output()
-            .with_context(|| format!("{} (installed by `make bootstrap`)", binary.display()))?;
-        let port = free_port()?;
-        let address = format!("127.0.0.1:{port}");
-        let mut cmd = Command::new(binary);
-        cmd.args(["broker", "--listener-url", &format!("tcp://{address}")])
-            .args(["--advertised-listener-url", &format!("tcp://{address}")])
-            .args(["--storage-engine", "memory://tansu/"]);
-        let mut process = Group::spawn("tansu", cmd, &log_path("tansu"))?;
-        process
-            .wait_ready(
-                "tansu did not listen",
-                STARTUP,
-                Duration::from_millis(100),
-                || async { TcpStream::connect(&address).await.is_ok() },
-            )
-            .await?;
-        let version = String::from_utf8_lossy(&version.stdout).trim().to_owned();
-        eprintln!("[bridge] {version} on {address}");
-        Ok(Broker {
-            _process: process,
-            address,
-            version,
-        })
-    }
-
-    fn label(&self) -> String {
-        format!(
-            "{} (in-memory storage), one partition per topic",
-            self.version
-        )
-    }
-}
-
-/// The release bridge binary against `server` and `brokers`, and its metrics address.
-async fn start_bridge(server: &Server, brokers: &str) -> Result<(Group, SocketAddr)> {
-    let binary = repo_root().join("target/release/roomcast-bridge");
-    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let mut cmd = Command::new(&binary);
-    cmd.args(["--worker-url", &server.url()])
-        .args(["--jwt-secret", SECRET])
-        .args(["--brokers", brokers])
-        .args(["--metrics-addr", &metrics.to_string()])
-        .args(["--instance-id", "bench"])
-        .env("RUST_LOG", "warn");
-    let mut process = Group::spawn("roomcast-bridge", cmd, &log_path("bridge"))
-        .with_context(|| format!("{} (built by `make build`)", binary.display()))?;
-    process
-        .wait_ready(
-            "the bridge was not healthy",
-            STARTUP,
-            Duration::from_millis(250),
-            || async { http::get_ok(metrics, "/healthz", None).await.is_ok() },
-        )
-        .await?;
-    Ok((process, metrics))
 }
 
 pub fn render(out: &mut String, results: &BridgeResults) {

@@ -7,15 +7,14 @@
 //! the bridge's own `/metrics` reports the links up, then reads `VmRSS` from
 //! `/proc`, so the figure is the bridge holding every link, not racing them.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
+use roomcast_tests::BridgeProcess;
 use tokio::time::{sleep, Instant};
 
 use crate::clock;
-use crate::http;
 use crate::load::Outlet;
 use crate::publisher::Publisher;
 use crate::recorder::Stamp;
@@ -51,16 +50,15 @@ pub fn resident_kib(pid: u32) -> Result<u64> {
         .with_context(|| format!("no VmRSS in /proc/{pid}/status"))
 }
 
-/// Creates `rooms` rooms on `server` and measures the bridge `pid` (metrics
-/// on `metrics`) once it links them all.
+/// Creates `rooms` rooms on `server` and measures `bridge` once it links
+/// them all.
 pub async fn measure(
     server: &Server,
-    pid: u32,
-    metrics: SocketAddr,
+    bridge: &BridgeProcess,
     idle_kib: u64,
     rooms: usize,
 ) -> Result<Memory> {
-    let before = links_up(metrics).await?;
+    let before = links_up(bridge).await;
     stream::iter(0..rooms)
         .map(|_| create_room(server))
         .buffer_unordered(CONCURRENCY)
@@ -69,9 +67,9 @@ pub async fn measure(
     let target = before + rooms;
     let deadline = Instant::now() + LINKING;
     loop {
-        let links = links_up(metrics).await?;
+        let links = links_up(bridge).await;
         if links >= target {
-            let loaded_kib = resident_kib(pid)?;
+            let loaded_kib = resident_kib(bridge.service.pid())?;
             return Ok(Memory {
                 links,
                 idle_kib,
@@ -99,11 +97,11 @@ async fn create_room(server: &Server) -> Result<()> {
 }
 
 /// Room links the bridge reports up.
-async fn links_up(metrics: SocketAddr) -> Result<usize> {
-    let body = http::get_ok(metrics, "/metrics", None).await?;
-    let text = String::from_utf8_lossy(&body);
-    Ok(text
+async fn links_up(bridge: &BridgeProcess) -> usize {
+    bridge
+        .metrics_text()
+        .await
         .lines()
         .filter(|l| l.starts_with("roomcast_bridge_link_up{") && l.ends_with(" 1"))
-        .count())
+        .count()
 }

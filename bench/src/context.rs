@@ -3,7 +3,7 @@
 
 use std::fs;
 
-use crate::server::repo_root;
+use roomcast_tests::repo_root;
 
 /// `(what, value)` pairs describing the machine and the tools.
 pub fn machine() -> Vec<(String, String)> {
@@ -32,6 +32,10 @@ pub fn machine() -> Vec<(String, String)> {
         (
             "workerd".into(),
             package_version("node_modules/@cloudflare/workerd-linux-64"),
+        ),
+        (
+            "partyserver".into(),
+            package_version("node_modules/partyserver"),
         ),
     ]
 }

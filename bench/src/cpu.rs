@@ -54,24 +54,46 @@ impl Sub for CpuTimes {
     }
 }
 
+/// What a process of the dev server's group is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The workerd that runs the worker.
+    Runtime,
+    /// The workerd in front, listening on the port clients use.
+    Proxy,
+    /// node (wrangler), esbuild.
+    Tooling,
+}
+
 /// The CPU times now of process group `pgid`, whose proxy is the workerd
 /// listening on `port`.
 pub fn sample(pgid: u32, port: u16) -> Result<CpuTimes> {
-    let proxy_flag = format!("--socket-addr=entry=127.0.0.1:{port}");
     let mut times = CpuTimes {
         bench: process_seconds("self")?.1,
         ..CpuTimes::default()
     };
+    for (_, role, seconds) in group(pgid, port)? {
+        match role {
+            Role::Runtime => times.runtime += seconds,
+            Role::Proxy => times.proxy += seconds,
+            Role::Tooling => times.tooling += seconds,
+        }
+    }
+    Ok(times)
+}
+
+/// The processes of group `pgid` (whose proxy listens on `port`): pid,
+/// role and CPU seconds so far.
+pub fn group(pgid: u32, port: u16) -> Result<Vec<(u32, Role, f64)>> {
+    let proxy_flag = format!("--socket-addr=entry=127.0.0.1:{port}");
+    let mut processes = Vec::new();
     for entry in fs::read_dir("/proc").context("listing /proc")? {
         let name = entry?.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        else {
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
             continue;
         };
         // A process may exit between the listing and the read.
-        let Ok((group, seconds)) = process_seconds(pid) else {
+        let Ok((group, seconds)) = process_seconds(&pid.to_string()) else {
             continue;
         };
         if group != pgid {
@@ -79,15 +101,16 @@ pub fn sample(pgid: u32, port: u16) -> Result<CpuTimes> {
         }
         let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline);
-        if !cmdline.contains("workerd") {
-            times.tooling += seconds;
+        let role = if !cmdline.contains("workerd") {
+            Role::Tooling
         } else if cmdline.split('\0').any(|arg| arg == proxy_flag) {
-            times.proxy += seconds;
+            Role::Proxy
         } else {
-            times.runtime += seconds;
-        }
+            Role::Runtime
+        };
+        processes.push((pid, role, seconds));
     }
-    Ok(times)
+    Ok(processes)
 }
 
 /// The process group and utime + stime (seconds) of `/proc/<pid>`.

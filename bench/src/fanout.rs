@@ -39,10 +39,16 @@ const CONNECTS: usize = 32;
 /// How long stragglers of a run may take to arrive before the next run.
 const DRAIN: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shape {
     pub rooms: usize,
     pub subscribers: usize,
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} × {}", self.rooms, self.subscribers)
+    }
 }
 
 impl Shape {
@@ -138,8 +144,11 @@ async fn measure_fleets(
         .collect())
 }
 
-struct Fleet {
+/// One publisher and its subscribers per room, connected once and reused by
+/// every run of a shape (and by the profiler and part 6, which grows it).
+pub struct Fleet {
     shape: Shape,
+    rooms: Vec<String>,
     recorders: Vec<Arc<Recorder>>,
     publishers: Vec<Publisher>,
     receivers: Receivers,
@@ -148,54 +157,84 @@ struct Fleet {
 }
 
 impl Fleet {
-    async fn connect(server: &Server, shape: Shape) -> Result<Fleet> {
+    pub async fn connect(server: &Server, shape: Shape) -> Result<Fleet> {
+        let mut fleet = Fleet::publishers(server, shape).await?;
+        fleet.grow(server, shape.subscribers).await?;
+        Ok(fleet)
+    }
+
+    /// Fresh rooms with their publishers and no subscribers yet. Publishers
+    /// come first so that in a sharded room (part 6) the publisher is a
+    /// client of the room's own object, the sequencer, as it is in an
+    /// unsharded room: both layouts publish the same way.
+    async fn publishers(server: &Server, shape: Shape) -> Result<Fleet> {
         let rooms: Vec<String> = (0..shape.rooms)
             .map(|_| server.fresh_room(&format!("fanout{}", shape.subscribers)))
             .collect();
-        let recorders: Vec<Arc<Recorder>> = rooms.iter().map(|_| Recorder::new()).collect();
-        let traffic = Traffic::new();
-        let started = Instant::now();
-        let sockets: Vec<(usize, ws::Socket)> =
-            futures_util::stream::iter(0..shape.rooms * shape.subscribers)
-                .map(|k| {
-                    let room = k / shape.subscribers;
-                    let path = server.ws_path(&rooms[room]);
-                    let traffic = traffic.clone();
-                    async move {
-                        let socket = ws::connect(server.addr(), &path, traffic).await?;
-                        Ok::<_, anyhow::Error>((room, socket))
-                    }
-                })
-                .buffer_unordered(CONNECTS)
-                .try_collect()
-                .await
-                .context("connecting subscribers")?;
-        let mut receivers = Receivers::default();
-        for (room, socket) in sockets {
-            receivers.push(socket, recorders[room].clone());
-        }
         let publishers = try_join_all(rooms.iter().map(|room| Publisher::connect(server, room)))
             .await
             .context("connecting publishers")?;
-        eprintln!(
-            "[{}] {} rooms × {} subscribers connected in {:.1} s",
-            server.flavor.label(),
-            shape.rooms,
-            shape.subscribers,
-            started.elapsed().as_secs_f64()
-        );
         Ok(Fleet {
-            shape,
-            recorders,
+            shape: Shape {
+                rooms: shape.rooms,
+                subscribers: 0,
+            },
+            recorders: rooms.iter().map(|_| Recorder::new()).collect(),
+            rooms,
             publishers,
-            receivers,
-            traffic,
+            receivers: Receivers::default(),
+            traffic: Traffic::new(),
             run: 0,
         })
     }
 
+    /// Connects subscribers until every room has `subscribers`.
+    pub async fn grow(&mut self, server: &Server, subscribers: usize) -> Result<()> {
+        let have = self.shape.subscribers;
+        if subscribers <= have {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let joins = (0..self.shape.rooms).flat_map(|room| (have..subscribers).map(move |_| room));
+        let sockets: Vec<(usize, ws::Socket)> = futures_util::stream::iter(joins)
+            .map(|room| {
+                let path = server.ws_path(&self.rooms[room]);
+                let traffic = self.traffic.clone();
+                async move {
+                    let socket = ws::connect(server.addr(), &path, traffic).await?;
+                    Ok::<_, anyhow::Error>((room, socket))
+                }
+            })
+            .buffer_unordered(CONNECTS)
+            .try_collect()
+            .await
+            .context("connecting subscribers")?;
+        for (room, socket) in sockets {
+            self.receivers.push(socket, self.recorders[room].clone());
+        }
+        self.shape.subscribers = subscribers;
+        eprintln!(
+            "[{}] {} rooms × {} subscribers connected in {:.1} s",
+            server.flavor.label(),
+            self.shape.rooms,
+            self.shape.subscribers,
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+
+    /// Subscribers per room.
+    pub fn subscribers(&self) -> usize {
+        self.shape.subscribers
+    }
+
+    /// The rooms' names, in the order of their publishers.
+    pub fn rooms(&self) -> &[String] {
+        &self.rooms
+    }
+
     /// One closed-loop run; deliveries/s over the window after the warm-up.
-    async fn saturate(&mut self, server: &Server, timing: &Timing) -> Result<Sample> {
+    pub async fn saturate(&mut self, server: &Server, timing: &Timing) -> Result<Sample> {
         let run = self.begin();
         let fanout = self.shape.subscribers as u64;
         let window = (IN_FLIGHT / self.shape.receivers()).max(MIN_WINDOW);
@@ -219,7 +258,12 @@ impl Fleet {
     }
 
     /// One open-loop run at `rate` messages/s per room.
-    async fn paced(&mut self, server: &Server, rate: f64, duration: Duration) -> Result<Sample> {
+    pub async fn paced(
+        &mut self,
+        server: &Server,
+        rate: f64,
+        duration: Duration,
+    ) -> Result<Sample> {
         let run = self.begin();
         let probe = Probe::start(server, &self.traffic, &self.recorders)?;
         let rooms = self.publishers.len() as f64;
@@ -258,7 +302,7 @@ impl Fleet {
         sample
     }
 
-    async fn close(self) -> Result<()> {
+    pub async fn close(self) -> Result<()> {
         for publisher in self.publishers {
             publisher.close().await;
         }

@@ -11,9 +11,10 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use roomcast_tests::repo_root;
 
 use crate::net::Traffic;
-use crate::server::{repo_root, Flavor, Server};
+use crate::server::{Flavor, Server};
 use crate::stats::Spread;
 use crate::ws;
 
@@ -30,25 +31,45 @@ pub struct ColdStart {
     pub warm_ms: Spread,
 }
 
-/// The files `wrangler deploy` uploads for `flavor` (static assets aside).
-pub fn bundle(flavor: Flavor) -> Result<Vec<Asset>> {
-    let files: &[&str] = match flavor {
-        Flavor::Ours => &[
-            "build/index_bg.wasm",
-            "build/index.js",
-            "build/worker/shim.mjs",
-        ],
-        Flavor::Baseline => &["bench/baseline/room.js"],
-    };
-    files
-        .iter()
-        .map(|file| measure_file(&repo_root().join(file)))
-        .collect()
+/// The files `wrangler deploy` would upload for `flavor` (static assets and
+/// source maps aside), from a dry run into `target/bench-bundle/<flavor>`:
+/// what each rung ships after wrangler's bundling, its framework included.
+pub fn bundle(flavor: Flavor, config: &Path) -> Result<Vec<Asset>> {
+    let out = repo_root().join("target/bench-bundle").join(flavor.slug());
+    let _ = std::fs::remove_dir_all(&out);
+    let dry_run = Command::new(repo_root().join("node_modules/.bin/wrangler"))
+        .current_dir(repo_root())
+        .args(["deploy", "--dry-run", "--config"])
+        .arg(config)
+        .arg("--outdir")
+        .arg(&out)
+        .env("WRANGLER_SEND_METRICS", "false")
+        .output()
+        .context("running wrangler deploy --dry-run")?;
+    if !dry_run.status.success() {
+        bail!(
+            "wrangler deploy --dry-run --config {} failed:\n{}",
+            config.display(),
+            String::from_utf8_lossy(&dry_run.stderr)
+        );
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(&out).with_context(|| format!("listing {}", out.display()))? {
+        let path = entry?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        // wrangler's note to the reader, and maps it does not upload by default.
+        if name != "README.md" && !name.ends_with(".map") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    files.iter().map(|file| measure_file(file, &out)).collect()
 }
 
-fn measure_file(path: &Path) -> Result<Asset> {
+/// `path`'s sizes, named relative to `dir`.
+fn measure_file(path: &Path, dir: &Path) -> Result<Asset> {
     let bytes = std::fs::metadata(path)
-        .with_context(|| format!("{} (run `make worker` first)", path.display()))?
+        .with_context(|| format!("reading {}", path.display()))?
         .len();
     let gzip = Command::new("gzip")
         .arg("-9c")
@@ -59,7 +80,7 @@ fn measure_file(path: &Path) -> Result<Asset> {
         bail!("gzip -9c {} failed", path.display());
     }
     Ok(Asset {
-        path: path.strip_prefix(repo_root()).unwrap_or(path).to_owned(),
+        path: path.strip_prefix(dir).unwrap_or(path).to_owned(),
         bytes,
         gzipped: gzip.stdout.len() as u64,
     })

@@ -1,14 +1,14 @@
 //! A keep-alive HTTP/1.1 connection on a counted socket.
 //!
-//! Pollers and health checks use hyper's connection-level client directly
-//! (rather than a pooled client) so that one poller is exactly one TCP
-//! connection whose every byte lands in a [`Traffic`].
+//! Pollers use hyper's connection-level client directly (rather than a
+//! pooled client) so that one poller is exactly one TCP connection whose
+//! every byte lands in a [`Traffic`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::{self, SendRequest};
@@ -63,17 +63,4 @@ impl HttpConn {
             .with_context(|| format!("GET {path} timed out"))?
             .with_context(|| format!("GET {path}"))
     }
-}
-
-/// GETs `path` on a fresh connection, expecting 200; the body.
-pub async fn get_ok(addr: SocketAddr, path: &str, token: Option<&str>) -> Result<Bytes> {
-    let mut conn = HttpConn::connect(addr, Traffic::new()).await?;
-    let (status, body) = conn.get(path, token).await?;
-    if status != StatusCode::OK {
-        bail!(
-            "GET {path}: {status}: {}",
-            String::from_utf8_lossy(&body[..body.len().min(300)])
-        );
-    }
-    Ok(body)
 }

@@ -39,7 +39,7 @@ pub async fn paced(
     duration: Duration,
     phase: Duration,
 ) -> Result<u64> {
-    let total = (rate * duration.as_secs_f64()).round().max(1.0) as u64;
+    let total = messages(rate, duration);
     let period = Duration::from_secs_f64(1.0 / rate).max(Duration::from_millis(1));
     let start = Instant::now() + phase;
     let mut tick = interval_at(start, period);
@@ -62,6 +62,11 @@ pub async fn paced(
         }
     }
     Ok(sent)
+}
+
+/// How many messages a paced run at `rate` per second for `duration` sends.
+pub fn messages(rate: f64, duration: Duration) -> u64 {
+    (rate * duration.as_secs_f64()).round().max(1.0) as u64
 }
 
 fn period_of(i: u64, rate: f64) -> Duration {

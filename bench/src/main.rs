@@ -1,34 +1,40 @@
 //! roomcast-bench: drives the real worker under `wrangler dev` and a
-//! minimal JavaScript Durable Object room (`bench/baseline/`) through the
-//! same load, and the Kafka bridge against plain rdkafka, then prints the
-//! markdown tables of `BENCHMARKS.md`.
+//! ladder of JavaScript Durable Object rooms (bare, durable, partyserver)
+//! through the same load, and the Kafka bridge against plain rdkafka, then
+//! prints the markdown tables of `BENCHMARKS.md`; `roomcast-bench profile`
+//! records a CPU profile of one roomcast room under load.
 //!
-//! `roomcast-bench` runs the quick set (a few minutes); `--full` runs
-//! every rate, interval and fan-out with longer runs, and the bridge. Both
+//! `roomcast-bench` runs the quick set (several minutes); `--full` runs
+//! every rate, interval and fan-out with longer runs, and the bridge. All
 //! servers are up at once (an idle one costs no CPU) and every scenario
 //! alternates its runs between them, so background load on a shared
-//! machine falls on both alike; the client shares the machine too, which
+//! machine falls on all alike; the client shares the machine too, which
 //! the CPU tables show.
 
+mod attribution;
 mod bridge;
 mod bridge_memory;
 mod clock;
 mod context;
 mod cpu;
+mod cpuprofile;
+mod direct;
 mod fanout;
 mod footprint;
 mod http;
+mod inspector;
 mod load;
 mod net;
 mod plan;
 mod probe;
-mod process;
+mod profile;
 mod publisher;
 mod push_poll;
 mod receiver;
 mod recorder;
 mod report;
 mod server;
+mod shards;
 mod stats;
 mod ws;
 
@@ -36,7 +42,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use roomcast_tests::broker::tansu_binary;
+use roomcast_tests::repo_root;
 
 use crate::fanout::Shape;
 use crate::plan::{Part, Plan};
@@ -45,8 +53,10 @@ use crate::server::{Flavor, Server};
 use crate::stats::Sample;
 
 #[derive(Parser, Debug)]
-#[command(about = "Benchmarks roomcast under wrangler dev against a minimal JavaScript room")]
+#[command(about = "Benchmarks roomcast under wrangler dev against a ladder of JavaScript rooms")]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Every rate, poll interval and fan-out, longer runs, and the bridge.
     #[arg(long)]
     full: bool,
@@ -56,7 +66,7 @@ struct Cli {
     /// Only these parts (default: every part of the chosen set).
     #[arg(long, value_enum, value_delimiter = ',')]
     parts: Vec<Part>,
-    /// Only these servers (default: both).
+    /// Only these servers (default: every rung).
     #[arg(long, value_enum, value_delimiter = ',')]
     servers: Vec<Flavor>,
     /// Where the servers keep their Durable Object state [default: /dev/shm
@@ -66,33 +76,79 @@ struct Cli {
     /// Also write the markdown to this file.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// roomcast's wrangler configuration; another checkout's measures its
+    /// worker against this one's JavaScript rooms (before and after).
+    #[arg(long, default_value = Flavor::Ours.config())]
+    roomcast_config: PathBuf,
+    /// Subscriber counts of the sharded rooms part [default: 1000, 2500, 5000].
+    #[arg(long, value_delimiter = ',')]
+    shard_subscribers: Vec<usize>,
+    /// `ROOM_SHARD_SIZE` of the sharded rooms part [default: 1000].
+    #[arg(long)]
+    shard_size: Option<u64>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// A CPU profile of one roomcast room under publish load (`make profile`).
+    Profile(profile::Args),
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Profile(args)) = &cli.command {
+        return profile::run(args).await;
+    }
     let state_root = cli
         .state_dir
         .clone()
         .unwrap_or_else(server::default_state_root);
-    let plan = Plan::new(cli.full, cli.runs as usize, state_root).only(&cli.parts);
+    let mut plan = Plan::new(
+        cli.full,
+        cli.runs as usize,
+        state_root,
+        cli.roomcast_config.clone(),
+    )
+    .only(&cli.parts);
+    if !cli.shard_subscribers.is_empty() {
+        plan.shards.subscribers = cli.shard_subscribers.clone();
+        plan.shards.subscribers.sort_unstable();
+    }
+    if let Some(size) = cli.shard_size {
+        plan.shards.shard_size = size;
+    }
     let started = Instant::now();
     let load_before = context::load_average();
     let mut notes = Vec::new();
 
-    let flavors: Vec<Flavor> = [Flavor::Baseline, Flavor::Ours]
+    let flavors: Vec<Flavor> = Flavor::LADDER
         .into_iter()
         .filter(|f| cli.servers.is_empty() || cli.servers.contains(f))
         .collect();
-    let mut measured = measure(&flavors, &plan).await?;
-    let ours = take(&mut measured, Flavor::Ours);
-    let baseline = take(&mut measured, Flavor::Baseline);
+    let servers = measure(&flavors, &plan).await?;
+    let script = shards::script(&plan.shards.config);
+    let shards = if !plan.has(Part::Shards) || !flavors.contains(&Flavor::Ours) {
+        None
+    } else if !repo_root().join(&script).exists() {
+        notes.push(format!(
+            "Sharded rooms skipped: {} is missing (`make build/profile/worker/shim.mjs`).",
+            script.display()
+        ));
+        None
+    } else {
+        Some(
+            shards::run(&plan.shards)
+                .await
+                .context("benchmarking sharded rooms")?,
+        )
+    };
     let bridge = if !plan.has(Part::Bridge) {
         None
-    } else if !bridge::tansu().exists() {
+    } else if !tansu_binary().exists() {
         notes.push(format!(
             "Bridge part skipped: {} is not installed (`make bootstrap`).",
-            bridge::tansu().display()
+            tansu_binary().display()
         ));
         None
     } else {
@@ -115,9 +171,9 @@ async fn main() -> Result<()> {
     ));
     let results = Results {
         context,
-        ours,
-        baseline,
+        servers,
         bridge,
+        shards,
         notes,
     };
     let markdown = report::render(&results);
@@ -135,7 +191,7 @@ async fn measure(flavors: &[Flavor], plan: &Plan) -> Result<Vec<(Flavor, Measure
     for &flavor in flavors {
         let mut m = Measured::default();
         if plan.has(Part::Footprint) {
-            m.bundle = footprint::bundle(flavor)?;
+            m.bundle = footprint::bundle(flavor, &plan.config(flavor))?;
         }
         measured.push((flavor, m));
     }
@@ -145,7 +201,7 @@ async fn measure(flavors: &[Flavor], plan: &Plan) -> Result<Vec<(Flavor, Measure
     let mut servers = Vec::new();
     for &flavor in flavors {
         let started = Instant::now();
-        let server = Server::start(flavor, &plan.state_root)
+        let server = Server::start(flavor, &plan.config(flavor), &plan.state_root)
             .await
             .with_context(|| format!("starting {}", flavor.label()))?;
         eprintln!(
@@ -187,14 +243,6 @@ async fn measure(flavors: &[Flavor], plan: &Plan) -> Result<Vec<(Flavor, Measure
         }
     }
     Ok(measured)
-}
-
-/// The figures of `flavor`, or none if it was not run.
-fn take(measured: &mut Vec<(Flavor, Measured)>, flavor: Flavor) -> Measured {
-    match measured.iter().position(|(f, _)| *f == flavor) {
-        Some(i) => measured.remove(i).1,
-        None => Measured::default(),
-    }
 }
 
 /// One line per run on stderr, so a long benchmark shows it is alive.

@@ -1,8 +1,11 @@
 //! What an invocation measures. The quick set (`make bench`) keeps every
-//! server part but offers fewer rates, one poll interval and two fan-outs
-//! in 2 s runs, so that it finishes in a few minutes on two cores; the
-//! full set (`make bench FULL=1`) has every rate, interval and fan-out of
-//! the issue in 5 s runs, and the bridge. `--parts` narrows either.
+//! server part but offers fewer rates, one poll interval and three
+//! fan-outs (1, 10, 100) in 2 s runs, so that four servers finish in about
+//! six minutes on two cores, plus sharded rooms (roomcast alone) at the
+//! subscriber counts the issue asks for, up to 5000, in a few more; the
+//! full set (`make bench FULL=1`) has every rate, interval and fan-out (1
+//! to 1000) in 5 s runs, longer profiles of the sharded rooms, and the
+//! bridge. `--parts` narrows either.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,6 +15,8 @@ use clap::ValueEnum;
 use crate::bridge;
 use crate::fanout::{Shape, Timing};
 use crate::push_poll::{self, Mode};
+use crate::server::Flavor;
+use crate::shards;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Part {
@@ -20,12 +25,14 @@ pub enum Part {
     Rooms,
     Bridge,
     Footprint,
+    Shards,
 }
 
 impl Part {
-    /// Whether the part needs the two servers under test.
+    /// Whether the part needs the servers under test (the bridge and the
+    /// sharded rooms start their own).
     pub fn needs_servers(self) -> bool {
-        !matches!(self, Part::Bridge)
+        !matches!(self, Part::Bridge | Part::Shards)
     }
 }
 
@@ -38,11 +45,14 @@ pub struct Plan {
     pub timing: Timing,
     pub cold_samples: usize,
     pub state_root: PathBuf,
+    /// roomcast's wrangler configuration.
+    pub roomcast_config: PathBuf,
     pub bridge: bridge::Plan,
+    pub shards: shards::Plan,
 }
 
 impl Plan {
-    pub fn new(full: bool, runs: usize, state_root: PathBuf) -> Plan {
+    pub fn new(full: bool, runs: usize, state_root: PathBuf, roomcast_config: PathBuf) -> Plan {
         let seconds = Duration::from_secs_f64;
         let timing = Timing {
             warmup: seconds(if full { 1.0 } else { 0.5 }),
@@ -52,7 +62,13 @@ impl Plan {
         let poll = |ms| Mode::Poll(Duration::from_millis(ms));
         let mut plan = Plan {
             name: "quick",
-            parts: vec![Part::Footprint, Part::PushPoll, Part::Fanout, Part::Rooms],
+            parts: vec![
+                Part::Footprint,
+                Part::PushPoll,
+                Part::Fanout,
+                Part::Rooms,
+                Part::Shards,
+            ],
             push_poll: push_poll::Plan {
                 rates: vec![100, 1000],
                 modes: vec![Mode::Push, poll(250)],
@@ -60,7 +76,7 @@ impl Plan {
                 duration: timing.duration,
                 runs,
             },
-            fanouts: vec![10, 100],
+            fanouts: vec![1, 10, 100],
             rooms: Shape {
                 rooms: 100,
                 subscribers: 10,
@@ -71,9 +87,23 @@ impl Plan {
                 links: 1000,
                 timing: timing.clone(),
                 state_root: state_root.clone(),
+                config: roomcast_config.clone(),
+            },
+            shards: shards::Plan {
+                subscribers: vec![1000, 2500, 5000],
+                shard_size: 1000,
+                // 10 k deliveries/s at 5000 subscribers: about half what one
+                // room sustains on this machine.
+                rate: 2.0,
+                profiled: seconds(4.0),
+                interval_us: 100,
+                timing: timing.clone(),
+                state_root: state_root.clone(),
+                config: roomcast_config.clone(),
             },
             timing,
             state_root,
+            roomcast_config,
         };
         if full {
             plan.name = "full";
@@ -81,6 +111,7 @@ impl Plan {
             plan.push_poll.rates = vec![10, 100, 1000];
             plan.push_poll.modes = vec![Mode::Push, poll(50), poll(250), poll(1000)];
             plan.fanouts = vec![1, 10, 100, 1000];
+            plan.shards.profiled = seconds(10.0);
         }
         plan
     }
@@ -93,6 +124,14 @@ impl Plan {
         self
     }
 
+    /// The wrangler configuration `flavor` runs from.
+    pub fn config(&self, flavor: Flavor) -> PathBuf {
+        match flavor {
+            Flavor::Ours => self.roomcast_config.clone(),
+            rung => PathBuf::from(rung.config()),
+        }
+    }
+
     pub fn has(&self, part: Part) -> bool {
         self.parts.contains(&part)
     }
@@ -103,7 +142,7 @@ impl Plan {
         format!(
             "{}: {} runs per figure; {:.1} s per run ({:.1} s warm-up before capacity windows); \
              push/poll rates {:?} msg/s with {} subscribers, receive by {}; fan-out N = {:?}; \
-             parts {:?}; server state in {}",
+             sharded rooms N = {:?} ({:.0} s profiles); parts {:?}; server state in {}",
             self.name,
             self.timing.runs,
             self.timing.duration.as_secs_f64(),
@@ -112,6 +151,8 @@ impl Plan {
             p.subscribers,
             modes.join(", "),
             self.fanouts,
+            self.shards.subscribers,
+            self.shards.profiled.as_secs_f64(),
             self.parts,
             self.state_root.display(),
         )

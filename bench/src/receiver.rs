@@ -124,7 +124,7 @@ pub struct Poll {
 pub enum RecordShape {
     /// The value is the stamp (plain producer, bridge inbound).
     Stamp,
-    /// The value is a room message whose `data` is the stamp (SPEC section 6).
+    /// The value is a room message whose `data` is the stamp (docs/protocol.md, "Kafka mapping").
     Event,
 }
 

@@ -1,102 +1,174 @@
-//! Starts and stops the servers under test: roomcast (the repository's
-//! `wrangler.toml`, the real worker bundle) and the JavaScript baseline
-//! (`bench/baseline/wrangler.toml`), both under the same `wrangler dev`.
+//! The servers under test, one per rung of the ladder: the bare JS room
+//! (`bench/baseline`), the durable JS room (`bench/durable`), the same room
+//! on partyserver (`bench/partyserver`) and roomcast (the repository's
+//! `wrangler.toml` and worker bundle), all under the same `wrangler dev`.
 //!
-//! Started like the end-to-end harness starts the worker (own process
-//! group, own port and state directory) so that the whole group, workerd
-//! children included, is killed afterwards and its CPU can be read. Rate
+//! They are started by the end-to-end harness (`roomcast-tests`), so the
+//! benchmark measures the worker the tests check, started the same way
+//! (own process group, port and state directory), with what a measurement
+//! needs changed: plain HTTP, warnings-only logs (per-request log lines
+//! would cost node CPU inside the measurement) and state in memory. Rate
 //! limits are raised far above the offered load: the benchmarks measure
 //! delivery, not the limiter.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use roomcast_protocol::clock::now_ms;
-use roomcast_protocol::signing::{mint_hs256, TokenSpec};
+use roomcast_tests::{Worker, WorkerSpec};
 
 use crate::cpu::{self, CpuTimes};
-use crate::http;
-use crate::process::{log_path, Group};
-
-/// The HS256 secret roomcast is started with.
-pub const SECRET: &str = "roomcast-bench-secret-not-for-production";
+use crate::direct;
 
 /// How long `wrangler dev` may take to answer `/healthz`; for roomcast this
 /// includes its build command, a no-op when the bundle is up to date.
-const STARTUP: Duration = Duration::from_secs(300);
+pub const STARTUP: Duration = Duration::from_secs(300);
 
-/// Variables that take the rate limiters out of the measurement.
-const OURS_VARS: &[(&str, &str)] = &[
+/// Variables that take roomcast's limiters out of the measurement: the rate
+/// budgets, and the sockets one subject may hold in a room (every benchmark
+/// socket carries the same token).
+pub const OURS_VARS: &[(&str, &str)] = &[
     ("RATE_PER_SEC", "100000"),
     ("RATE_BURST", "100000"),
     ("ROOM_RATE_PER_SEC", "1000000"),
     ("MAX_MESSAGE_BYTES", "65536"),
+    ("MAX_CONNECTIONS_PER_SUBJECT", "100000"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Flavor {
+    /// The bare JS room: broadcast from memory, no auth, no storage.
+    Bare,
+    /// The durable JS room: a checked token, one SQLite INSERT per publish.
+    Durable,
+    /// The durable JS room's work on partyserver.
+    Partyserver,
+    /// The repository's worker.
     #[value(name = "roomcast")]
     Ours,
-    Baseline,
 }
 
 impl Flavor {
+    /// Every rung, cheapest first: the order of every table.
+    pub const LADDER: [Flavor; 4] = [
+        Flavor::Bare,
+        Flavor::Durable,
+        Flavor::Partyserver,
+        Flavor::Ours,
+    ];
+
     pub fn label(self) -> &'static str {
         match self {
+            Flavor::Bare => "bare JS",
+            Flavor::Durable => "durable JS",
+            Flavor::Partyserver => "partyserver",
             Flavor::Ours => "roomcast",
-            Flavor::Baseline => "baseline",
+        }
+    }
+
+    /// Its wrangler configuration, relative to the repository (roomcast's
+    /// is the repository's own `wrangler.toml` unless told otherwise).
+    pub fn config(self) -> &'static str {
+        match self {
+            Flavor::Bare => "bench/baseline/wrangler.toml",
+            Flavor::Durable => "bench/durable/wrangler.toml",
+            Flavor::Partyserver => "bench/partyserver/wrangler.toml",
+            Flavor::Ours => "wrangler.toml",
+        }
+    }
+
+    /// A name without spaces, for files and directories.
+    pub fn slug(self) -> &'static str {
+        match self {
+            Flavor::Bare => "bare",
+            Flavor::Durable => "durable",
+            Flavor::Partyserver => "partyserver",
+            Flavor::Ours => "roomcast",
         }
     }
 }
 
 /// A running `wrangler dev`; dropping it kills its process group and
-/// removes its state.
+/// removes its state and log.
 pub struct Server {
     pub flavor: Flavor,
-    process: Group,
-    port: u16,
+    worker: Worker,
+    /// Where clients connect: wrangler's proxy, unless bypassed.
+    entry: SocketAddr,
     state: PathBuf,
     token: String,
 }
 
 impl Server {
-    /// Starts `flavor` with its Durable Object state under `state_root`.
-    pub async fn start(flavor: Flavor, state_root: &Path) -> Result<Server> {
-        let port = free_port()?;
+    /// Starts `flavor` from the wrangler configuration `config`, with its
+    /// Durable Object state under `state_root`.
+    pub async fn start(flavor: Flavor, config: &Path, state_root: &Path) -> Result<Server> {
+        Server::start_with(flavor, config, WorkerSpec::default(), state_root, &[]).await
+    }
+
+    /// Starts `flavor` as `spec` says, with `vars` besides what every
+    /// benchmark server gets (plain HTTP, warnings only, [`STARTUP`],
+    /// [`OURS_VARS`] for roomcast).
+    pub async fn start_with(
+        flavor: Flavor,
+        config: &Path,
+        spec: WorkerSpec,
+        state_root: &Path,
+        vars: &[(&str, &str)],
+    ) -> Result<Server> {
+        // Numbered: a part may run two servers of one flavor at once.
+        static STARTED: AtomicU32 = AtomicU32::new(0);
         let state = state_root.join(format!(
-            "roomcast-bench-{}-{}",
+            "roomcast-bench-{}-{}-{}",
             std::process::id(),
-            flavor.label()
+            flavor.slug(),
+            STARTED.fetch_add(1, Ordering::SeqCst)
         ));
         let _ = std::fs::remove_dir_all(&state);
         std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
-        let log = log_path(flavor.label());
-        let process = Group::spawn("wrangler dev", wrangler_dev(flavor, port, &state)?, &log)?;
-        let mut server = Server {
-            flavor,
-            process,
-            port,
-            state,
-            token: token(),
+        let ours = if flavor == Flavor::Ours {
+            OURS_VARS
+        } else {
+            &[]
         };
-        server.wait_healthy().await?;
-        Ok(server)
+        let vars: Vec<(&str, &str)> = ours.iter().chain(vars).copied().collect();
+        let worker = spec
+            .config(config)
+            .plain_http()
+            .log_level("warn")
+            .startup(STARTUP)
+            .start_in(state.clone(), &vars)
+            .await;
+        Ok(Server {
+            flavor,
+            entry: worker.addr(),
+            worker,
+            state,
+            token: roomcast_tests::token("bench", &["*"], &["*"], 4 * 3600),
+        })
     }
 
+    /// Where clients connect.
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        self.entry
     }
 
-    /// The base URL, for the bridge.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr())
+    /// Sends clients to the runtime directly from now on, past wrangler's
+    /// proxy ([`direct`]).
+    pub async fn bypass_proxy(&mut self) -> Result<()> {
+        let (pgid, proxy) = (self.worker.service.pid(), self.worker.addr().port());
+        self.entry = direct::runtime_addr(pgid, proxy).await?;
+        Ok(())
     }
 
-    /// The WebSocket path of `room`, token included (the baseline ignores it).
+    /// The harness's handle, for the bridge and the profiler.
+    pub fn worker(&self) -> &Worker {
+        &self.worker
+    }
+
+    /// The WebSocket path of `room`, token included (the bare room ignores it).
     pub fn ws_path(&self, room: &str) -> String {
         format!("/v1/rooms/{room}/ws?token={}", self.token)
     }
@@ -111,7 +183,7 @@ impl Server {
 
     /// CPU seconds so far of the server's processes and of this benchmark.
     pub fn cpu(&self) -> Result<CpuTimes> {
-        cpu::sample(self.process.pgid(), self.port)
+        cpu::sample(self.worker.service.pid(), self.worker.addr().port())
     }
 
     /// A room name no earlier scenario used.
@@ -119,24 +191,12 @@ impl Server {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         format!("bench.{label}.{}", COUNTER.fetch_add(1, Ordering::SeqCst))
     }
-
-    async fn wait_healthy(&mut self) -> Result<()> {
-        let addr = self.addr();
-        let what = format!(
-            "wrangler dev for {} did not answer /healthz",
-            self.flavor.label()
-        );
-        self.process
-            .wait_ready(&what, STARTUP, Duration::from_millis(250), || async {
-                http::get_ok(addr, "/healthz", None).await.is_ok()
-            })
-            .await
-    }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.process.kill();
+        self.worker.stop();
+        let _ = std::fs::remove_file(self.worker.service.log_path());
         let _ = std::fs::remove_dir_all(&self.state);
     }
 }
@@ -152,55 +212,4 @@ pub fn default_state_root() -> PathBuf {
     } else {
         std::env::temp_dir()
     }
-}
-
-/// The repository root (the benchmark runs from any directory).
-pub fn repo_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("bench/ lives in the repository")
-}
-
-fn wrangler_dev(flavor: Flavor, port: u16, state: &Path) -> Result<Command> {
-    let root = repo_root();
-    let mut cmd = Command::new(root.join("node_modules/.bin/wrangler"));
-    cmd.current_dir(root)
-        .arg("dev")
-        .args(["--ip", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--inspector-port", &free_port()?.to_string()])
-        .arg("--persist-to")
-        .arg(state)
-        // Per-request log lines would cost node CPU inside the measurement.
-        .args(["--log-level", "warn"])
-        .env("WRANGLER_SEND_METRICS", "false")
-        .env("CI", "true");
-    match flavor {
-        Flavor::Ours => {
-            cmd.args(["--var", &format!("JWT_SECRET:{SECRET}")]);
-            for (name, value) in OURS_VARS {
-                cmd.args(["--var", &format!("{name}:{value}")]);
-            }
-        }
-        Flavor::Baseline => {
-            cmd.args(["--config", "bench/baseline/wrangler.toml"]);
-        }
-    }
-    Ok(cmd)
-}
-
-/// A loopback port free right now.
-pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// A token that may subscribe and publish everywhere for longer than any run.
-fn token() -> String {
-    let spec = TokenSpec {
-        sub: "bench".into(),
-        rooms: vec!["*".into()],
-        publish: vec!["*".into()],
-        ttl_secs: 4 * 3600,
-        ..TokenSpec::default()
-    };
-    mint_hs256(SECRET, &spec, now_ms())
 }

@@ -18,8 +18,9 @@ use roomcast_protocol::stats::StatsReport;
 
 /// Every series name the bridge exports, which dashboards and alerts may
 /// query (docs/protocol.md, "Metrics").
-pub const METRIC_NAMES: [&str; 15] = [
+pub const METRIC_NAMES: [&str; 16] = [
     "roomcast_room_connections",
+    "roomcast_room_shards",
     "roomcast_room_messages_total",
     "roomcast_room_deliveries_total",
     "roomcast_room_rejects_total",
@@ -239,6 +240,20 @@ fn render_rooms(text: &mut String, rooms: &BTreeMap<String, StatsReport>) {
     }
     family(
         text,
+        "roomcast_room_shards",
+        "gauge",
+        "Shard objects holding the room's connections",
+    );
+    for (room, r) in rooms {
+        let _ = writeln!(
+            text,
+            "roomcast_room_shards{{room=\"{}\"}} {}",
+            escape(room),
+            r.shards
+        );
+    }
+    family(
+        text,
         "roomcast_room_messages_total",
         "counter",
         "Accepted messages",
@@ -368,6 +383,7 @@ mod tests {
             epoch: "e".into(),
             head: 1,
             connections: 3,
+            shards: 2,
             cursor: 0,
             pending: 1,
             counters,

@@ -31,6 +31,9 @@ pub struct Limits {
     /// How long a room with no sockets and nothing pending waits after its
     /// last message before it retires.
     pub room_retire_ms: u64,
+    /// Client sockets one object of the room holds; past it, connections go
+    /// to the room's shards (docs/scaling.md).
+    pub room_shard_size: u64,
 }
 
 impl Default for Limits {
@@ -49,6 +52,7 @@ impl Default for Limits {
             outbox_limit: 100_000,
             max_connections_per_subject: 16,
             room_retire_ms: 7 * 86_400_000,
+            room_shard_size: crate::shard::DEFAULT_SHARD_SIZE,
         }
     }
 }
@@ -68,6 +72,7 @@ pub struct RoomPolicy {
     pub history_ttl_secs: Option<u64>,
     pub max_connections_per_subject: Option<u32>,
     pub room_retire_ms: Option<u64>,
+    pub room_shard_size: Option<u64>,
 }
 
 impl RoomPolicy {
@@ -82,6 +87,7 @@ impl RoomPolicy {
             history_ttl_secs,
             max_connections_per_subject,
             room_retire_ms,
+            room_shard_size,
             ..
         } = limits;
         set(max_message_bytes, self.max_message_bytes);
@@ -96,6 +102,7 @@ impl RoomPolicy {
             self.max_connections_per_subject,
         );
         set(room_retire_ms, self.room_retire_ms);
+        set(room_shard_size, self.room_shard_size);
     }
 }
 
@@ -159,6 +166,7 @@ impl Config {
                 d.max_connections_per_subject,
             )?,
             room_retire_ms: number(&get, "ROOM_RETIRE_MS", d.room_retire_ms)?,
+            room_shard_size: number(&get, "ROOM_SHARD_SIZE", d.room_shard_size)?,
         };
         let policies = match get("ROOM_POLICIES") {
             None => Vec::new(),

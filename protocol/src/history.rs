@@ -126,15 +126,12 @@ pub fn trim_ceiling(head: u64, floor: u64, outbox: Option<Outbox>) -> u64 {
     }
 }
 
-/// Whether `stored` messages have outgrown `limit` by enough to trim. The
-/// room lets a little slack accumulate so that one DELETE removes many rows
-/// and the publish path runs it rarely.
-pub fn count_trim_due(stored: u64, limit: u64) -> bool {
-    stored > limit.saturating_add(trim_slack(limit))
-}
-
-fn trim_slack(limit: u64) -> u64 {
-    (limit / 10).clamp(16, 1000)
+/// How many unconfirmed messages may wait beside a history of `capacity`
+/// messages: the history itself counts toward `OUTBOX_LIMIT` (it holds the
+/// newest unconfirmed ones whenever any wait beside it), so a room keeps
+/// `max(HISTORY_LIMIT, OUTBOX_LIMIT)` messages for a bridge that is away.
+pub fn outbox_room(outbox_limit: u64, capacity: u64) -> u64 {
+    outbox_limit.saturating_sub(capacity)
 }
 
 /// The unconfirmed messages a trim up to `ceiling` drops: the outbox was
@@ -267,13 +264,9 @@ mod tests {
     }
 
     #[test]
-    fn trims_wait_for_slack_and_report_what_the_bridge_lost() {
-        assert!(!count_trim_due(1100, 1000));
-        assert!(count_trim_due(1101, 1000));
-        assert!(
-            !count_trim_due(16, 0) && count_trim_due(17, 0),
-            "a zero limit trims past 16"
-        );
+    fn outbox_counts_the_history_and_reports_what_the_bridge_lost() {
+        assert_eq!(outbox_room(1500, 1000), 500);
+        assert_eq!(outbox_room(100, 1000), 0, "the history alone is over it");
         let outbox = Some(Outbox {
             cursor: 10,
             limit: 100,

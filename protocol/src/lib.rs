@@ -19,6 +19,7 @@ pub mod rate;
 pub mod rights;
 pub mod room;
 pub mod session;
+pub mod shard;
 pub mod signing;
 pub mod stats;
 pub mod trace;

@@ -64,6 +64,77 @@ pub fn depth(json: &str) -> usize {
     deepest
 }
 
+/// Whether every JSON reader reads `json` (already known to be JSON) the same
+/// way: no number outside the range of a double and no unpaired UTF-16
+/// surrogate escape.
+///
+/// RFC 8259 lets readers refuse both, and common ones do (`serde_json::Value`,
+/// Go's `encoding/json` for numbers). The room keeps data exactly as sent and
+/// the bridge forwards it to Kafka, so a document only some readers accept
+/// would become a poison record downstream; refusing it at the edge keeps the
+/// failure with the client that caused it.
+pub fn portable(json: &str) -> bool {
+    let bytes = json.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        i = match bytes[i] {
+            b'"' => match string_end(bytes, i + 1) {
+                Some(end) => end,
+                None => return false,
+            },
+            b'-' | b'0'..=b'9' => {
+                let end = bytes[i..]
+                    .iter()
+                    .position(|b| !matches!(b, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
+                    .map_or(bytes.len(), |n| i + n);
+                // serde_json's own reader (already linked in) refuses what
+                // overflows a double; core's float parser would add its tables.
+                if serde_json::from_str::<f64>(&json[i..end]).is_err() {
+                    return false;
+                }
+                end
+            }
+            _ => i + 1,
+        };
+    }
+    true
+}
+
+/// The index just past the string starting at `start` (after its opening
+/// quote), or `None` if an escape in it names an unpaired surrogate.
+fn string_end(bytes: &[u8], start: usize) -> Option<usize> {
+    let mut i = start;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => return Some(i + 1),
+            b'\\' if bytes.get(i + 1) == Some(&b'u') => {
+                let unit = hex4(bytes, i + 2)?;
+                i += 6;
+                if (0xDC00..0xE000).contains(&unit) {
+                    return None;
+                }
+                if (0xD800..0xDC00).contains(&unit) {
+                    let low = (bytes.get(i) == Some(&b'\\') && bytes.get(i + 1) == Some(&b'u'))
+                        .then(|| hex4(bytes, i + 2))
+                        .flatten()?;
+                    if !(0xDC00..0xE000).contains(&low) {
+                        return None;
+                    }
+                    i += 6;
+                }
+            }
+            b'\\' => i += 2,
+            _ => i += 1,
+        }
+    }
+    Some(i)
+}
+
+fn hex4(bytes: &[u8], at: usize) -> Option<u16> {
+    let digits = std::str::from_utf8(bytes.get(at..at + 4)?).ok()?;
+    u16::from_str_radix(digits, 16).ok()
+}
+
 /// Counts consecutive policy violations on one connection.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Strikes(pub u32);
@@ -104,6 +175,31 @@ mod tests {
             2,
             "brackets in strings do not count"
         );
+    }
+
+    #[test]
+    fn portable_json() {
+        for ok in [
+            "1",
+            "-0.5e-3",
+            "1e308",
+            r#"["\ud83d\ude00", "é", "\n\"\\u"]"#,
+            r#"{"a":"\u00e9"}"#,
+            "12345678901234567890123",
+        ] {
+            assert!(portable(ok), "{ok}");
+        }
+        for bad in [
+            "2e615",
+            "[0,-1,1.5,2e615]",
+            "-1e309",
+            r#""xx\ud800xx""#,
+            r#""\udc00""#,
+            r#""\ud800\u0041""#,
+            r#"{"k":"\ud83d"}"#,
+        ] {
+            assert!(!portable(bad), "{bad}");
+        }
     }
 
     #[test]

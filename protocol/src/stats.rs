@@ -36,6 +36,18 @@ impl Histogram {
         }
     }
 
+    /// Adds another histogram's observations (same bounds) to this one.
+    pub fn absorb(&mut self, other: &Histogram) {
+        if other.bounds != self.bounds {
+            return;
+        }
+        for (count, more) in self.counts.iter_mut().zip(&other.counts) {
+            *count += more;
+        }
+        self.sum += other.sum;
+        self.count += other.count;
+    }
+
     pub fn observe(&mut self, value: f64) {
         for (bound, count) in self.bounds.iter().zip(self.counts.iter_mut()) {
             if value <= *bound {
@@ -67,6 +79,9 @@ pub struct RoomStats {
     /// The room's SQLite work.
     #[serde(default)]
     pub storage: StorageStats,
+    /// Socket attachments written (a hibernating room's per-socket state).
+    #[serde(default)]
+    pub attachment_writes: u64,
 }
 
 /// Statements run and rows read and written on a room's SQLite storage
@@ -102,6 +117,7 @@ impl Default for RoomStats {
             connection_seconds: Histogram::new(&CONNECTION_SECONDS_BUCKETS),
             outbox_dropped_total: 0,
             storage: StorageStats::default(),
+            attachment_writes: 0,
         }
     }
 }
@@ -124,6 +140,24 @@ impl RoomStats {
             .entry(code.as_str().to_owned())
             .or_default() += 1;
     }
+
+    /// Adds a shard's counters to the room's: the connections it holds are
+    /// the room's, and so is what happened on them. Storage work stays each
+    /// object's own (a shard stores nothing).
+    pub fn absorb(&mut self, shard: &RoomStats) {
+        for (into, from) in [
+            (&mut self.messages_total, &shard.messages_total),
+            (&mut self.rejects_total, &shard.rejects_total),
+        ] {
+            for (key, n) in from {
+                *into.entry(key.clone()).or_default() += n;
+            }
+        }
+        self.deliveries_total += shard.deliveries_total;
+        self.reconnects_total += shard.reconnects_total;
+        self.connection_seconds.absorb(&shard.connection_seconds);
+        self.attachment_writes += shard.attachment_writes;
+    }
 }
 
 /// The body of `GET /v1/rooms/{room}/stats` and the bridge's `stats` frame.
@@ -132,8 +166,11 @@ pub struct StatsReport {
     pub room: String,
     pub epoch: String,
     pub head: u64,
-    /// Open client connections.
+    /// Open client connections, on the room and all its shards.
     pub connections: u64,
+    /// Shard objects holding connections of this room (docs/scaling.md).
+    #[serde(default)]
+    pub shards: u64,
     /// Highest seq the bridge confirmed to Kafka.
     #[serde(default)]
     pub cursor: u64,
@@ -159,6 +196,23 @@ mod tests {
     }
 
     #[test]
+    fn a_shards_counters_add_up() {
+        let mut room = RoomStats::default();
+        room.reject(ErrorCode::BadFormat);
+        room.deliveries_total = 10;
+        let mut shard = RoomStats::default();
+        shard.reject(ErrorCode::BadFormat);
+        shard.deliveries_total = 5;
+        shard.connection_seconds.observe(2.0);
+        shard.storage.rows_written = 7;
+        room.absorb(&shard);
+        assert_eq!(room.rejects_total["bad_format"], 2);
+        assert_eq!(room.deliveries_total, 15);
+        assert_eq!(room.connection_seconds.count, 1);
+        assert_eq!(room.storage.rows_written, 0, "storage stays each object's");
+    }
+
+    #[test]
     fn counters_by_label() {
         let mut s = RoomStats::default();
         s.message(Origin::Ws);
@@ -176,6 +230,7 @@ mod tests {
             epoch: "e".into(),
             head: 2,
             connections: 1,
+            shards: 0,
             cursor: 0,
             pending: 2,
             counters: s,

@@ -108,12 +108,18 @@ struct Fields<'a> {
     id: Option<&'a RawValue>,
     #[serde(borrow, default)]
     trace: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
     #[serde(borrow, default)]
     token: Option<&'a RawValue>,
     #[serde(borrow, default)]
     messages: Option<&'a RawValue>,
+}
+
+/// Keeps a field written as `null` (`Some("null")`), where serde's `Option`
+/// would read it as absent: `"data": null` is a message, a missing `data` is not.
+fn present<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(de).map(Some)
 }
 
 impl<'a> Fields<'a> {
@@ -131,10 +137,15 @@ impl<'a> Fields<'a> {
         })
     }
 
-    /// The optional `ref`, cut to its limit, for errors about the rest.
+    /// The optional `ref`, cut to the bytes an accepted one may have, for
+    /// errors about the rest.
     fn reference_for_errors(&self) -> Option<String> {
         let text = string(self.reference?)?;
-        Some(text.chars().take(MAX_REF_LEN).collect())
+        let mut end = text.len().min(MAX_REF_LEN);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        Some(text[..end].to_owned())
     }
 }
 
@@ -230,6 +241,12 @@ fn parse_draft(fields: &Fields<'_>) -> Result<Draft, Rejection> {
         return Err(Rejection::new(
             ErrorCode::BadFormat,
             format!("data is nested deeper than {MAX_DEPTH} levels"),
+        ));
+    }
+    if !policy::portable(data.get()) {
+        return Err(Rejection::new(
+            ErrorCode::BadFormat,
+            "data must read the same in every JSON reader: numbers within double range, no unpaired surrogate escapes",
         ));
     }
     Ok(Draft {
@@ -601,6 +618,24 @@ mod tests {
             parse_client_frame("{", 10).unwrap_err().code,
             ErrorCode::BadFormat
         );
+    }
+
+    #[test]
+    fn null_data_is_a_message_and_unportable_data_is_refused() {
+        match parse(json!({"type":"publish","data":null})) {
+            Ok(ClientFrame::Publish { draft, .. }) => assert_eq!(draft.data.get(), "null"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        for text in [
+            r#"{"type":"publish","data":[0,2e615]}"#,
+            r#"{"type":"publish","data":"x\ud800x"}"#,
+        ] {
+            let r = parse_client_frame(text, 1000).unwrap_err();
+            assert_eq!(r.code, ErrorCode::BadFormat, "{text}");
+        }
+        let long_ref = "é".repeat(MAX_REF_LEN);
+        let r = parse(json!({"type":"nope","ref":long_ref})).unwrap_err();
+        assert!(r.reference.unwrap().len() <= MAX_REF_LEN);
     }
 
     #[test]

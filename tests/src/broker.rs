@@ -164,7 +164,7 @@ impl Broker {
 }
 
 /// The tansu binary (installed by `make bootstrap`; `ROOMCAST_TANSU` overrides).
-fn tansu_binary() -> PathBuf {
+pub fn tansu_binary() -> PathBuf {
     std::env::var("ROOMCAST_TANSU")
         .map(PathBuf::from)
         .unwrap_or_else(|_| {

@@ -1,29 +1,36 @@
-//! Harness for the end-to-end tests: the real worker under `wrangler dev`
-//! (workerd), real HTTP and WebSocket clients on loopback sockets.
+//! Harness for the end-to-end tests and the benchmarks: the real worker
+//! under `wrangler dev` (workerd), a real Kafka-protocol broker, the bridge
+//! binary, and real HTTP and WebSocket clients on loopback sockets. One
+//! crate starts them for both, so the benchmarks measure the worker the
+//! tests check, started the same way.
 //!
 //! Each [`Worker`] is a `wrangler dev` process in its own process group with
 //! its own port and `--persist-to` directory; dropping it kills the whole
 //! group (wrangler starts workerd children), also when a test panics. Every
 //! wait is bounded, so a hang fails the test instead of stalling CI.
 //!
-//! The worker serves HTTPS only, with a certificate from the test CA
+//! The tests' worker serves HTTPS only, with a certificate from the test CA
 //! ([`tls`]), and every client here trusts that CA: the suite runs the way
 //! production does, where the bridge reaches the worker over TLS.
 
+pub mod bridge;
 pub mod broker;
 pub mod dashboards;
 pub mod fault_proxy;
+pub mod process;
 pub mod records;
 pub mod tls;
+pub mod worker;
 
+pub use bridge::{bridge_binary, BridgeCommand, BridgeProcess, CaFile};
 pub use broker::{Broker, SASL_PASSWORD, SASL_USER};
 pub use fault_proxy::FaultProxy;
+pub use process::{wait_http_ok, Service};
 pub use tls::ca_file;
+pub use worker::{Worker, WorkerSpec};
 
-use std::fs::File;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +40,7 @@ use roomcast_protocol::clock::now_ms;
 use roomcast_protocol::signing::{mint_hs256, TokenSpec};
 use serde_json::Value;
 use tokio::net::TcpStream;
-use tokio::time::{sleep, timeout, Instant};
+use tokio::time::{timeout, Instant};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -46,9 +53,6 @@ pub const SECRET: &str = "e2e-test-secret-not-for-production";
 /// How long a single frame or response may take before the test fails.
 pub const STEP: Duration = Duration::from_secs(10);
 
-/// How long `wrangler dev` may take to answer `/healthz`.
-const STARTUP: Duration = Duration::from_secs(120);
-
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -56,7 +60,8 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn free_port() -> u16 {
+/// A loopback port free right now.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -71,268 +76,6 @@ pub fn fresh_dir(label: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create a temp dir");
     dir
-}
-
-/// A child process in its own process group, with its output in a log file;
-/// dropping it kills the whole group.
-pub struct Service {
-    child: Child,
-    log: PathBuf,
-    name: &'static str,
-}
-
-impl Service {
-    /// Spawns `cmd` with stdout and stderr to `log`.
-    pub fn spawn(name: &'static str, mut cmd: Command, log: PathBuf) -> Service {
-        let out = File::create(&log).expect("create a service log");
-        cmd.stdin(Stdio::null())
-            .stdout(out.try_clone().expect("clone the log handle"))
-            .stderr(out);
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
-        Service { child, log, name }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Sends `signal` (as `kill -s` names it) to the whole group, if it is
-    /// still there.
-    pub fn signal(&self, signal: &str) {
-        let group = format!("-{}", self.child.id());
-        let _ = Command::new("kill")
-            .args(["-s", signal, "--", &group])
-            .stderr(Stdio::null())
-            .status();
-    }
-
-    /// The process's status code if it has exited (-1 for a signal).
-    pub fn exited(&mut self) -> Option<i32> {
-        match self.child.try_wait() {
-            Ok(Some(status)) => Some(status.code().unwrap_or(-1)),
-            _ => None,
-        }
-    }
-
-    /// Waits up to `wait` for the process to exit; its status code.
-    pub async fn exited_within(&mut self, wait: Duration) -> Option<i32> {
-        let deadline = Instant::now() + wait;
-        while Instant::now() < deadline {
-            if let Some(code) = self.exited() {
-                return Some(code);
-            }
-            sleep(Duration::from_millis(50)).await;
-        }
-        None
-    }
-
-    /// Everything the process printed so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The last lines the process printed, for failure messages.
-    pub fn log_tail(&self) -> String {
-        let text = self.log();
-        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        format!(
-            "--- {} log ---\n{}",
-            self.name,
-            lines[lines.len().saturating_sub(40)..].join("\n")
-        )
-    }
-
-    /// Kills the process group.
-    pub fn stop(&mut self) {
-        self.signal("KILL");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// Polls `url` (HTTP, or HTTPS with the test CA) until it answers 200, or
-/// panics with `service`'s log, at once if `service` exits (a refused flag
-/// fails the test in milliseconds, not after `within`).
-pub async fn wait_http_ok(url: &str, service: &mut Service, within: Duration) {
-    let deadline = Instant::now() + within;
-    let client = tls::http_client().build().expect("an HTTP client");
-    while Instant::now() < deadline {
-        if let Some(code) = service.exited() {
-            panic!(
-                "{} exited with {code} before {url} answered 200\n{}",
-                service.name,
-                service.log_tail()
-            );
-        }
-        if let Ok(Ok(r)) = timeout(Duration::from_secs(2), client.get(url).send()).await {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        sleep(Duration::from_millis(200)).await;
-    }
-    panic!(
-        "{url} did not answer 200 within {within:?}\n{}",
-        service.log_tail()
-    );
-}
-
-/// A running `wrangler dev`, serving HTTPS with the test CA's server certificate.
-pub struct Worker {
-    pub service: Service,
-    port: u16,
-    pub persist: PathBuf,
-}
-
-impl Worker {
-    /// Starts the worker with `vars` (besides `JWT_SECRET`) on a fresh state directory.
-    pub async fn start(vars: &[(&str, &str)]) -> Worker {
-        Worker::start_in(fresh_dir("state"), vars).await
-    }
-
-    /// Starts the worker on an existing state directory (a restart).
-    pub async fn start_in(persist: PathBuf, vars: &[(&str, &str)]) -> Worker {
-        let port = free_port();
-        let cert = tls::server_cert();
-        let mut cmd = Command::new(repo_root().join("node_modules/.bin/wrangler"));
-        cmd.current_dir(repo_root())
-            .args(["dev", "--ip", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--inspector-port", &free_port().to_string()])
-            .args(["--local-protocol", "https"])
-            .arg("--https-key-path")
-            .arg(&cert.key)
-            .arg("--https-cert-path")
-            .arg(&cert.cert)
-            .arg("--persist-to")
-            .arg(&persist)
-            .args(["--var", &format!("JWT_SECRET:{SECRET}")])
-            .env("WRANGLER_SEND_METRICS", "false")
-            .env("CI", "true");
-        for (name, value) in vars {
-            cmd.args(["--var", &format!("{name}:{value}")]);
-        }
-        let log = persist.with_extension(format!("{port}.log"));
-        let mut worker = Worker {
-            service: Service::spawn("wrangler dev", cmd, log),
-            port,
-            persist,
-        };
-        let health = worker.url("/healthz");
-        wait_http_ok(&health, &mut worker.service, STARTUP).await;
-        worker
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("https://127.0.0.1:{}{path}", self.port)
-    }
-
-    pub fn ws_url(&self, path: &str) -> String {
-        format!("wss://127.0.0.1:{}{path}", self.port)
-    }
-
-    /// Kills wrangler and its workerd children.
-    pub fn stop(&mut self) {
-        self.service.stop();
-    }
-}
-
-/// Whether [`BridgeProcess::spawn`] tells the bridge to trust the test CA.
-pub enum CaFile {
-    /// `--ca-file` with [`ca_file`]: the bridge can reach the TLS worker.
-    TestCa,
-    /// No `--ca-file`, for tests of what the bridge does without one.
-    Omitted,
-}
-
-/// A running `roomcast-bridge`.
-pub struct BridgeProcess {
-    pub service: Service,
-    pub metrics: String,
-}
-
-impl BridgeProcess {
-    /// Starts the bridge against `worker` and `broker`, trusting the test CA,
-    /// with `extra` flags, and waits until its `/healthz` answers 200.
-    pub async fn start(
-        worker: &Worker,
-        broker: &Broker,
-        instance: &str,
-        extra: &[&str],
-    ) -> BridgeProcess {
-        let mut bridge =
-            BridgeProcess::spawn(&worker.url(""), broker, instance, CaFile::TestCa, extra);
-        let health = bridge.url("/healthz");
-        wait_http_ok(&health, &mut bridge.service, Duration::from_secs(60)).await;
-        bridge
-    }
-
-    /// Starts the bridge binary (built by `make test`; `ROOMCAST_BRIDGE_BIN`
-    /// overrides) with `--worker-url worker_url` and what `broker` needs
-    /// (`--kafka-config` for TLS), and returns at once, so a test can also
-    /// watch it fail ([`Service::exited_within`],
-    /// [`Service::log_tail`]). Credentials default to `--jwt-secret` and
-    /// Kafka properties to the broker's; `extra` replaces either by naming
-    /// its own (`--jwt-key-file`, `--token-file`, ...; `--kafka-config-file`).
-    pub fn spawn(
-        worker_url: &str,
-        broker: &Broker,
-        instance: &str,
-        ca: CaFile,
-        extra: &[&str],
-    ) -> BridgeProcess {
-        let metrics = format!("127.0.0.1:{}", free_port());
-        let mut cmd = Command::new(bridge_binary());
-        cmd.args(["--worker-url", worker_url])
-            .args(["--brokers", &broker.address])
-            .args(["--metrics-addr", &metrics])
-            .args(["--instance-id", instance]);
-        let names = |flags: &[&str]| extra.iter().any(|arg| flags.contains(arg));
-        if !names(&["--jwt-secret", "--jwt-key-file", "--token-file", "--token"]) {
-            cmd.args(["--jwt-secret", SECRET]);
-        }
-        if let CaFile::TestCa = ca {
-            cmd.arg("--ca-file").arg(ca_file());
-        }
-        if !names(&["--kafka-config-file"]) {
-            for (name, value) in broker.kafka_config() {
-                cmd.args(["--kafka-config", &format!("{name}={value}")]);
-            }
-        }
-        cmd.args(extra)
-            .env("RUST_LOG", "info,roomcast_bridge=debug");
-        let log = fresh_dir("bridge").join(format!("{instance}.log"));
-        BridgeProcess {
-            service: Service::spawn("roomcast-bridge", cmd, log),
-            metrics,
-        }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.metrics)
-    }
-
-    /// What `/metrics` says now.
-    pub async fn metrics_text(&self) -> String {
-        let response = reqwest::get(self.url("/metrics"))
-            .await
-            .expect("GET /metrics");
-        response.text().await.expect("a /metrics body")
-    }
-}
-
-/// The bridge binary the suites run (built by `make test`;
-/// `ROOMCAST_BRIDGE_BIN` overrides).
-pub fn bridge_binary() -> PathBuf {
-    std::env::var("ROOMCAST_BRIDGE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repo_root().join("target/debug/roomcast-bridge"))
 }
 
 /// The value of one series (`name{labels}`, exactly as exported) in a
@@ -468,7 +211,8 @@ impl Client {
         }
     }
 
-    /// The next text or close frame within `wait` (control frames are skipped).
+    /// The next text or close frame within `wait` (control frames are
+    /// skipped); a dropped connection is a close with 1006.
     pub async fn next_frame_within(&mut self, wait: Duration) -> Option<Frame> {
         let deadline = Instant::now() + wait;
         loop {
@@ -484,6 +228,9 @@ impl Client {
                     return Some(Frame::Closed(close.map_or(1005, |f| u16::from(f.code))))
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                // The connection dropped without a close frame (the server
+                // process died): 1006, as a browser reports it.
+                Some(Err(_)) | None => return Some(Frame::Closed(1006)),
                 other => panic!("expected a text or close frame, got {other:?}"),
             }
         }
@@ -531,7 +278,7 @@ impl Client {
     }
 }
 
-/// HTTP helpers that assert on the shapes of SPEC section 2.
+/// HTTP helpers that assert on the shapes of docs/protocol.md, "HTTP".
 pub struct Http {
     client: reqwest::Client,
 }

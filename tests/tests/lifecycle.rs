@@ -42,17 +42,6 @@ async fn publish_many(worker: &Worker, room: &str, count: u64) {
     }
 }
 
-async fn stats(worker: &Worker, room: &str) -> Value {
-    let (status, body) = Http::default()
-        .get(
-            &worker.url(&format!("/v1/rooms/{room}/stats")),
-            Some(&full_token("reader")),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
 async fn registry(worker: &Worker, room: Option<&str>) -> Value {
     let query = room.map(|r| format!("?room={r}")).unwrap_or_default();
     let (status, body) = Http::default()
@@ -84,7 +73,7 @@ async fn reads_never_write_and_turns_stay_bounded() {
         (200, json!([])),
         "{page}"
     );
-    let before = stats(&worker, &ghost).await;
+    let before = worker.stats(&ghost).await;
     assert_eq!(
         (
             before["head"].as_u64(),
@@ -99,7 +88,7 @@ async fn reads_never_write_and_turns_stay_bounded() {
     // A written room: reading pages writes nothing.
     let r = room("bounded");
     publish_many(&worker, &r, 1200).await;
-    let written = stats(&worker, &r).await["storage"]["rows_written"].clone();
+    let written = worker.stats(&r).await["storage"]["rows_written"].clone();
     let (_, page) = http
         .get(
             &worker.url(&format!("/v1/rooms/{r}/messages?since=0&limit=1000")),
@@ -108,7 +97,7 @@ async fn reads_never_write_and_turns_stay_bounded() {
         .await;
     assert_eq!(page["messages"].as_array().unwrap().len(), 1000);
     assert_eq!(page["truncated"], true);
-    assert_eq!(stats(&worker, &r).await["storage"]["rows_written"], written);
+    assert_eq!(worker.stats(&r).await["storage"]["rows_written"], written);
 
     // A resume of more than a turn may replay is sent to HTTP paging; live
     // messages follow on the socket at once.
@@ -172,9 +161,9 @@ async fn with_bridge_on_rooms_are_outboxes_and_drops_are_counted() {
     // No bridge yet: 3 batches of 500 are held past HISTORY_LIMIT (1000).
     publish_many(&worker, &kept, 1500).await;
     publish_many(&worker, &overflowing, 2000).await;
-    assert_eq!(stats(&worker, &kept).await["outbox_dropped_total"], 0);
+    assert_eq!(worker.stats(&kept).await["outbox_dropped_total"], 0);
     assert_eq!(
-        stats(&worker, &overflowing).await["outbox_dropped_total"],
+        worker.stats(&overflowing).await["outbox_dropped_total"],
         500,
         "2000 unconfirmed, 1500 held"
     );
@@ -227,7 +216,7 @@ async fn a_quiet_room_retires_and_comes_back() {
     collect(&events, Duration::from_secs(30), |got| !got.is_empty()).await;
     let link = format!("roomcast_bridge_link_up{{room=\"{r}\"}}");
     assert_eq!(metric(&bridge.metrics_text().await, &link), Some(1.0));
-    let first = stats(&worker, &r).await;
+    let first = worker.stats(&r).await;
     assert_eq!(registry(&worker, Some(&r)).await["registered"], true);
 
     // Quiet for ROOM_RETIRE_MS: link closed, series gone, out of the
@@ -247,7 +236,7 @@ async fn a_quiet_room_retires_and_comes_back() {
         "series of {r} remain:\n{text}"
     );
     assert_eq!(registry(&worker, Some(&r)).await["registered"], false);
-    let retired = stats(&worker, &r).await;
+    let retired = worker.stats(&r).await;
     assert_eq!(
         (
             retired["alarm"].clone(),
@@ -263,7 +252,7 @@ async fn a_quiet_room_retires_and_comes_back() {
         http.post(&url, &token, r#"{"data":"second life"}"#).await.0,
         201
     );
-    let revived = stats(&worker, &r).await;
+    let revived = worker.stats(&r).await;
     assert_eq!(revived["head"], 1);
     assert_ne!(revived["epoch"], first["epoch"]);
     let mut resuming = Client::connect(&worker.ws_url(&format!(

@@ -12,6 +12,7 @@ mod attachment;
 mod bridge_token;
 mod hibernation;
 mod history;
+mod internal;
 mod registry;
 mod reply;
 mod room;

@@ -14,13 +14,15 @@ use roomcast_protocol::clock::now_ms;
 use roomcast_protocol::ErrorCode;
 use worker::{Env, Headers, Method, Request, RequestInit, Response, Stub};
 
+use crate::internal::{self, SHARD_HEADER};
 use crate::registry;
 use crate::reply;
 use crate::room::{IDENTITY_HEADER, ROOM_HEADER};
 use crate::settings::{self, Settings};
 
-/// The Durable Object namespace of rooms (see `wrangler.toml`).
-const ROOMS_BINDING: &str = "ROOMS";
+/// Prefix of the headers between the router and the objects, which a
+/// client's request never carries through.
+const INTERNAL_HEADERS: &str = "x-roomcast-";
 /// The static-assets binding serving `public/`.
 const ASSETS_BINDING: &str = "ASSETS";
 
@@ -75,10 +77,7 @@ async fn dispatch(req: Request, env: &Env) -> Result<Response, Failure> {
         )?),
         Route::Assets => Ok(env.assets(ASSETS_BINDING)?.fetch_request(req).await?),
         Route::Room { room, .. } => {
-            let stub = env
-                .durable_object(ROOMS_BINDING)?
-                .id_from_name(room.as_str())?
-                .get_stub()?;
+            let stub = internal::room_stub(env, room.as_str())?;
             admit_and_forward(req, env, &route, stub).await
         }
         Route::RegistryLink | Route::RegistryReport => {
@@ -107,7 +106,22 @@ async fn admit_and_forward(
         ));
     }
     let identity = admit(&req, &settings, route)?;
-    forward(req, stub, route, &identity, settings.config.max_body_bytes).await
+    let inner = Inner::new(req, route, &identity, settings.config.max_body_bytes).await?;
+    let response = inner.send(&stub).await?;
+    // A room that holds all the connections it may places a join on one of
+    // its shards (docs/scaling.md); the client sees only the shard's answer.
+    let shard = response.headers().get(SHARD_HEADER)?;
+    match (route, shard) {
+        (Route::Room { room, .. }, Some(index)) if route.upgrade() => {
+            let index: u32 = index.parse().map_err(|_| {
+                Failure::Runtime(worker::Error::RustError(format!("bad shard {index:?}")))
+            })?;
+            inner.headers.set(SHARD_HEADER, &index.to_string())?;
+            let stub = internal::shard_stub(env, room.as_str(), index)?;
+            Ok(inner.send(&stub).await?)
+        }
+        _ => Ok(response),
+    }
 }
 
 /// Checks origin, token and rights.
@@ -159,34 +173,55 @@ fn is_upgrade(req: &Request) -> worker::Result<bool> {
         .is_some_and(|u| u.eq_ignore_ascii_case("websocket")))
 }
 
-/// Sends the admitted request to its Durable Object, with the room name and
+/// An admitted request as its Durable Object gets it: the room name and
 /// identity in internal headers (the objects are reachable only through
-/// this worker).
-async fn forward(
-    mut req: Request,
-    stub: Stub,
-    route: &Route,
-    identity: &Identity,
-    max_body_bytes: u64,
-) -> Result<Response, Failure> {
-    let headers = Headers::new();
-    for (name, value) in req.headers().entries() {
-        if name != ROOM_HEADER && name != IDENTITY_HEADER {
-            headers.append(&name, &value)?;
+/// this worker), the body read within its limit.
+struct Inner {
+    url: String,
+    method: Method,
+    headers: Headers,
+    body: Option<String>,
+}
+
+impl Inner {
+    async fn new(
+        mut req: Request,
+        route: &Route,
+        identity: &Identity,
+        max_body_bytes: u64,
+    ) -> Result<Inner, Failure> {
+        let headers = Headers::new();
+        for (name, value) in req.headers().entries() {
+            if !name.starts_with(INTERNAL_HEADERS) {
+                headers.append(&name, &value)?;
+            }
         }
+        if let Route::Room { room, .. } = route {
+            headers.set(ROOM_HEADER, room.as_str())?;
+        }
+        headers.set(IDENTITY_HEADER, &identity.to_header())?;
+        let body = match req.method() {
+            Method::Post => Some(read_body(&mut req, max_body_bytes).await?),
+            _ => None,
+        };
+        Ok(Inner {
+            url: req.url()?.to_string(),
+            method: req.method(),
+            headers,
+            body,
+        })
     }
-    if let Route::Room { room, .. } = route {
-        headers.set(ROOM_HEADER, room.as_str())?;
+
+    async fn send(&self, stub: &Stub) -> worker::Result<Response> {
+        let mut init = RequestInit::new();
+        init.with_method(self.method.clone())
+            .with_headers(self.headers.clone());
+        if let Some(body) = &self.body {
+            init.with_body(Some(body.clone().into()));
+        }
+        stub.fetch_with_request(Request::new_with_init(&self.url, &init)?)
+            .await
     }
-    headers.set(IDENTITY_HEADER, &identity.to_header())?;
-    let mut init = RequestInit::new();
-    init.with_method(req.method()).with_headers(headers);
-    if req.method() == Method::Post {
-        let body = read_body(&mut req, max_body_bytes).await?;
-        init.with_body(Some(body.into()));
-    }
-    let inner = Request::new_with_init(req.url()?.as_str(), &init)?;
-    Ok(stub.fetch_with_request(inner).await?)
 }
 
 /// The request body as text, refused when it is over `max` bytes: on its

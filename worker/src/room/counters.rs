@@ -84,6 +84,13 @@ impl Counters {
         }
     }
 
+    /// Hands over the counters and starts again from zero: a shard's
+    /// counters since its last report, for the room to add to its own.
+    pub fn take(&self) -> RoomStats {
+        self.dirty.set(false);
+        self.stats.take().unwrap_or_default()
+    }
+
     /// Forgets everything (the room's storage was deleted).
     pub fn reset(&self) {
         *self.stats.borrow_mut() = None;
@@ -97,11 +104,13 @@ impl Room {
     /// big the room is.
     pub(super) fn stats_report(&self, ctx: &Ctx) -> Result<StatsReport> {
         let history = self.history()?;
+        let (shard_clients, shards) = self.shard_clients();
         Ok(StatsReport {
             room: ctx.room.clone(),
             epoch: history.epoch().unwrap_or_default(),
             head: history.head(),
-            connections: self.clients(),
+            connections: self.clients() + shard_clients,
+            shards,
             cursor: history.cursor(),
             pending: history.pending()?,
             counters: self.counters.snapshot(history),
@@ -109,6 +118,7 @@ impl Room {
     }
 
     pub(super) async fn report_stats(&self, ctx: &Ctx) -> Result<Response> {
+        self.count_shards(ctx).await;
         let mut report = serde_json::to_value(self.stats_report(ctx)?)?;
         report["alarm"] = self.next_alarm().await?.into();
         reply::json(200, &report)

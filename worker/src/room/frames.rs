@@ -58,7 +58,8 @@ impl Room {
             WebSocketIncomingMessage::String(text) => {
                 match parse_client_frame(&text, ctx.limits.max_message_bytes) {
                     Ok(ClientFrame::Publish { draft, reference }) => {
-                        self.publish_frame(ws, &mut session, ctx, draft, reference)?
+                        self.publish_frame(ws, &mut session, ctx, draft, reference)
+                            .await?
                     }
                     Ok(ClientFrame::Auth { token }) => {
                         self.refresh(ws, &mut session, ctx, &token).await?
@@ -74,10 +75,23 @@ impl Room {
                 self.reject(ws, &mut session, &rejection)?
             }
         };
+        self.settle(ws, &mut session, outcome, ctx.now, seen_stale)
+    }
+
+    /// Does what a handled frame asked of its connection; `seen_stale`
+    /// saves the session even when nothing else changed.
+    pub(super) fn settle(
+        &self,
+        ws: &WebSocket,
+        session: &mut Session,
+        outcome: Outcome,
+        now: u64,
+        seen_stale: bool,
+    ) -> Result<()> {
         match outcome {
-            Outcome::Close(code) => self.close(ws, &mut session, code, ctx.now),
-            Outcome::Save => session.save(ws),
-            Outcome::Keep if seen_stale => session.save(ws),
+            Outcome::Close(code) => self.close(ws, session, code, now),
+            Outcome::Save => self.keep(ws, session),
+            Outcome::Keep if seen_stale => self.keep(ws, session),
             Outcome::Keep => Ok(()),
         }
     }
@@ -96,7 +110,7 @@ impl Room {
         }
     }
 
-    fn publish_frame(
+    async fn publish_frame(
         &self,
         ws: &WebSocket,
         session: &mut Session,
@@ -111,6 +125,13 @@ impl Room {
             )
             .with_ref(reference);
             return self.reject(ws, session, &rejection);
+        }
+        if self.is_shard() {
+            // The sequencer answers; the frame itself was well formed.
+            let outcome = forgive(&mut session.strikes);
+            self.forward_publish(ws, session, ctx, draft, reference)
+                .await;
+            return Ok(outcome);
         }
         let publisher = Publisher {
             sub: &session.sub,
@@ -219,7 +240,7 @@ impl Room {
         Ok(Outcome::Save)
     }
 
-    fn reject(
+    pub(super) fn reject(
         &self,
         ws: &WebSocket,
         session: &mut Session,
@@ -257,8 +278,9 @@ impl Room {
                 .with(|s| s.connection_seconds.observe(session.lifetime_secs(now)));
             self.count_client(-1);
             self.seen.borrow_mut().remove(&session.conn_id);
+            self.shard_left(ws, &session.sub);
         }
-        session.save(ws)?;
+        self.keep(ws, &*session)?;
         // The socket may already be closing from the other side.
         let _ = ws.close(Some(code.code()), Some(code.reason()));
         Ok(())

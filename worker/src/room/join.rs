@@ -1,11 +1,13 @@
-//! A client joining over WebSocket (docs/protocol.md, "Connecting"): the
-//! per-subject connection limit, the resume decision, `welcome`, and the
-//! replay of missed messages before any live one.
+//! A client joining over WebSocket (docs/protocol.md, "Connecting"): where
+//! it goes (here, or a shard once the room is full), the per-subject
+//! connection limit, the resume decision, `welcome`, and the replay of
+//! missed messages before any live one.
 //!
 //! The replay runs in the same turn as `welcome`, so no live message can
 //! slip in between; it is bounded ([`replay_route`]): a resume that would
 //! replay more than one turn may carry is told to page through HTTP
-//! instead (`welcome.catch_up`).
+//! instead (`welcome.catch_up`). A shard's client gets the same welcome and
+//! replay, built here and carried by the shard ([`super::shard`]).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -17,11 +19,19 @@ use roomcast_protocol::ids::{self, subject_tag};
 use roomcast_protocol::session::Session;
 use roomcast_protocol::wire::{CatchUp, RateInfo, ServerFrame, Welcome};
 use roomcast_protocol::ErrorCode;
-use worker::{Request, Response, Result, WebSocket, WebSocketPair};
+use worker::{Headers, Request, Response, Result, WebSocket, WebSocketPair};
 
 use super::{Ctx, Room, CLIENT_TAG};
 use crate::attachment::Attachment;
+use crate::internal::SHARD_HEADER;
 use crate::reply;
+
+/// What a joining connection is told first, and what it is replayed.
+pub(super) struct Greeting {
+    pub welcome: Welcome,
+    /// Replay the stored messages after this seq (up to `welcome.head`).
+    pub replay_after: Option<u64>,
+}
 
 impl Room {
     pub(super) async fn join(
@@ -31,32 +41,92 @@ impl Room {
         identity: Identity,
         query: &HashMap<String, String>,
     ) -> Result<Response> {
-        let since = match query.get("since") {
-            None => None,
-            Some(s) => match parse_u64("since", Some(s), 0) {
-                Ok(v) => Some(v),
-                Err(message) => return reply::error(ErrorCode::BadRequest, &message),
-            },
+        let since = match since(query) {
+            Ok(since) => since,
+            Err(refusal) => return refusal,
         };
-        let tag = subject_tag(&identity.sub);
-        let limit = ctx.limits.max_connections_per_subject;
-        if self.open_of(&tag) >= limit as usize {
-            self.counters
-                .with(|s| s.reject(ErrorCode::TooManyConnections));
-            return reply::error(
-                ErrorCode::TooManyConnections,
-                &format!("this subject already holds {limit} connections to this room"),
-            );
+        if let Some(index) = self.placement(ctx).await? {
+            return shard_redirect(index);
         }
+        if let Some(refusal) = self.connection_limit(ctx, &identity.sub) {
+            return refusal;
+        }
+        let session = Session::new(ids::conn_id(), identity, ctx.now);
+        let epoch = query.get("epoch").map(String::as_str);
+        let greeting = self.greet(ctx, &session, since, epoch)?;
+        let pair = WebSocketPair::new()?;
+        self.state
+            .accept_websocket_with_tags(&pair.server, &[CLIENT_TAG, &subject_tag(&session.sub)]);
+        self.keep(&pair.server, &session)?;
+        pair.server
+            .send_with_str(ServerFrame::Welcome(Cow::Borrowed(&greeting.welcome)).to_json())?;
+        if let Some(after) = greeting.replay_after {
+            self.replay(ctx, after, greeting.welcome.head, |_, frame| {
+                pair.server.send_with_str(frame)
+            })?;
+        }
+        self.opened(req, ctx, &session, pair.client).await
+    }
+
+    /// Counts an accepted client socket in, sets the alarm for its first
+    /// deadline, and answers the upgrade with `client`.
+    pub(super) async fn opened(
+        &self,
+        req: &Request,
+        ctx: &Ctx,
+        session: &Session,
+        client: WebSocket,
+    ) -> Result<Response> {
+        self.count_client(1);
+        self.seen
+            .borrow_mut()
+            .insert(session.conn_id.clone(), ctx.now);
+        self.alarm_no_later_than(session.next_deadline(0, &ctx.timing()))
+            .await?;
+        with_subprotocol(Response::from_websocket(client)?, req)
+    }
+
+    /// The refusal of a subject that holds its limit of connections to
+    /// this room, on the room and its shards.
+    pub(super) fn connection_limit(&self, ctx: &Ctx, sub: &str) -> Option<Result<Response>> {
+        let limit = ctx.limits.max_connections_per_subject;
+        let open = self.open_of(&subject_tag(sub)) + self.open_on_shards(sub);
+        if open < limit as usize {
+            return None;
+        }
+        self.counters
+            .with(|s| s.reject(ErrorCode::TooManyConnections));
+        Some(reply::error(
+            ErrorCode::TooManyConnections,
+            &format!("this subject already holds {limit} connections to this room"),
+        ))
+    }
+
+    /// Connections `tag`'s subject holds open here.
+    fn open_of(&self, tag: &str) -> usize {
+        self.state
+            .get_websockets_with_tag(tag)
+            .iter()
+            .filter(|ws| Session::load(ws).ok().flatten().is_some_and(|s| !s.closed))
+            .count()
+    }
+
+    /// Creates the room if needed (the epoch handed out in `welcome` must
+    /// be the one its messages will carry) and decides the resume.
+    pub(super) fn greet(
+        &self,
+        ctx: &Ctx,
+        session: &Session,
+        since: Option<u64>,
+        epoch: Option<&str>,
+    ) -> Result<Greeting> {
         let history = self.history()?;
-        // Joining makes the room exist: the epoch handed out in `welcome`
-        // must be the one its messages will carry.
-        history.create(&ctx.room, ctx.settings.config.bridge)?;
-        let epoch = history.epoch().unwrap_or_default();
+        history.create(&ctx.room, &ctx.limits, ctx.settings.config.bridge)?;
+        let room_epoch = history.epoch().unwrap_or_default();
         let resume = plan_resume(
             since,
-            query.get("epoch").map(String::as_str),
-            &epoch,
+            epoch,
+            &room_epoch,
             history.retained(&ctx.limits, ctx.now)?,
         );
         let replay = match resume.replay_after {
@@ -66,16 +136,14 @@ impl Room {
             }
             None => None,
         };
-        let session = Session::new(ids::conn_id(), identity, ctx.now);
-        let pair = WebSocketPair::new()?;
-        self.state
-            .accept_websocket_with_tags(&pair.server, &[CLIENT_TAG, &tag]);
-        session.save(&pair.server)?;
+        if since.is_some() {
+            self.counters.with(|s| s.reconnects_total += 1);
+        }
         let head = history.head();
         let welcome = Welcome {
             room: ctx.room.clone(),
             conn_id: session.conn_id.clone(),
-            epoch,
+            epoch: room_epoch,
             head,
             recovered: resume.recovered,
             heartbeat_ms: ctx.limits.heartbeat_ms,
@@ -94,44 +162,24 @@ impl Room {
                 _ => None,
             },
         };
-        pair.server
-            .send_with_str(ServerFrame::Welcome(Cow::Borrowed(&welcome)).to_json())?;
-        if let Some(Replay::Socket { after }) = replay {
-            self.replay(&pair.server, ctx, after, head)?;
-        }
-        self.count_client(1);
-        self.seen
-            .borrow_mut()
-            .insert(session.conn_id.clone(), ctx.now);
-        if since.is_some() {
-            self.counters.with(|s| s.reconnects_total += 1);
-        }
-        self.alarm_no_later_than(session.next_deadline(0, &ctx.timing()))
-            .await?;
-        let response = Response::from_websocket(pair.client)?;
-        let offered = req.headers().get("sec-websocket-protocol")?;
-        match answer_subprotocol(offered.as_deref()) {
-            Some(protocol) => {
-                let headers = worker::Headers::new();
-                headers.set("sec-websocket-protocol", &protocol)?;
-                Ok(response.with_headers(headers))
-            }
-            None => Ok(response),
-        }
+        Ok(Greeting {
+            welcome,
+            replay_after: match replay {
+                Some(Replay::Socket { after }) => Some(after),
+                _ => None,
+            },
+        })
     }
 
-    /// Connections `tag`'s subject holds open.
-    fn open_of(&self, tag: &str) -> usize {
-        self.state
-            .get_websockets_with_tag(tag)
-            .iter()
-            .filter(|ws| Session::load(ws).ok().flatten().is_some_and(|s| !s.closed))
-            .count()
-    }
-
-    /// Sends every stored message after `after` up to `head`, in order, in
-    /// this turn (its size was checked before).
-    fn replay(&self, ws: &WebSocket, ctx: &Ctx, after: u64, head: u64) -> Result<()> {
+    /// Hands every stored message after `after` up to `head` to `send`, in
+    /// order, in this turn (its size was checked before).
+    pub(super) fn replay(
+        &self,
+        ctx: &Ctx,
+        after: u64,
+        head: u64,
+        mut send: impl FnMut(u64, &str) -> Result<()>,
+    ) -> Result<()> {
         let history = self.history()?;
         let mut from = after;
         while from < head {
@@ -139,11 +187,46 @@ impl Room {
             let Some(last) = page.last() else { break };
             from = last.seq;
             for message in &page {
-                ws.send_with_str(ServerFrame::Message(Cow::Borrowed(message)).to_json())?;
+                send(
+                    message.seq,
+                    &ServerFrame::Message(Cow::Borrowed(message)).to_json(),
+                )?;
             }
             self.counters
                 .with(|s| s.deliveries_total += page.len() as u64);
         }
         Ok(())
+    }
+}
+
+/// The `since` a join asks for, or its refusal.
+pub(super) fn since(
+    query: &HashMap<String, String>,
+) -> std::result::Result<Option<u64>, Result<Response>> {
+    match query.get("since") {
+        None => Ok(None),
+        Some(s) => parse_u64("since", Some(s), 0)
+            .map(Some)
+            .map_err(|message| reply::error(ErrorCode::BadRequest, &message)),
+    }
+}
+
+/// Tells the router to take the join to shard `index`; no client sees it.
+fn shard_redirect(index: u32) -> Result<Response> {
+    let headers = Headers::new();
+    headers.set(SHARD_HEADER, &index.to_string())?;
+    Ok(Response::empty()?.with_status(204).with_headers(headers))
+}
+
+/// Answers the subprotocol the client offered (never its token).
+fn with_subprotocol(response: Response, req: &Request) -> Result<Response> {
+    let offered = req.headers().get("sec-websocket-protocol")?;
+    match answer_subprotocol(offered.as_deref()) {
+        Some(protocol) => {
+            let headers = Headers::new();
+            headers.set("sec-websocket-protocol", &protocol)?;
+            Ok(response.with_headers(headers))
+        }
+        None => Ok(response),
     }
 }

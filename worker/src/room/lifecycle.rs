@@ -12,7 +12,7 @@ use roomcast_protocol::lifecycle::{may_retire, Quiet};
 use roomcast_protocol::wire::Registration;
 use worker::{console_error, Result};
 
-use super::link::LinkCache;
+use super::feed::LinkCache;
 use super::{Ctx, Room};
 use crate::registry;
 
@@ -61,7 +61,7 @@ impl Room {
         }
         // The await above let other events in: retire only if it still may.
         let quiet = Quiet {
-            clients: self.clients() as usize,
+            clients: (self.clients() + self.shard_clients().0) as usize,
             pending: history.pending()?,
             last_message_ms: history.last_message_ms()?,
         };
@@ -93,6 +93,8 @@ impl Room {
         self.history()?.forget();
         *self.keys.borrow_mut() = None;
         *self.link.borrow_mut() = LinkCache::None;
+        *self.fanout.borrow_mut() = None;
+        self.on_shards.borrow_mut().clear();
         self.counters.reset();
         Ok(())
     }

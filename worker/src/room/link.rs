@@ -4,11 +4,8 @@
 //! One link per room; a newer one supersedes the older (4009), so a bridge
 //! instance taking over a room never races the previous one. The link is fed
 //! every message after the bridge's cursor that did not come from Kafka, in
-//! order, through a window: at most [`WINDOW`] messages beyond the cursor,
-//! and no more than one turn's byte budget per step, so a long outbox never
-//! makes one turn huge and a slow bridge is not flooded. `bridge_ack` moves
-//! the cursor (which is what lets the room trim) and opens the window
-//! again. A link's token is held to its expiry like a client's: the bridge
+//! order, through a window ([`super::feed`]). `bridge_ack` moves the cursor
+//! (which is what lets the room trim) and opens the window again. A link's token is held to its expiry like a client's: the bridge
 //! refreshes it with `auth` ([`crate::bridge_token`]), or the alarm closes
 //! the link (4001). Counters go out when they changed, at most every
 //! [`STATS_INTERVAL_MS`]. A room that retires closes its link with 4010.
@@ -17,15 +14,13 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use roomcast_protocol::auth::Identity;
-use roomcast_protocol::history::TURN_BYTES;
 use roomcast_protocol::ids;
-use roomcast_protocol::wire::{
-    parse_bridge_frame, BridgeFrame, Message, Origin, RateInfo, ServerFrame, Welcome,
-};
+use roomcast_protocol::wire::{parse_bridge_frame, BridgeFrame, RateInfo, ServerFrame, Welcome};
 use roomcast_protocol::{CloseCode, ErrorCode};
 use serde::{Deserialize, Serialize};
 use worker::{Response, Result, WebSocket, WebSocketIncomingMessage, WebSocketPair};
 
+use super::feed::{Feed, LinkCache};
 use super::frames::send_error;
 use super::{Ctx, Room};
 use crate::attachment::Attachment;
@@ -35,8 +30,6 @@ use crate::bridge_token;
 const LINK_TAG: &str = "bridge";
 /// How often changed counters go to the bridge at most.
 const STATS_INTERVAL_MS: u64 = 10_000;
-/// The most messages beyond the bridge's cursor the link carries at once.
-const WINDOW: u64 = 1000;
 
 /// A link's state, in its socket attachment.
 #[derive(Debug, Serialize, Deserialize)]
@@ -50,27 +43,6 @@ struct Link {
 }
 
 impl Attachment for Link {}
-
-/// The open link as this wake of the room knows it.
-pub(super) enum LinkCache {
-    /// Not looked up since the room woke.
-    Unknown,
-    None,
-    Open(Feed),
-}
-
-/// Where the feed of the open link stands (memory only: after a wake the
-/// feed restarts from the cursor, so what was in flight may be sent again,
-/// which at-least-once delivery allows).
-pub(super) struct Feed {
-    ws: WebSocket,
-    /// Every message up to this seq has been sent or skipped (Kafka's).
-    sent: u64,
-    /// The highest seq actually sent.
-    relayed: u64,
-    /// The counters' version in the last `stats` frame.
-    stats_version: Option<u64>,
-}
 
 impl Room {
     pub(super) fn is_link(&self, ws: &WebSocket) -> bool {
@@ -98,17 +70,16 @@ impl Room {
     }
 
     /// Finds the open link after a wake, once.
-    fn resolve_link(&self) -> Result<()> {
+    pub(super) fn resolve_link(&self) -> Result<()> {
         if !matches!(*self.link.borrow(), LinkCache::Unknown) {
             return Ok(());
         }
         let cursor = self.history()?.cursor();
-        let found = self.links().into_iter().next().map(|(ws, _)| Feed {
-            ws,
-            sent: cursor,
-            relayed: cursor,
-            stats_version: None,
-        });
+        let found = self
+            .links()
+            .into_iter()
+            .next()
+            .map(|(ws, _)| Feed::at(ws, cursor));
         *self.link.borrow_mut() = found.map_or(LinkCache::None, LinkCache::Open);
         Ok(())
     }
@@ -133,7 +104,7 @@ impl Room {
             self.close_link(&ws, old, CloseCode::Superseded)?;
         }
         let history = self.history()?;
-        history.create(&ctx.room, true)?;
+        history.create(&ctx.room, &ctx.limits, true)?;
         history.mark_bridged()?;
         let pair = WebSocketPair::new()?;
         self.state
@@ -144,7 +115,7 @@ impl Room {
             last_stats_ms: ctx.now,
             closed: false,
         };
-        link.save(&pair.server)?;
+        self.keep(&pair.server, &link)?;
         let welcome = Welcome {
             room: ctx.room.clone(),
             conn_id: ids::conn_id(),
@@ -163,102 +134,13 @@ impl Room {
         };
         pair.server
             .send_with_str(ServerFrame::Welcome(Cow::Borrowed(&welcome)).to_json())?;
-        *self.link.borrow_mut() = LinkCache::Open(Feed {
-            ws: pair.server.clone(),
-            sent: history.cursor(),
-            relayed: history.cursor(),
-            stats_version: None,
-        });
+        *self.link.borrow_mut() = LinkCache::Open(Feed::at(pair.server.clone(), history.cursor()));
         self.pump(ctx)?;
         self.send_stats(ctx)?;
         let close_at = bridge_token::close_at_ms(link.exp, &ctx.settings);
         self.alarm_no_later_than(close_at.min(ctx.now + STATS_INTERVAL_MS))
             .await?;
         Response::from_websocket(pair.client)
-    }
-
-    /// Hands a just-stored message to the link: sent at once when the feed
-    /// is caught up and the window open, else fed by [`Room::pump`].
-    pub(super) fn relay(&self, ctx: &Ctx, message: &Message, frame: &str) {
-        if self.resolve_link().is_err() {
-            return;
-        }
-        let caught_up = {
-            let mut cache = self.link.borrow_mut();
-            let LinkCache::Open(feed) = &mut *cache else {
-                return;
-            };
-            let cursor = self.history().map(|h| h.cursor()).unwrap_or(0);
-            let open = message.seq.saturating_sub(cursor) <= WINDOW;
-            if feed.sent + 1 == message.seq && open {
-                if message.origin != Origin::Kafka {
-                    // A failed send leaves the message above the cursor:
-                    // the next link replays it, so nothing is lost.
-                    if let Err(e) = feed.ws.send_with_str(frame) {
-                        worker::console_warn!(
-                            "room {}: the bridge link refused a frame: {e}",
-                            ctx.room
-                        );
-                    }
-                    feed.relayed = message.seq;
-                }
-                feed.sent = message.seq;
-                true
-            } else {
-                false
-            }
-        };
-        if !caught_up {
-            if let Err(e) = self.pump(ctx) {
-                worker::console_warn!("room {}: feeding the bridge link: {e}", ctx.room);
-            }
-        }
-    }
-
-    /// Sends what the window allows of the messages the feed has not sent
-    /// yet, within one turn's byte budget.
-    fn pump(&self, ctx: &Ctx) -> Result<()> {
-        self.resolve_link()?;
-        let history = self.history()?;
-        let mut cache = self.link.borrow_mut();
-        let LinkCache::Open(feed) = &mut *cache else {
-            return Ok(());
-        };
-        let mut bytes = 0u64;
-        while feed.sent < history.head() && bytes < TURN_BYTES {
-            let room_in_window = (history.cursor() + WINDOW).saturating_sub(feed.sent);
-            if room_in_window == 0 {
-                break;
-            }
-            let page = history.after(&ctx.room, feed.sent, room_in_window, true)?;
-            let Some(last) = page.last() else {
-                // Only Kafka's messages are left: nothing to send.
-                feed.sent = history.head();
-                break;
-            };
-            for message in &page {
-                let frame = ServerFrame::Message(Cow::Borrowed(message)).to_json();
-                bytes += frame.len() as u64;
-                feed.ws.send_with_str(&frame)?;
-            }
-            feed.sent = last.seq;
-            feed.relayed = last.seq;
-        }
-        Ok(())
-    }
-
-    /// Moves the cursor over what the link only skipped (messages from
-    /// Kafka) once everything it sent is confirmed: otherwise a room whose
-    /// last messages came from Kafka would look pending forever.
-    fn skip_confirmed(&self) -> Result<()> {
-        let history = self.history()?;
-        let cache = self.link.borrow();
-        if let LinkCache::Open(feed) = &*cache {
-            if feed.relayed <= history.cursor() && feed.sent > history.cursor() {
-                history.confirm(feed.sent)?;
-            }
-        }
-        Ok(())
     }
 
     pub(super) fn on_link_frame(
@@ -286,7 +168,6 @@ impl Room {
                 let history = self.history()?;
                 history.confirm(seq)?;
                 self.skip_confirmed()?;
-                history.trim_count(&ctx.limits)?;
                 self.pump(ctx)
             }
             Ok(BridgeFrame::Auth { token }) => self.refresh_link(ws, &token, ctx),
@@ -303,7 +184,7 @@ impl Room {
         };
         bridge_token::refresh(ws, token, &ctx.settings, ctx.now, |exp| {
             link.exp = exp;
-            link.save(ws)
+            self.keep(ws, &link)
         })
     }
 
@@ -339,7 +220,7 @@ impl Room {
             if ctx.now >= stats_due && self.link_stats_stale() {
                 self.send_stats(ctx)?;
                 link.last_stats_ms = ctx.now;
-                link.save(&ws)?;
+                self.keep(&ws, &link)?;
             }
             self.pump(ctx)?;
             // An idle linked room sleeps until its link's token needs
@@ -375,7 +256,7 @@ impl Room {
 
     fn close_link(&self, ws: &WebSocket, mut link: Link, code: CloseCode) -> Result<()> {
         link.closed = true;
-        link.save(ws)?;
+        self.keep(ws, &link)?;
         self.link_gone(ws);
         // The socket may already be closing from the other side.
         let _ = ws.close(Some(code.code()), Some(code.reason()));

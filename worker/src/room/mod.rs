@@ -13,45 +13,55 @@
 //! [`Ctx`]: the room, the settings, its limits and the time. The work is
 //! split by concern: `join` (WebSocket admission and resume), `frames`
 //! (what clients send), `publish` (the one path every message takes),
-//! `http` (the HTTP surface), `link` (the bridge's outbox link), `sweep`
-//! (the alarm), `lifecycle` (registration and retirement) and `counters`.
+//! `http` (the HTTP surface), `link` and `feed` (the bridge's outbox link),
+//! `sweep` (the alarm), `lifecycle` (registration and retirement),
+//! `counters` and `sockets`. A room too big for one object is also its
+//! shards' sequencer (`shards`), and the same class serves as one of those
+//! shards (`shard`, `shard_stream`, `forward`; docs/scaling.md).
 //!
 //! The router has already authenticated the request; it passes the room name
 //! and the verified identity in internal headers.
 
 mod counters;
+mod dispatch;
+mod feed;
+mod forward;
 mod frames;
 mod http;
 mod join;
 mod lifecycle;
 mod link;
 mod publish;
+mod shard;
+mod shard_stream;
+mod shards;
+mod sockets;
 mod sweep;
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use roomcast_protocol::auth::Identity;
 use roomcast_protocol::clock::now_ms;
 use roomcast_protocol::config::Limits;
 use roomcast_protocol::dedupe::Keys;
 use roomcast_protocol::rate::Limiter;
-use roomcast_protocol::session::{Session, Timing};
+use roomcast_protocol::session::Timing;
+use roomcast_protocol::shard::Fanout;
 use roomcast_protocol::{CloseCode, ErrorCode};
 use worker::{
-    console_error, durable_object, DurableObject, Env, Method, Request, Response, Result, State,
-    WebSocket, WebSocketIncomingMessage, WebSocketRequestResponsePair,
+    console_error, durable_object, DurableObject, Env, Request, Response, Result, State, WebSocket,
+    WebSocketIncomingMessage, WebSocketRequestResponsePair,
 };
 
-use crate::attachment::Attachment;
 use crate::history::History;
 use crate::reply;
 use crate::settings::{self, Settings};
 use crate::storage::Db;
 
 use counters::Counters;
-use link::LinkCache;
+use feed::LinkCache;
+use shard::ShardSide;
 
 /// Header carrying the validated room name from the router.
 pub const ROOM_HEADER: &str = "x-roomcast-room";
@@ -84,6 +94,12 @@ pub struct Room {
     register: Cell<bool>,
     /// A message arrived: the alarm must come by then to consider retiring.
     retire_check: Cell<Option<u64>>,
+    /// As a sequencer: the shards it feeds (docs/scaling.md).
+    fanout: RefCell<Option<Fanout>>,
+    /// As a sequencer: connections each subject holds on shards.
+    on_shards: RefCell<HashMap<String, u32>>,
+    /// As a shard: its room, stream and queue.
+    shard: RefCell<Option<ShardSide>>,
 }
 
 /// What every event of a room starts from.
@@ -125,6 +141,9 @@ impl DurableObject for Room {
             alarm_at: Cell::new(None),
             register: Cell::new(false),
             retire_check: Cell::new(None),
+            fanout: RefCell::new(None),
+            on_shards: RefCell::new(HashMap::new()),
+            shard: RefCell::new(None),
         }
     }
 
@@ -205,7 +224,10 @@ impl Room {
         if let Some(history) = self.history.get() {
             return Ok(history);
         }
-        let history = History::open(Db::new(self.state.storage().sql()))?;
+        let history = History::open(
+            Db::new(self.state.storage().sql()),
+            &self.settings()?.config,
+        )?;
         Ok(self.history.get_or_init(|| history))
     }
 
@@ -225,12 +247,15 @@ impl Room {
     }
 
     /// The context of an event that names no room (a frame, the alarm): the
-    /// room's name is the one its first write stored.
+    /// room's name is the one its first write stored, or a shard's room.
     fn named_ctx(&self) -> Result<Ctx> {
-        let name = self
-            .history()?
-            .name()
-            .ok_or_else(|| worker::Error::RustError("room has no name yet".into()))?;
+        let name = match self.history()?.name() {
+            Some(name) => name,
+            None => self
+                .shard_of()
+                .map(|(room, _)| room)
+                .ok_or_else(|| worker::Error::RustError("room has no name yet".into()))?,
+        };
         self.ctx(&name)
     }
 
@@ -241,40 +266,10 @@ impl Room {
             .unwrap_or_else(|| "<unnamed>".into())
     }
 
-    async fn serve(&self, req: Request) -> Result<Response> {
-        let room = req
-            .headers()
-            .get(ROOM_HEADER)?
-            .ok_or_else(|| worker::Error::RustError("request without room header".into()))?;
-        let Some(identity) = req
-            .headers()
-            .get(IDENTITY_HEADER)?
-            .as_deref()
-            .and_then(Identity::from_header)
-        else {
-            return reply::error(ErrorCode::Unauthorized, "no identity");
-        };
-        let ctx = self.ctx(&room)?;
-        let url = req.url()?;
-        let query: HashMap<String, String> = url.query_pairs().into_owned().collect();
-        let op = url
-            .path_segments()
-            .and_then(|mut s| s.next_back())
-            .unwrap_or_default()
-            .to_owned();
-        match (op.as_str(), req.method()) {
-            ("ws", Method::Get) => self.join(&req, &ctx, identity, &query).await,
-            ("messages", Method::Post) => self.publish_http(req, &ctx, &identity).await,
-            ("messages", Method::Get) => self.read_history(&ctx, &query),
-            ("bridge", Method::Get) => self.link(&ctx, identity, &query).await,
-            ("stats", Method::Get) => self.report_stats(&ctx).await,
-            _ => reply::error(ErrorCode::NotFound, "no such room operation"),
-        }
-    }
-
     /// Work that follows every event, outside its synchronous turn: the
-    /// counters when a flush is due, and the registry when it must hear of
-    /// this room.
+    /// counters when a flush is due, the registry when it must hear of
+    /// this room, and the room's shards (or, on a shard, its sequencer)
+    /// when they have something coming.
     async fn after_event(&self) {
         let now = now_ms();
         if let Ok(history) = self.history() {
@@ -289,76 +284,12 @@ impl Room {
         if self.register.replace(false) {
             self.register_now().await;
         }
-    }
-
-    /// Makes sure the alarm fires no later than `at_ms`.
-    async fn alarm_no_later_than(&self, at_ms: u64) -> Result<()> {
-        let known = match self.alarm_at.get() {
-            Some(known) => known,
-            None => {
-                let current = self.state.storage().get_alarm().await?;
-                let current = current.filter(|t| *t >= 0).map(|t| t as u64);
-                self.alarm_at.set(Some(current));
-                current
+        if self.is_shard() {
+            if let Ok(ctx) = self.named_ctx() {
+                self.pump_forward(&ctx).await;
             }
-        };
-        if known.is_some_and(|current| current <= at_ms) {
-            return Ok(());
+        } else {
+            self.feed_shards().await;
         }
-        crate::alarm::set(&self.state.storage(), at_ms).await?;
-        self.alarm_at.set(Some(Some(at_ms)));
-        Ok(())
-    }
-
-    /// Sets the alarm to exactly `at` (none: no alarm).
-    async fn set_alarm(&self, at: Option<u64>) -> Result<()> {
-        let storage = self.state.storage();
-        match at {
-            Some(at_ms) => crate::alarm::set(&storage, at_ms).await?,
-            None => storage.delete_alarm().await?,
-        }
-        self.alarm_at.set(Some(at));
-        Ok(())
-    }
-
-    /// A client socket the client closed or lost: its lifetime is counted
-    /// unless the room closed it itself.
-    fn gone(&self, ws: &WebSocket) {
-        if self.is_link(ws) {
-            self.link_gone(ws);
-            return;
-        }
-        if let Ok(Some(mut session)) = Session::load(ws) {
-            if !session.closed {
-                session.closed = true;
-                self.counters.with(|s| {
-                    s.connection_seconds
-                        .observe(session.lifetime_secs(now_ms()))
-                });
-                self.count_client(-1);
-                self.seen.borrow_mut().remove(&session.conn_id);
-                let _ = session.save(ws);
-            }
-        }
-    }
-
-    /// Open client sockets, counted on first use after a wake.
-    fn clients(&self) -> u64 {
-        if let Some(n) = self.clients.get() {
-            return n;
-        }
-        let n = self
-            .state
-            .get_websockets_with_tag(CLIENT_TAG)
-            .iter()
-            .filter(|ws| Session::load(ws).ok().flatten().is_some_and(|s| !s.closed))
-            .count() as u64;
-        self.clients.set(Some(n));
-        n
-    }
-
-    fn count_client(&self, delta: i64) {
-        let n = self.clients();
-        self.clients.set(Some(n.saturating_add_signed(delta)));
     }
 }

@@ -16,7 +16,8 @@ use roomcast_protocol::wire::{Draft, Message, Origin, Receipt, ServerFrame};
 use roomcast_protocol::ErrorCode;
 use worker::{console_warn, Result};
 
-use super::{Ctx, Room, CLIENT_TAG};
+use super::{Ctx, Room};
+use crate::history::Trimmed;
 
 /// The owner of the ids the bridge publishes under, whatever the subject
 /// of the bridge token in use: every bridge instance may retry any record.
@@ -55,6 +56,18 @@ impl Publisher<'_> {
 }
 
 impl Refusal {
+    /// When to try again and whether the connection has earned its close,
+    /// for a refusal over the rate budget.
+    pub fn limited(&self) -> (Option<u64>, bool) {
+        match self {
+            Refusal::Limited {
+                retry_after_ms,
+                close,
+            } => (Some(*retry_after_ms), *close),
+            _ => (None, false),
+        }
+    }
+
     pub fn code_and_message(&self) -> (ErrorCode, String) {
         match self {
             Refusal::Limited { .. } => (
@@ -102,7 +115,7 @@ impl Room {
             return Ok(Err(refusal));
         }
         let history = self.history()?;
-        history.create(&ctx.room, ctx.settings.config.bridge)?;
+        history.create(&ctx.room, &ctx.limits, ctx.settings.config.bridge)?;
         let mut receipts = Vec::with_capacity(drafts.len());
         let mut messages: Vec<Message> = Vec::with_capacity(fresh as usize);
         for (draft, duplicate) in drafts.into_iter().zip(duplicates) {
@@ -128,11 +141,11 @@ impl Room {
             });
             messages.push(message);
         }
-        self.store(&messages, publisher.owner())?;
+        let dropped = self.store(ctx, &messages, publisher.owner())?;
         for message in &messages {
             self.broadcast(ctx, message);
         }
-        self.after_publish(ctx, &messages, publisher.origin)?;
+        self.after_publish(ctx, &messages, publisher.origin, dropped)?;
         Ok(Ok(receipts))
     }
 
@@ -213,35 +226,35 @@ impl Room {
     }
 
     /// Writes the new messages and remembers their ids (once the window is
-    /// loaded; until then the stored rows are the record).
-    fn store(&self, messages: &[Message], owner: &str) -> Result<()> {
-        self.history()?.append(messages)?;
+    /// loaded; until then the stored rows are the record). Returns what the
+    /// write dropped from a full outbox.
+    fn store(&self, ctx: &Ctx, messages: &[Message], owner: &str) -> Result<Trimmed> {
+        let dropped = self.history()?.append(messages, &ctx.limits)?;
         if let Some(keys) = self.keys.borrow_mut().as_mut() {
             for message in messages {
                 keys.record(&message.id, owner, message.seq);
             }
         }
-        Ok(())
+        Ok(dropped)
     }
 
-    /// Sends a stored message to every client and to the bridge link. The
-    /// frame is serialised once for all of them.
+    /// Sends a stored message to every client, to the bridge link and to
+    /// the room's shards. The frame is serialised once for all of them.
     pub(super) fn broadcast(&self, ctx: &Ctx, message: &Message) {
         let frame = ServerFrame::Message(Cow::Borrowed(message)).to_json();
-        let mut delivered = 0;
-        for ws in self.state.get_websockets_with_tag(CLIENT_TAG) {
-            // A socket that is closing can refuse the send; its client will
-            // resume from history, so nothing is lost.
-            if ws.send_with_str(&frame).is_ok() {
-                delivered += 1;
-            }
-        }
-        self.counters.with(|s| s.deliveries_total += delivered);
+        self.send_to_clients(&frame);
         self.relay(ctx, message, &frame);
+        self.keep_for_shards(message.seq, frame);
     }
 
     /// Counters, trims and registration after new messages.
-    fn after_publish(&self, ctx: &Ctx, messages: &[Message], origin: Origin) -> Result<()> {
+    fn after_publish(
+        &self,
+        ctx: &Ctx,
+        messages: &[Message],
+        origin: Origin,
+        dropped: Trimmed,
+    ) -> Result<()> {
         if messages.is_empty() {
             return Ok(());
         }
@@ -251,7 +264,7 @@ impl Room {
             }
         });
         let history = self.history()?;
-        let mut trimmed = history.trim_count(&ctx.limits)?;
+        let mut trimmed = dropped;
         if trimmed.dropped == 0 {
             trimmed = history.trim_age(&ctx.limits, ctx.now, false)?;
         }

@@ -1,0 +1,49 @@
+//! The `since` and `limit` query values of `GET /messages` ([`Page::parse`])
+//! and the `since` of a WebSocket connect ([`parse_u64`]).
+//!
+//! Input: a first byte whose low two bits say whether `since` and `limit`
+//! are present, then their text separated by the first `&`.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use roomcast_fuzz::contract;
+use roomcast_protocol::history::{parse_u64, Page, DEFAULT_PAGE, MAX_PAGE};
+use roomcast_protocol::ErrorCode;
+
+fuzz_target!(|bytes: &[u8]| {
+    let Some((&present, rest)) = bytes.split_first() else {
+        return;
+    };
+    let rest = String::from_utf8_lossy(rest);
+    let (since, limit) = rest.split_once('&').unwrap_or((&rest, ""));
+    let since = (present & 1 != 0).then_some(since);
+    let limit = (present & 2 != 0).then_some(limit);
+    // What the documentation promises: absent or empty means the default, a
+    // decimal u64 is taken as it is (limit clamped to 1..=MAX_PAGE), anything
+    // else is refused.
+    let expect = |value: Option<&str>, default: u64| match value {
+        None | Some("") => Some(default),
+        Some(v) => v.parse::<u64>().ok(),
+    };
+    match Page::parse(since, limit) {
+        Ok(page) => {
+            assert_eq!(Some(page.since), expect(since, 0), "{since:?}");
+            let wanted = expect(limit, DEFAULT_PAGE).map(|l| l.clamp(1, MAX_PAGE));
+            assert_eq!(Some(page.limit), wanted, "{limit:?}");
+        }
+        Err(message) => {
+            assert!(
+                expect(since, 0).is_none() || expect(limit, DEFAULT_PAGE).is_none(),
+                "refused {since:?} {limit:?}: {message}"
+            );
+            contract::http_error(ErrorCode::BadRequest, &message);
+        }
+    }
+    match parse_u64("since", since, 0) {
+        Ok(value) => assert_eq!(Some(value), expect(since, 0), "{since:?}"),
+        Err(message) => {
+            assert!(expect(since, 0).is_none(), "refused {since:?}: {message}");
+            contract::http_error(ErrorCode::BadRequest, &message);
+        }
+    }
+});

@@ -1,0 +1,114 @@
+//! Requests between the objects of one room: its sequencer (the room's own
+//! object) and its shards (docs/scaling.md), plus the names that reach them.
+//!
+//! They are plain `fetch`es between Durable Objects, never sockets: only a
+//! socket an object accepted can hibernate, and both sides here hold
+//! thousands of accepted client sockets that must. The operation rides in
+//! [`OP_HEADER`], which the router strips from every client request (with
+//! every other `x-roomcast-` header), so no client can send one.
+
+use roomcast_protocol::auth::Identity;
+use roomcast_protocol::shard::shard_name;
+use worker::{Env, Headers, Method, Request, RequestInit, Response, Result, Stub};
+
+use crate::room::{IDENTITY_HEADER, ROOM_HEADER};
+
+/// The Durable Object namespace of rooms and their shards (see `wrangler.toml`).
+pub const ROOMS_BINDING: &str = "ROOMS";
+/// The shard a request is for (router → shard, sequencer → shard), and the
+/// shard a join is placed on (the sequencer's answer to the router).
+pub const SHARD_HEADER: &str = "x-roomcast-shard";
+/// The internal operation a request asks for.
+pub const OP_HEADER: &str = "x-roomcast-op";
+/// The last seq the sequencer confirmed delivered to a joining shard.
+pub const SENT_HEADER: &str = "x-roomcast-sent";
+
+/// What one object of a room asks another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Shard → sequencer: admit and welcome a connection.
+    Join,
+    /// Shard → sequencer: its clients' publishes and closed connections.
+    Forward,
+    /// Shard → sequencer: stored messages it missed.
+    Gap,
+    /// Sequencer → shard: a batch of new messages.
+    Deliver,
+    /// Sequencer → shard: its connections and counters.
+    Count,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Join => "join",
+            Op::Forward => "forward",
+            Op::Gap => "gap",
+            Op::Deliver => "deliver",
+            Op::Count => "count",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Op> {
+        [Op::Join, Op::Forward, Op::Gap, Op::Deliver, Op::Count]
+            .into_iter()
+            .find(|op| op.as_str() == name)
+    }
+}
+
+/// The object of `room` itself (its sequencer).
+pub fn room_stub(env: &Env, room: &str) -> Result<Stub> {
+    env.durable_object(ROOMS_BINDING)?
+        .id_from_name(room)?
+        .get_stub()
+}
+
+/// Shard `index` of `room`.
+pub fn shard_stub(env: &Env, room: &str, index: u32) -> Result<Stub> {
+    room_stub(env, &shard_name(room, index))
+}
+
+/// One internal request.
+pub struct Call<'a> {
+    pub op: Op,
+    pub room: &'a str,
+    pub shard: u32,
+    pub identity: Option<&'a Identity>,
+    pub query: &'a str,
+    pub body: Option<String>,
+}
+
+impl Call<'_> {
+    pub async fn send(self, stub: &Stub) -> Result<Response> {
+        let headers = Headers::new();
+        headers.set(OP_HEADER, self.op.as_str())?;
+        headers.set(ROOM_HEADER, self.room)?;
+        headers.set(SHARD_HEADER, &self.shard.to_string())?;
+        if let Some(identity) = self.identity {
+            headers.set(IDENTITY_HEADER, &identity.to_header())?;
+        }
+        let mut init = RequestInit::new();
+        init.with_headers(headers);
+        match self.body {
+            Some(body) => init.with_method(Method::Post).with_body(Some(body.into())),
+            None => init.with_method(Method::Get),
+        };
+        let url = format!("https://room/{}{}", self.op.as_str(), self.query);
+        stub.fetch_with_request(Request::new_with_init(&url, &init)?)
+            .await
+    }
+
+    /// Sends the call and reads a successful answer's body.
+    pub async fn text(self, stub: &Stub) -> Result<String> {
+        let op = self.op;
+        let mut response = self.send(stub).await?;
+        let body = response.text().await?;
+        match response.status_code() {
+            200..=299 => Ok(body),
+            status => Err(worker::Error::RustError(format!(
+                "{} answered {status}: {body:.200}",
+                op.as_str()
+            ))),
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The feed of the bridge's room link: every message after the bridge's
+//! cursor that did not come from Kafka, in order, through a window of at
+//! most [`WINDOW`] messages beyond the cursor and no more than one turn's
+//! byte budget per step, so a long outbox never makes one turn huge and a
+//! slow bridge is not flooded. A caught-up feed sends each new message as it
+//! is stored, with the frame the clients got; one that is behind pages from
+//! the history.
+
+use std::borrow::Cow;
+
+use roomcast_protocol::history::TURN_BYTES;
+use roomcast_protocol::wire::{Message, Origin, ServerFrame};
+use worker::{Result, WebSocket};
+
+use super::{Ctx, Room};
+
+/// The most messages beyond the bridge's cursor the link carries at once.
+const WINDOW: u64 = 1000;
+
+/// The open link as this wake of the room knows it.
+pub(super) enum LinkCache {
+    /// Not looked up since the room woke.
+    Unknown,
+    None,
+    Open(Feed),
+}
+
+/// Where the feed of the open link stands (memory only: after a wake the
+/// feed restarts from the cursor, so what was in flight may be sent again,
+/// which at-least-once delivery allows).
+pub(super) struct Feed {
+    pub(super) ws: WebSocket,
+    /// Every message up to this seq has been sent or skipped (Kafka's).
+    sent: u64,
+    /// The highest seq actually sent.
+    relayed: u64,
+    /// The counters' version in the last `stats` frame.
+    pub(super) stats_version: Option<u64>,
+}
+
+impl Feed {
+    /// A feed starting at the bridge's cursor.
+    pub(super) fn at(ws: WebSocket, cursor: u64) -> Feed {
+        Feed {
+            ws,
+            sent: cursor,
+            relayed: cursor,
+            stats_version: None,
+        }
+    }
+}
+
+impl Room {
+    /// Hands a just-stored message to the link: sent at once when the feed
+    /// is caught up and the window open, else fed by [`Room::pump`].
+    pub(super) fn relay(&self, ctx: &Ctx, message: &Message, frame: &str) {
+        if self.resolve_link().is_err() {
+            return;
+        }
+        let caught_up = {
+            let mut cache = self.link.borrow_mut();
+            let LinkCache::Open(feed) = &mut *cache else {
+                return;
+            };
+            let cursor = self.history().map(|h| h.cursor()).unwrap_or(0);
+            let open = message.seq.saturating_sub(cursor) <= WINDOW;
+            if feed.sent + 1 == message.seq && open {
+                if message.origin != Origin::Kafka {
+                    // A failed send leaves the message above the cursor:
+                    // the next link replays it, so nothing is lost.
+                    if let Err(e) = feed.ws.send_with_str(frame) {
+                        worker::console_warn!(
+                            "room {}: the bridge link refused a frame: {e}",
+                            ctx.room
+                        );
+                    }
+                    feed.relayed = message.seq;
+                }
+                feed.sent = message.seq;
+                true
+            } else {
+                false
+            }
+        };
+        if !caught_up {
+            if let Err(e) = self.pump(ctx) {
+                worker::console_warn!("room {}: feeding the bridge link: {e}", ctx.room);
+            }
+        }
+    }
+
+    /// Sends what the window allows of the messages the feed has not sent
+    /// yet, within one turn's byte budget.
+    pub(super) fn pump(&self, ctx: &Ctx) -> Result<()> {
+        self.resolve_link()?;
+        let history = self.history()?;
+        let mut cache = self.link.borrow_mut();
+        let LinkCache::Open(feed) = &mut *cache else {
+            return Ok(());
+        };
+        let mut bytes = 0u64;
+        while feed.sent < history.head() && bytes < TURN_BYTES {
+            let room_in_window = (history.cursor() + WINDOW).saturating_sub(feed.sent);
+            if room_in_window == 0 {
+                break;
+            }
+            let page = history.after(&ctx.room, feed.sent, room_in_window, true)?;
+            let Some(last) = page.last() else {
+                // Only Kafka's messages are left: nothing to send.
+                feed.sent = history.head();
+                break;
+            };
+            for message in &page {
+                let frame = ServerFrame::Message(Cow::Borrowed(message)).to_json();
+                bytes += frame.len() as u64;
+                feed.ws.send_with_str(&frame)?;
+            }
+            feed.sent = last.seq;
+            feed.relayed = last.seq;
+        }
+        Ok(())
+    }
+
+    /// Moves the cursor over what the link only skipped (messages from
+    /// Kafka) once everything it sent is confirmed: otherwise a room whose
+    /// last messages came from Kafka would look pending forever.
+    pub(super) fn skip_confirmed(&self) -> Result<()> {
+        let history = self.history()?;
+        let cache = self.link.borrow();
+        if let LinkCache::Open(feed) = &*cache {
+            if feed.relayed <= history.cursor() && feed.sent > history.cursor() {
+                history.confirm(feed.sent)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,197 @@
+//! A shard's publishes (docs/scaling.md): its clients' `publish` frames go
+//! to the sequencer in arrival order, one request at a time with whatever
+//! queued meanwhile, together with the subjects whose connections closed.
+//! Each publisher gets the sequencer's answer as the room itself would give
+//! it: the ack after its message, or the refusal with the same strikes and
+//! closes.
+
+use std::borrow::Cow;
+
+use roomcast_protocol::session::Session;
+use roomcast_protocol::shard::{Forward, Forwarded, Outcome as Sequenced};
+use roomcast_protocol::wire::{Draft, Rejection, ServerFrame};
+use roomcast_protocol::{CloseCode, ErrorCode};
+use worker::{console_warn, Result, WebSocket};
+
+use super::frames::{send_error, Outcome};
+use super::shard::parse_tag;
+use super::{Ctx, Room};
+use crate::attachment::Attachment;
+use crate::internal::{room_stub, Call, Op};
+
+/// Who to answer about a forwarded publish.
+pub(super) struct Pending {
+    pub ws: WebSocket,
+    pub reference: Option<String>,
+}
+
+/// An ack held until its message is delivered.
+pub(super) struct Ack {
+    pub ws: WebSocket,
+    pub frame: String,
+}
+
+impl Room {
+    /// A client's publish, for the sequencer; answered when it answers.
+    pub(super) async fn forward_publish(
+        &self,
+        ws: &WebSocket,
+        session: &Session,
+        ctx: &Ctx,
+        draft: Draft,
+        reference: Option<String>,
+    ) {
+        let forwarded = Forwarded::new(&session.sub, session.rights.bridge, draft);
+        let pending = Pending {
+            ws: ws.clone(),
+            reference,
+        };
+        self.with_side(|s| s.queue.push((forwarded, pending)));
+        self.pump_forward(ctx).await;
+    }
+
+    /// A client socket is gone: on a shard, the sequencer counts it out.
+    pub(super) fn shard_left(&self, ws: &WebSocket, sub: &str) {
+        if !self.is_shard() {
+            let Some((index, room)) = self.state.get_tags(ws).iter().find_map(|t| parse_tag(t))
+            else {
+                return;
+            };
+            self.become_shard(&room, index);
+        }
+        self.with_side(|s| s.leaves.push(sub.to_owned()));
+    }
+
+    /// Sends what queued for the sequencer, one request at a time, until
+    /// nothing is left.
+    pub(super) async fn pump_forward(&self, ctx: &Ctx) {
+        if self.with_side(|s| std::mem::replace(&mut s.forwarding, true)) != Some(false) {
+            return;
+        }
+        while let Some((forward, pendings)) = self.next_forward() {
+            let leaves = forward.leaves.clone();
+            match self.send_forward(ctx, forward).await {
+                Ok(outcomes) if outcomes.len() == pendings.len() => {
+                    for (outcome, pending) in outcomes.into_iter().zip(pendings) {
+                        if let Err(e) = self.answer(ctx, outcome, pending) {
+                            console_warn!("room {}: answering a publish: {e}", ctx.room);
+                        }
+                    }
+                }
+                other => {
+                    let error = other.err().map(|e| e.to_string()).unwrap_or_default();
+                    console_warn!(
+                        "room {}: the sequencer did not take a shard's publishes: {error}",
+                        ctx.room
+                    );
+                    self.with_side(|s| s.leaves.extend(leaves));
+                    for pending in pendings {
+                        let _ = send_error(
+                            &pending.ws,
+                            ErrorCode::Internal,
+                            "the room did not take this message: publish it again",
+                            pending.reference.as_deref(),
+                        );
+                    }
+                }
+            }
+            self.catch_up_acks(ctx).await;
+        }
+        self.with_side(|s| s.forwarding = false);
+    }
+
+    fn next_forward(&self) -> Option<(Forward, Vec<Pending>)> {
+        self.with_side(|s| {
+            if s.queue.is_empty() && s.leaves.is_empty() {
+                return None;
+            }
+            let (publishes, pendings) = std::mem::take(&mut s.queue).into_iter().unzip();
+            let forward = Forward {
+                shard: s.index,
+                publishes,
+                leaves: std::mem::take(&mut s.leaves),
+            };
+            Some((forward, pendings))
+        })
+        .flatten()
+    }
+
+    async fn send_forward(&self, ctx: &Ctx, forward: Forward) -> Result<Vec<Sequenced>> {
+        let call = Call {
+            op: Op::Forward,
+            room: &ctx.room,
+            shard: forward.shard,
+            identity: None,
+            query: "",
+            body: Some(serde_json::to_string(&forward)?),
+        };
+        let text = call.text(&room_stub(&self.env, &ctx.room)?).await?;
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// Acks waiting for messages no batch has brought yet: fetch those now
+    /// rather than wait for the push.
+    async fn catch_up_acks(&self, ctx: &Ctx) {
+        let highest = self.with_side(|s| s.waiting.highest()).flatten();
+        if let Some(highest) = highest.filter(|h| self.position().is_some_and(|d| d < *h)) {
+            if let Err(e) = self.fill(ctx, highest).await {
+                console_warn!("room {}: fetching acked messages: {e}", ctx.room);
+            }
+        }
+        self.release_acks();
+    }
+
+    /// Tells a publisher what the sequencer did with its message.
+    fn answer(&self, ctx: &Ctx, outcome: Sequenced, pending: Pending) -> Result<()> {
+        let Pending { ws, reference } = pending;
+        let receipt = match outcome {
+            Sequenced::Stored(receipt) => receipt,
+            Sequenced::Refused {
+                code,
+                message,
+                close,
+                ..
+            } => return self.refused_by_sequencer(ctx, &ws, code, message, close, reference),
+        };
+        let frame = ServerFrame::Ack {
+            reference: reference.as_deref().map(Cow::Borrowed),
+            receipt: Cow::Borrowed(&receipt),
+        }
+        .to_json();
+        if receipt.duplicate || self.position().is_some_and(|d| d >= receipt.seq) {
+            return ws.send_with_str(&frame);
+        }
+        self.with_side(|s| s.waiting.push(receipt.seq, Ack { ws, frame }));
+        Ok(())
+    }
+
+    fn refused_by_sequencer(
+        &self,
+        ctx: &Ctx,
+        ws: &WebSocket,
+        code: ErrorCode,
+        message: String,
+        close: bool,
+        reference: Option<String>,
+    ) -> Result<()> {
+        let Some(mut session) = Session::load(ws)?.filter(|s| !s.closed) else {
+            return Ok(());
+        };
+        let outcome = if code == ErrorCode::RateLimited {
+            self.counters.with(|s| s.reject(code));
+            if close {
+                Outcome::Close(CloseCode::RateLimited)
+            } else {
+                send_error(ws, code, &message, reference.as_deref())?;
+                Outcome::Keep
+            }
+        } else {
+            self.reject(
+                ws,
+                &mut session,
+                &Rejection::new(code, message).with_ref(reference),
+            )?
+        };
+        self.settle(ws, &mut session, outcome, ctx.now, false)
+    }
+}

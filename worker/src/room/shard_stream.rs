@@ -1,0 +1,126 @@
+//! A shard's stream of messages (docs/scaling.md): the batches the
+//! sequencer pushes, delivered once each and in order by [`Stream`], and
+//! what a batch skipped over, fetched from the sequencer before anything
+//! newer. Acks of the shard's own publishers are released here, once their
+//! message is out.
+//!
+//! [`Stream`]: roomcast_protocol::shard::Stream
+
+use roomcast_protocol::session::Session;
+use roomcast_protocol::shard::{parse_batch, ShardReport, Step};
+use roomcast_protocol::CloseCode;
+use worker::{console_warn, Request, Response, Result};
+
+use super::{Ctx, Room, CLIENT_TAG};
+use crate::attachment::Attachment;
+use crate::internal::{room_stub, Call, Op};
+use crate::reply;
+
+impl Room {
+    /// Stored messages after `after` up to `until`, from the sequencer (as
+    /// many as it sends at once).
+    pub(super) async fn fetch_gap(
+        &self,
+        ctx: &Ctx,
+        after: u64,
+        until: u64,
+    ) -> Result<Vec<(u64, String)>> {
+        let index = self.with_side(|s| s.index).unwrap_or(0);
+        let query = format!("?after={after}&until={until}");
+        let call = Call {
+            op: Op::Gap,
+            room: &ctx.room,
+            shard: index,
+            identity: None,
+            query: &query,
+            body: None,
+        };
+        let text = call.text(&room_stub(&self.env, &ctx.room)?).await?;
+        let batch = parse_batch(&text).map_err(worker::Error::RustError)?;
+        Ok(batch
+            .frames
+            .into_iter()
+            .map(|(seq, frame)| (seq, frame.to_owned()))
+            .collect())
+    }
+
+    /// Delivers what the stream misses up to `until`, fetched from the
+    /// sequencer; closes every client if the room no longer has it.
+    pub(super) async fn fill(&self, ctx: &Ctx, until: u64) -> Result<()> {
+        while let Some(delivered) = self.position().filter(|d| *d < until) {
+            let frames = self.fetch_gap(ctx, delivered, until).await?;
+            let Some(first) = frames.first().map(|(seq, _)| *seq) else {
+                return Ok(());
+            };
+            if first > self.position().unwrap_or(0) + 1 {
+                self.lost(ctx, until);
+                return Ok(());
+            }
+            for (seq, frame) in &frames {
+                if self.step(*seq, None) == Step::Deliver {
+                    self.send_to_clients(frame);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The room no longer stores messages this shard's clients missed:
+    /// they resume, and are told of the gap there.
+    fn lost(&self, ctx: &Ctx, until: u64) {
+        console_warn!(
+            "room {}: a shard missed messages the room no longer stores; closing its clients so they resume",
+            ctx.room
+        );
+        for ws in self.state.get_websockets_with_tag(CLIENT_TAG) {
+            if let Ok(Some(mut session)) = Session::load(&ws) {
+                let _ = self.close(&ws, &mut session, CloseCode::Internal, ctx.now);
+            }
+        }
+        self.with_side(|s| s.stream.start_at(until));
+    }
+
+    /// A batch from the sequencer.
+    pub(super) async fn shard_deliver(&self, mut req: Request, ctx: &Ctx) -> Result<Response> {
+        let text = req.text().await?;
+        let batch = parse_batch(&text).map_err(worker::Error::RustError)?;
+        let mut frames = batch.frames.iter().peekable();
+        while let Some((seq, frame)) = frames.peek() {
+            match self.step(*seq, batch.prev) {
+                Step::Deliver => {
+                    self.send_to_clients(frame);
+                    frames.next();
+                }
+                Step::Skip => {
+                    frames.next();
+                }
+                Step::Gap { .. } => self.fill(ctx, seq - 1).await?,
+            }
+        }
+        self.release_acks();
+        self.shard_report()
+    }
+
+    /// Where the shard stands, with its counters since the last report.
+    pub(super) fn shard_report(&self) -> Result<Response> {
+        let report = ShardReport {
+            delivered: self.position(),
+            clients: self.clients(),
+            stats: self.counters.take(),
+        };
+        reply::json(200, &report)
+    }
+
+    pub(super) fn release_acks(&self) {
+        let Some(delivered) = self.position() else {
+            return;
+        };
+        for ack in self
+            .with_side(|s| s.waiting.due(delivered))
+            .unwrap_or_default()
+        {
+            // A client gone meanwhile resumes from history.
+            let _ = ack.ws.send_with_str(&ack.frame);
+        }
+    }
+}
