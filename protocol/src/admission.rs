@@ -94,6 +94,16 @@ impl Route {
     }
 }
 
+/// The query of a request URL as `application/x-www-form-urlencoded`
+/// pairs, decoded, in order (what `url::Url::query_pairs` yields). The
+/// worker reads queries through this rather than `Request::url`, whose URL
+/// parser (host parsing, IDNA tables) was 68 KB of the 351 KB gzipped bundle.
+pub fn query(url: &str) -> form_urlencoded::Parse<'_> {
+    let before_fragment = url.split_once('#').map_or(url, |(head, _)| head);
+    let query = before_fragment.split_once('?').map_or("", |(_, q)| q);
+    form_urlencoded::parse(query.as_bytes())
+}
+
 /// The route of `method` on `path` (the path without the query).
 pub fn route(method: &str, path: &str) -> Result<Route, Refusal> {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -194,6 +204,24 @@ fn refusal(code: ErrorCode, message: &str) -> Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_pairs_decoded_without_fragment() {
+        let pairs: Vec<(String, String)> =
+            query("https://h.example/v1/rooms/a/ws?since=4&token=a%2Bb+c&x#f?token=no")
+                .into_owned()
+                .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("since".to_owned(), "4".to_owned()),
+                ("token".to_owned(), "a+b c".to_owned()),
+                ("x".to_owned(), String::new()),
+            ]
+        );
+        assert_eq!(query("https://h.example/healthz").count(), 0);
+        assert_eq!(query("https://h.example/?#").count(), 0);
+    }
 
     fn room(name: &str, op: RoomOp) -> Route {
         Route::Room {

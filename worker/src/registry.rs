@@ -19,6 +19,7 @@ use std::borrow::Cow;
 use std::cell::Cell;
 use std::rc::Rc;
 
+use roomcast_protocol::admission;
 use roomcast_protocol::assign::owner;
 use roomcast_protocol::auth::Identity;
 use roomcast_protocol::clock::now_ms;
@@ -302,7 +303,7 @@ impl Registry {
             "rebalance": self.pass()?,
             "page": PAGE,
         });
-        if let Some((_, room)) = req.url()?.query_pairs().find(|(k, _)| k == "room") {
+        if let Some((_, room)) = admission::query(&req.inner().url()).find(|(k, _)| k == "room") {
             let held = count(
                 "SELECT COUNT(*) AS n FROM rooms WHERE room = ?",
                 vec![room.as_ref().into()],
@@ -322,9 +323,7 @@ impl Registry {
         else {
             return reply::error(ErrorCode::Unauthorized, "no identity");
         };
-        let url = req.url()?;
-        let Some(instance) = url
-            .query_pairs()
+        let Some(instance) = admission::query(&req.inner().url())
             .find(|(k, _)| k == "instance")
             .map(|(_, v)| v.into_owned())
             .filter(|v| !v.is_empty())

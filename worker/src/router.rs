@@ -131,9 +131,7 @@ fn admit(req: &Request, settings: &Settings, route: &Route) -> Result<Identity, 
     if !settings.config.origin_allowed(origin.as_deref()) {
         return Err(refused(ErrorCode::BadOrigin, "this origin is not allowed"));
     }
-    let query_token = req
-        .url()?
-        .query_pairs()
+    let query_token = admission::query(&req.inner().url())
         .find(|(k, _)| k == "token")
         .map(|(_, v)| v.into_owned());
     let token = admission::token(
@@ -205,7 +203,7 @@ impl Inner {
             _ => None,
         };
         Ok(Inner {
-            url: req.url()?.to_string(),
+            url: req.inner().url(),
             method: req.method(),
             headers,
             body,

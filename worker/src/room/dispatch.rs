@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use roomcast_protocol::admission;
 use roomcast_protocol::auth::Identity;
 use roomcast_protocol::ErrorCode;
 use worker::{Method, Request, Response, Result};
@@ -19,8 +20,8 @@ impl Room {
             .get(ROOM_HEADER)?
             .ok_or_else(|| worker::Error::RustError("request without room header".into()))?;
         let ctx = self.ctx(&room)?;
-        let url = req.url()?;
-        let query: HashMap<String, String> = url.query_pairs().into_owned().collect();
+        let query: HashMap<String, String> =
+            admission::query(&req.inner().url()).into_owned().collect();
         let shard = req
             .headers()
             .get(SHARD_HEADER)?
@@ -55,13 +56,9 @@ impl Room {
         query: &HashMap<String, String>,
         shard: Option<u32>,
     ) -> Result<Response> {
-        let op = req
-            .url()?
-            .path_segments()
-            .and_then(|mut s| s.next_back())
-            .unwrap_or_default()
-            .to_owned();
-        match (op.as_str(), req.method(), shard) {
+        let path = req.path();
+        let op = path.rsplit('/').next().unwrap_or_default();
+        match (op, req.method(), shard) {
             ("ws", Method::Get, Some(index)) => {
                 self.shard_join(&req, ctx, identity, query, index).await
             }
