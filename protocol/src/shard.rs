@@ -278,6 +278,12 @@ pub struct ShardLink {
     /// Open connections, as last reported or counted since; `None` after
     /// the sequencer woke, until the shard says.
     pub clients: Option<u64>,
+    /// Connections placed here whose client has not reached the shard yet
+    /// (between the redirect and its join there): counted in `clients`,
+    /// but not in the shard's own reports, so a report is topped up with
+    /// them. Without it, a report that arrives while many clients connect
+    /// at once undercounts, and the shard ends over `ROOM_SHARD_SIZE`.
+    pub placed: u64,
     /// The last seq the shard confirmed; `None` when unknown.
     pub sent: Option<u64>,
     /// A batch is in flight.
@@ -353,6 +359,15 @@ impl Fanout {
             shard.sent = Some(head);
         }
         shard.clients = Some(shard.clients.unwrap_or(0) + 1);
+        shard.placed += 1;
+    }
+
+    /// A client placed on shard `index` reached it: the shard counts it
+    /// from now on.
+    pub fn arrived(&mut self, index: u32) {
+        if let Some(shard) = self.shards.get_mut(index as usize) {
+            shard.placed = shard.placed.saturating_sub(1);
+        }
     }
 
     /// Connections on shard `index` closed.
@@ -421,7 +436,7 @@ impl Fanout {
     /// Shard `index` said where it stands (after a batch, or when asked).
     pub fn reported(&mut self, index: u32, report: &ShardReport) {
         if let Some(shard) = self.shards.get_mut(index as usize) {
-            shard.clients = Some(report.clients);
+            shard.clients = Some(report.clients + shard.placed);
             shard.sent = report.delivered.max(shard.sent);
         }
     }
@@ -552,6 +567,8 @@ mod tests {
         let mut fanout = Fanout::default();
         fanout.joined(0, 10);
         fanout.joined(1, 10);
+        fanout.arrived(0);
+        fanout.arrived(1);
         for seq in 11..=13 {
             fanout.remember(seq, Rc::from(format!("m{seq}")));
         }
@@ -583,6 +600,32 @@ mod tests {
             "a shard joined at the head has it all"
         );
         assert_eq!((fanout.clients(), fanout.in_use()), (2, 2));
+    }
+
+    #[test]
+    fn a_report_keeps_the_clients_still_on_their_way() {
+        let mut fanout = Fanout::default();
+        for _ in 0..3 {
+            fanout.joined(0, 0);
+        }
+        fanout.arrived(0);
+        fanout.reported(0, &report(0, 1));
+        assert_eq!(
+            fanout.clients(),
+            3,
+            "two placed clients are not in the report yet"
+        );
+        fanout.arrived(0);
+        fanout.arrived(0);
+        fanout.reported(0, &report(0, 3));
+        assert_eq!(fanout.clients(), 3);
+        fanout.arrived(0);
+        fanout.reported(0, &report(0, 2));
+        assert_eq!(
+            fanout.clients(),
+            2,
+            "an unexpected arrival never counts below zero"
+        );
     }
 
     #[test]

@@ -210,6 +210,7 @@ impl Room {
         identity: Identity,
     ) -> Result<Response> {
         let request: JoinRequest = serde_json::from_str(&req.text().await?)?;
+        self.fanout()?.arrived(request.shard);
         if let Some(refusal) = self.connection_limit(ctx, &identity.sub) {
             self.fanout()?.left(request.shard, 1);
             return refusal;
