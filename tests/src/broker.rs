@@ -61,21 +61,11 @@ impl Broker {
     /// tansu on an internal loopback port, reachable only through socat
     /// serving TLS with a certificate from the test CA.
     pub async fn start_tls() -> Broker {
-        let internal = format!("127.0.0.1:{}", free_port());
-        let port = free_port();
-        let address = format!("127.0.0.1:{port}");
-        let service = tansu(&internal, &address).spawn();
-        wait_listening(&internal, &service).await;
-        let terminator = terminate_tls(port, &internal).await;
-        Broker {
-            service,
-            tls: Some(terminator),
-            address,
-            config: vec![
-                ("security.protocol".into(), "ssl".into()),
-                ("ssl.ca.location".into(), ca_file().display().to_string()),
-            ],
-        }
+        let config = vec![
+            ("security.protocol".into(), "ssl".into()),
+            ("ssl.ca.location".into(), ca_file().display().to_string()),
+        ];
+        Broker::behind_tls(tansu, config).await
     }
 
     /// tansu requiring SCRAM-SHA-512 ([`SASL_USER`], [`SASL_PASSWORD`]),
@@ -103,25 +93,39 @@ impl Broker {
             open.log_tail()
         );
         open.stop();
+        let config = vec![
+            ("security.protocol".into(), "sasl_ssl".into()),
+            ("ssl.ca.location".into(), ca_file().display().to_string()),
+            ("sasl.mechanisms".into(), "SCRAM-SHA-512".into()),
+            ("sasl.username".into(), SASL_USER.into()),
+            ("sasl.password".into(), SASL_PASSWORD.into()),
+        ];
+        let secured = |listen: &str, advertised: &str| {
+            let mut secured = tansu(listen, advertised).sqlite(&data);
+            secured.cmd.arg("--authentication");
+            secured
+        };
+        Broker::behind_tls(secured, config).await
+    }
+
+    /// The tansu `command(listen, advertised)` makes, on an internal
+    /// loopback port, advertising and reachable only through socat serving
+    /// TLS with a certificate from the test CA; clients need `config`.
+    async fn behind_tls(
+        command: impl FnOnce(&str, &str) -> Tansu,
+        config: Vec<(String, String)>,
+    ) -> Broker {
         let internal = format!("127.0.0.1:{}", free_port());
         let port = free_port();
         let address = format!("127.0.0.1:{port}");
-        let mut secured = tansu(&internal, &address).sqlite(&data);
-        secured.cmd.arg("--authentication");
-        let service = secured.spawn();
+        let service = command(&internal, &address).spawn();
         wait_listening(&internal, &service).await;
         let terminator = terminate_tls(port, &internal).await;
         Broker {
             service,
             tls: Some(terminator),
             address,
-            config: vec![
-                ("security.protocol".into(), "sasl_ssl".into()),
-                ("ssl.ca.location".into(), ca_file().display().to_string()),
-                ("sasl.mechanisms".into(), "SCRAM-SHA-512".into()),
-                ("sasl.username".into(), SASL_USER.into()),
-                ("sasl.password".into(), SASL_PASSWORD.into()),
-            ],
+            config,
         }
     }
 
