@@ -599,6 +599,8 @@ impl History {
             )?;
             self.outboxed.set(self.outboxed.get() + moved);
         }
+        // The ring as the migrations leave it now: a migration that changes
+        // the ring's columns changes this table too.
         self.db.run(
             "CREATE TABLE ring_next (slot INTEGER PRIMARY KEY, seq INTEGER NOT NULL, id TEXT NOT NULL, ts INTEGER NOT NULL, sender TEXT NOT NULL, origin TEXT NOT NULL, data TEXT NOT NULL, trace TEXT)",
             vec![],

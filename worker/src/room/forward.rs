@@ -63,7 +63,9 @@ impl Room {
     }
 
     /// Sends what queued for the sequencer, one request at a time, until
-    /// nothing is left.
+    /// nothing is left or the sequencer fails: the leaves it did not take
+    /// wait for the shard's next event rather than being sent again at
+    /// once, which would spin for as long as the sequencer keeps failing.
     pub(super) async fn pump_forward(&self, ctx: &Ctx) {
         if self.with_side(|s| std::mem::replace(&mut s.forwarding, true)) != Some(false) {
             return;
@@ -93,6 +95,7 @@ impl Room {
                             pending.reference.as_deref(),
                         );
                     }
+                    break;
                 }
             }
             self.catch_up_acks(ctx).await;

@@ -49,10 +49,10 @@ impl Room {
     pub(super) async fn fill(&self, ctx: &Ctx, until: u64) -> Result<()> {
         while let Some(delivered) = self.position().filter(|d| *d < until) {
             let frames = self.fetch_gap(ctx, delivered, until).await?;
-            let Some(first) = frames.first().map(|(seq, _)| *seq) else {
-                return Ok(());
-            };
-            if first > self.position().unwrap_or(0) + 1 {
+            // Nothing at all after the position (every message aged out) is
+            // lost as surely as a later first one; asking again would loop.
+            let first = frames.first().map(|(seq, _)| *seq);
+            if first.is_none_or(|first| first > self.position().unwrap_or(0) + 1) {
                 self.lost(ctx, until);
                 return Ok(());
             }
