@@ -31,6 +31,12 @@ pub const DEFAULT_SHARD_SIZE: u64 = 5000;
 /// batch); a shard further behind fills the rest from history.
 pub const FEED_WINDOW: usize = 1000;
 
+/// How long a client placed on a shard may take to reach it. A join is one
+/// round trip from the router, so one that has not arrived by then never
+/// will (its client went away), and stops holding a place: otherwise a
+/// client that kept aborting its upgrades could fill shards with nobody.
+pub const PLACEMENT_GRACE_MS: u64 = 10_000;
+
 /// The Durable Object name of shard `index` of `room`. Room names never
 /// contain `/`, so a shard's name is never a room's.
 pub fn shard_name(room: &str, index: u32) -> String {
@@ -284,6 +290,8 @@ pub struct ShardLink {
     /// them. Without it, a report that arrives while many clients connect
     /// at once undercounts, and the shard ends over `ROOM_SHARD_SIZE`.
     pub placed: u64,
+    /// When the latest of them was placed.
+    pub placed_ms: u64,
     /// The last seq the shard confirmed; `None` when unknown.
     pub sent: Option<u64>,
     /// A batch is in flight.
@@ -350,9 +358,10 @@ impl Fanout {
         }
     }
 
-    /// A connection placed on shard `index` while the sequencer's head is
-    /// `head`: a shard that had none needs nothing older than that.
-    pub fn joined(&mut self, index: u32, head: u64) {
+    /// A connection placed on shard `index` at `now_ms` while the
+    /// sequencer's head is `head`: a shard that had none needs nothing
+    /// older than that.
+    pub fn joined(&mut self, index: u32, head: u64, now_ms: u64) {
         self.ensure(index);
         let shard = &mut self.shards[index as usize];
         if shard.clients.unwrap_or(0) == 0 {
@@ -360,6 +369,7 @@ impl Fanout {
         }
         shard.clients = Some(shard.clients.unwrap_or(0) + 1);
         shard.placed += 1;
+        shard.placed_ms = now_ms;
     }
 
     /// A client placed on shard `index` reached it: the shard counts it
@@ -425,17 +435,21 @@ impl Fanout {
         })
     }
 
-    /// Shard `index` answered a batch with `report`.
-    pub fn delivered(&mut self, index: u32, report: &ShardReport) {
+    /// Shard `index` answered a batch with `report` at `now_ms`.
+    pub fn delivered(&mut self, index: u32, report: &ShardReport, now_ms: u64) {
         if let Some(shard) = self.shards.get_mut(index as usize) {
             shard.busy = false;
         }
-        self.reported(index, report);
+        self.reported(index, report, now_ms);
     }
 
-    /// Shard `index` said where it stands (after a batch, or when asked).
-    pub fn reported(&mut self, index: u32, report: &ShardReport) {
+    /// Shard `index` said where it stands at `now_ms` (after a batch, or
+    /// when asked).
+    pub fn reported(&mut self, index: u32, report: &ShardReport, now_ms: u64) {
         if let Some(shard) = self.shards.get_mut(index as usize) {
+            if now_ms >= shard.placed_ms.saturating_add(PLACEMENT_GRACE_MS) {
+                shard.placed = 0;
+            }
             shard.clients = Some(report.clients + shard.placed);
             shard.sent = report.delivered.max(shard.sent);
         }
@@ -565,8 +579,8 @@ mod tests {
     #[test]
     fn the_fanout_batches_what_accumulated_while_a_shard_was_busy() {
         let mut fanout = Fanout::default();
-        fanout.joined(0, 10);
-        fanout.joined(1, 10);
+        fanout.joined(0, 10, 0);
+        fanout.joined(1, 10, 0);
         fanout.arrived(0);
         fanout.arrived(1);
         for seq in 11..=13 {
@@ -581,20 +595,20 @@ mod tests {
         assert_eq!(batch.encode(), "prev 10\n11 m11\n12 m12\n13 m13\n");
         assert!(fanout.next_batch(0, 13).is_none(), "one batch in flight");
         fanout.remember(14, Rc::from("m14"));
-        fanout.delivered(0, &report(13, 1));
+        fanout.delivered(0, &report(13, 1), 0);
         let batch = fanout.next_batch(0, 14).unwrap();
         assert_eq!((batch.prev, batch.frames.len()), (Some(13), 1));
         fanout.failed(0);
         let batch = fanout.next_batch(0, 14).unwrap();
         assert_eq!(batch.prev, Some(13), "a failed batch is sent again");
 
-        fanout.delivered(1, &report(14, 0));
+        fanout.delivered(1, &report(14, 0), 0);
         fanout.remember(15, Rc::from("m15"));
         assert!(
             fanout.next_batch(1, 15).is_none(),
             "no connections, nothing sent"
         );
-        fanout.joined(1, 15);
+        fanout.joined(1, 15, 0);
         assert!(
             fanout.next_batch(1, 15).is_none(),
             "a shard joined at the head has it all"
@@ -606,10 +620,10 @@ mod tests {
     fn a_report_keeps_the_clients_still_on_their_way() {
         let mut fanout = Fanout::default();
         for _ in 0..3 {
-            fanout.joined(0, 0);
+            fanout.joined(0, 0, 0);
         }
         fanout.arrived(0);
-        fanout.reported(0, &report(0, 1));
+        fanout.reported(0, &report(0, 1), 0);
         assert_eq!(
             fanout.clients(),
             3,
@@ -617,21 +631,30 @@ mod tests {
         );
         fanout.arrived(0);
         fanout.arrived(0);
-        fanout.reported(0, &report(0, 3));
+        fanout.reported(0, &report(0, 3), 0);
         assert_eq!(fanout.clients(), 3);
         fanout.arrived(0);
-        fanout.reported(0, &report(0, 2));
+        fanout.reported(0, &report(0, 2), 0);
         assert_eq!(
             fanout.clients(),
             2,
             "an unexpected arrival never counts below zero"
+        );
+        fanout.joined(0, 0, 1_000);
+        fanout.reported(0, &report(0, 2), 1_000 + PLACEMENT_GRACE_MS - 1);
+        assert_eq!(fanout.clients(), 3, "still on its way");
+        fanout.reported(0, &report(0, 2), 1_000 + PLACEMENT_GRACE_MS);
+        assert_eq!(
+            fanout.clients(),
+            2,
+            "a client that never came holds no place"
         );
     }
 
     #[test]
     fn the_fanout_keeps_a_bounded_window() {
         let mut fanout = Fanout::default();
-        fanout.joined(0, 0);
+        fanout.joined(0, 0, 0);
         for seq in 1..=(FEED_WINDOW as u64 + 10) {
             fanout.remember(seq, Rc::from("x"));
         }
@@ -653,7 +676,7 @@ mod tests {
         fanout.remember(6, Rc::from("m6"));
         let batch = fanout.next_batch(0, 6).unwrap();
         assert_eq!((batch.prev, batch.frames.len()), (None, 1));
-        fanout.delivered(0, &report(6, 3));
+        fanout.delivered(0, &report(6, 3), 0);
         assert_eq!(fanout.clients(), 3);
     }
 

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use roomcast_protocol::auth::Identity;
+use roomcast_protocol::clock::now_ms;
 use roomcast_protocol::history::{parse_u64, MAX_PAGE};
 use roomcast_protocol::shard::{
     encode_batch, encode_join_reply, place, Fanout, Forward, JoinRequest, Outcome, Placement,
@@ -84,7 +85,7 @@ impl Room {
         let Placement::Shard(index) = place(own, &counts, size) else {
             return Ok(None);
         };
-        self.fanout()?.joined(index, history.head());
+        self.fanout()?.joined(index, history.head(), ctx.now);
         history.set_shard_count(history.shard_count().max(index + 1))?;
         Ok(Some(index))
     }
@@ -115,7 +116,7 @@ impl Room {
         .await;
         for (index, answer) in unknown.into_iter().zip(answers) {
             match answer {
-                Ok(report) => self.take_report(index, &report, false),
+                Ok(report) => self.take_report(index, &report, false, ctx.now),
                 Err(e) => console_warn!("room {}: shard {index} did not answer: {e}", ctx.room),
             }
         }
@@ -140,12 +141,12 @@ impl Room {
         Ok(serde_json::from_str(&text)?)
     }
 
-    fn take_report(&self, index: u32, report: &ShardReport, batch: bool) {
+    fn take_report(&self, index: u32, report: &ShardReport, batch: bool, now_ms: u64) {
         if let Ok(mut fanout) = self.fanout() {
             if batch {
-                fanout.delivered(index, report);
+                fanout.delivered(index, report, now_ms);
             } else {
-                fanout.reported(index, report);
+                fanout.reported(index, report, now_ms);
             }
         }
         self.counters.with(|s| s.absorb(&report.stats));
@@ -182,7 +183,7 @@ impl Room {
             match self.ask_shard(room, index, Op::Deliver, Some(body)).await {
                 Ok(report) => {
                     failures = 0;
-                    self.take_report(index, &report, true);
+                    self.take_report(index, &report, true, now_ms());
                 }
                 Err(e) => {
                     if let Ok(mut fanout) = self.fanout() {
