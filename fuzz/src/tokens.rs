@@ -64,6 +64,7 @@ pub fn fixture() -> Fixture {
         issuer: Some(ISSUER.into()),
         audience: Some(AUDIENCE.into()),
         leeway_secs: LEEWAY_SECS,
+        ..VerifierConfig::default()
     })
     .expect("the fixture's JWKS is valid");
     let good = TokenSpec {

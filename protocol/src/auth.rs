@@ -43,7 +43,18 @@ pub enum AuthError {
     BadIssuer,
     #[error("token audience is not accepted")]
     BadAudience,
+    #[error("this key or issuer may not issue bridge tokens (JWT_BRIDGE_KIDS, JWT_BRIDGE_ISSUER)")]
+    BridgeRoleRefused,
+    #[error(
+        "the token's identity (sub, exp and room patterns) is over {MAX_IDENTITY_BYTES} bytes"
+    )]
+    TooLarge,
 }
+
+/// Largest identity (as JSON) a token may carry: it rides in every
+/// connection's socket attachment, which the runtime caps at 16 KiB
+/// together with the rest of the session.
+pub const MAX_IDENTITY_BYTES: usize = 8 * 1024;
 
 /// Why the verifier could not be built: a deployment mistake, reported loudly.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -183,6 +194,10 @@ pub struct VerifierConfig {
     pub issuer: Option<String>,
     pub audience: Option<String>,
     pub leeway_secs: u64,
+    /// The only `kid`s whose tokens may carry `role: "bridge"`.
+    pub bridge_kids: Vec<String>,
+    /// The only `iss` a token with `role: "bridge"` may have.
+    pub bridge_issuer: Option<String>,
 }
 
 /// Verifies compact JWTs against the configured keys and claim rules.
@@ -192,6 +207,8 @@ pub struct Verifier {
     issuer: Option<String>,
     audience: Option<String>,
     leeway_secs: u64,
+    bridge_kids: Vec<String>,
+    bridge_issuer: Option<String>,
 }
 
 impl Verifier {
@@ -211,6 +228,8 @@ impl Verifier {
             issuer: config.issuer.clone().filter(|s| !s.is_empty()),
             audience: config.audience.clone().filter(|s| !s.is_empty()),
             leeway_secs: config.leeway_secs,
+            bridge_kids: config.bridge_kids.clone(),
+            bridge_issuer: config.bridge_issuer.clone().filter(|s| !s.is_empty()),
         })
     }
 
@@ -218,7 +237,31 @@ impl Verifier {
     pub fn verify(&self, token: &str, now_ms: u64) -> Result<Identity, AuthError> {
         let untrusted = UntrustedToken::new(token).map_err(|_| AuthError::Malformed)?;
         let claims = self.verify_signature(&untrusted)?;
-        self.check_claims(claims, now_ms)
+        let bridge_allowed = self.may_issue_bridge_tokens(&untrusted, &claims.custom);
+        let identity = self.check_claims(claims, now_ms)?;
+        if identity.rights.bridge && !bridge_allowed {
+            return Err(AuthError::BridgeRoleRefused);
+        }
+        if serde_json::to_vec(&identity).map_or(true, |json| json.len() > MAX_IDENTITY_BYTES) {
+            return Err(AuthError::TooLarge);
+        }
+        Ok(identity)
+    }
+
+    /// Whether the key that signed `token` may issue the bridge's role: a
+    /// `kid` in `JWT_BRIDGE_KIDS` and the `iss` of `JWT_BRIDGE_ISSUER`, as
+    /// far as they are set; with neither set, only the HS256 secret, so a
+    /// key that signs client tokens (a JWKS entry) never mints a bridge.
+    fn may_issue_bridge_tokens(&self, token: &UntrustedToken<'_>, claims: &RoomClaims) -> bool {
+        let kid = token.header().key_id.as_deref();
+        let by_kid = self.bridge_kids.is_empty()
+            || kid.is_some_and(|k| self.bridge_kids.iter().any(|b| b == k));
+        let by_issuer = self
+            .bridge_issuer
+            .as_deref()
+            .is_none_or(|wanted| claims.iss.as_deref() == Some(wanted));
+        let configured = !self.bridge_kids.is_empty() || self.bridge_issuer.is_some();
+        by_kid && by_issuer && (configured || token.algorithm() == "HS256")
     }
 
     fn verify_signature(

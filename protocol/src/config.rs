@@ -36,6 +36,52 @@ pub struct Limits {
     pub room_shard_size: u64,
 }
 
+/// Largest `MAX_MESSAGE_BYTES`: the runtime takes WebSocket messages of at
+/// most 1 MiB, and a stored row must fit beside its other columns.
+pub const MAX_MESSAGE_BYTES_LIMIT: usize = 1 << 20;
+
+/// Shortest `JWT_SECRET`: an HS256 key is at least the hash's 256 bits
+/// (RFC 7518, section 3.2); a shorter one can be searched for.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Default of `ROOM_CREATE_PER_MIN`.
+pub const DEFAULT_ROOM_CREATE_PER_MIN: u32 = 60;
+
+impl Limits {
+    /// The first value that breaks an invariant, and why.
+    fn problem(&self) -> Option<(&'static str, String)> {
+        let at_least_one =
+            |name, value: u64| (value == 0).then(|| (name, "must be at least 1".to_owned()));
+        if self.max_message_bytes == 0 || self.max_message_bytes > MAX_MESSAGE_BYTES_LIMIT {
+            return Some((
+                "MAX_MESSAGE_BYTES",
+                format!("must be 1 to {MAX_MESSAGE_BYTES_LIMIT} (the runtime's largest WebSocket message)"),
+            ));
+        }
+        if self.idle_timeout_ms <= self.heartbeat_ms {
+            return Some((
+                "IDLE_TIMEOUT_MS",
+                format!(
+                    "must be longer than HEARTBEAT_MS ({} ms): a client that pings on time would be closed",
+                    self.heartbeat_ms
+                ),
+            ));
+        }
+        at_least_one("RATE_PER_SEC", self.rate_per_sec.into())
+            .or_else(|| at_least_one("RATE_BURST", self.rate_burst.into()))
+            .or_else(|| at_least_one("ROOM_RATE_PER_SEC", self.room_rate_per_sec.into()))
+            .or_else(|| at_least_one("RATE_STRIKES", self.rate_strikes.into()))
+            .or_else(|| at_least_one("HEARTBEAT_MS", self.heartbeat_ms))
+            .or_else(|| at_least_one("HISTORY_LIMIT", self.history_limit))
+            .or_else(|| {
+                at_least_one(
+                    "MAX_CONNECTIONS_PER_SUBJECT",
+                    self.max_connections_per_subject.into(),
+                )
+            })
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -125,6 +171,9 @@ pub struct Config {
     /// A bridge relays this deployment (`BRIDGE = "on"`): every room is an
     /// outbox from its first message, not only once a bridge linked to it.
     pub bridge: bool,
+    /// Rooms one subject may create per minute (as a bucket of that many,
+    /// refilled over the minute); the bridge's token is not limited.
+    pub room_create_per_min: u32,
 }
 
 /// Default of `MAX_BODY_BYTES`.
@@ -189,7 +238,28 @@ impl Config {
             issuer: get("JWT_ISSUER"),
             audience: get("JWT_AUDIENCE"),
             leeway_secs: number(&get, "JWT_LEEWAY_SECS", 30)?,
+            bridge_kids: get("JWT_BRIDGE_KIDS")
+                .map(|v| {
+                    v.split(',')
+                        .map(|k| k.trim().to_owned())
+                        .filter(|k| !k.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            bridge_issuer: get("JWT_BRIDGE_ISSUER"),
         };
+        if auth
+            .hs256_secret
+            .as_ref()
+            .is_some_and(|s| s.len() < MIN_SECRET_BYTES)
+        {
+            return Err(ConfigError {
+                name: "JWT_SECRET",
+                reason: format!(
+                    "an HS256 secret needs at least {MIN_SECRET_BYTES} bytes (e.g. `head -c 32 /dev/urandom | base64`)"
+                ),
+            });
+        }
         let bridge = match get("BRIDGE").as_deref() {
             None | Some("off") => false,
             Some("on") => true,
@@ -200,14 +270,48 @@ impl Config {
                 })
             }
         };
-        Ok(Config {
+        let config = Config {
             defaults,
             policies,
             allowed_origins,
             auth,
             max_body_bytes: number(&get, "MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)?,
             bridge,
-        })
+            room_create_per_min: number(&get, "ROOM_CREATE_PER_MIN", DEFAULT_ROOM_CREATE_PER_MIN)?,
+        };
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Refuses values that would break what the rest of roomcast relies on,
+    /// in the defaults and in every room policy, naming the variable (and
+    /// the policy).
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.room_create_per_min == 0 {
+            return Err(ConfigError {
+                name: "ROOM_CREATE_PER_MIN",
+                reason: "must be at least 1".into(),
+            });
+        }
+        let policies = self.policies.iter().map(|p| {
+            let mut limits = self.defaults.clone();
+            p.apply(&mut limits);
+            (
+                format!(" (in the ROOM_POLICIES entry for {:?})", p.pattern),
+                limits,
+            )
+        });
+        for (policy, limits) in
+            std::iter::once((String::new(), self.defaults.clone())).chain(policies)
+        {
+            if let Some((name, reason)) = limits.problem() {
+                return Err(ConfigError {
+                    name,
+                    reason: format!("{reason}{policy}"),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The limits for `room`: the defaults with the first matching policy applied.
@@ -275,7 +379,12 @@ mod tests {
 
     #[test]
     fn vars_override_and_bad_values_are_named() {
-        let c = config(&[("RATE_PER_SEC", "5"), ("IDLE_TIMEOUT_MS", " 2000 ")]).unwrap();
+        let c = config(&[
+            ("RATE_PER_SEC", "5"),
+            ("IDLE_TIMEOUT_MS", " 2000 "),
+            ("HEARTBEAT_MS", "1000"),
+        ])
+        .unwrap();
         assert_eq!(
             (c.defaults.rate_per_sec, c.defaults.idle_timeout_ms),
             (5, 2000)
@@ -285,6 +394,40 @@ mod tests {
         assert_eq!(config(&[("BRIDGE", "yes")]).unwrap_err().name, "BRIDGE");
         assert!(config(&[("BRIDGE", "on")]).unwrap().bridge);
         assert_eq!(config(&[]).unwrap().max_body_bytes, 4 * 1024 * 1024);
+    }
+
+    #[test]
+    fn values_that_break_an_invariant_are_refused_by_name() {
+        for (vars, name) in [
+            (&[("MAX_MESSAGE_BYTES", "2000000")][..], "MAX_MESSAGE_BYTES"),
+            (&[("MAX_MESSAGE_BYTES", "0")][..], "MAX_MESSAGE_BYTES"),
+            (&[("RATE_BURST", "0")][..], "RATE_BURST"),
+            (&[("RATE_PER_SEC", "0")][..], "RATE_PER_SEC"),
+            (&[("HEARTBEAT_MS", "0")][..], "HEARTBEAT_MS"),
+            (&[("HEARTBEAT_MS", "90000")][..], "IDLE_TIMEOUT_MS"),
+            (&[("HISTORY_LIMIT", "0")][..], "HISTORY_LIMIT"),
+            (&[("JWT_SECRET", "short")][..], "JWT_SECRET"),
+            (&[("ROOM_CREATE_PER_MIN", "0")][..], "ROOM_CREATE_PER_MIN"),
+            (
+                &[(
+                    "ROOM_POLICIES",
+                    r#"[{"match":"big.*","max_message_bytes":5000000}]"#,
+                )][..],
+                "MAX_MESSAGE_BYTES",
+            ),
+        ] {
+            let err = config(vars).unwrap_err();
+            assert_eq!(err.name, name, "{vars:?}: {err}");
+        }
+        let err = config(&[("ROOM_POLICIES", r#"[{"match":"b.*","rate_burst":0}]"#)]).unwrap_err();
+        assert!(err.to_string().contains("\"b.*\""), "{err}");
+        assert!(config(&[("JWT_SECRET", &"k".repeat(MIN_SECRET_BYTES))]).is_ok());
+        assert!(config(&[
+            ("MAX_MESSAGE_BYTES", "1048576"),
+            ("HEARTBEAT_MS", "500"),
+            ("IDLE_TIMEOUT_MS", "1500")
+        ])
+        .is_ok());
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod lifecycle;
 pub mod policy;
 pub mod rate;
 pub mod rights;
+pub mod ring;
 pub mod room;
 pub mod session;
 pub mod shard;

@@ -30,9 +30,66 @@ pub fn may_retire(quiet: Quiet, retire_ms: u64, now_ms: u64) -> bool {
         && now_ms >= retire_at(quiet.last_message_ms, retire_ms)
 }
 
+/// How soon a room that still has no bridge link asks the registry again.
+pub const ANNOUNCE_FIRST_RETRY_MS: u64 = 10_000;
+/// The longest a room waits between asking, while its link stays away.
+pub const ANNOUNCE_MAX_RETRY_MS: u64 = 300_000;
+
+/// When a registered room with messages for the bridge and no link open
+/// announces itself to the registry again, so that the bridge (which
+/// closes links that go idle) links it.
+///
+/// The first message after the link went is announced at once; while no
+/// link comes, announcements back off to one per
+/// [`ANNOUNCE_MAX_RETRY_MS`], so a deployment whose bridge is down does
+/// not turn every publish into a write to the one registry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reannounce {
+    next_ms: u64,
+    retry_ms: u64,
+}
+
+impl Reannounce {
+    /// Whether to announce at `now_ms`; if so, the next one waits longer.
+    pub fn due(&mut self, now_ms: u64) -> bool {
+        if now_ms < self.next_ms {
+            return false;
+        }
+        self.retry_ms = match self.retry_ms {
+            0 => ANNOUNCE_FIRST_RETRY_MS,
+            retry => retry.saturating_mul(2).min(ANNOUNCE_MAX_RETRY_MS),
+        };
+        self.next_ms = now_ms.saturating_add(self.retry_ms);
+        true
+    }
+
+    /// A link opened: the next time it goes, announce at once.
+    pub fn linked(&mut self) {
+        *self = Reannounce::default();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn announcements_back_off_until_a_link_comes() {
+        let mut announce = Reannounce::default();
+        assert!(announce.due(1_000));
+        assert!(!announce.due(1_000 + ANNOUNCE_FIRST_RETRY_MS - 1));
+        assert!(announce.due(1_000 + ANNOUNCE_FIRST_RETRY_MS));
+        let second = 1_000 + ANNOUNCE_FIRST_RETRY_MS;
+        assert!(!announce.due(second + 2 * ANNOUNCE_FIRST_RETRY_MS - 1));
+        assert!(announce.due(second + 2 * ANNOUNCE_FIRST_RETRY_MS));
+        for _ in 0..20 {
+            let at = announce.next_ms;
+            assert!(announce.due(at));
+        }
+        assert_eq!(announce.retry_ms, ANNOUNCE_MAX_RETRY_MS);
+        announce.linked();
+        assert!(announce.due(announce.next_ms), "at once after a link");
+    }
 
     const WEEK: u64 = 7 * 86_400_000;
 

@@ -4,6 +4,8 @@
 //! Checks run cheapest first (size, then JSON, then shape) so an abusive
 //! client costs the room as little as possible.
 
+use std::borrow::Cow;
+
 /// Deepest nesting of arrays and objects accepted in a frame.
 pub const MAX_DEPTH: usize = 32;
 
@@ -62,6 +64,45 @@ pub fn depth(json: &str) -> usize {
         }
     }
     deepest
+}
+
+/// `json` (already known to be JSON) without the whitespace between its
+/// tokens: the one form a message's `data` is stored and sent in.
+///
+/// Whitespace outside strings is all a JSON text may add to its value, and a
+/// string never holds a raw control character, so the compact text holds no
+/// newline at all: a publisher's indentation cannot reach the objects'
+/// line-based logs or anything else downstream, and a message costs its
+/// value, not its formatting. Borrowed when there is nothing to remove (the
+/// common case: clients send `JSON.stringify` output).
+pub fn compact(json: &str) -> Cow<'_, str> {
+    let mut out: Option<String> = None;
+    // Start of the run of bytes kept since the last whitespace removed.
+    let mut kept_from = 0;
+    let (mut in_string, mut escaped) = (false, false);
+    for (i, byte) in json.bytes().enumerate() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else if matches!(byte, b' ' | b'\t' | b'\n' | b'\r') {
+            let out = out.get_or_insert_with(|| String::with_capacity(json.len()));
+            out.push_str(&json[kept_from..i]);
+            kept_from = i + 1;
+        } else if byte == b'"' {
+            in_string = true;
+        }
+    }
+    match out {
+        None => Cow::Borrowed(json),
+        Some(mut out) => {
+            out.push_str(&json[kept_from..]);
+            Cow::Owned(out)
+        }
+    }
 }
 
 /// Whether every JSON reader reads `json` (already known to be JSON) the same
@@ -174,6 +215,22 @@ mod tests {
             depth(r#"["[[[", "\\\"{{", {}]"#),
             2,
             "brackets in strings do not count"
+        );
+    }
+
+    #[test]
+    fn compact_json() {
+        assert!(matches!(compact(r#"{"a":[1,2]}"#), Cow::Borrowed(_)));
+        assert_eq!(
+            compact("{\n  \"a b\" : [ 1,\t2 ],\r\n  \"c\": \"x \\\" y\\\\\"\n}"),
+            r#"{"a b":[1,2],"c":"x \" y\\"}"#
+        );
+        assert_eq!(compact(" 7 "), "7");
+        assert_eq!(compact("\"  \""), "\"  \"", "spaces inside strings stay");
+        assert_eq!(
+            compact("[\"\\\\\", 1]"),
+            r#"["\\",1]"#,
+            "an escaped backslash ends"
         );
     }
 

@@ -52,7 +52,7 @@ impl Bucket {
     /// Takes `n` tokens, all or none; otherwise how long (ms) until `n`
     /// would be there (a batch larger than the burst never fits: it is told
     /// to wait for a full bucket, and splitting is up to the sender).
-    fn take(&mut self, n: u32, now_ms: u64, per_sec: f64, burst: u32) -> Result<(), u64> {
+    pub fn take(&mut self, n: u32, now_ms: u64, per_sec: f64, burst: u32) -> Result<(), u64> {
         self.refill(now_ms, per_sec, burst);
         let n = f64::from(n);
         if self.tokens >= n {

@@ -13,7 +13,7 @@
 //! accumulates meanwhile goes in the next, so the number of requests
 //! follows the number of shards, not of messages, once traffic is heavy.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
@@ -116,9 +116,13 @@ impl Stream {
 }
 
 /// A run of `message` frames in seq order, as the sequencer sends them:
-/// a first line `prev <seq>` (or `prev -`), then one `<seq> <frame>` line
-/// per message. Frames are compact JSON, which never holds a raw newline,
-/// so the shard reads the seqs without parsing a frame.
+/// a first line `prev <seq>` (or `prev -`), then per message a line
+/// `<seq> <length>` and that many bytes of frame, then a newline.
+///
+/// Each frame is counted out by its length and never scanned, so nothing a
+/// frame contains (a newline in a stored message, a line that looks like a
+/// seq) can be read as framing; the shard reads the seqs without parsing a
+/// frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batch<'a> {
     pub prev: Option<u64>,
@@ -133,25 +137,54 @@ pub fn encode_batch<'a>(
         Some(prev) => format!("prev {prev}\n"),
         None => "prev -\n".to_owned(),
     };
-    encode_frames(&mut out, frames);
+    for (seq, frame) in frames {
+        push_record(&mut out, &seq.to_string(), frame);
+    }
     out
 }
 
-fn encode_frames<'a>(out: &mut String, frames: impl IntoIterator<Item = (u64, &'a str)>) {
-    for (seq, frame) in frames {
-        out.push_str(&seq.to_string());
-        out.push(' ');
-        out.push_str(frame);
-        out.push('\n');
-    }
+/// Appends `<label> <length>\n<text>\n`.
+fn push_record(out: &mut String, label: &str, text: &str) {
+    out.push_str(label);
+    out.push(' ');
+    out.push_str(&text.len().to_string());
+    out.push('\n');
+    out.push_str(text);
+    out.push('\n');
+}
+
+/// Reads one `<label> <length>\n<text>\n` record off the front of `input`:
+/// the label, the text and what follows.
+fn next_record(input: &str) -> Result<(&str, &str, &str), String> {
+    let (head, rest) = input
+        .split_once('\n')
+        .ok_or_else(|| format!("a record starts with `<label> <length>`, not {input:.40?}"))?;
+    let (label, length) = head
+        .split_once(' ')
+        .ok_or_else(|| format!("a record starts with `<label> <length>`, not {head:.40?}"))?;
+    let length: usize = length
+        .parse()
+        .map_err(|_| format!("bad record length {length:.20?}"))?;
+    let text = rest
+        .get(..length)
+        .ok_or_else(|| format!("a record of {length} bytes is cut short"))?;
+    let rest = rest[length..]
+        .strip_prefix('\n')
+        .ok_or_else(|| format!("a record of {length} bytes does not end its line"))?;
+    Ok((label, text, rest))
 }
 
 pub fn parse_batch(text: &str) -> Result<Batch<'_>, String> {
-    let (first, rest) = text.split_once('\n').unwrap_or((text, ""));
+    let (first, rest) = text
+        .split_once('\n')
+        .ok_or_else(|| "a batch starts with a prev line".to_owned())?;
     let prev = match first.strip_prefix("prev ") {
         Some("-") => None,
-        Some(n) => Some(n.parse().map_err(|_| format!("bad prev line {first:?}"))?),
-        None => return Err(format!("a batch starts with a prev line, not {first:?}")),
+        Some(n) => Some(
+            n.parse()
+                .map_err(|_| format!("bad prev line {first:.40?}"))?,
+        ),
+        None => return Err(format!("a batch starts with a prev line, not {first:.40?}")),
     };
     Ok(Batch {
         prev,
@@ -159,31 +192,33 @@ pub fn parse_batch(text: &str) -> Result<Batch<'_>, String> {
     })
 }
 
-fn parse_frames(text: &str) -> Result<Vec<(u64, &str)>, String> {
+fn parse_frames(mut text: &str) -> Result<Vec<(u64, &str)>, String> {
     let mut frames = Vec::new();
     let mut last = 0;
-    for line in text.lines().filter(|l| !l.is_empty()) {
-        let (seq, frame) = line
-            .split_once(' ')
-            .ok_or_else(|| format!("a frame line is `<seq> <frame>`, not {line:.40?}"))?;
-        let seq: u64 = seq.parse().map_err(|_| format!("bad seq {seq:?}"))?;
+    while !text.is_empty() {
+        let (seq, frame, rest) = next_record(text)?;
+        let seq: u64 = seq.parse().map_err(|_| format!("bad seq {seq:.20?}"))?;
         if seq <= last {
             return Err(format!("seq {seq} after {last}: frames go in seq order"));
         }
         last = seq;
         frames.push((seq, frame));
+        text = rest;
     }
     Ok(frames)
 }
 
 /// The sequencer's answer to a shard's join: the `welcome` frame to send as
-/// it is, then the messages to replay, as batch lines.
+/// it is, then the messages to replay, framed as in a [`Batch`].
 pub fn encode_join_reply<'a>(
     welcome: &str,
     replay: impl IntoIterator<Item = (u64, &'a str)>,
 ) -> String {
-    let mut out = format!("{welcome}\n");
-    encode_frames(&mut out, replay);
+    let mut out = String::new();
+    push_record(&mut out, "welcome", welcome);
+    for (seq, frame) in replay {
+        push_record(&mut out, &seq.to_string(), frame);
+    }
     out
 }
 
@@ -195,8 +230,8 @@ pub struct JoinReply<'a> {
 }
 
 pub fn parse_join_reply(text: &str) -> Result<JoinReply<'_>, String> {
-    let (welcome, rest) = text.split_once('\n').unwrap_or((text, ""));
-    if !welcome.starts_with('{') {
+    let (label, welcome, rest) = next_record(text)?;
+    if label != "welcome" {
         return Err("a join reply starts with the welcome frame".into());
     }
     Ok(JoinReply {
@@ -221,6 +256,10 @@ pub struct ShardReport {
     pub delivered: Option<u64>,
     pub clients: u64,
     pub stats: RoomStats,
+    /// Every connection it holds, when the sequencer asked (after it woke
+    /// without knowing them): `(conn_id, sub)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<Vec<(String, String)>>,
 }
 
 /// One publish from a shard's client, sequenced by the room.
@@ -250,16 +289,20 @@ impl Forwarded {
             data: self.data,
             id: self.id,
             trace: self.trace,
+            kafka: None,
         }
     }
 }
 
 /// What a shard sends the sequencer: its clients' publishes, in the order
-/// they arrived, and the subjects whose connections closed.
+/// they arrived, the connections it accepted and those that closed (by
+/// `conn_id`), so the sequencer counts what the shard holds.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Forward {
     pub shard: u32,
     pub publishes: Vec<Forwarded>,
+    #[serde(default)]
+    pub joins: Vec<String>,
     pub leaves: Vec<String>,
 }
 
@@ -380,6 +423,18 @@ impl Fanout {
         }
     }
 
+    /// Stops counting clients placed more than [`PLACEMENT_GRACE_MS`] ago
+    /// that never reached their shard. A report does it too, but a quiet
+    /// room sends no batches, so placing a join does it first.
+    pub fn expire_placements(&mut self, now_ms: u64) {
+        for shard in &mut self.shards {
+            if shard.placed > 0 && now_ms >= shard.placed_ms.saturating_add(PLACEMENT_GRACE_MS) {
+                shard.clients = shard.clients.map(|n| n.saturating_sub(shard.placed));
+                shard.placed = 0;
+            }
+        }
+    }
+
     /// Connections on shard `index` closed.
     pub fn left(&mut self, index: u32, count: u64) {
         if let Some(shard) = self.shards.get_mut(index as usize) {
@@ -463,6 +518,116 @@ impl Fanout {
     }
 }
 
+/// The connections a room's shards hold, per subject, as the sequencer
+/// counts them for `MAX_CONNECTIONS_PER_SUBJECT`.
+///
+/// A connection counts from the moment the sequencer admits its join, but
+/// only provisionally until its shard says it accepted it; a shard that
+/// failed to (or a client that never arrived) stops holding the subject's
+/// place after [`PLACEMENT_GRACE_MS`], so a failure cannot leak a count.
+/// Everything is keyed by `conn_id`, which makes every report idempotent:
+/// a shard's full list after the sequencer woke, a confirmation or a close
+/// arriving in any order leave the same count.
+#[derive(Debug, Default)]
+pub struct OnShards {
+    conns: HashMap<String, Tenancy>,
+    per_subject: HashMap<String, u32>,
+}
+
+#[derive(Debug, Clone)]
+struct Tenancy {
+    shard: u32,
+    sub: String,
+    /// When the sequencer admitted it, until its shard confirms it.
+    admitted_ms: Option<u64>,
+}
+
+impl OnShards {
+    /// Connections `sub` holds on shards, counting those admitted and not
+    /// yet confirmed.
+    pub fn of(&self, sub: &str) -> u32 {
+        self.per_subject.get(sub).copied().unwrap_or(0)
+    }
+
+    /// The sequencer admitted `conn_id` of `sub` onto `shard` at `now_ms`.
+    pub fn admitted(&mut self, conn_id: &str, shard: u32, sub: &str, now_ms: u64) {
+        self.insert(conn_id, shard, sub, Some(now_ms));
+    }
+
+    /// `shard` accepted `conn_id`.
+    pub fn confirmed(&mut self, conn_id: &str) {
+        if let Some(tenancy) = self.conns.get_mut(conn_id) {
+            tenancy.admitted_ms = None;
+        }
+    }
+
+    /// `conn_id` closed (or its shard gave up on it).
+    pub fn left(&mut self, conn_id: &str) {
+        if let Some(tenancy) = self.conns.remove(conn_id) {
+            self.uncount(&tenancy.sub);
+        }
+    }
+
+    /// Forgets admissions their shard has not confirmed within
+    /// [`PLACEMENT_GRACE_MS`].
+    pub fn expire(&mut self, now_ms: u64) {
+        let stale: Vec<String> = self
+            .conns
+            .iter()
+            .filter(|(_, t)| {
+                t.admitted_ms
+                    .is_some_and(|at| now_ms >= at.saturating_add(PLACEMENT_GRACE_MS))
+            })
+            .map(|(conn_id, _)| conn_id.clone())
+            .collect();
+        for conn_id in stale {
+            self.left(&conn_id);
+        }
+    }
+
+    /// Everything `shard` holds, as it listed it: its confirmed connections
+    /// are exactly these (admissions it has not confirmed yet stay).
+    pub fn listed(&mut self, shard: u32, connections: &[(String, String)]) {
+        let gone: Vec<String> = self
+            .conns
+            .iter()
+            .filter(|(_, t)| t.shard == shard && t.admitted_ms.is_none())
+            .map(|(conn_id, _)| conn_id.clone())
+            .collect();
+        for conn_id in gone {
+            self.left(&conn_id);
+        }
+        for (conn_id, sub) in connections {
+            self.insert(conn_id, shard, sub, None);
+        }
+    }
+
+    fn insert(&mut self, conn_id: &str, shard: u32, sub: &str, admitted_ms: Option<u64>) {
+        let tenancy = Tenancy {
+            shard,
+            sub: sub.to_owned(),
+            admitted_ms,
+        };
+        match self.conns.insert(conn_id.to_owned(), tenancy) {
+            Some(old) if old.sub == sub => {}
+            Some(old) => {
+                self.uncount(&old.sub);
+                *self.per_subject.entry(sub.to_owned()).or_default() += 1;
+            }
+            None => *self.per_subject.entry(sub.to_owned()).or_default() += 1,
+        }
+    }
+
+    fn uncount(&mut self, sub: &str) {
+        if let Some(n) = self.per_subject.get_mut(sub) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_subject.remove(sub);
+            }
+        }
+    }
+}
+
 /// Acks a shard holds until its stream has delivered the acked message:
 /// the publisher sees its own message before the ack, as on the sequencer.
 #[derive(Debug)]
@@ -507,6 +672,7 @@ mod tests {
             delivered: Some(delivered),
             clients,
             stats: RoomStats::default(),
+            connections: None,
         }
     }
 
@@ -559,21 +725,46 @@ mod tests {
     #[test]
     fn batches_round_trip_and_refuse_disorder() {
         let text = encode_batch(Some(3), [(4, r#"{"a":1}"#), (5, "{}")]);
-        assert_eq!(text, "prev 3\n4 {\"a\":1}\n5 {}\n");
+        assert_eq!(text, "prev 3\n4 7\n{\"a\":1}\n5 2\n{}\n");
         let batch = parse_batch(&text).unwrap();
         assert_eq!(batch.prev, Some(3));
         assert_eq!(batch.frames, vec![(4, r#"{"a":1}"#), (5, "{}")]);
         assert_eq!(parse_batch("prev -\n").unwrap().prev, None);
-        assert!(parse_batch("prev -\n5 {}\n4 {}\n").is_err());
+        assert!(parse_batch("prev -\n5 2\n{}\n4 2\n{}\n").is_err());
         assert!(parse_batch("prev x\n").is_err());
-        assert!(parse_batch("4 {}\n").is_err());
+        assert!(parse_batch("4 2\n{}\n").is_err());
         assert!(parse_batch("prev 1\nnope\n").is_err());
+        assert!(parse_batch("prev 1\n4 9\n{}\n").is_err(), "cut short");
+        assert!(
+            parse_batch("prev 1\n4 1\n{}\n").is_err(),
+            "the length is exact"
+        );
+        assert!(
+            parse_batch("prev 1\n4 1\né\n").is_err(),
+            "never inside a character"
+        );
 
         let reply = encode_join_reply(r#"{"type":"welcome"}"#, [(7, "{}")]);
         let reply = parse_join_reply(&reply).unwrap();
         assert_eq!(reply.welcome, r#"{"type":"welcome"}"#);
         assert_eq!(reply.replay, vec![(7, "{}")]);
-        assert!(parse_join_reply("7 {}\n").is_err());
+        assert!(parse_join_reply("7 2\n{}\n").is_err());
+    }
+
+    #[test]
+    fn no_frame_content_is_read_as_framing() {
+        // What a pretty-printed message stored before data was kept compact
+        // looks like: lines that read as seqs and frames on their own.
+        let hostile = "{\"data\":[\n99999999999 ]\n,\"x\":\"prev 1\"}\n\n";
+        let frames = [(8, hostile), (9, "\n"), (10, "é\n1 1\n{")];
+        let batch = encode_batch(None, frames);
+        assert_eq!(parse_batch(&batch).unwrap().frames, frames);
+        let reply = encode_join_reply("welcome 3\nabc", frames);
+        let reply = parse_join_reply(&reply).unwrap();
+        assert_eq!(
+            (reply.welcome, reply.replay),
+            ("welcome 3\nabc", frames.to_vec())
+        );
     }
 
     #[test]
@@ -592,7 +783,7 @@ mod tests {
             batch.frames.iter().map(|f| f.0).collect::<Vec<_>>(),
             [11, 12, 13]
         );
-        assert_eq!(batch.encode(), "prev 10\n11 m11\n12 m12\n13 m13\n");
+        assert_eq!(batch.encode(), "prev 10\n11 3\nm11\n12 3\nm12\n13 3\nm13\n");
         assert!(fanout.next_batch(0, 13).is_none(), "one batch in flight");
         fanout.remember(14, Rc::from("m14"));
         fanout.delivered(0, &report(13, 1), 0);
@@ -649,6 +840,16 @@ mod tests {
             2,
             "a client that never came holds no place"
         );
+        fanout.joined(0, 0, 50_000);
+        fanout.joined(0, 0, 50_000);
+        fanout.expire_placements(50_000 + PLACEMENT_GRACE_MS - 1);
+        assert_eq!(fanout.clients(), 4);
+        fanout.expire_placements(50_000 + PLACEMENT_GRACE_MS);
+        assert_eq!(
+            fanout.clients(),
+            2,
+            "without any report, in a quiet room, too"
+        );
     }
 
     #[test]
@@ -681,6 +882,57 @@ mod tests {
     }
 
     #[test]
+    fn a_subject_is_counted_by_what_its_shards_accepted() {
+        let mut on = OnShards::default();
+        on.admitted("c1", 0, "alice", 0);
+        on.admitted("c2", 1, "alice", 0);
+        on.admitted("c3", 1, "bob", 0);
+        assert_eq!(
+            (on.of("alice"), on.of("bob")),
+            (2, 1),
+            "admitted counts at once"
+        );
+        on.confirmed("c1");
+        on.expire(PLACEMENT_GRACE_MS - 1);
+        assert_eq!(on.of("alice"), 2);
+        on.expire(PLACEMENT_GRACE_MS);
+        assert_eq!(
+            (on.of("alice"), on.of("bob")),
+            (1, 0),
+            "a shard that never accepted does not hold the place"
+        );
+        on.confirmed("c2");
+        on.left("c1");
+        on.left("c1");
+        assert_eq!(on.of("alice"), 0, "a close counts once");
+    }
+
+    #[test]
+    fn a_woken_sequencer_learns_its_shards_connections_in_any_order() {
+        let mut on = OnShards::default();
+        on.admitted("new", 0, "alice", 100);
+        // The shard's list, then its confirmation of a connection in it.
+        on.listed(
+            0,
+            &[("a".into(), "alice".into()), ("b".into(), "bob".into())],
+        );
+        on.confirmed("a");
+        assert_eq!((on.of("alice"), on.of("bob")), (2, 1));
+        // A close that the list already left out, and one it still had.
+        on.left("gone-before");
+        on.left("b");
+        assert_eq!(on.of("bob"), 0);
+        on.listed(
+            0,
+            &[("a".into(), "alice".into()), ("new".into(), "alice".into())],
+        );
+        assert_eq!(on.of("alice"), 2, "a listed admission is not counted twice");
+        on.listed(1, &[]);
+        on.listed(0, &[]);
+        assert_eq!(on.of("alice"), 0);
+    }
+
+    #[test]
     fn acks_wait_for_their_message() {
         let mut waiting = Waiting::default();
         waiting.push(7, "a");
@@ -699,11 +951,13 @@ mod tests {
             data: RawValue::from_string("{\"x\":[1]}".into()).unwrap(),
             id: Some("k".into()),
             trace: None,
+            kafka: None,
         };
         let json = serde_json::to_string(&Forward {
             shard: 2,
             publishes: vec![Forwarded::new("alice", false, draft)],
-            leaves: vec!["bob".into()],
+            joins: vec!["c_1".into()],
+            leaves: vec!["c_2".into()],
         })
         .unwrap();
         let back: Forward = serde_json::from_str(&json).unwrap();

@@ -169,6 +169,7 @@ mod tests {
             jwks: key.public_jwks(),
             issuer: Some("issuer".into()),
             audience: Some("rooms".into()),
+            bridge_issuer: Some("issuer".into()),
             ..VerifierConfig::default()
         })
         .unwrap();

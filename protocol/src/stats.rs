@@ -141,9 +141,10 @@ impl RoomStats {
             .or_default() += 1;
     }
 
-    /// Adds a shard's counters to the room's: the connections it holds are
-    /// the room's, and so is what happened on them. Storage work stays each
-    /// object's own (a shard stores nothing).
+    /// Adds counters counted elsewhere to these: a shard's (the connections
+    /// it holds are the room's, and so is what happened on them), or what a
+    /// room counted in a wake before it read its stored counters. Storage
+    /// work stays each object's own (the storage counts restart from theirs).
     pub fn absorb(&mut self, shard: &RoomStats) {
         for (into, from) in [
             (&mut self.messages_total, &shard.messages_total),
@@ -157,6 +158,7 @@ impl RoomStats {
         self.reconnects_total += shard.reconnects_total;
         self.connection_seconds.absorb(&shard.connection_seconds);
         self.attachment_writes += shard.attachment_writes;
+        self.outbox_dropped_total += shard.outbox_dropped_total;
     }
 }
 

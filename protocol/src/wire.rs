@@ -75,12 +75,32 @@ impl Rejection {
 /// One message to publish, from a `publish` frame or an HTTP body.
 #[derive(Debug, Clone)]
 pub struct Draft {
-    /// The JSON payload, already validated and serialized compactly.
+    /// The JSON payload, validated and compact (no whitespace between tokens).
     pub data: Box<RawValue>,
     /// The publisher's idempotency key.
     pub id: Option<String>,
     /// The publisher's W3C `traceparent`, carried with the message.
     pub trace: Option<String>,
+    /// Where the bridge consumed it (HTTP messages of the bridge's token
+    /// only): the room remembers the highest offset it stored per
+    /// topic-partition, so a record consumed again is a duplicate however
+    /// long ago it was stored.
+    pub kafka: Option<KafkaPosition>,
+}
+
+/// A record's place in its Kafka topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KafkaPosition {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl KafkaPosition {
+    /// The topic-partition, as one key.
+    pub fn partition_key(&self) -> String {
+        format!("{}:{}", self.topic, self.partition)
+    }
 }
 
 /// A parsed client frame.
@@ -114,6 +134,8 @@ struct Fields<'a> {
     token: Option<&'a RawValue>,
     #[serde(borrow, default)]
     messages: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    kafka: Option<&'a RawValue>,
 }
 
 /// Keeps a field written as `null` (`Some("null")`), where serde's `Option`
@@ -223,8 +245,9 @@ fn parse_publish(fields: &Fields<'_>) -> Result<ClientFrame, Rejection> {
 }
 
 /// Reads `data` and the optional idempotency key `id` and `trace` of one
-/// message. `data` is kept as the publisher wrote it; only its nesting is
-/// measured, by scanning the text.
+/// message. `data` is kept as the publisher wrote it but for the whitespace
+/// between its tokens ([`policy::compact`]); its nesting is measured by
+/// scanning the text, never by building a tree of it.
 fn parse_draft(fields: &Fields<'_>) -> Result<Draft, Rejection> {
     let id = optional_string(
         fields.id,
@@ -249,10 +272,17 @@ fn parse_draft(fields: &Fields<'_>) -> Result<Draft, Rejection> {
             "data must read the same in every JSON reader: numbers within double range, no unpaired surrogate escapes",
         ));
     }
+    let data = match policy::compact(data.get()) {
+        Cow::Borrowed(_) => data.to_owned(),
+        // Removing whitespace between tokens leaves valid JSON.
+        Cow::Owned(compact) => RawValue::from_string(compact)
+            .map_err(|e| Rejection::new(ErrorCode::BadFormat, format!("data: {e}")))?,
+    };
     Ok(Draft {
-        data: data.to_owned(),
+        data,
         id,
         trace,
+        kafka: None,
     })
 }
 
@@ -301,8 +331,16 @@ pub fn parse_publish_body(body: &str, max_bytes: usize) -> Result<(Vec<Draft>, b
 }
 
 fn parse_http_draft(fields: &Fields<'_>, max_bytes: usize) -> Result<Draft, Rejection> {
-    let draft = parse_draft(fields)?;
+    let mut draft = parse_draft(fields)?;
     check_size(draft.data.get().len(), max_bytes)?;
+    if let Some(raw) = fields.kafka.filter(|raw| raw.get() != "null") {
+        draft.kafka = Some(serde_json::from_str(raw.get()).map_err(|_| {
+            Rejection::new(
+                ErrorCode::BadFormat,
+                "kafka must be {\"topic\":string,\"partition\":int,\"offset\":int}",
+            )
+        })?);
+    }
     Ok(draft)
 }
 
@@ -639,6 +677,21 @@ mod tests {
     }
 
     #[test]
+    fn data_is_kept_compact_whatever_its_formatting() {
+        let pretty = "{\"type\":\"publish\",\"data\":{\n  \"a\": [\n    1,\n    \"x y\"\n  ]\n}}";
+        let Ok(ClientFrame::Publish { draft, .. }) = parse_client_frame(pretty, 1000) else {
+            panic!("a pretty-printed publish is a publish")
+        };
+        assert_eq!(draft.data.get(), r#"{"a":[1,"x y"]}"#);
+        let (drafts, _) =
+            parse_publish_body("{\"messages\":[{\"data\": [ 99999999999 ]\n}]}", 100).unwrap();
+        assert_eq!(drafts[0].data.get(), "[99999999999]");
+        let (drafts, _) = parse_publish_body(&format!("{{\"data\":[{}1]}}", " ".repeat(50)), 10)
+            .expect("the size limit applies to the compact data");
+        assert_eq!(drafts[0].data.get(), "[1]");
+    }
+
+    #[test]
     fn depth_limit() {
         let mut deep = json!(1);
         for _ in 0..MAX_DEPTH {
@@ -661,6 +714,23 @@ mod tests {
             "the publisher learns which"
         );
         assert!(parse_client_frame(&text, 50).unwrap_err().fatal);
+    }
+
+    #[test]
+    fn the_bridge_names_where_a_record_came_from() {
+        let body = r#"{"messages":[{"data":1,"kafka":{"topic":"t","partition":2,"offset":9}},{"data":2}]}"#;
+        let (drafts, _) = parse_publish_body(body, 100).unwrap();
+        let position = drafts[0].kafka.clone().unwrap();
+        assert_eq!(
+            (position.partition_key(), position.offset),
+            ("t:2".into(), 9)
+        );
+        assert_eq!(drafts[1].kafka, None);
+        let bad = r#"{"data":1,"kafka":{"topic":"t","offset":9}}"#;
+        assert_eq!(
+            parse_publish_body(bad, 100).unwrap_err().code,
+            ErrorCode::BadFormat
+        );
     }
 
     #[test]

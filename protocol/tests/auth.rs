@@ -114,6 +114,87 @@ fn bridge_role() {
     assert!(id.rights.bridge && id.rights.can_publish("anything"));
 }
 
+fn bridge_ed(kid: &str, iss: Option<&str>) -> String {
+    let spec = TokenSpec {
+        role: Some("bridge".into()),
+        iss: iss.map(str::to_owned),
+        ..spec()
+    };
+    Ed25519
+        .token(
+            &Header::empty().with_key_id(kid),
+            &spec.claims(NOW_MS),
+            &ed_key().sk,
+        )
+        .unwrap()
+}
+
+#[test]
+fn only_the_configured_keys_or_issuer_mint_the_bridge_role() {
+    // The JWKS holds the keys of the service that signs client tokens: its
+    // tokens claiming the bridge's role are refused unless it is named.
+    assert_eq!(
+        verifier()
+            .verify(&bridge_ed("ed", None), NOW_MS)
+            .unwrap_err(),
+        AuthError::BridgeRoleRefused
+    );
+    assert!(
+        verifier().verify(&ed("ed"), NOW_MS).is_ok(),
+        "its client tokens still verify"
+    );
+    let by_kid = Verifier::new(&VerifierConfig {
+        bridge_kids: vec!["ed".into()],
+        ..config()
+    })
+    .unwrap();
+    assert!(
+        by_kid
+            .verify(&bridge_ed("ed", None), NOW_MS)
+            .unwrap()
+            .rights
+            .bridge
+    );
+    let hs_bridge = hs(
+        &TokenSpec {
+            role: Some("bridge".into()),
+            ..spec()
+        },
+        NOW_MS,
+    );
+    assert_eq!(
+        by_kid.verify(&hs_bridge, NOW_MS).unwrap_err(),
+        AuthError::BridgeRoleRefused,
+        "once keys are named, the secret is not one of them"
+    );
+    let by_issuer = Verifier::new(&VerifierConfig {
+        bridge_issuer: Some("bridge-minter".into()),
+        ..config()
+    })
+    .unwrap();
+    assert!(by_issuer
+        .verify(&bridge_ed("ed", Some("bridge-minter")), NOW_MS)
+        .is_ok());
+    assert_eq!(
+        by_issuer
+            .verify(&bridge_ed("ed", Some("client-idp")), NOW_MS)
+            .unwrap_err(),
+        AuthError::BridgeRoleRefused
+    );
+}
+
+#[test]
+fn an_identity_over_its_limit_is_refused_wherever_a_token_is_checked() {
+    let many = TokenSpec {
+        rooms: (0..400).map(|i| format!("room-pattern-{i:04}.*")).collect(),
+        ..spec()
+    };
+    assert_eq!(
+        verifier().verify(&hs(&many, NOW_MS), NOW_MS).unwrap_err(),
+        AuthError::TooLarge
+    );
+}
+
 #[test]
 fn alg_none_is_refused() {
     let head = URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#);

@@ -18,7 +18,7 @@ import path from 'node:path';
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 /** Where tests leave logs and screenshots (gitignored; CI may upload it). */
 export const ARTIFACTS = path.join(REPO, 'test-artifacts');
-export const SECRET = 'roomcast-js-test-secret';
+export const SECRET = 'roomcast-js-test-secret-of-32-bytes';
 const STARTUP_MS = 120_000;
 
 /** A port the OS says is free now. */

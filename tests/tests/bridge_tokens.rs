@@ -74,6 +74,8 @@ async fn short_tokens_are_replaced_over_open_links() {
     let keys = jwks(&key);
     let worker = Worker::start(&[
         ("JWT_PUBLIC_KEYS", &keys),
+        // The bridge's key is the one key that may mint its role.
+        ("JWT_BRIDGE_KIDS", KID),
         ("JWT_ISSUER", ISSUER),
         ("JWT_AUDIENCE", AUDIENCE),
         // No slack: a link still on an expired token is closed (4001)

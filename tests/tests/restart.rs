@@ -1,9 +1,10 @@
 //! End to end: a room's history, sequence and epoch live in Durable Object
 //! storage, so they survive a restart of the whole runtime (`wrangler dev`
-//! stopped and started again on the same `--persist-to` directory).
+//! stopped and started again on the same `--persist-to` directory), and so
+//! do its counters and its record of the Kafka records it stored.
 
-use roomcast_tests::{full_token, Client, Http, Worker};
-use serde_json::json;
+use roomcast_tests::{bridge_token, full_token, room, Client, Http, Worker};
+use serde_json::{json, Value};
 
 #[tokio::test]
 async fn state_survives_a_restart() {
@@ -43,4 +44,59 @@ async fn state_survives_a_restart() {
     assert_eq!(c.expect("message").await["seq"], 3);
     c.send_json(json!({"type": "publish", "data": 4})).await;
     assert_eq!(c.expect("message").await["seq"], 4);
+}
+
+#[tokio::test]
+async fn counters_and_the_record_of_kafka_offsets_survive_a_restart() {
+    let http = Http::default();
+    // A ring of 2: the records' ids leave the history before the restart.
+    let vars = [("HISTORY_LIMIT", "2")];
+    let mut first = Worker::start(&vars).await;
+    let r = room("restart-counted");
+    let url = first.url(&format!("/v1/rooms/{r}/messages"));
+    let user = full_token("user");
+    // The room's first event: its counters are stored when it ends (later
+    // ones within 10 s may be lost to the kill, as the contract allows).
+    let batch = json!({"messages": [{"data": 1}, {"data": 2}, {"data": 3}]}).to_string();
+    assert_eq!(http.post(&url, &user, &batch).await.0, 201);
+    let records = |partition: i32, offsets: std::ops::Range<i64>| {
+        let messages: Vec<Value> = offsets
+            .map(|o| {
+                json!({
+                    "data": o,
+                    "id": format!("kafka:in:{partition}:{o}"),
+                    "kafka": {"topic": "in", "partition": partition, "offset": o}
+                })
+            })
+            .collect();
+        json!({ "messages": messages }).to_string()
+    };
+    for (partition, offsets) in [(3, 10..13), (4, 20..22)] {
+        let (status, stored) = http
+            .post(&url, &bridge_token(), &records(partition, offsets))
+            .await;
+        assert_eq!(status, 201, "{stored}");
+    }
+    first.stop();
+
+    let second = Worker::start_in(first.persist.clone(), &vars).await;
+    let url = second.url(&format!("/v1/rooms/{r}/messages"));
+    // The bridge crashed before committing: Kafka hands it the same
+    // records again, long after their ids left the room's history.
+    let (status, again) = http.post(&url, &bridge_token(), &records(3, 10..14)).await;
+    assert_eq!(status, 201, "{again}");
+    let duplicates: Vec<bool> = again["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["duplicate"].as_bool().expect("duplicate"))
+        .collect();
+    assert_eq!(duplicates, [true, true, true, false], "{again}");
+    assert_eq!(http.post(&url, &user, r#"{"data":"after"}"#).await.0, 201);
+    let after = second.stats(&r).await;
+    assert_eq!(after["head"], 10, "{after}");
+    assert_eq!(
+        after["messages_total"]["http"], 4,
+        "counting goes on from the stored counters: {after}"
+    );
 }

@@ -58,6 +58,23 @@ fn eddsa_token(kid: &str) -> String {
         .unwrap()
 }
 
+/// A token signed by the JWKS's Ed25519 key (the key of whatever signs the
+/// deployment's client tokens) that claims the bridge's role.
+fn eddsa_bridge_token(kid: &str) -> String {
+    let key = ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new(ED_SEED)).sk;
+    let spec = TokenSpec {
+        role: Some("bridge".into()),
+        ..spec("not-the-bridge")
+    };
+    Ed25519
+        .token(
+            &Header::empty().with_key_id(kid),
+            &spec.claims(now_ms()),
+            &key,
+        )
+        .unwrap()
+}
+
 fn es256_token(kid: &str) -> String {
     let key = p256::ecdsa::SigningKey::from_slice(&P256_SECRET).unwrap();
     Es256
@@ -324,6 +341,16 @@ async fn algorithms(worker: &Worker, http: &Http) {
         401,
         "unauthorized",
     );
+    // The bridge's role comes only from the keys configured for it (none
+    // here: only the HS256 secret), never from a key that signs clients.
+    let impostor = eddsa_bridge_token("ed-1");
+    let link = worker.ws_url(&format!("/v1/rooms/{r}/bridge?instance=x&token={impostor}"));
+    assert_eq!(Client::refused(&link).await, 401);
+    assert_error(
+        &http.get(&worker.url("/v1/registry"), Some(&impostor)).await,
+        401,
+        "unauthorized",
+    );
     let (_, history) = http.get(&url, Some(&es256_token("ec-1"))).await;
     let senders: Vec<&str> = history["messages"]
         .as_array()
@@ -481,6 +508,15 @@ async fn refresh(worker: &Worker) {
     c.send_json(json!({"type": "auth", "token": full_token("mallory")}))
         .await;
     assert_eq!(c.expect("error").await["code"], "bad_token");
+    // An identity too big for a connection's state is refused here as at
+    // the door.
+    let mut patterns: Vec<String> = (0..500).map(|n| format!("room-pattern-{n:04}.*")).collect();
+    patterns.push("*".into());
+    let patterns: Vec<&str> = patterns.iter().map(String::as_str).collect();
+    c.send_json(json!({"type": "auth", "token": token("dave", &patterns, &["*"], 600)}))
+        .await;
+    let refused = c.expect("error").await;
+    assert_eq!(refused["code"], "bad_token", "{refused}");
     // A valid token for the same subject that no longer grants this room.
     c.send_json(json!({"type": "auth", "token": token("dave", &["elsewhere"], &[], 600)}))
         .await;

@@ -342,3 +342,222 @@ async fn kafka_relays_a_sharded_room_both_ways() {
         );
     }
 }
+
+/// Joins `room` as `sub` and returns the welcome, or the HTTP status of a
+/// refused join.
+async fn try_join(
+    worker: &Worker,
+    room: &str,
+    sub: &str,
+    query: &str,
+) -> Result<(Client, Value), u16> {
+    let url = worker.ws_url(&format!(
+        "/v1/rooms/{room}/ws?token={}{query}",
+        full_token(sub)
+    ));
+    match Client::connect_with(&url, &[]).await {
+        Ok(mut client) => {
+            let welcome = client.expect("welcome").await;
+            Ok((client, welcome))
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Err(response.status().as_u16())
+        }
+        Err(e) => panic!("join {room}: {e}"),
+    }
+}
+
+/// The `data` of every `message` frame up to `seq`, as sent (the raw text
+/// of each frame), in order.
+async fn frames_until(client: &mut Client, seq: u64) -> Vec<(u64, String)> {
+    let mut got = Vec::new();
+    while got.last().is_none_or(|(s, _)| *s < seq) {
+        let text = client.next_text().await;
+        let frame: Value = serde_json::from_str(&text).expect("JSON");
+        if frame["type"] == "message" {
+            got.push((frame["seq"].as_u64().expect("seq"), text));
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn pretty_printed_data_reaches_every_shard_compact_and_in_order() {
+    let worker = Worker::start(&vars("1")).await;
+    let r = room("sharded-pretty");
+    // One client on the room's own object, one on each of two shards.
+    let mut clients = Vec::new();
+    for n in 0..3 {
+        clients.push(join(&worker, &r, &format!("sub-{n}")).await.0);
+    }
+    assert_eq!(worker.stats(&r).await["shards"], 2);
+    let http = Http::default();
+    let url = worker.url(&format!("/v1/rooms/{r}/messages"));
+    let token = full_token("publisher");
+    // As `JSON.stringify(v, null, 2)` writes it, and a line that reads as
+    // a seq and a frame of the old line-based framing.
+    let pretty = "{\n  \"data\": {\n    \"a\": [\n      1,\n      2\n    ]\n  }\n}";
+    let tricky = "{\"data\": [\n99999999999 ]\n}";
+    for body in [pretty, tricky] {
+        let (status, answer) = http.post(&url, &token, body).await;
+        assert_eq!(status, 201, "{answer}");
+    }
+    clients[2]
+        .send_text(
+            "{\"type\": \"publish\",\n \"data\": {\n  \"from\": \"shard\"\n },\n \"ref\": \"p\"}",
+        )
+        .await;
+    let (status, _) = http.post(&url, &token, r#"{"data":"sentinel"}"#).await;
+    assert_eq!(status, 201);
+    let expected = [
+        r#""data":{"a":[1,2]}"#,
+        r#""data":[99999999999]"#,
+        r#""data":{"from":"shard"}"#,
+        r#""data":"sentinel""#,
+    ];
+    for (n, client) in clients.iter_mut().enumerate() {
+        let frames = frames_until(client, 4).await;
+        let seqs: Vec<u64> = frames.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, [1, 2, 3, 4], "client {n}");
+        for ((_, text), data) in frames.iter().zip(expected) {
+            assert!(text.contains(data), "client {n}: {text} lacks {data}");
+            assert!(!text.contains('\n'), "client {n}: {text:?}");
+        }
+    }
+    // A resume placed on a shard replays them from history.
+    let epoch = worker.stats(&r).await["epoch"]
+        .as_str()
+        .expect("epoch")
+        .to_owned();
+    let (mut again, welcome) = try_join(&worker, &r, "sub-9", &format!("&since=0&epoch={epoch}"))
+        .await
+        .expect("a resume onto a shard is accepted");
+    assert_eq!(welcome["recovered"], true, "{welcome}");
+    let replayed: Vec<u64> = frames_until(&mut again, 4)
+        .await
+        .iter()
+        .map(|(s, _)| *s)
+        .collect();
+    assert_eq!(replayed, [1, 2, 3, 4]);
+}
+
+/// Sends `frames` publishes with ids `{id}0`, `{id}1`, … and then a plain
+/// one, and returns the answer to each (the `code` of an `error`, or
+/// `ack`) until the connection closes, with its close code.
+async fn answers(client: &mut Client, frames: usize, id: &str) -> (Vec<String>, Option<u16>) {
+    for n in 0..frames {
+        client
+            .send_json(json!({"type": "publish", "data": n, "id": format!("{id}{n}")}))
+            .await;
+    }
+    client
+        .send_json(json!({"type": "publish", "data": "sentinel"}))
+        .await;
+    let mut seen = Vec::new();
+    while seen.len() <= frames {
+        match client.next_frame_within(Duration::from_secs(10)).await {
+            Some(Frame::Text(text)) => {
+                let frame: Value = serde_json::from_str(&text).expect("JSON");
+                match frame["type"].as_str() {
+                    Some("error") => seen.push(frame["code"].as_str().unwrap_or("?").to_owned()),
+                    Some("ack") => seen.push("ack".to_owned()),
+                    _ => {}
+                }
+            }
+            Some(Frame::Closed(code)) => return (seen, Some(code)),
+            None => panic!("no answer to every publish, nor a close: {seen:?}"),
+        }
+    }
+    (seen, None)
+}
+
+#[tokio::test]
+async fn refusals_on_a_shard_strike_and_cost_as_on_the_room() {
+    let mut vars = vars("1");
+    vars.push((
+        "ROOM_POLICIES",
+        r#"[{"match":"sharded-strict.*","rate_burst":3,"rate_per_sec":1}]"#,
+    ));
+    let worker = Worker::start(&vars).await;
+    // Twenty refused publishes in a row close the connection (1008),
+    // wherever it is.
+    let r = room("sharded-strikes");
+    let (mut here, _) = join(&worker, &r, "here").await;
+    let (mut there, _) = join(&worker, &r, "there").await;
+    assert_eq!(worker.stats(&r).await["shards"], 1);
+    let on_room = answers(&mut here, 20, "kafka:reserved-").await;
+    let on_shard = answers(&mut there, 20, "kafka:reserved-").await;
+    assert_eq!(on_room, (vec!["forbidden".to_owned(); 20], Some(1008)));
+    assert_eq!(
+        on_shard, on_room,
+        "a shard's client gets what the room's gets"
+    );
+
+    // Refused ids draw from the budget (3 here) like stored publishes.
+    let r = room("sharded-strict");
+    let (mut here, _) = join(&worker, &r, "here").await;
+    let (mut there, _) = join(&worker, &r, "there").await;
+    let on_room = answers(&mut here, 4, "kafka:x-").await;
+    let on_shard = answers(&mut there, 4, "kafka:x-").await;
+    let codes: Vec<&str> = on_room.0.iter().map(String::as_str).collect();
+    assert_eq!(
+        (codes.as_slice(), on_room.1),
+        (
+            &[
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "rate_limited",
+                "rate_limited"
+            ][..],
+            None
+        )
+    );
+    assert_eq!(on_shard, on_room);
+}
+
+#[tokio::test]
+async fn a_subject_holds_only_the_shard_connections_it_has() {
+    let mut vars = vars("1");
+    vars.push(("MAX_CONNECTIONS_PER_SUBJECT", "2"));
+    let worker = Worker::start(&vars).await;
+    let r = room("sharded-places");
+    let (_filler, welcome) = join(&worker, &r, "filler").await;
+    let epoch = welcome["epoch"].as_str().expect("epoch").to_owned();
+    let http = Http::default();
+    let url = worker.url(&format!("/v1/rooms/{r}/messages"));
+    let (status, _) = http
+        .post(&url, &full_token("publisher"), "{\"data\": [\n1 ]\n}")
+        .await;
+    assert_eq!(status, 201);
+    // Two resumes onto shards, closed again (or refused, which must not
+    // hold a place either).
+    for _ in 0..2 {
+        if let Ok((client, _)) =
+            try_join(&worker, &r, "alice", &format!("&since=0&epoch={epoch}")).await
+        {
+            client.close().await;
+        }
+    }
+    // Both places are free again once the shards have said so.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut open = Vec::new();
+    while open.len() < 2 {
+        match try_join(&worker, &r, "alice", "").await {
+            Ok((client, _)) => open.push(client),
+            Err(status) => {
+                assert_eq!(status, 429);
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "alice still holds places for connections that are gone"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    assert_eq!(
+        try_join(&worker, &r, "alice", "").await.err(),
+        Some(429),
+        "and the limit still holds"
+    );
+}

@@ -1,31 +1,31 @@
 //! A room's durable state in its SQLite storage: the message history (which
 //! is also the bridge's outbox and, through the ids it stores, the record of
 //! idempotency keys), and a few facts in `meta` (epoch, bridge cursor,
-//! registration, counters, schema version).
+//! registration, counters, schema version, inbound offsets).
 //!
 //! Every accepted message is written here before it is sent anywhere. All
 //! statements are synchronous: a publish and its broadcast happen in one
 //! turn of the room, which keeps `seq` gapless and replays unmixed with live
 //! messages, and the runtime commits a turn's writes atomically.
 //!
-//! One publish, one row. The history is a ring of `HISTORY_LIMIT` slots
-//! (`ring`, slot = seq modulo the capacity): a message overwrites the one
-//! `HISTORY_LIMIT` older, so keeping the history at its limit costs no
-//! deletes, and an overwrite is one row written, as an insert is. Only a
-//! message the bridge has not confirmed yet is moved aside before its slot
-//! is taken (`outbox`, deleted once confirmed): that costs rows only while
-//! the bridge is more than a whole history behind. Age trimming deletes,
-//! but a message is deleted at most once, and then never overwritten. Reads
-//! write nothing: a room that was never written has no tables at all.
+//! What goes where is [`Ring`]'s decision (`roomcast_protocol::ring`, where
+//! it is tested against a model); this module runs it over two tables:
+//! `ring`, one row per slot (`seq % HISTORY_LIMIT`), so a publish writes one
+//! row and deletes nothing, and `outbox`, keyed by seq, for what the bridge
+//! has not confirmed when the ring moves past it. Every statement reads
+//! rows by key ranges the ring's shape gives (a slot range, a seq range),
+//! so what a read costs follows what it returns, never what is stored.
+//! Reads write nothing: a room that was never written has no tables at all.
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 
 use roomcast_protocol::config::{Config, Limits};
 use roomcast_protocol::history::{
-    count_floor, dropped_unconfirmed, outbox_room, trim_ceiling, ttl_cutoff_ms, Outbox, Retained,
-    TURN_BYTES,
+    count_floor, trim_ceiling, ttl_cutoff_ms, Outbox, Retained, TURN_BYTES,
 };
 use roomcast_protocol::ids;
+use roomcast_protocol::ring::{slots, Lost, Reading, Ring, Run, Shape, Tables};
 use roomcast_protocol::wire::{Message, Origin};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -40,6 +40,15 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
 ];
 
+/// The ring's columns as the migrations leave them now. A resize builds
+/// the ring's replacement from the same text, so a migration that changes
+/// the ring's columns changes them here, once.
+macro_rules! ring_columns {
+    () => {
+        "(slot INTEGER PRIMARY KEY, seq INTEGER NOT NULL, id TEXT NOT NULL, ts INTEGER NOT NULL, sender TEXT NOT NULL, origin TEXT NOT NULL, data TEXT NOT NULL, trace TEXT)"
+    };
+}
+
 /// Changes since [`SCHEMA`], in order; `meta.schema` counts those a room has
 /// applied. Rooms live as long as their storage, so a room created by any
 /// earlier release opens with this release's tables: a new room creates
@@ -53,10 +62,22 @@ const MIGRATIONS: &[&[&str]] = &[
     // 3: the history becomes a ring of slots and an outbox; the log's rows
     // move over when the room opens with its limits (see `History::open`).
     &[
-        "CREATE TABLE ring (slot INTEGER PRIMARY KEY, seq INTEGER NOT NULL, id TEXT NOT NULL, ts INTEGER NOT NULL, sender TEXT NOT NULL, origin TEXT NOT NULL, data TEXT NOT NULL, trace TEXT)",
+        concat!("CREATE TABLE ring ", ring_columns!()),
         "CREATE TABLE outbox (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, ts INTEGER NOT NULL, sender TEXT NOT NULL, origin TEXT NOT NULL, data TEXT NOT NULL, trace TEXT)",
         "ALTER TABLE messages RENAME TO legacy",
     ],
+    // 4: earlier releases moved only messages not from Kafka to the
+    // outbox, which could leave holes in a history; clients see it from
+    // above the last one (the bridge still gets everything it needs).
+    &[concat!(
+        "INSERT INTO meta (key, value) SELECT 'contiguous_from', CAST(MAX(a.seq) + 1 AS TEXT) ",
+        "FROM (SELECT seq FROM outbox UNION ALL SELECT seq FROM ring) a ",
+        "WHERE a.seq < (SELECT MAX(seq) FROM (SELECT seq FROM outbox UNION ALL SELECT seq FROM ring)) ",
+        "AND NOT EXISTS (SELECT 1 FROM outbox WHERE seq = a.seq + 1) ",
+        "AND NOT EXISTS (SELECT 1 FROM ring WHERE slot = (a.seq + 1) % ",
+        "(SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'ring') AND seq = a.seq + 1) ",
+        "HAVING MAX(a.seq) IS NOT NULL"
+    )],
 ];
 
 /// The migration that made the ring: rooms from before it adopt their log.
@@ -76,6 +97,10 @@ const AGE_TRIM_INTERVAL_MS: u64 = 60_000;
 /// number (the runtime passes bound values through JavaScript).
 const NO_CUTOFF: i64 = (1 << 53) - 1;
 
+/// The `meta` key prefix of an inbound topic-partition's highest stored
+/// offset.
+const OFFSET_PREFIX: &str = "offset:";
+
 #[derive(Deserialize)]
 struct MessageRow {
     seq: u64,
@@ -85,6 +110,9 @@ struct MessageRow {
     origin: String,
     data: String,
     trace: Option<String>,
+    /// The bytes of data of every row of the page, cut or not.
+    #[serde(default)]
+    total: u64,
 }
 
 /// A stored message's id and who owns it.
@@ -97,8 +125,7 @@ pub struct KeyRow {
 }
 
 #[derive(Deserialize)]
-struct Span {
-    n: u64,
+struct Bounds {
     lo: Option<u64>,
     hi: Option<u64>,
 }
@@ -114,66 +141,44 @@ struct Count {
     n: u64,
 }
 
-/// What a write dropped, for the counters and the log.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Trimmed {
-    /// Unconfirmed messages dropped because the outbox was full, and their
-    /// seq range.
-    pub dropped: u64,
-    pub range: Option<(u64, u64)>,
+/// Stored messages after some seq, as one read returns them.
+pub struct Page {
+    pub messages: Vec<Message>,
+    /// The last seq the page covers: the next page starts after it (it may
+    /// be past the last message, when the page skipped Kafka's).
+    pub through: u64,
 }
 
-impl From<Span> for Trimmed {
-    fn from(lost: Span) -> Trimmed {
-        Trimmed {
-            dropped: lost.n,
-            range: lost.lo.zip(lost.hi),
-        }
-    }
-}
-
-/// The facts kept in `meta`, loaded once.
+/// What the room knows of its storage: the ring's shape and the facts in
+/// `meta`, loaded together and forgotten together.
 #[derive(Default)]
-struct Meta {
+struct State {
+    ring: Ring,
     epoch: Option<String>,
-    cursor: u64,
-    bridged: bool,
+    /// The registry knows this room.
     registered: bool,
-    head: u64,
-    last_ms: Option<u64>,
-    capacity: Option<u64>,
-    stats: Option<String>,
+    /// The head as last written to `meta` (an age trim may empty the tables).
+    saved_head: u64,
+    /// When the head message was stored, as written with the head: it is
+    /// still known once that message is trimmed (retirement counts from it).
+    saved_last_ms: Option<u64>,
+    last_age_trim_ms: u64,
     name: Option<String>,
+    stats: Option<String>,
+    /// Shard objects the room has placed connections on (docs/scaling.md).
     shards: u32,
+    /// Per inbound `topic:partition`, the highest offset stored.
+    offsets: BTreeMap<String, i64>,
+    /// Clients see the history from here on (a room that an earlier
+    /// release left with holes).
+    contiguous_from: u64,
 }
 
 pub struct History {
     db: Db,
     /// The tables exist (false for a room that was never written).
     created: Cell<bool>,
-    /// Slots in the ring.
-    capacity: Cell<u64>,
-    head: Cell<u64>,
-    /// Lowest stored seq, and how many messages wait in the outbox.
-    oldest: Cell<Option<u64>>,
-    outboxed: Cell<u64>,
-    epoch: RefCell<Option<String>>,
-    /// Highest seq the bridge confirmed as written to Kafka.
-    cursor: Cell<u64>,
-    /// The room holds unconfirmed messages for the bridge.
-    bridged: Cell<bool>,
-    /// The registry knows this room.
-    registered: Cell<bool>,
-    /// The head as last written to `meta` (an age trim may empty the tables).
-    saved_head: Cell<u64>,
-    /// When the head message was stored, as written with the head: it is
-    /// still known once that message is trimmed (retirement counts from it).
-    saved_last_ms: Cell<Option<u64>>,
-    last_age_trim_ms: Cell<u64>,
-    name: RefCell<Option<String>>,
-    stats: RefCell<Option<String>>,
-    /// Shard objects the room has placed connections on (docs/scaling.md).
-    shards: Cell<u32>,
+    state: RefCell<State>,
 }
 
 impl History {
@@ -191,20 +196,7 @@ impl History {
         let history = History {
             db,
             created: Cell::new(created),
-            capacity: Cell::new(1),
-            head: Cell::new(0),
-            oldest: Cell::new(None),
-            outboxed: Cell::new(0),
-            epoch: RefCell::new(None),
-            cursor: Cell::new(0),
-            bridged: Cell::new(false),
-            registered: Cell::new(false),
-            saved_head: Cell::new(0),
-            saved_last_ms: Cell::new(None),
-            last_age_trim_ms: Cell::new(0),
-            name: RefCell::new(None),
-            stats: RefCell::new(None),
-            shards: Cell::new(0),
+            state: RefCell::new(State::default()),
         };
         if created {
             let applied = history.migrate()?;
@@ -232,9 +224,14 @@ impl History {
         let epoch = ids::epoch();
         self.set_meta("epoch", &epoch)?;
         self.set_meta("room", name)?;
-        self.set_capacity(limits.history_limit)?;
-        *self.epoch.borrow_mut() = Some(epoch);
-        *self.name.borrow_mut() = Some(name.to_owned());
+        let capacity = limits.history_limit.max(1);
+        self.set_meta("ring", &capacity.to_string())?;
+        *self.state.borrow_mut() = State {
+            ring: Ring::empty(capacity, false),
+            epoch: Some(epoch),
+            name: Some(name.to_owned()),
+            ..State::default()
+        };
         if bridged {
             self.mark_bridged()?;
         }
@@ -265,89 +262,117 @@ impl History {
     }
 
     /// Moves an older release's log of messages into the ring (the newest
-    /// `HISTORY_LIMIT`) and the outbox (older ones the bridge still needs).
+    /// `HISTORY_LIMIT`) and the outbox (older ones the bridge still needs,
+    /// from wherever they came, so the history stays contiguous).
     fn adopt_legacy(&self, limits: &Limits) -> Result<()> {
-        let legacy = self.span("legacy")?;
-        self.head.set(self.head().max(legacy.hi.unwrap_or(0)));
+        let legacy = self.bounds("SELECT MIN(seq) AS lo, MAX(seq) AS hi FROM legacy")?;
+        let (head, cursor, bridged) = {
+            let state = self.state.borrow();
+            let head = state.ring.head().max(legacy.map_or(0, |r| r.hi));
+            (head, state.ring.cursor(), state.ring.bridged())
+        };
         let capacity = limits.history_limit.max(1);
-        let floor = self.head().saturating_sub(capacity);
+        let floor = head.saturating_sub(capacity);
         self.db.run(
             &format!("INSERT INTO ring (slot, {COLUMNS}) SELECT seq % ?, {COLUMNS} FROM legacy WHERE seq > ?"),
             vec![seq_value(capacity), seq_value(floor)],
         )?;
-        if self.bridged.get() {
+        if bridged {
             self.db.run(
-                &format!("INSERT INTO outbox ({COLUMNS}) SELECT {COLUMNS} FROM legacy WHERE seq <= ? AND seq > ? AND origin != 'kafka'"),
-                vec![seq_value(floor), seq_value(self.cursor())],
+                &format!("INSERT INTO outbox ({COLUMNS}) SELECT {COLUMNS} FROM legacy WHERE seq <= ? AND seq > ?"),
+                vec![seq_value(floor), seq_value(cursor)],
             )?;
         }
         self.db.run("DROP TABLE legacy", vec![])?;
-        self.set_capacity(capacity)?;
-        self.measure()
+        self.set_meta("ring", &capacity.to_string())?;
+        let shape = self.measure(capacity, head, cursor, bridged)?;
+        self.state.borrow_mut().ring = Ring::from_shape(shape);
+        Ok(())
     }
 
     fn load(&self) -> Result<()> {
-        let mut meta = Meta::default();
+        let mut state = State::default();
+        let (mut capacity, mut cursor, mut bridged) = (1, 0, false);
         for row in self
             .db
             .rows::<MetaRow>("SELECT key, value FROM meta", vec![])?
         {
             let number = || row.value.parse().unwrap_or(0);
             match row.key.as_str() {
-                "epoch" => meta.epoch = Some(row.value.clone()),
-                "cursor" => meta.cursor = number(),
-                "bridged" => meta.bridged = true,
-                "registered" => meta.registered = row.value == "1",
-                "head" => meta.head = number(),
-                "last_ms" => meta.last_ms = row.value.parse().ok(),
-                "ring" => meta.capacity = row.value.parse().ok(),
-                "stats" => meta.stats = Some(row.value.clone()),
-                "room" => meta.name = Some(row.value.clone()),
-                "shards" => meta.shards = row.value.parse().unwrap_or(0),
-                _ => {}
+                "epoch" => state.epoch = Some(row.value.clone()),
+                "cursor" => cursor = number(),
+                "bridged" => bridged = true,
+                "registered" => state.registered = row.value == "1",
+                "head" => state.saved_head = number(),
+                "last_ms" => state.saved_last_ms = row.value.parse().ok(),
+                "ring" => capacity = number().max(1),
+                "stats" => state.stats = Some(row.value.clone()),
+                "room" => state.name = Some(row.value.clone()),
+                "shards" => state.shards = row.value.parse().unwrap_or(0),
+                "contiguous_from" => state.contiguous_from = number(),
+                key => {
+                    if let (Some(partition), Ok(offset)) =
+                        (key.strip_prefix(OFFSET_PREFIX), row.value.parse())
+                    {
+                        state.offsets.insert(partition.to_owned(), offset);
+                    }
+                }
             }
         }
-        self.capacity.set(meta.capacity.unwrap_or(1).max(1));
-        self.head.set(meta.head);
-        self.saved_head.set(meta.head);
-        self.saved_last_ms.set(meta.last_ms);
-        self.cursor.set(meta.cursor);
-        self.bridged.set(meta.bridged);
-        self.registered.set(meta.registered);
-        *self.epoch.borrow_mut() = meta.epoch;
-        *self.name.borrow_mut() = meta.name;
-        *self.stats.borrow_mut() = meta.stats;
-        self.shards.set(meta.shards);
-        self.measure()
-    }
-
-    /// Reads the head, the oldest seq and the outbox's size from the tables.
-    fn measure(&self) -> Result<()> {
-        let ring = self.span("ring")?;
-        let outbox = self.span("outbox")?;
-        self.head.set(
-            self.head()
-                .max(ring.hi.unwrap_or(0))
-                .max(outbox.hi.unwrap_or(0)),
-        );
-        self.oldest.set(match (outbox.lo, ring.lo) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        });
-        self.outboxed.set(outbox.n);
+        state.ring = Ring::from_shape(self.measure(capacity, state.saved_head, cursor, bridged)?);
+        *self.state.borrow_mut() = state;
         Ok(())
     }
 
-    fn span(&self, table: &str) -> Result<Span> {
-        let rows = self.db.rows::<Span>(
-            &format!("SELECT COUNT(*) AS n, MIN(seq) AS lo, MAX(seq) AS hi FROM {table}"),
-            vec![],
-        )?;
-        Ok(rows.into_iter().next().unwrap_or(Span {
-            n: 0,
-            lo: None,
-            hi: None,
-        }))
+    /// The history's shape as the tables hold it: each table's lowest and
+    /// highest seq (the outbox's by its key; the ring is at most one
+    /// history), and what is pending for the bridge, counted once per wake.
+    fn measure(&self, capacity: u64, head: u64, cursor: u64, bridged: bool) -> Result<Shape> {
+        let outbox = self.bounds("SELECT MIN(seq) AS lo, MAX(seq) AS hi FROM outbox")?;
+        let ring = self.bounds("SELECT MIN(seq) AS lo, MAX(seq) AS hi FROM ring")?;
+        let mut shape = Ring::from_shape(Shape {
+            capacity,
+            head,
+            cursor,
+            bridged,
+            outbox,
+            ring,
+            pending: 0,
+        })
+        .shape();
+        if bridged {
+            let stored = outbox.map(|o| o.lo).or(ring.map(|r| r.lo));
+            if let Some(lo) = stored.map(|lo| lo.max(cursor + 1)) {
+                shape.pending = self.tables(capacity).count_relayable(lo, shape.head)?;
+            }
+        }
+        Ok(shape)
+    }
+
+    fn bounds(&self, query: &str) -> Result<Option<Run>> {
+        let rows = self.db.rows::<Bounds>(query, vec![])?;
+        Ok(rows
+            .first()
+            .and_then(|b| b.lo.zip(b.hi))
+            .and_then(|(lo, hi)| Run::of(lo, hi)))
+    }
+
+    /// The tables, as the ring drives them.
+    fn tables(&self, capacity: u64) -> SqlTables<'_> {
+        SqlTables {
+            db: &self.db,
+            capacity,
+        }
+    }
+
+    /// Runs `change` on the ring over the tables.
+    fn change<T>(
+        &self,
+        change: impl FnOnce(&mut Ring, &mut SqlTables<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut state = self.state.borrow_mut();
+        let mut tables = self.tables(state.ring.capacity());
+        change(&mut state.ring, &mut tables)
     }
 
     pub fn db(&self) -> &Db {
@@ -360,32 +385,33 @@ impl History {
     }
 
     pub fn head(&self) -> u64 {
-        self.head.get()
+        self.state.borrow().ring.head()
     }
 
     /// The epoch, once the room exists.
     pub fn epoch(&self) -> Option<String> {
-        self.epoch.borrow().clone()
+        self.state.borrow().epoch.clone()
     }
 
     /// The room's name as its first write stored it.
     pub fn name(&self) -> Option<String> {
-        self.name.borrow().clone()
+        self.state.borrow().name.clone()
     }
 
     /// The counters a previous wake stored, as JSON.
     pub fn stored_stats(&self) -> Option<String> {
-        self.stats.borrow().clone()
+        self.state.borrow().stats.clone()
     }
 
     /// How many shard objects the room has used: every one of them is fed
     /// after a wake, until it says it holds no connections.
     pub fn shard_count(&self) -> u32 {
-        self.shards.get()
+        self.state.borrow().shards
     }
 
     pub fn set_shard_count(&self, count: u32) -> Result<()> {
-        if self.created.get() && self.shards.replace(count) != count {
+        let changed = std::mem::replace(&mut self.state.borrow_mut().shards, count) != count;
+        if self.created.get() && changed {
             self.set_meta("shards", &count.to_string())?;
         }
         Ok(())
@@ -401,13 +427,16 @@ impl History {
     /// The range clients see, for resume decisions and history pages.
     pub fn retained(&self, limits: &Limits, now_ms: u64) -> Result<Retained> {
         let floor = self.floor(limits, now_ms)?;
+        let head = self.head();
         Ok(Retained {
-            head: self.head(),
+            head,
             oldest: self
-                .oldest
-                .get()
+                .state
+                .borrow()
+                .ring
+                .oldest()
                 .map(|oldest| oldest.max(floor + 1))
-                .filter(|oldest| *oldest <= self.head()),
+                .filter(|oldest| *oldest <= head),
         })
     }
 
@@ -419,11 +448,19 @@ impl History {
     pub fn floor(&self, limits: &Limits, now_ms: u64) -> Result<u64> {
         let head = self.head();
         let outbox = self.outbox(limits);
-        let by_count = trim_ceiling(head, count_floor(head, limits.history_limit), outbox);
+        let by_count = trim_ceiling(head, count_floor(head, limits.history_limit), outbox)
+            .max(self.state.borrow().contiguous_from.saturating_sub(1));
         let cutoff = ttl_cutoff_ms(now_ms, limits.history_ttl_secs);
         if self.oldest_ts()?.is_none_or(|ts| ts >= cutoff) {
             return Ok(by_count);
         }
+        Ok(by_count.max(trim_ceiling(head, self.aged_through(cutoff)?, outbox)))
+    }
+
+    /// The highest seq such that it and every message before it is older
+    /// than `cutoff`: an age limit removes the bottom of the history, never
+    /// a message from its middle (clocks may step back between messages).
+    fn aged_through(&self, cutoff: u64) -> Result<u64> {
         #[derive(Deserialize)]
         struct First {
             seq: Option<u64>,
@@ -439,8 +476,7 @@ impl History {
             )?
             .first()
             .and_then(|f| f.seq);
-        let by_age = first_young.map_or(head, |seq| seq.saturating_sub(1));
-        Ok(by_count.max(trim_ceiling(head, by_age, outbox)))
+        Ok(first_young.map_or(self.head(), |seq| seq.saturating_sub(1)))
     }
 
     /// Every stored message's `columns`, from the outbox and the ring.
@@ -448,46 +484,61 @@ impl History {
         format!("SELECT {columns} FROM outbox UNION ALL SELECT {columns} FROM ring")
     }
 
-    /// The stored messages after `since` (`columns` of them): the outbox's,
-    /// then the ring's slots that can hold them (a range of the primary key,
-    /// so only those rows are read). Binds `since` twice, then the slots.
-    fn after_query(&self, columns: &str, since: u64) -> (String, Vec<SqlStorageValue>) {
-        let capacity = self.capacity.get();
-        let (first, last) = (since + 1, self.head());
-        let mut bindings = vec![seq_value(since), seq_value(since)];
-        let slots = if last < first || last - first + 1 >= capacity {
-            String::new()
-        } else {
-            let (a, b) = (first % capacity, last % capacity);
-            bindings.extend([seq_value(a), seq_value(b)]);
-            if a <= b {
-                "AND slot BETWEEN ? AND ?".into()
-            } else {
-                "AND (slot >= ? OR slot <= ?)".into()
+    /// The stored rows of a [`Reading`] (`columns` of them), each table read
+    /// by its key; `None` when it reads nothing.
+    fn reading_query(
+        &self,
+        columns: &str,
+        reading: &Reading,
+    ) -> Option<(String, Vec<SqlStorageValue>)> {
+        let mut parts = Vec::new();
+        let mut bindings = Vec::new();
+        if let Some(run) = reading.outbox {
+            parts.push(format!(
+                "SELECT {columns} FROM outbox WHERE seq BETWEEN ? AND ?"
+            ));
+            bindings.extend([seq_value(run.lo), seq_value(run.hi)]);
+        }
+        if let Some(run) = reading.ring {
+            for (a, b) in slots(run, self.state.borrow().ring.capacity())
+                .into_iter()
+                .flatten()
+            {
+                parts.push(format!(
+                    "SELECT {columns} FROM ring WHERE slot BETWEEN ? AND ? AND seq BETWEEN ? AND ?"
+                ));
+                bindings.extend([
+                    seq_value(a),
+                    seq_value(b),
+                    seq_value(run.lo),
+                    seq_value(run.hi),
+                ]);
             }
-        };
-        let query = format!(
-            "SELECT {columns} FROM outbox WHERE seq > ? UNION ALL SELECT {columns} FROM ring WHERE seq > ? {slots}"
-        );
-        (query, bindings)
+        }
+        (!parts.is_empty()).then(|| (parts.join(" UNION ALL "), bindings))
     }
 
-    /// How many messages follow `since`, and how many bytes of data they hold.
-    pub fn size_after(&self, since: u64) -> Result<(u64, u64)> {
-        if !self.created.get() || since >= self.head() {
-            return Ok((0, 0));
-        }
+    /// How many messages follow `since`, and, when there are at most
+    /// `limit`, how many bytes of data they hold (a count needs no read:
+    /// the history is contiguous).
+    pub fn size_after(&self, since: u64, limit: u64) -> Result<(u64, Option<u64>)> {
+        let count = self.head().saturating_sub(since);
+        let reading = self.state.borrow().ring.reading(since, limit);
+        let Some(reading) = reading.filter(|_| count <= limit) else {
+            return Ok((count, None));
+        };
         #[derive(Deserialize)]
         struct Size {
-            n: u64,
             bytes: Option<u64>,
         }
-        let (inner, bindings) = self.after_query("data", since);
+        let Some((inner, bindings)) = self.reading_query("data", &reading) else {
+            return Ok((count, Some(0)));
+        };
         let rows = self.db.rows::<Size>(
-            &format!("SELECT COUNT(*) AS n, SUM(octet_length(data)) AS bytes FROM ({inner})"),
+            &format!("SELECT SUM(octet_length(data)) AS bytes FROM ({inner})"),
             bindings,
         )?;
-        Ok(rows.first().map_or((0, 0), |r| (r.n, r.bytes.unwrap_or(0))))
+        Ok((count, Some(rows.first().and_then(|r| r.bytes).unwrap_or(0))))
     }
 
     /// The next seq.
@@ -495,132 +546,17 @@ impl History {
         self.head() + 1
     }
 
-    /// Stores `messages`, whose seqs follow the head in order, each in its
-    /// slot of the ring, a few per statement. What they overwrite that the
-    /// bridge still needs moves to the outbox first; past `OUTBOX_LIMIT`,
-    /// the outbox's oldest are dropped, and reported.
-    pub fn append(&self, messages: &[Message], limits: &Limits) -> Result<Trimmed> {
-        let (Some(first), Some(last)) = (messages.first(), messages.last()) else {
-            return Ok(Trimmed::default());
-        };
-        self.fit(limits)?;
-        let capacity = self.capacity.get();
-        self.spill(first.seq, last.seq, capacity)?;
-        for chunk in messages.chunks(ROWS_PER_INSERT) {
-            let placeholders = vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
-            let mut values = Vec::with_capacity(chunk.len() * 8);
-            for m in chunk {
-                values.extend([
-                    seq_value(m.seq % capacity),
-                    seq_value(m.seq),
-                    m.id.as_str().into(),
-                    ms_value(m.ts),
-                    m.sender.as_str().into(),
-                    m.origin.as_str().into(),
-                    m.data.get().into(),
-                    m.trace.as_deref().into(),
-                ]);
-            }
-            self.db.run(
-                &format!(
-                    "INSERT INTO ring (slot, {COLUMNS}) VALUES {placeholders} \
-                     ON CONFLICT(slot) DO UPDATE SET seq = excluded.seq, id = excluded.id, ts = excluded.ts, \
-                     sender = excluded.sender, origin = excluded.origin, data = excluded.data, trace = excluded.trace"
-                ),
-                values,
-            )?;
+    /// Stores `messages`, whose seqs follow the head in order (see
+    /// [`Ring::append`]); returns what a full outbox dropped.
+    pub fn append(&self, messages: &[Message], limits: &Limits) -> Result<Lost> {
+        let resized = self.state.borrow().ring.capacity() != limits.history_limit.max(1);
+        let lost = self.change(|ring, tables| {
+            ring.append(tables, messages, limits.history_limit, limits.outbox_limit)
+        })?;
+        if resized {
+            self.set_meta("ring", &self.state.borrow().ring.capacity().to_string())?;
         }
-        self.head.set(last.seq);
-        let overwritten_below = (last.seq + 1).saturating_sub(capacity);
-        let oldest_in_ring = overwritten_below.max(1);
-        self.oldest.set(Some(match self.oldest.get() {
-            Some(oldest) if self.outboxed.get() > 0 => oldest,
-            Some(oldest) => oldest.max(oldest_in_ring),
-            None => first.seq,
-        }));
-        self.cap_outbox(limits)
-    }
-
-    /// Moves what the slots of `first..=last` hold that the bridge has not
-    /// confirmed into the outbox, before they are overwritten.
-    fn spill(&self, first: u64, last: u64, capacity: u64) -> Result<()> {
-        let (from, to) = (
-            first.saturating_sub(capacity),
-            last.saturating_sub(capacity),
-        );
-        if !self.bridged.get() || to == 0 || to <= self.cursor() {
-            return Ok(());
-        }
-        let moved = self.db.run(
-            &format!("INSERT INTO outbox ({COLUMNS}) SELECT {COLUMNS} FROM ring WHERE seq >= ? AND seq <= ? AND seq > ? AND origin != 'kafka'"),
-            vec![seq_value(from), seq_value(to), seq_value(self.cursor())],
-        )?;
-        self.outboxed.set(self.outboxed.get() + moved);
-        Ok(())
-    }
-
-    /// Keeps the outbox within `OUTBOX_LIMIT` (the ring counting toward
-    /// it), dropping its oldest.
-    fn cap_outbox(&self, limits: &Limits) -> Result<Trimmed> {
-        let room = outbox_room(limits.outbox_limit, self.capacity.get());
-        if self.outboxed.get() <= room {
-            return Ok(Trimmed::default());
-        }
-        let excess = self.outboxed.get() - room;
-        let lost = self.db.rows::<Span>(
-            "SELECT COUNT(*) AS n, MIN(seq) AS lo, MAX(seq) AS hi FROM (SELECT seq FROM outbox ORDER BY seq LIMIT ?)",
-            vec![seq_value(excess)],
-        )?;
-        let Some(lost) = lost.into_iter().next().filter(|l| l.n > 0) else {
-            return Ok(Trimmed::default());
-        };
-        if let Some(hi) = lost.hi {
-            self.db
-                .run("DELETE FROM outbox WHERE seq <= ?", vec![seq_value(hi)])?;
-        }
-        self.outboxed.set(self.outboxed.get() - lost.n);
-        self.measure()?;
-        Ok(Trimmed::from(lost))
-    }
-
-    /// Makes the ring `HISTORY_LIMIT` slots, re-slotting it when the limit
-    /// changed since the room was created (messages that no longer fit and
-    /// the bridge still needs go to the outbox).
-    fn fit(&self, limits: &Limits) -> Result<()> {
-        let wanted = limits.history_limit.max(1);
-        if wanted == self.capacity.get() {
-            return Ok(());
-        }
-        let floor = self.head().saturating_sub(wanted);
-        if self.bridged.get() {
-            let moved = self.db.run(
-                &format!("INSERT INTO outbox ({COLUMNS}) SELECT {COLUMNS} FROM ring WHERE seq <= ? AND seq > ? AND origin != 'kafka'"),
-                vec![seq_value(floor), seq_value(self.cursor())],
-            )?;
-            self.outboxed.set(self.outboxed.get() + moved);
-        }
-        // The ring as the migrations leave it now: a migration that changes
-        // the ring's columns changes this table too.
-        self.db.run(
-            "CREATE TABLE ring_next (slot INTEGER PRIMARY KEY, seq INTEGER NOT NULL, id TEXT NOT NULL, ts INTEGER NOT NULL, sender TEXT NOT NULL, origin TEXT NOT NULL, data TEXT NOT NULL, trace TEXT)",
-            vec![],
-        )?;
-        self.db.run(
-            &format!("INSERT INTO ring_next (slot, {COLUMNS}) SELECT seq % ?, {COLUMNS} FROM ring WHERE seq > ?"),
-            vec![seq_value(wanted), seq_value(floor)],
-        )?;
-        self.db.run("DROP TABLE ring", vec![])?;
-        self.db
-            .run("ALTER TABLE ring_next RENAME TO ring", vec![])?;
-        self.set_capacity(wanted)?;
-        self.measure()
-    }
-
-    fn set_capacity(&self, capacity: u64) -> Result<()> {
-        let capacity = capacity.max(1);
-        self.set_meta("ring", &capacity.to_string())?;
-        self.capacity.set(capacity);
-        Ok(())
+        Ok(lost)
     }
 
     /// The ids of the stored messages, oldest first, to seed the room's
@@ -641,41 +577,55 @@ impl History {
     /// Stored messages with `seq > since`, in order: at most `limit`, and no
     /// more data than [`TURN_BYTES`] (but always at least one message, so a
     /// reader makes progress); with `relay_only`, only those the bridge
-    /// relays to Kafka (not from Kafka).
-    pub fn after(
-        &self,
-        room: &str,
-        since: u64,
-        limit: u64,
-        relay_only: bool,
-    ) -> Result<Vec<Message>> {
-        if !self.created.get() || since >= self.head() {
-            return Ok(Vec::new());
-        }
+    /// relays to Kafka (not from Kafka). Reads only the rows it covers.
+    pub fn after(&self, room: &str, since: u64, limit: u64, relay_only: bool) -> Result<Page> {
+        let reading = self.state.borrow().ring.reading(since, limit);
+        let Some(reading) = reading.filter(|_| self.created.get()) else {
+            return Ok(Page {
+                messages: Vec::new(),
+                through: since.max(self.head()),
+            });
+        };
+        let Some((inner, mut bindings)) = self.reading_query(COLUMNS, &reading) else {
+            return Ok(Page {
+                messages: Vec::new(),
+                through: reading.through,
+            });
+        };
         let filter = if relay_only {
             "WHERE origin != 'kafka'"
         } else {
             ""
         };
-        let (inner, mut bindings) = self.after_query(COLUMNS, since);
         let query = format!(
-            "SELECT {COLUMNS} FROM (\
+            "SELECT {COLUMNS}, total FROM (\
                SELECT {COLUMNS}, \
-                 SUM(octet_length(data)) OVER (ORDER BY seq) - octet_length(data) AS before \
-               FROM ({inner}) {filter} ORDER BY seq LIMIT ?\
+                 SUM(octet_length(data)) OVER (ORDER BY seq) - octet_length(data) AS before, \
+                 SUM(octet_length(data)) OVER () AS total \
+               FROM ({inner}) {filter}\
              ) WHERE before < ? ORDER BY seq"
         );
-        bindings.extend([seq_value(limit), (TURN_BYTES as i64).into()]);
+        bindings.push((TURN_BYTES as i64).into());
         let rows: Vec<MessageRow> = self.db.rows(&query, bindings)?;
-        rows.into_iter().map(|row| to_message(room, row)).collect()
+        let cut = rows.first().is_some_and(|r| r.total > TURN_BYTES);
+        let through = match rows.last() {
+            Some(last) if cut => last.seq,
+            _ => reading.through,
+        };
+        let messages = rows
+            .into_iter()
+            .map(|row| to_message(room, row))
+            .collect::<Result<_>>()?;
+        Ok(Page { messages, through })
     }
 
     /// When the oldest stored message was stored.
     pub fn oldest_ts(&self) -> Result<Option<u64>> {
-        let Some(oldest) = self.oldest.get().filter(|_| self.created.get()) else {
-            return Ok(None);
-        };
-        self.ts_of(oldest)
+        let oldest = self.state.borrow().ring.oldest();
+        match oldest.filter(|_| self.created.get()) {
+            Some(oldest) => self.ts_of(oldest),
+            None => Ok(None),
+        }
     }
 
     /// When the latest message was stored, if it still is (else as saved).
@@ -683,7 +633,8 @@ impl History {
         if !self.created.get() {
             return Ok(None);
         }
-        Ok(self.ts_of(self.head())?.or(self.saved_last_ms.get()))
+        let saved = self.state.borrow().saved_last_ms;
+        Ok(self.ts_of(self.head())?.or(saved))
     }
 
     fn ts_of(&self, seq: u64) -> Result<Option<u64>> {
@@ -691,10 +642,11 @@ impl History {
         struct Ts {
             ts: u64,
         }
+        let capacity = self.state.borrow().ring.capacity();
         let rows = self.db.rows::<Ts>(
             "SELECT ts FROM ring WHERE slot = ? AND seq = ? UNION ALL SELECT ts FROM outbox WHERE seq = ?",
             vec![
-                seq_value(seq % self.capacity.get()),
+                seq_value(seq % capacity),
                 seq_value(seq),
                 seq_value(seq),
             ],
@@ -703,41 +655,39 @@ impl History {
     }
 
     pub fn cursor(&self) -> u64 {
-        self.cursor.get()
+        self.state.borrow().ring.cursor()
     }
 
     /// Records the bridge's confirmation of everything up to `seq`, and lets
     /// the outbox go up to it.
     pub fn confirm(&self, seq: u64) -> Result<()> {
-        let seq = seq.min(self.head());
-        if seq <= self.cursor.get() {
-            return Ok(());
-        }
-        self.set_meta("cursor", &seq.to_string())?;
-        self.cursor.set(seq);
-        if self.outboxed.get() > 0 {
-            self.db
-                .run("DELETE FROM outbox WHERE seq <= ?", vec![seq_value(seq)])?;
-            self.measure()?;
+        if self.change(|ring, tables| ring.confirm(tables, seq))? {
+            self.set_meta("cursor", &self.cursor().to_string())?;
         }
         Ok(())
     }
 
     /// Makes this room hold unconfirmed messages for the bridge from now on.
     pub fn mark_bridged(&self) -> Result<()> {
-        if self.created.get() && !self.bridged.replace(true) {
+        if self.created.get() && self.change(|ring, tables| ring.mark_bridged(tables))? {
             self.set_meta("bridged", "1")?;
         }
         Ok(())
     }
 
+    pub fn bridged(&self) -> bool {
+        self.state.borrow().ring.bridged()
+    }
+
     pub fn registered(&self) -> bool {
-        self.registered.get()
+        self.state.borrow().registered
     }
 
     /// Records whether the registry knows this room.
     pub fn set_registered(&self, registered: bool) -> Result<()> {
-        if self.created.get() && self.registered.replace(registered) != registered {
+        let changed =
+            std::mem::replace(&mut self.state.borrow_mut().registered, registered) != registered;
+        if self.created.get() && changed {
             self.set_meta("registered", if registered { "1" } else { "0" })?;
         }
         Ok(())
@@ -745,22 +695,13 @@ impl History {
 
     /// Messages the bridge has yet to confirm (none unless the room holds
     /// them for a bridge). Messages from Kafka are not relayed, so they do
-    /// not count. Costs nothing once the bridge has caught up (the usual
-    /// case), and a read of the unconfirmed rows otherwise.
-    pub fn pending(&self) -> Result<u64> {
-        if !self.created.get() || !self.bridged.get() || self.cursor() >= self.head() {
-            return Ok(0);
-        }
-        let (inner, bindings) = self.after_query("origin", self.cursor());
-        let rows = self.db.rows::<Count>(
-            &format!("SELECT COUNT(*) AS n FROM ({inner}) WHERE origin != 'kafka'"),
-            bindings,
-        )?;
-        Ok(rows.first().map_or(0, |r| r.n))
+    /// not count. Kept up to date by every change: reading it reads nothing.
+    pub fn pending(&self) -> u64 {
+        self.state.borrow().ring.pending()
     }
 
     fn outbox(&self, limits: &Limits) -> Option<Outbox> {
-        self.bridged.get().then(|| Outbox {
+        self.bridged().then(|| Outbox {
             cursor: self.cursor(),
             limit: limits.outbox_limit,
         })
@@ -768,53 +709,50 @@ impl History {
 
     /// Drops messages older than `history_ttl_secs`, besides those held for
     /// the bridge; on the publish path at most once a minute.
-    pub fn trim_age(&self, limits: &Limits, now_ms: u64, force: bool) -> Result<Trimmed> {
-        if !self.created.get()
-            || self.oldest.get().is_none()
-            || (!force && now_ms < self.last_age_trim_ms.get() + AGE_TRIM_INTERVAL_MS)
-        {
-            return Ok(Trimmed::default());
+    pub fn trim_age(&self, limits: &Limits, now_ms: u64, force: bool) -> Result<Lost> {
+        let due = now_ms >= self.state.borrow().last_age_trim_ms + AGE_TRIM_INTERVAL_MS;
+        let oldest = self.state.borrow().ring.oldest();
+        if !self.created.get() || oldest.is_none() || !(force || due) {
+            return Ok(Lost::default());
         }
-        self.last_age_trim_ms.set(now_ms);
+        self.state.borrow_mut().last_age_trim_ms = now_ms;
         let cutoff = ttl_cutoff_ms(now_ms, limits.history_ttl_secs);
         if self.oldest_ts()?.is_none_or(|ts| ts >= cutoff) {
-            return Ok(Trimmed::default());
+            return Ok(Lost::default());
         }
-        let ceiling = trim_ceiling(self.head(), self.head(), self.outbox(limits));
+        let head = self.head();
+        let upto = trim_ceiling(head, self.aged_through(cutoff)?, self.outbox(limits));
         // The head message may go: keep what it said first.
-        if ceiling >= self.head() && self.saved_head.get() < self.head() {
-            self.set_meta("head", &self.head().to_string())?;
-            self.saved_head.set(self.head());
-            if let Some(last) = self.ts_of(self.head())? {
+        if upto >= head && self.state.borrow().saved_head < head {
+            self.set_meta("head", &head.to_string())?;
+            self.state.borrow_mut().saved_head = head;
+            if let Some(last) = self.ts_of(head)? {
                 self.set_meta("last_ms", &last.to_string())?;
-                self.saved_last_ms.set(Some(last));
+                self.state.borrow_mut().saved_last_ms = Some(last);
             }
         }
-        let trimmed = self.unconfirmed_lost(ceiling, cutoff, limits)?;
-        for table in ["ring", "outbox"] {
-            self.db.run(
-                &format!("DELETE FROM {table} WHERE ts < ? AND seq <= ?"),
-                vec![ms_value(cutoff), seq_value(ceiling)],
-            )?;
-        }
-        self.measure()?;
-        Ok(trimmed)
+        self.change(|ring, tables| ring.trim_through(tables, upto))
     }
 
-    /// What an age trim up to `ceiling` loses that the bridge never had.
-    fn unconfirmed_lost(&self, ceiling: u64, cutoff: u64, limits: &Limits) -> Result<Trimmed> {
-        let Some((from, to)) = dropped_unconfirmed(ceiling, self.outbox(limits)) else {
-            return Ok(Trimmed::default());
-        };
-        let lost = self.db.rows::<Span>(
-            &format!("SELECT COUNT(*) AS n, MIN(seq) AS lo, MAX(seq) AS hi FROM ({}) WHERE seq >= ? AND seq <= ? AND ts < ? AND origin != 'kafka'", self.all("seq, ts, origin")),
-            vec![seq_value(from), seq_value(to), ms_value(cutoff)],
-        )?;
-        Ok(lost
-            .into_iter()
-            .next()
-            .map(Trimmed::from)
-            .unwrap_or_default())
+    /// The highest offset of inbound `partition` (`topic:partition`) this
+    /// room stored, if any.
+    pub fn inbound_offset(&self, partition: &str) -> Option<i64> {
+        self.state.borrow().offsets.get(partition).copied()
+    }
+
+    /// Records that the room stored inbound `partition` up to `offset`.
+    pub fn set_inbound_offset(&self, partition: &str, offset: i64) -> Result<()> {
+        let higher = self
+            .inbound_offset(partition)
+            .is_none_or(|stored| offset > stored);
+        if self.created.get() && higher {
+            self.set_meta(&format!("{OFFSET_PREFIX}{partition}"), &offset.to_string())?;
+            self.state
+                .borrow_mut()
+                .offsets
+                .insert(partition.to_owned(), offset);
+        }
+        Ok(())
     }
 
     fn set_meta(&self, key: &str, value: &str) -> Result<()> {
@@ -829,19 +767,140 @@ impl History {
     /// write creates it afresh, under a new epoch.
     pub fn forget(&self) {
         self.created.set(false);
-        self.capacity.set(1);
-        self.head.set(0);
-        self.oldest.set(None);
-        self.outboxed.set(0);
-        self.cursor.set(0);
-        self.bridged.set(false);
-        self.registered.set(false);
-        self.saved_head.set(0);
-        self.saved_last_ms.set(None);
-        self.shards.set(0);
-        *self.epoch.borrow_mut() = None;
-        *self.stats.borrow_mut() = None;
+        *self.state.borrow_mut() = State::default();
     }
+}
+
+/// The room's two tables, as [`Ring`] drives them. Each statement reads and
+/// writes the rows of its key range only.
+struct SqlTables<'a> {
+    db: &'a Db,
+    capacity: u64,
+}
+
+impl SqlTables<'_> {
+    /// `WHERE` clauses (with their bindings) for the ring rows of `run`.
+    fn ring_ranges(&self, run: Run) -> Vec<(String, Vec<SqlStorageValue>)> {
+        slots(run, self.capacity)
+            .into_iter()
+            .flatten()
+            .map(|(a, b)| {
+                (
+                    "slot BETWEEN ? AND ? AND seq BETWEEN ? AND ?".to_owned(),
+                    vec![
+                        seq_value(a),
+                        seq_value(b),
+                        seq_value(run.lo),
+                        seq_value(run.hi),
+                    ],
+                )
+            })
+            .collect()
+    }
+}
+
+impl Tables for SqlTables<'_> {
+    type Error = worker::Error;
+
+    fn spill(&mut self, lo: u64, hi: u64) -> Result<()> {
+        for (range, bindings) in self.ring_ranges(Run { lo, hi }) {
+            self.db.run(
+                &format!("INSERT INTO outbox ({COLUMNS}) SELECT {COLUMNS} FROM ring WHERE {range}"),
+                bindings,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn outbox_insert(&mut self, messages: &[Message]) -> Result<()> {
+        for chunk in messages.chunks(ROWS_PER_INSERT) {
+            let placeholders = vec!["(?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+            let values = chunk.iter().flat_map(row_values).collect();
+            self.db.run(
+                &format!("INSERT INTO outbox ({COLUMNS}) VALUES {placeholders}"),
+                values,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn ring_write(&mut self, messages: &[Message], capacity: u64) -> Result<()> {
+        for chunk in messages.chunks(ROWS_PER_INSERT) {
+            let placeholders = vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+            let mut values = Vec::with_capacity(chunk.len() * 8);
+            for m in chunk {
+                values.push(seq_value(m.seq % capacity));
+                values.extend(row_values(m));
+            }
+            self.db.run(
+                &format!(
+                    "INSERT INTO ring (slot, {COLUMNS}) VALUES {placeholders} \
+                     ON CONFLICT(slot) DO UPDATE SET seq = excluded.seq, id = excluded.id, ts = excluded.ts, \
+                     sender = excluded.sender, origin = excluded.origin, data = excluded.data, trace = excluded.trace"
+                ),
+                values,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn delete_through(&mut self, upto: u64, ring: bool) -> Result<()> {
+        self.db
+            .run("DELETE FROM outbox WHERE seq <= ?", vec![seq_value(upto)])?;
+        if ring {
+            self.db
+                .run("DELETE FROM ring WHERE seq <= ?", vec![seq_value(upto)])?;
+        }
+        Ok(())
+    }
+
+    fn resize(&mut self, capacity: u64, floor: u64) -> Result<()> {
+        self.db
+            .run(concat!("CREATE TABLE ring_next ", ring_columns!()), vec![])?;
+        self.db.run(
+            &format!("INSERT INTO ring_next (slot, {COLUMNS}) SELECT seq % ?, {COLUMNS} FROM ring WHERE seq > ?"),
+            vec![seq_value(capacity), seq_value(floor)],
+        )?;
+        self.db.run("DROP TABLE ring", vec![])?;
+        self.db
+            .run("ALTER TABLE ring_next RENAME TO ring", vec![])?;
+        self.capacity = capacity;
+        Ok(())
+    }
+
+    fn count_relayable(&mut self, lo: u64, hi: u64) -> Result<u64> {
+        let mut n = 0;
+        let mut count = |table: &str, range: &str, bindings| -> Result<()> {
+            let rows = self.db.rows::<Count>(
+                &format!("SELECT COUNT(*) AS n FROM {table} WHERE {range} AND origin != 'kafka'"),
+                bindings,
+            )?;
+            n += rows.first().map_or(0, |c| c.n);
+            Ok(())
+        };
+        count(
+            "outbox",
+            "seq BETWEEN ? AND ?",
+            vec![seq_value(lo), seq_value(hi)],
+        )?;
+        for (range, bindings) in self.ring_ranges(Run { lo, hi }) {
+            count("ring", &range, bindings)?;
+        }
+        Ok(n)
+    }
+}
+
+/// A message's values in [`COLUMNS`] order.
+fn row_values(m: &Message) -> [SqlStorageValue; 7] {
+    [
+        seq_value(m.seq),
+        m.id.as_str().into(),
+        ms_value(m.ts),
+        m.sender.as_str().into(),
+        m.origin.as_str().into(),
+        m.data.get().into(),
+        m.trace.as_deref().into(),
+    ]
 }
 
 /// A seq as a bound value; seqs never come near JavaScript's exact limit,

@@ -1,5 +1,6 @@
-//! roomcast's edge worker: the HTTP router, the `Room` Durable Object and
-//! the `Registry` that assigns rooms to bridge instances.
+//! roomcast's edge worker: the HTTP router, the `Room` Durable Object, the
+//! `Registry` that assigns rooms to bridge instances, and the `Quota` of
+//! each subject across rooms.
 //!
 //! Everything here is glue between the Workers runtime and
 //! `roomcast-protocol`, where the rules live. The router authenticates and
@@ -13,6 +14,7 @@ mod bridge_token;
 mod hibernation;
 mod history;
 mod internal;
+mod quota;
 mod registry;
 mod reply;
 mod room;
@@ -23,6 +25,7 @@ mod storage;
 use roomcast_protocol::ErrorCode;
 use worker::{console_error, event, Context, Env, Request, Response, Result};
 
+pub use quota::Quota;
 pub use registry::Registry;
 pub use room::Room;
 

@@ -22,6 +22,10 @@ const FLUSH_INTERVAL_MS: u64 = 10_000;
 #[derive(Default)]
 pub(super) struct Counters {
     stats: RefCell<Option<RoomStats>>,
+    /// The stored counters were taken over in this wake: what is counted
+    /// before that (an event counts before it reads storage) is added to
+    /// them then, never replaced by them.
+    loaded: Cell<bool>,
     /// Changed since the last flush.
     dirty: Cell<bool>,
     flushed_ms: Cell<u64>,
@@ -45,16 +49,20 @@ impl Counters {
     }
 
     /// Takes over the counters a previous wake stored (and the storage
-    /// counts they carry), once per wake.
+    /// counts they carry), once per wake, adding what this wake counted
+    /// before.
     pub fn load(&self, history: &History) {
-        if self.stats.borrow().is_some() {
+        if self.loaded.replace(true) {
             return;
         }
-        let stored: RoomStats = history
+        let mut stored: RoomStats = history
             .stored_stats()
             .and_then(|json| serde_json::from_str(&json).ok())
             .unwrap_or_default();
         history.db().restore(stored.storage);
+        if let Some(counted) = self.stats.borrow_mut().take() {
+            stored.absorb(&counted);
+        }
         *self.stats.borrow_mut() = Some(stored);
     }
 
@@ -94,6 +102,7 @@ impl Counters {
     /// Forgets everything (the room's storage was deleted).
     pub fn reset(&self) {
         *self.stats.borrow_mut() = None;
+        self.loaded.set(false);
         self.dirty.set(false);
     }
 }
@@ -112,7 +121,7 @@ impl Room {
             connections: self.clients() + shard_clients,
             shards,
             cursor: history.cursor(),
-            pending: history.pending()?,
+            pending: history.pending(),
             counters: self.counters.snapshot(history),
         })
     }

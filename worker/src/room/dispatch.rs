@@ -40,7 +40,7 @@ impl Room {
             (Some(Op::Forward), _) => self.forward_from_shard(req, &ctx).await,
             (Some(Op::Gap), _) => self.gap_for_shard(&ctx, &query),
             (Some(Op::Deliver), _) => self.shard_deliver(req, &ctx).await,
-            (Some(Op::Count), _) => self.shard_report(),
+            (Some(Op::Count), _) => self.shard_report(true),
             (Some(Op::Join), None) => reply::error(ErrorCode::Unauthorized, "no identity"),
             (None, Some(identity)) => self.serve_client(req, &ctx, identity, &query, shard).await,
             (None, None) => reply::error(ErrorCode::Unauthorized, "no identity"),
@@ -64,7 +64,7 @@ impl Room {
             }
             ("ws", Method::Get, None) => self.join(&req, ctx, identity, query).await,
             ("messages", Method::Post, None) => self.publish_http(req, ctx, &identity).await,
-            ("messages", Method::Get, None) => self.read_history(ctx, query),
+            ("messages", Method::Get, None) => self.read_history(ctx, &identity, query),
             ("bridge", Method::Get, None) => self.link(ctx, identity, query).await,
             ("stats", Method::Get, None) => self.report_stats(ctx).await,
             _ => reply::error(ErrorCode::NotFound, "no such room operation"),

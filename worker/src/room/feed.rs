@@ -51,6 +51,11 @@ impl Feed {
 }
 
 impl Room {
+    /// Whether a bridge link is open, as far as this wake resolved it.
+    pub(super) fn link_open(&self) -> bool {
+        matches!(*self.link.borrow(), LinkCache::Open(_))
+    }
+
     /// Hands a just-stored message to the link: sent at once when the feed
     /// is caught up and the window open, else fed by [`Room::pump`].
     pub(super) fn relay(&self, ctx: &Ctx, message: &Message, frame: &str) {
@@ -105,18 +110,14 @@ impl Room {
                 break;
             }
             let page = history.after(&ctx.room, feed.sent, room_in_window, true)?;
-            let Some(last) = page.last() else {
-                // Only Kafka's messages are left: nothing to send.
-                feed.sent = history.head();
-                break;
-            };
-            for message in &page {
+            for message in &page.messages {
                 let frame = ServerFrame::Message(Cow::Borrowed(message)).to_json();
                 bytes += frame.len() as u64;
                 feed.ws.send_with_str(&frame)?;
+                feed.relayed = message.seq;
             }
-            feed.sent = last.seq;
-            feed.relayed = last.seq;
+            // Kafka's messages in the page were passed over, not sent.
+            feed.sent = page.through;
         }
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! A shard's publishes (docs/scaling.md): its clients' `publish` frames go
 //! to the sequencer in arrival order, one request at a time with whatever
-//! queued meanwhile, together with the subjects whose connections closed.
+//! queued meanwhile, together with the connections that opened and closed.
 //! Each publisher gets the sequencer's answer as the room itself would give
 //! it: the ack after its message, or the refusal with the same strikes and
 //! closes.
@@ -13,7 +13,7 @@ use roomcast_protocol::wire::{Draft, Rejection, ServerFrame};
 use roomcast_protocol::{CloseCode, ErrorCode};
 use worker::{console_warn, Result, WebSocket};
 
-use super::frames::{send_error, Outcome};
+use super::frames::{forgive, send_error, Outcome};
 use super::shard::parse_tag;
 use super::{Ctx, Room};
 use crate::attachment::Attachment;
@@ -51,7 +51,7 @@ impl Room {
     }
 
     /// A client socket is gone: on a shard, the sequencer counts it out.
-    pub(super) fn shard_left(&self, ws: &WebSocket, sub: &str) {
+    pub(super) fn shard_left(&self, ws: &WebSocket, conn_id: &str) {
         if !self.is_shard() {
             let Some((index, room)) = self.state.get_tags(ws).iter().find_map(|t| parse_tag(t))
             else {
@@ -59,11 +59,11 @@ impl Room {
             };
             self.become_shard(&room, index);
         }
-        self.with_side(|s| s.leaves.push(sub.to_owned()));
+        self.with_side(|s| s.leaves.push(conn_id.to_owned()));
     }
 
     /// Sends what queued for the sequencer, one request at a time, until
-    /// nothing is left or the sequencer fails: the leaves it did not take
+    /// nothing is left or the sequencer fails: the joins and leaves it did not take
     /// wait for the shard's next event rather than being sent again at
     /// once, which would spin for as long as the sequencer keeps failing.
     pub(super) async fn pump_forward(&self, ctx: &Ctx) {
@@ -71,7 +71,7 @@ impl Room {
             return;
         }
         while let Some((forward, pendings)) = self.next_forward() {
-            let leaves = forward.leaves.clone();
+            let (joins, leaves) = (forward.joins.clone(), forward.leaves.clone());
             match self.send_forward(ctx, forward).await {
                 Ok(outcomes) if outcomes.len() == pendings.len() => {
                     for (outcome, pending) in outcomes.into_iter().zip(pendings) {
@@ -86,7 +86,10 @@ impl Room {
                         "room {}: the sequencer did not take a shard's publishes: {error}",
                         ctx.room
                     );
-                    self.with_side(|s| s.leaves.extend(leaves));
+                    self.with_side(|s| {
+                        s.joins.extend(joins);
+                        s.leaves.extend(leaves);
+                    });
                     for pending in pendings {
                         let _ = send_error(
                             &pending.ws,
@@ -105,13 +108,14 @@ impl Room {
 
     fn next_forward(&self) -> Option<(Forward, Vec<Pending>)> {
         self.with_side(|s| {
-            if s.queue.is_empty() && s.leaves.is_empty() {
+            if s.queue.is_empty() && s.joins.is_empty() && s.leaves.is_empty() {
                 return None;
             }
             let (publishes, pendings) = std::mem::take(&mut s.queue).into_iter().unzip();
             let forward = Forward {
                 shard: s.index,
                 publishes,
+                joins: std::mem::take(&mut s.joins),
                 leaves: std::mem::take(&mut s.leaves),
             };
             Some((forward, pendings))
@@ -156,6 +160,10 @@ impl Room {
                 ..
             } => return self.refused_by_sequencer(ctx, &ws, code, message, close, reference),
         };
+        if let Some(mut session) = Session::load(&ws)?.filter(|s| !s.closed) {
+            let outcome = forgive(&mut session.strikes);
+            self.settle(&ws, &mut session, outcome, ctx.now, false)?;
+        }
         let frame = ServerFrame::Ack {
             reference: reference.as_deref().map(Cow::Borrowed),
             receipt: Cow::Borrowed(&receipt),

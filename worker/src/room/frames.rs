@@ -127,11 +127,11 @@ impl Room {
             return self.reject(ws, session, &rejection);
         }
         if self.is_shard() {
-            // The sequencer answers; the frame itself was well formed.
-            let outcome = forgive(&mut session.strikes);
+            // The sequencer answers, and its answer strikes or forgives as
+            // the room's own object would (see `forward`).
             self.forward_publish(ws, session, ctx, draft, reference)
                 .await;
-            return Ok(outcome);
+            return Ok(Outcome::Keep);
         }
         let publisher = Publisher {
             sub: &session.sub,
@@ -278,7 +278,7 @@ impl Room {
                 .with(|s| s.connection_seconds.observe(session.lifetime_secs(now)));
             self.count_client(-1);
             self.seen.borrow_mut().remove(&session.conn_id);
-            self.shard_left(ws, &session.sub);
+            self.shard_left(ws, &session.conn_id);
         }
         self.keep(ws, &*session)?;
         // The socket may already be closing from the other side.
@@ -289,7 +289,7 @@ impl Room {
 
 /// An accepted frame forgives earlier mistakes; the session needs saving
 /// only if there were any.
-fn forgive(strikes: &mut Strikes) -> Outcome {
+pub(super) fn forgive(strikes: &mut Strikes) -> Outcome {
     if strikes.0 == 0 {
         Outcome::Keep
     } else {

@@ -44,6 +44,16 @@ impl Room {
                 ),
             );
         }
+        if drafts.iter().any(|d| d.kafka.is_some()) && !identity.rights.bridge {
+            self.counters.with(|s| s.reject(ErrorCode::Forbidden));
+            return reply::error(
+                ErrorCode::Forbidden,
+                "only the bridge's token names where a message came from in Kafka",
+            );
+        }
+        if let Some(refusal) = self.creation_refused(ctx, identity).await? {
+            return Ok(refusal);
+        }
         // The bridge publishes what it consumed from Kafka.
         let origin = if identity.rights.bridge {
             Origin::Kafka
@@ -66,7 +76,7 @@ impl Room {
         }
     }
 
-    fn http_refusal(&self, refusal: &Refusal) -> Result<Response> {
+    pub(super) fn http_refusal(&self, refusal: &Refusal) -> Result<Response> {
         let (code, message) = refusal.code_and_message();
         self.counters.with(|s| s.reject(code));
         match refusal {
@@ -77,9 +87,12 @@ impl Room {
         }
     }
 
+    /// A page of history. It costs its reader a token of its budget, as a
+    /// publish does, and reads only the rows it returns.
     pub(super) fn read_history(
         &self,
         ctx: &Ctx,
+        identity: &Identity,
         query: &HashMap<String, String>,
     ) -> Result<Response> {
         let page = match Page::parse(
@@ -89,19 +102,21 @@ impl Room {
             Ok(page) => page,
             Err(message) => return reply::error(ErrorCode::BadRequest, &message),
         };
+        if !identity.rights.bridge {
+            if let Err(refusal) = self.admit(ctx, &identity.sub, 1) {
+                return self.http_refusal(&refusal);
+            }
+        }
         let history = self.history()?;
         let since = page.since.max(history.floor(&ctx.limits, ctx.now)?);
-        let messages = history.after(&ctx.room, since, page.limit, false)?;
+        let read = history.after(&ctx.room, since, page.limit, false)?;
         let retained = history.retained(&ctx.limits, ctx.now)?;
-        // History is contiguous up to the head: a page that stops short of it
-        // was cut, by the count or by the byte budget of a turn.
-        let truncated = messages.last().is_some_and(|m| m.seq < retained.head);
         let body = HistoryPage {
             room: ctx.room.clone(),
             epoch: history.epoch().unwrap_or_default(),
             head: retained.head,
-            messages,
-            truncated,
+            truncated: !read.messages.is_empty() && read.through < retained.head,
+            messages: read.messages,
             oldest: retained.oldest,
         };
         reply::json(200, &body)

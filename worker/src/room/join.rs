@@ -14,7 +14,9 @@ use std::collections::HashMap;
 
 use roomcast_protocol::admission::answer_subprotocol;
 use roomcast_protocol::auth::Identity;
-use roomcast_protocol::history::{parse_u64, plan_resume, replay_route, Replay, MAX_PAGE};
+use roomcast_protocol::history::{
+    parse_u64, plan_resume, replay_route, Replay, MAX_PAGE, MAX_REPLAY,
+};
 use roomcast_protocol::ids::{self, subject_tag};
 use roomcast_protocol::session::Session;
 use roomcast_protocol::wire::{CatchUp, RateInfo, ServerFrame, Welcome};
@@ -45,10 +47,16 @@ impl Room {
             Ok(since) => since,
             Err(refusal) => return refusal,
         };
+        if let Some(refusal) = self.creation_refused(ctx, &identity).await? {
+            return Ok(refusal);
+        }
         if let Some(index) = self.placement(ctx).await? {
             return shard_redirect(index);
         }
-        if let Some(refusal) = self.connection_limit(ctx, &identity.sub) {
+        if let Some(refusal) = self.connection_limit(ctx, &identity.sub).await {
+            return refusal;
+        }
+        if let Some(refusal) = self.replay_budget(ctx, &identity.sub, since) {
             return refusal;
         }
         let session = Session::new(ids::conn_id(), identity, ctx.now);
@@ -88,9 +96,9 @@ impl Room {
 
     /// The refusal of a subject that holds its limit of connections to
     /// this room, on the room and its shards.
-    pub(super) fn connection_limit(&self, ctx: &Ctx, sub: &str) -> Option<Result<Response>> {
+    pub(super) async fn connection_limit(&self, ctx: &Ctx, sub: &str) -> Option<Result<Response>> {
         let limit = ctx.limits.max_connections_per_subject;
-        let open = self.open_of(&subject_tag(sub)) + self.open_on_shards(sub);
+        let open = self.open_on_shards(ctx, sub).await + self.open_of(&subject_tag(sub));
         if open < limit as usize {
             return None;
         }
@@ -100,6 +108,20 @@ impl Room {
             ErrorCode::TooManyConnections,
             &format!("this subject already holds {limit} connections to this room"),
         ))
+    }
+
+    /// A resume replays what it missed, up to a turn's worth of history: it
+    /// costs its subject a token of its budget, as a history page does, so
+    /// reconnecting in a loop is limited like publishing in a loop.
+    pub(super) fn replay_budget(
+        &self,
+        ctx: &Ctx,
+        sub: &str,
+        since: Option<u64>,
+    ) -> Option<Result<Response>> {
+        since?;
+        let refusal = self.admit(ctx, sub, 1).err()?;
+        Some(self.http_refusal(&refusal))
     }
 
     /// Connections `tag`'s subject holds open here.
@@ -131,8 +153,8 @@ impl Room {
         );
         let replay = match resume.replay_after {
             Some(after) => {
-                let (count, bytes) = history.size_after(after)?;
-                Some(replay_route(after, count, bytes))
+                let (count, bytes) = history.size_after(after, MAX_REPLAY)?;
+                Some(replay_route(after, count, bytes.unwrap_or(u64::MAX)))
             }
             None => None,
         };
@@ -183,17 +205,16 @@ impl Room {
         let history = self.history()?;
         let mut from = after;
         while from < head {
-            let page = history.after(&ctx.room, from, MAX_PAGE, false)?;
-            let Some(last) = page.last() else { break };
-            from = last.seq;
-            for message in &page {
+            let page = history.after(&ctx.room, from, MAX_PAGE.min(head - from), false)?;
+            from = page.through;
+            for message in &page.messages {
                 send(
                     message.seq,
                     &ServerFrame::Message(Cow::Borrowed(message)).to_json(),
                 )?;
             }
             self.counters
-                .with(|s| s.deliveries_total += page.len() as u64);
+                .with(|s| s.deliveries_total += page.messages.len() as u64);
         }
         Ok(())
     }

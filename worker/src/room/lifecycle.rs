@@ -5,16 +5,22 @@
 //! its history has aged out, its storage deleted.
 //!
 //! The registry hears of a room once per lifecycle event, never per
-//! message, so one registry serves any number of rooms.
+//! message, so one registry serves any number of rooms: its first message,
+//! and the first message for the bridge after its link went (the bridge
+//! closes links that go idle), paced by [`Reannounce`] while no link comes.
 
+use roomcast_protocol::auth::Identity;
 use roomcast_protocol::clock::now_ms;
-use roomcast_protocol::lifecycle::{may_retire, Quiet};
+use roomcast_protocol::lifecycle::{may_retire, Quiet, Reannounce};
 use roomcast_protocol::wire::Registration;
-use worker::{console_error, Result};
+use roomcast_protocol::ErrorCode;
+use worker::{console_error, Response, Result};
+
+use roomcast_protocol::shard::OnShards;
 
 use super::feed::LinkCache;
 use super::{Ctx, Room};
-use crate::registry;
+use crate::{quota, registry, reply};
 
 /// How soon a failed registration is tried again.
 const REGISTER_RETRY_MS: u64 = 5_000;
@@ -29,7 +35,7 @@ impl Room {
             };
             let registration = Registration {
                 room,
-                pending: history.pending()?,
+                pending: history.pending(),
             };
             registry::register(&self.env, &registration).await?;
             history.set_registered(true)
@@ -49,6 +55,43 @@ impl Room {
         }
     }
 
+    /// Refuses a request that would create this room when its subject
+    /// creates rooms faster than `ROOM_CREATE_PER_MIN` (the subject's
+    /// [`quota`]); a room that exists asks nothing. The bridge's token is
+    /// not limited: what Kafka brings into rooms is the operator's.
+    pub(super) async fn creation_refused(
+        &self,
+        ctx: &Ctx,
+        identity: &Identity,
+    ) -> Result<Option<Response>> {
+        if identity.rights.bridge || self.history()?.exists() {
+            return Ok(None);
+        }
+        let Some(retry_after_ms) = quota::create_room(&self.env, &identity.sub).await? else {
+            return Ok(None);
+        };
+        self.counters.with(|s| s.reject(ErrorCode::RateLimited));
+        let per_min = ctx.settings.config.room_create_per_min;
+        reply::rate_limited(
+            &format!(
+                "this subject creates rooms faster than {per_min} a minute (ROOM_CREATE_PER_MIN)"
+            ),
+            retry_after_ms.div_ceil(1000).max(1),
+        )
+        .map(Some)
+    }
+
+    /// A registered room has a message for the bridge and no link: the
+    /// registry announces it to its bridge again, at once the first time
+    /// and less often while no link comes.
+    pub(super) fn reannounce(&self, now_ms: u64) {
+        let mut announce = self.announce.get();
+        if announce.due(now_ms) {
+            self.register.set(true);
+        }
+        self.announce.set(announce);
+    }
+
     /// Retires the room; deletes its storage when its history has aged out.
     pub(super) async fn retire(&self, ctx: &Ctx) -> Result<()> {
         self.retire_links()?;
@@ -62,7 +105,7 @@ impl Room {
         // The await above let other events in: retire only if it still may.
         let quiet = Quiet {
             clients: (self.clients() + self.shard_clients().0) as usize,
-            pending: history.pending()?,
+            pending: history.pending(),
             last_message_ms: history.last_message_ms()?,
         };
         let now = now_ms();
@@ -94,7 +137,8 @@ impl Room {
         *self.keys.borrow_mut() = None;
         *self.link.borrow_mut() = LinkCache::None;
         *self.fanout.borrow_mut() = None;
-        self.on_shards.borrow_mut().clear();
+        *self.on_shards.borrow_mut() = OnShards::default();
+        self.announce.set(Reannounce::default());
         self.counters.reset();
         Ok(())
     }

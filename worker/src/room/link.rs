@@ -15,6 +15,7 @@ use std::collections::HashMap;
 
 use roomcast_protocol::auth::Identity;
 use roomcast_protocol::ids;
+use roomcast_protocol::lifecycle::Reannounce;
 use roomcast_protocol::wire::{parse_bridge_frame, BridgeFrame, RateInfo, ServerFrame, Welcome};
 use roomcast_protocol::{CloseCode, ErrorCode};
 use serde::{Deserialize, Serialize};
@@ -135,6 +136,7 @@ impl Room {
         pair.server
             .send_with_str(ServerFrame::Welcome(Cow::Borrowed(&welcome)).to_json())?;
         *self.link.borrow_mut() = LinkCache::Open(Feed::at(pair.server.clone(), history.cursor()));
+        self.announce.set(Reannounce::default());
         self.pump(ctx)?;
         self.send_stats(ctx)?;
         let close_at = bridge_token::close_at_ms(link.exp, &ctx.settings);

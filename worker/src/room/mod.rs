@@ -45,9 +45,10 @@ use std::rc::Rc;
 use roomcast_protocol::clock::now_ms;
 use roomcast_protocol::config::Limits;
 use roomcast_protocol::dedupe::Keys;
+use roomcast_protocol::lifecycle::Reannounce;
 use roomcast_protocol::rate::Limiter;
 use roomcast_protocol::session::Timing;
-use roomcast_protocol::shard::Fanout;
+use roomcast_protocol::shard::{Fanout, OnShards};
 use roomcast_protocol::{CloseCode, ErrorCode};
 use worker::{
     console_error, durable_object, DurableObject, Env, Request, Response, Result, State, WebSocket,
@@ -90,14 +91,17 @@ pub struct Room {
     link: RefCell<LinkCache>,
     /// The alarm as last read or set; `None` while unknown.
     alarm_at: Cell<Option<Option<u64>>>,
-    /// The registry is to hear of this room after the current event.
+    /// The registry is to hear of this room after the current event: when
+    /// it is not registered, or when its bridge link is gone and it has
+    /// messages for the bridge (`announce` paces that).
     register: Cell<bool>,
+    announce: Cell<Reannounce>,
     /// A message arrived: the alarm must come by then to consider retiring.
     retire_check: Cell<Option<u64>>,
     /// As a sequencer: the shards it feeds (docs/scaling.md).
     fanout: RefCell<Option<Fanout>>,
     /// As a sequencer: connections each subject holds on shards.
-    on_shards: RefCell<HashMap<String, u32>>,
+    on_shards: RefCell<OnShards>,
     /// As a shard: its room, stream and queue.
     shard: RefCell<Option<ShardSide>>,
 }
@@ -140,9 +144,10 @@ impl DurableObject for Room {
             link: RefCell::new(LinkCache::Unknown),
             alarm_at: Cell::new(None),
             register: Cell::new(false),
+            announce: Cell::new(Reannounce::default()),
             retire_check: Cell::new(None),
             fanout: RefCell::new(None),
-            on_shards: RefCell::new(HashMap::new()),
+            on_shards: RefCell::new(OnShards::default()),
             shard: RefCell::new(None),
         }
     }

@@ -12,12 +12,12 @@ use std::borrow::Cow;
 use roomcast_protocol::dedupe::{Keys, Verdict};
 use roomcast_protocol::ids::{self, reserved_for_bridge};
 use roomcast_protocol::rate::Admission;
-use roomcast_protocol::wire::{Draft, Message, Origin, Receipt, ServerFrame};
+use roomcast_protocol::ring::Lost;
+use roomcast_protocol::wire::{Draft, KafkaPosition, Message, Origin, Receipt, ServerFrame};
 use roomcast_protocol::ErrorCode;
 use worker::{console_warn, Result};
 
 use super::{Ctx, Room};
-use crate::history::Trimmed;
 
 /// The owner of the ids the bridge publishes under, whatever the subject
 /// of the bridge token in use: every bridge instance may retry any record.
@@ -91,6 +91,10 @@ impl Refusal {
 
 impl Room {
     /// Stores `drafts` in order and sends the new ones; a receipt for each.
+    ///
+    /// The budget is drawn first, before anything else is looked at: a
+    /// publish the room refuses for its id costs its publisher as much as
+    /// one it stores, so refusals are no free work for anyone.
     pub(super) fn publish(
         &self,
         ctx: &Ctx,
@@ -98,6 +102,9 @@ impl Room {
         publisher: &Publisher<'_>,
     ) -> Result<std::result::Result<Vec<Receipt>, Refusal>> {
         if !publisher.bridge {
+            if let Err(refusal) = self.admit(ctx, publisher.sub, drafts.len() as u32) {
+                return Ok(Err(refusal));
+            }
             if let Some(id) = drafts
                 .iter()
                 .filter_map(|d| d.id.as_deref())
@@ -106,19 +113,23 @@ impl Room {
                 return Ok(Err(Refusal::ReservedId(id.to_owned())));
             }
         }
-        let duplicates = match self.duplicates(&drafts, publisher.owner())? {
+        let duplicates = match self.duplicates(&drafts, publisher)? {
             Ok(duplicates) => duplicates,
             Err(id) => return Ok(Err(Refusal::Conflict(id))),
         };
-        let fresh = duplicates.iter().filter(|d| d.is_none()).count() as u32;
-        if let Err(refusal) = self.admit(ctx, publisher, drafts.len() as u32, fresh) {
-            return Ok(Err(refusal));
+        if publisher.bridge {
+            let fresh = duplicates.iter().filter(|d| d.is_none()).count() as u32;
+            self.limiter
+                .borrow_mut()
+                .count_unlimited(fresh, &ctx.limits, ctx.now);
         }
         let history = self.history()?;
         history.create(&ctx.room, &ctx.limits, ctx.settings.config.bridge)?;
         let mut receipts = Vec::with_capacity(drafts.len());
-        let mut messages: Vec<Message> = Vec::with_capacity(fresh as usize);
-        for (draft, duplicate) in drafts.into_iter().zip(duplicates) {
+        let mut messages: Vec<Message> = Vec::with_capacity(drafts.len());
+        let mut offsets: Vec<KafkaPosition> = Vec::new();
+        for (mut draft, duplicate) in drafts.into_iter().zip(duplicates) {
+            offsets.extend(draft.kafka.take());
             // A repeated id within one batch is a duplicate of its first copy.
             let earlier = draft
                 .id
@@ -141,36 +152,49 @@ impl Room {
             });
             messages.push(message);
         }
-        let dropped = self.store(ctx, &messages, publisher.owner())?;
+        let lost = self.store(ctx, &messages, publisher.owner())?;
+        for position in &offsets {
+            history.set_inbound_offset(&position.partition_key(), position.offset)?;
+        }
         for message in &messages {
             self.broadcast(ctx, message);
         }
-        self.after_publish(ctx, &messages, publisher.origin, dropped)?;
+        self.after_publish(ctx, &messages, publisher.origin, lost)?;
         Ok(Ok(receipts))
     }
 
-    /// For each draft, the seq of the message it repeats (the same id from
-    /// the same owner), if any; a draft whose id another owner holds refuses
-    /// the whole batch, and its id is returned.
+    /// For each draft, the seq of the message it repeats, if any: the same
+    /// id from the same owner, or (from the bridge) a Kafka record at or
+    /// below the highest offset the room stored from its partition, whose
+    /// seq is 0 when the room no longer knows it. A draft whose id another
+    /// owner holds refuses the whole batch, and its id is returned.
     fn duplicates(
         &self,
         drafts: &[Draft],
-        owner: &str,
+        publisher: &Publisher<'_>,
     ) -> Result<std::result::Result<Vec<Option<u64>>, String>> {
-        if drafts.iter().all(|d| d.id.is_none()) {
+        if drafts.iter().all(|d| d.id.is_none() && d.kafka.is_none()) {
             return Ok(Ok(vec![None; drafts.len()]));
         }
         self.seed_keys()?;
+        let history = self.history()?;
         let keys = self.keys.borrow();
         let mut duplicates = Vec::with_capacity(drafts.len());
         for draft in drafts {
             let verdict = match (draft.id.as_deref(), keys.as_ref()) {
-                (Some(id), Some(keys)) => keys.check(id, owner),
+                (Some(id), Some(keys)) => keys.check(id, publisher.owner()),
                 _ => Verdict::New,
             };
+            let consumed_before = publisher.bridge
+                && draft.kafka.as_ref().is_some_and(|p| {
+                    history
+                        .inbound_offset(&p.partition_key())
+                        .is_some_and(|stored| p.offset <= stored)
+                });
             duplicates.push(match verdict {
-                Verdict::New => None,
                 Verdict::Duplicate { seq } => Some(seq),
+                _ if consumed_before => Some(0),
+                Verdict::New => None,
                 Verdict::Conflict => {
                     return Ok(Err(draft.id.clone().unwrap_or_default()));
                 }
@@ -198,21 +222,14 @@ impl Room {
         Ok(())
     }
 
-    /// The publisher's budget: `n` tokens of the subject's bucket (the
-    /// bridge's publishes are counted in the room's load but not limited).
-    fn admit(
-        &self,
-        ctx: &Ctx,
-        publisher: &Publisher<'_>,
-        n: u32,
-        fresh: u32,
-    ) -> std::result::Result<(), Refusal> {
-        let mut limiter = self.limiter.borrow_mut();
-        if publisher.bridge {
-            limiter.count_unlimited(fresh, &ctx.limits, ctx.now);
-            return Ok(());
-        }
-        match limiter.admit(publisher.sub, n, &ctx.limits, ctx.now) {
+    /// `n` tokens of the subject's budget (the bridge's publishes are
+    /// counted in the room's load but not limited, see [`Room::publish`]).
+    pub(super) fn admit(&self, ctx: &Ctx, sub: &str, n: u32) -> std::result::Result<(), Refusal> {
+        match self
+            .limiter
+            .borrow_mut()
+            .admit(sub, n, &ctx.limits, ctx.now)
+        {
             Admission::Accepted => Ok(()),
             Admission::Limited { retry_after_ms } => Err(Refusal::Limited {
                 retry_after_ms,
@@ -228,14 +245,14 @@ impl Room {
     /// Writes the new messages and remembers their ids (once the window is
     /// loaded; until then the stored rows are the record). Returns what the
     /// write dropped from a full outbox.
-    fn store(&self, ctx: &Ctx, messages: &[Message], owner: &str) -> Result<Trimmed> {
-        let dropped = self.history()?.append(messages, &ctx.limits)?;
+    fn store(&self, ctx: &Ctx, messages: &[Message], owner: &str) -> Result<Lost> {
+        let lost = self.history()?.append(messages, &ctx.limits)?;
         if let Some(keys) = self.keys.borrow_mut().as_mut() {
             for message in messages {
                 keys.record(&message.id, owner, message.seq);
             }
         }
-        Ok(dropped)
+        Ok(lost)
     }
 
     /// Sends a stored message to every client, to the bridge link and to
@@ -253,7 +270,7 @@ impl Room {
         ctx: &Ctx,
         messages: &[Message],
         origin: Origin,
-        dropped: Trimmed,
+        dropped: Lost,
     ) -> Result<()> {
         if messages.is_empty() {
             return Ok(());
@@ -264,25 +281,35 @@ impl Room {
             }
         });
         let history = self.history()?;
-        let mut trimmed = dropped;
-        if trimmed.dropped == 0 {
-            trimmed = history.trim_age(&ctx.limits, ctx.now, false)?;
+        let mut lost = dropped;
+        if lost.run.is_none() {
+            lost = history.trim_age(&ctx.limits, ctx.now, false)?;
         }
-        if let Some((from, to)) = trimmed.range {
-            self.counters
-                .with(|s| s.outbox_dropped_total += trimmed.dropped);
-            console_warn!(
-                "room {}: dropped {} messages the bridge never confirmed (seq {from}..={to}): the outbox is over OUTBOX_LIMIT",
-                ctx.room,
-                trimmed.dropped
-            );
-        }
+        self.count_lost(ctx, lost);
         if !history.registered() {
             self.register.set(true);
+        } else if origin != Origin::Kafka && history.bridged() && !self.link_open() {
+            self.reannounce(ctx.now);
         }
         self.retire_check
             .set(Some(ctx.now.saturating_add(ctx.limits.room_retire_ms)));
         Ok(())
+    }
+
+    /// Counts and logs messages the bridge never had that storage let go.
+    pub(super) fn count_lost(&self, ctx: &Ctx, lost: Lost) {
+        let Some(run) = lost.run else {
+            return;
+        };
+        self.counters
+            .with(|s| s.outbox_dropped_total += lost.relayable);
+        console_warn!(
+            "room {}: dropped {} messages the bridge never confirmed (seq {}..={}): over OUTBOX_LIMIT or HISTORY_TTL_SECS",
+            ctx.room,
+            lost.relayable,
+            run.lo,
+            run.hi
+        );
     }
 }
 

@@ -47,7 +47,9 @@ pub(super) struct ShardSide {
     pub stream: Stream,
     /// Publishes waiting for the request in flight to finish.
     pub queue: Vec<(Forwarded, Pending)>,
-    /// Subjects whose connections closed, for the sequencer's counts.
+    /// Connections accepted and closed since the sequencer last heard (by
+    /// `conn_id`), for its per-subject counts.
+    pub joins: Vec<String>,
     pub leaves: Vec<String>,
     pub forwarding: bool,
     pub waiting: Waiting<Ack>,
@@ -87,6 +89,7 @@ impl Room {
                 index,
                 stream: Stream::default(),
                 queue: Vec::new(),
+                joins: Vec::new(),
                 leaves: Vec::new(),
                 forwarding: false,
                 waiting: Waiting::default(),
@@ -146,7 +149,14 @@ impl Room {
         let text = answer.text().await?;
         let reply = parse_join_reply(&text).map_err(worker::Error::RustError)?;
         let facts: WelcomeFacts = serde_json::from_str(reply.welcome)?;
-        let extra = self.align(ctx, facts.head, sent).await?;
+        let extra = match self.align(ctx, facts.head, sent).await {
+            Ok(extra) => extra,
+            Err(e) => {
+                // The sequencer counted this connection: it never opened.
+                self.with_side(|s| s.leaves.push(facts.conn_id.clone()));
+                return Err(e);
+            }
+        };
         // No `await` from here until the socket is in: the stream cannot
         // move between what this client is sent and what it gets next.
         let session = Session::new(facts.conn_id, identity, ctx.now);
@@ -172,6 +182,7 @@ impl Room {
         if self.clients() == 0 {
             self.with_side(|s| s.stream.start_at(facts.head));
         }
+        self.with_side(|s| s.joins.push(session.conn_id.clone()));
         self.opened(req, ctx, &session, pair.client).await
     }
 

@@ -98,15 +98,26 @@ impl Room {
             }
         }
         self.release_acks();
-        self.shard_report()
+        self.shard_report(false)
     }
 
-    /// Where the shard stands, with its counters since the last report.
-    pub(super) fn shard_report(&self) -> Result<Response> {
+    /// Where the shard stands, with its counters since the last report;
+    /// with `list`, every connection it holds (for a sequencer that woke).
+    pub(super) fn shard_report(&self, list: bool) -> Result<Response> {
+        let connections = list.then(|| {
+            self.state
+                .get_websockets_with_tag(CLIENT_TAG)
+                .iter()
+                .filter_map(|ws| Session::load(ws).ok().flatten())
+                .filter(|s| !s.closed)
+                .map(|s| (s.conn_id, s.sub))
+                .collect()
+        });
         let report = ShardReport {
             delivered: self.position(),
             clients: self.clients(),
             stats: self.counters.take(),
+            connections,
         };
         reply::json(200, &report)
     }

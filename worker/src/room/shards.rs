@@ -75,6 +75,9 @@ impl Room {
         let history = self.history()?;
         history.create(&ctx.room, &ctx.limits, ctx.settings.config.bridge)?;
         self.count_shards(ctx).await;
+        if let Ok(mut fanout) = self.fanout() {
+            fanout.expire_placements(ctx.now);
+        }
         // A shard that did not answer is not placed on.
         let counts: Vec<u64> = self
             .fanout()?
@@ -95,9 +98,16 @@ impl Room {
         self.fanout().map(|f| f.counted()).unwrap_or(true)
     }
 
-    /// Connections the subject holds on shards, as far as this wake knows.
-    pub(super) fn open_on_shards(&self, sub: &str) -> usize {
-        self.on_shards.borrow().get(sub).copied().unwrap_or(0) as usize
+    /// Connections the subject holds on shards: what they accepted, and
+    /// what this object admitted there in the last moments. A room that
+    /// woke asks its shards first.
+    pub(super) async fn open_on_shards(&self, ctx: &Ctx, sub: &str) -> usize {
+        if !self.shards_counted() {
+            self.count_shards(ctx).await;
+        }
+        let mut on_shards = self.on_shards.borrow_mut();
+        on_shards.expire(ctx.now);
+        on_shards.of(sub) as usize
     }
 
     /// Asks every shard whose connections this wake does not know.
@@ -142,6 +152,9 @@ impl Room {
     }
 
     fn take_report(&self, index: u32, report: &ShardReport, batch: bool, now_ms: u64) {
+        if let Some(connections) = &report.connections {
+            self.on_shards.borrow_mut().listed(index, connections);
+        }
         if let Ok(mut fanout) = self.fanout() {
             if batch {
                 fanout.delivered(index, report, now_ms);
@@ -212,7 +225,11 @@ impl Room {
     ) -> Result<Response> {
         let request: JoinRequest = serde_json::from_str(&req.text().await?)?;
         self.fanout()?.arrived(request.shard);
-        if let Some(refusal) = self.connection_limit(ctx, &identity.sub) {
+        let refusal = match self.connection_limit(ctx, &identity.sub).await {
+            Some(refusal) => Some(refusal),
+            None => self.replay_budget(ctx, &identity.sub, request.since),
+        };
+        if let Some(refusal) = refusal {
             self.fanout()?.left(request.shard, 1);
             return refusal;
         }
@@ -229,7 +246,12 @@ impl Room {
                 Ok(())
             })?;
         }
-        *self.on_shards.borrow_mut().entry(session.sub).or_default() += 1;
+        self.on_shards.borrow_mut().admitted(
+            &session.conn_id,
+            request.shard,
+            &session.sub,
+            ctx.now,
+        );
         let welcome = ServerFrame::Welcome(Cow::Borrowed(&greeting.welcome)).to_json();
         let body = encode_join_reply(&welcome, replay.iter().map(|(seq, f)| (*seq, f.as_str())));
         let headers = Headers::new();
@@ -251,14 +273,14 @@ impl Room {
         if !forward.leaves.is_empty() {
             self.fanout()?
                 .left(forward.shard, forward.leaves.len() as u64);
+        }
+        {
             let mut on_shards = self.on_shards.borrow_mut();
-            for sub in &forward.leaves {
-                if let Some(n) = on_shards.get_mut(sub) {
-                    *n = n.saturating_sub(1);
-                    if *n == 0 {
-                        on_shards.remove(sub);
-                    }
-                }
+            for conn_id in &forward.joins {
+                on_shards.confirmed(conn_id);
+            }
+            for conn_id in &forward.leaves {
+                on_shards.left(conn_id);
             }
         }
         let mut outcomes = Vec::with_capacity(forward.publishes.len());
@@ -300,13 +322,14 @@ impl Room {
         let (Ok(after), Ok(until)) = (bound("after"), bound("until")) else {
             return reply::error(ErrorCode::BadRequest, "a gap is ?after=<seq>&until=<seq>");
         };
-        let messages = self.history()?.after(
+        let page = self.history()?.after(
             &ctx.room,
             after,
             until.saturating_sub(after).min(MAX_PAGE),
             false,
         )?;
-        let frames: Vec<(u64, String)> = messages
+        let frames: Vec<(u64, String)> = page
+            .messages
             .iter()
             .map(|m| (m.seq, ServerFrame::Message(Cow::Borrowed(m)).to_json()))
             .collect();

@@ -26,7 +26,7 @@ impl Room {
                 });
                 self.count_client(-1);
                 self.seen.borrow_mut().remove(&session.conn_id);
-                self.shard_left(ws, &session.sub);
+                self.shard_left(ws, &session.conn_id);
                 let _ = self.keep(ws, &session);
             }
         }

@@ -40,7 +40,7 @@ impl Room {
         self.count_shards(&ctx).await;
         let quiet = Quiet {
             clients: (self.clients() + self.shard_clients().0) as usize,
-            pending: history.pending()?,
+            pending: history.pending(),
             last_message_ms: history.last_message_ms()?,
         };
         if may_retire(quiet, ctx.limits.room_retire_ms, ctx.now) && self.shards_counted() {
