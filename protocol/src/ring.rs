@@ -104,6 +104,18 @@ pub struct Reading {
     pub through: u64,
 }
 
+impl Reading {
+    /// The same reading, stopping after `seq`.
+    pub fn through_at_most(self, seq: u64) -> Reading {
+        let lo = self.outbox.or(self.ring).map_or(0, |run| run.lo);
+        Reading {
+            outbox: self.outbox.and_then(|o| o.within(lo, seq)),
+            ring: self.ring.and_then(|r| r.within(lo, seq)),
+            through: self.through.min(seq),
+        }
+    }
+}
+
 /// The ring slots holding `run`: one range of slots, or two when it wraps.
 pub fn slots(run: Run, capacity: u64) -> [Option<(u64, u64)>; 2] {
     let capacity = capacity.max(1);
@@ -409,6 +421,25 @@ mod tests {
         assert_eq!(slots(run(8, 12), 10), [Some((8, 9)), Some((0, 2))]);
         assert_eq!(slots(run(1, 10), 10), [Some((0, 9)), None]);
         assert_eq!(slots(run(7, 7), 1), [Some((0, 0)), None]);
+    }
+
+    #[test]
+    fn a_reading_cut_short() {
+        let reading = Reading {
+            outbox: Run::of(3, 6),
+            ring: Run::of(7, 9),
+            through: 9,
+        };
+        assert_eq!(
+            reading.through_at_most(5),
+            Reading {
+                outbox: Run::of(3, 5),
+                ring: None,
+                through: 5
+            }
+        );
+        assert_eq!(reading.through_at_most(8).ring, Run::of(7, 8));
+        assert_eq!(reading.through_at_most(20), reading);
     }
 
     #[test]

@@ -37,6 +37,18 @@ pub const FEED_WINDOW: usize = 1000;
 /// client that kept aborting its upgrades could fill shards with nobody.
 pub const PLACEMENT_GRACE_MS: u64 = 10_000;
 
+/// Most publishes a shard holds for the sequencer at once (and at most
+/// [`TURN_BYTES`] of them): past it, its clients are told to publish again
+/// shortly, so a sequencer that cannot keep up never makes a shard's memory
+/// grow without bound.
+pub const FORWARD_QUEUE: usize = 1000;
+
+/// Whether a shard holding `queued` publishes of `queued_bytes` in all has
+/// room for one more of `bytes`.
+pub fn forward_has_room(queued: usize, queued_bytes: usize, bytes: usize) -> bool {
+    queued < FORWARD_QUEUE && queued_bytes.saturating_add(bytes) <= TURN_BYTES as usize
+}
+
 /// The Durable Object name of shard `index` of `room`. Room names never
 /// contain `/`, so a shard's name is never a room's.
 pub fn shard_name(room: &str, index: u32) -> String {
@@ -685,6 +697,20 @@ mod tests {
         assert_eq!(place(5, &[5, 5], 5), Placement::Shard(2));
         assert_eq!(place(0, &[], 0), Placement::Here, "a size of 0 is 1");
         assert_eq!(place(1, &[], 0), Placement::Shard(0));
+    }
+
+    #[test]
+    fn a_shards_forward_queue_is_bounded_by_count_and_bytes() {
+        assert!(forward_has_room(0, 0, 10));
+        assert!(forward_has_room(FORWARD_QUEUE - 1, 0, 10));
+        assert!(!forward_has_room(FORWARD_QUEUE, 0, 10));
+        let turn = TURN_BYTES as usize;
+        assert!(forward_has_room(3, turn - 10, 10));
+        assert!(!forward_has_room(3, turn - 10, 11));
+        assert!(
+            forward_has_room(0, 0, turn),
+            "one publish always fits an empty queue"
+        );
     }
 
     #[test]

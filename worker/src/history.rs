@@ -110,9 +110,6 @@ struct MessageRow {
     origin: String,
     data: String,
     trace: Option<String>,
-    /// The bytes of data of every row of the page, cut or not.
-    #[serde(default)]
-    total: u64,
 }
 
 /// A stored message's id and who owns it.
@@ -577,7 +574,8 @@ impl History {
     /// Stored messages with `seq > since`, in order: at most `limit`, and no
     /// more data than [`TURN_BYTES`] (but always at least one message, so a
     /// reader makes progress); with `relay_only`, only those the bridge
-    /// relays to Kafka (not from Kafka). Reads only the rows it covers.
+    /// relays to Kafka (not from Kafka). Reads only the rows it covers: their
+    /// sizes first, then the rows within the byte budget.
     pub fn after(&self, room: &str, since: u64, limit: u64, relay_only: bool) -> Result<Page> {
         let reading = self.state.borrow().ring.reading(since, limit);
         let Some(reading) = reading.filter(|_| self.created.get()) else {
@@ -586,37 +584,63 @@ impl History {
                 through: since.max(self.head()),
             });
         };
-        let Some((inner, mut bindings)) = self.reading_query(COLUMNS, &reading) else {
+        let filter = if relay_only {
+            " WHERE origin != 'kafka'"
+        } else {
+            ""
+        };
+        let Some(reading) = self.within_turn(&reading, filter)? else {
             return Ok(Page {
                 messages: Vec::new(),
                 through: reading.through,
             });
         };
-        let filter = if relay_only {
-            "WHERE origin != 'kafka'"
-        } else {
-            ""
+        let Some((inner, bindings)) = self.reading_query(COLUMNS, &reading) else {
+            return Ok(Page {
+                messages: Vec::new(),
+                through: reading.through,
+            });
         };
-        let query = format!(
-            "SELECT {COLUMNS}, total FROM (\
-               SELECT {COLUMNS}, \
-                 SUM(octet_length(data)) OVER (ORDER BY seq) - octet_length(data) AS before, \
-                 SUM(octet_length(data)) OVER () AS total \
-               FROM ({inner}) {filter}\
-             ) WHERE before < ? ORDER BY seq"
-        );
-        bindings.push((TURN_BYTES as i64).into());
-        let rows: Vec<MessageRow> = self.db.rows(&query, bindings)?;
-        let cut = rows.first().is_some_and(|r| r.total > TURN_BYTES);
-        let through = match rows.last() {
-            Some(last) if cut => last.seq,
-            _ => reading.through,
-        };
+        let rows: Vec<MessageRow> = self.db.rows(
+            &format!("SELECT {COLUMNS} FROM ({inner}){filter} ORDER BY seq"),
+            bindings,
+        )?;
         let messages = rows
             .into_iter()
             .map(|row| to_message(room, row))
             .collect::<Result<_>>()?;
-        Ok(Page { messages, through })
+        Ok(Page {
+            messages,
+            through: reading.through,
+        })
+    }
+
+    /// `reading` cut where one turn's bytes of data run out: the messages
+    /// until one that starts past [`TURN_BYTES`]; `None` when `filter`
+    /// leaves nothing to read.
+    fn within_turn(&self, reading: &Reading, filter: &str) -> Result<Option<Reading>> {
+        #[derive(Deserialize)]
+        struct Size {
+            seq: u64,
+            bytes: u64,
+        }
+        let Some((inner, bindings)) = self.reading_query("seq, origin, data", reading) else {
+            return Ok(None);
+        };
+        let sizes: Vec<Size> = self.db.rows(
+            &format!("SELECT seq, octet_length(data) AS bytes FROM ({inner}){filter} ORDER BY seq"),
+            bindings,
+        )?;
+        let mut before = 0;
+        let mut last = None;
+        for size in &sizes {
+            if before >= TURN_BYTES {
+                return Ok(last.map(|seq| reading.through_at_most(seq)));
+            }
+            before += size.bytes;
+            last = Some(size.seq);
+        }
+        Ok(last.map(|_| *reading))
     }
 
     /// When the oldest stored message was stored.

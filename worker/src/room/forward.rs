@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 
 use roomcast_protocol::session::Session;
-use roomcast_protocol::shard::{Forward, Forwarded, Outcome as Sequenced};
+use roomcast_protocol::shard::{forward_has_room, Forward, Forwarded, Outcome as Sequenced};
 use roomcast_protocol::wire::{Draft, Rejection, ServerFrame};
 use roomcast_protocol::{CloseCode, ErrorCode};
 use worker::{console_warn, Result, WebSocket};
@@ -41,12 +41,29 @@ impl Room {
         draft: Draft,
         reference: Option<String>,
     ) {
+        let bytes = draft.data.get().len();
+        let room = self
+            .with_side(|s| forward_has_room(s.queue.len(), s.queued_bytes, bytes))
+            .unwrap_or(false);
+        if !room {
+            self.counters.with(|s| s.reject(ErrorCode::RateLimited));
+            let _ = send_error(
+                ws,
+                ErrorCode::RateLimited,
+                "the room is busy: publish again shortly",
+                reference.as_deref(),
+            );
+            return;
+        }
         let forwarded = Forwarded::new(&session.sub, session.rights.bridge, draft);
         let pending = Pending {
             ws: ws.clone(),
             reference,
         };
-        self.with_side(|s| s.queue.push((forwarded, pending)));
+        self.with_side(|s| {
+            s.queue.push((forwarded, pending));
+            s.queued_bytes += bytes;
+        });
         self.pump_forward(ctx).await;
     }
 
@@ -112,6 +129,7 @@ impl Room {
                 return None;
             }
             let (publishes, pendings) = std::mem::take(&mut s.queue).into_iter().unzip();
+            s.queued_bytes = 0;
             let forward = Forward {
                 shard: s.index,
                 publishes,

@@ -108,9 +108,9 @@ impl Room {
             }
         }
         let history = self.history()?;
-        let since = page.since.max(history.floor(&ctx.limits, ctx.now)?);
-        let read = history.after(&ctx.room, since, page.limit, false)?;
         let retained = history.retained(&ctx.limits, ctx.now)?;
+        let floor = retained.oldest.map_or(retained.head, |oldest| oldest - 1);
+        let read = history.after(&ctx.room, page.since.max(floor), page.limit, false)?;
         let body = HistoryPage {
             room: ctx.room.clone(),
             epoch: history.epoch().unwrap_or_default(),

@@ -115,6 +115,18 @@ pub(super) struct Ctx {
 }
 
 impl Ctx {
+    /// The same event's context with the time read again: after an `await`
+    /// (another object asked, storage read) the event's start may be long
+    /// past, and a connection's deadlines count from when it is accepted.
+    pub fn now(&self) -> Ctx {
+        Ctx {
+            room: self.room.clone(),
+            settings: self.settings.clone(),
+            limits: self.limits.clone(),
+            now: now_ms(),
+        }
+    }
+
     /// The deadlines that apply to client sessions here.
     pub fn timing(&self) -> Timing {
         Timing {

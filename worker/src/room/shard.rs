@@ -45,8 +45,10 @@ pub(super) struct ShardSide {
     pub room: String,
     pub index: u32,
     pub stream: Stream,
-    /// Publishes waiting for the request in flight to finish.
+    /// Publishes waiting for the request in flight to finish, and their
+    /// bytes of data ([`roomcast_protocol::shard::forward_has_room`]).
     pub queue: Vec<(Forwarded, Pending)>,
+    pub queued_bytes: usize,
     /// Connections accepted and closed since the sequencer last heard (by
     /// `conn_id`), for its per-subject counts.
     pub joins: Vec<String>,
@@ -89,6 +91,7 @@ impl Room {
                 index,
                 stream: Stream::default(),
                 queue: Vec::new(),
+                queued_bytes: 0,
                 joins: Vec::new(),
                 leaves: Vec::new(),
                 forwarding: false,
@@ -159,6 +162,7 @@ impl Room {
         };
         // No `await` from here until the socket is in: the stream cannot
         // move between what this client is sent and what it gets next.
+        let ctx = &ctx.now();
         let session = Session::new(facts.conn_id, identity, ctx.now);
         let pair = WebSocketPair::new()?;
         self.state.accept_websocket_with_tags(

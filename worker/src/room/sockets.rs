@@ -15,6 +15,12 @@ impl Room {
     pub(super) fn gone(&self, ws: &WebSocket) {
         if self.is_link(ws) {
             self.link_gone(ws);
+            // The bridge let go with messages still to relay (an idle close
+            // racing a publish, a bridge that went away): its owner links
+            // the room again when the registry announces it.
+            if self.history().is_ok_and(|h| h.pending() > 0) && !self.link_open() {
+                self.reannounce(now_ms());
+            }
             return;
         }
         if let Ok(Some(mut session)) = Session::load(ws) {
