@@ -125,6 +125,18 @@ pub struct Config {
     /// A bridge relays this deployment (`BRIDGE = "on"`): every room is an
     /// outbox from its first message, not only once a bridge linked to it.
     pub bridge: bool,
+    /// Whether a token may come in `?token=` (`QUERY_TOKENS`).
+    pub query_tokens: QueryTokens,
+}
+
+/// `QUERY_TOKENS`: URLs end up in request logs, browser history and
+/// `Referer` headers, so a deployment whose clients all send headers or
+/// subprotocols can refuse tokens in them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum QueryTokens {
+    #[default]
+    On,
+    Off,
 }
 
 /// Default of `MAX_BODY_BYTES`.
@@ -200,6 +212,16 @@ impl Config {
                 })
             }
         };
+        let query_tokens = match get("QUERY_TOKENS").as_deref() {
+            None | Some("on") => QueryTokens::On,
+            Some("off") => QueryTokens::Off,
+            Some(other) => {
+                return Err(ConfigError {
+                    name: "QUERY_TOKENS",
+                    reason: format!("{other:?} is neither \"on\" nor \"off\""),
+                })
+            }
+        };
         Ok(Config {
             defaults,
             policies,
@@ -207,6 +229,7 @@ impl Config {
             auth,
             max_body_bytes: number(&get, "MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)?,
             bridge,
+            query_tokens,
         })
     }
 
@@ -285,6 +308,22 @@ mod tests {
         assert_eq!(config(&[("BRIDGE", "yes")]).unwrap_err().name, "BRIDGE");
         assert!(config(&[("BRIDGE", "on")]).unwrap().bridge);
         assert_eq!(config(&[]).unwrap().max_body_bytes, 4 * 1024 * 1024);
+    }
+
+    #[test]
+    fn query_tokens_are_on_unless_off() {
+        assert_eq!(config(&[]).unwrap().query_tokens, QueryTokens::On);
+        assert_eq!(
+            config(&[("QUERY_TOKENS", "on")]).unwrap().query_tokens,
+            QueryTokens::On
+        );
+        assert_eq!(
+            config(&[("QUERY_TOKENS", " off ")]).unwrap().query_tokens,
+            QueryTokens::Off
+        );
+        let err = config(&[("QUERY_TOKENS", "no")]).unwrap_err();
+        assert_eq!(err.name, "QUERY_TOKENS");
+        assert!(err.to_string().contains("QUERY_TOKENS"), "{err}");
     }
 
     #[test]
