@@ -7,6 +7,14 @@
  * `publish()` to the message coming back; for everyone else's it is now
  * minus the room's `ts` (the page's and the worker's clocks).
  *
+ * The page may be served from anywhere: `?server=` (or the server field)
+ * names the worker, this page's origin by default. A link may carry a
+ * token in its fragment, `#token=<jwt>`, which browsers never send to a
+ * server (not in the request, not in `Referer`); the page takes it out of
+ * the address bar at once. Leaving a room and joining it again resumes
+ * where the page left it. `window.roomcast` is the current client, for the
+ * devtools console.
+ *
  * @module
  */
 import { RoomcastClient, randomId } from '/client/index.js';
@@ -17,21 +25,26 @@ const MAX_ROWS = 500;
 const chart = new RateChart($('chart'));
 /** Publish start times of this page's own messages, by idempotency key. */
 const sentAt = new Map();
+/** Where the page left each room (`since`, `epoch`), by server and room, to resume on the next join. */
+const leftAt = new Map();
 /** @type {RoomcastClient|null} */
 let client = null;
+/** The key of the room `client` is in, in `leftAt`. */
+let joined = null;
 
 function init() {
   const params = new URLSearchParams(location.search);
   if (params.has('room')) $('room').value = params.get('room');
-  if (params.has('token')) {
-    $('token').value = params.get('token');
+  $('server').value = params.get('server') ?? location.origin;
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  if (fragment.has('token')) {
+    $('token').value = fragment.get('token');
     // Keep the token out of the address bar and the browser history.
-    params.delete('token');
-    history.replaceState(null, '', `${location.pathname}${params.size ? `?${params}` : ''}`);
+    history.replaceState(null, '', `${location.pathname}${location.search}`);
   }
   $('join').addEventListener('submit', (e) => {
     e.preventDefault();
-    join($('room').value.trim(), $('token').value.trim());
+    join($('server').value.trim() || location.origin, $('room').value.trim(), $('token').value.trim());
   });
   $('leave-button').addEventListener('click', leave);
   $('send').addEventListener('submit', (e) => {
@@ -48,14 +61,18 @@ function init() {
   chart.draw();
 }
 
-function join(room, token) {
+function join(url, room, token) {
   leave();
-  $('messages').replaceChildren();
-  client = new RoomcastClient({ url: location.origin, room, token });
+  joined = JSON.stringify([url, room]);
+  const position = leftAt.get(joined);
+  if (!position) $('messages').replaceChildren();
+  client = new RoomcastClient({ url, room, token, ...position });
+  window.roomcast = client;
   client.addEventListener('state', (e) => showState(e.detail));
   client.addEventListener('welcome', (e) => {
     const w = e.detail;
     log(`welcome: epoch ${w.epoch}, head ${w.head}, recovered ${w.recovered}, heartbeat ${w.heartbeat_ms} ms`);
+    if (w.catch_up) log(`catching up: paging seq ${w.catch_up.since + 1}…${w.catch_up.until} over HTTP`);
     $('epoch').textContent = w.epoch;
   });
   client.addEventListener('message', (e) => showMessage(e.detail));
@@ -68,8 +85,10 @@ function join(room, token) {
 }
 
 function leave() {
+  if (client?.epoch) leftAt.set(joined, { since: client.lastSeq, epoch: client.epoch });
   client?.close();
   client = null;
+  window.roomcast = null;
   setJoined(false);
 }
 

@@ -6,6 +6,10 @@
 # group reaches wrangler's workerd children too; the exit trap sends it, on
 # Ctrl-C, on any failure, and when either service dies, so nothing is left
 # running. `make dev` has built both and created .dev.vars before this runs.
+#
+# The worker refuses tokens in URLs (QUERY_TOKENS=off): URLs land in logs,
+# browser history and Referer headers, and nothing here needs them (the
+# demo page link carries its token in the fragment, which is never sent).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -64,7 +68,8 @@ done
 secret=$(sed -n 's/^JWT_SECRET=//p' .dev.vars)
 [[ -n $secret ]] || { echo ".dev.vars has no JWT_SECRET" >&2; exit 1; }
 
-service worker node_modules/.bin/wrangler dev --ip "${WORKER%:*}" --port "${WORKER#*:}" --var BRIDGE:on
+service worker node_modules/.bin/wrangler dev --ip "${WORKER%:*}" --port "${WORKER#*:}" --var BRIDGE:on \
+  --var QUERY_TOKENS:off
 wait_healthy worker "http://$WORKER/healthz" "${groups[0]}"
 
 service bridge "$BRIDGE" --worker-url "http://$WORKER" --jwt-secret "$secret" --embedded-kafka \
@@ -76,7 +81,7 @@ cat <<INFO
 
 roomcast is running. Ctrl-C stops everything.
 
-  demo page    http://$WORKER/?room=$ROOM&token=$token
+  demo page    http://$WORKER/?room=$ROOM#token=$token
   join         ROOMCAST_TOKEN=$token node clients/js/bin/roomcast-join.js http://$WORKER $ROOM
   watch Kafka  kcat -b $KAFKA -C -t roomcast.events
   to the room  kcat -b $KAFKA -P -t roomcast.inbound -K:     then type lines like  $ROOM:{"text":"hello from kafka"}

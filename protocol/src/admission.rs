@@ -1,14 +1,17 @@
 //! Admission (docs/protocol.md, "HTTP"): which route a request asks for,
-//! what its token must allow there, and where the token comes from.
+//! what its token must allow there, where the token comes from, and what
+//! a page on another origin may read (CORS).
 //!
 //! The worker's router only reads the request's method, path and headers
 //! and hands them here, so every decision that refuses a request before a
 //! Durable Object is woken is plain code with unit tests (and a fuzz
 //! target), the same on the edge and natively.
 
+use crate::config::{Config, QueryTokens};
 use crate::error::ErrorCode;
 use crate::rights::Rights;
 use crate::room::RoomName;
+use crate::wire::ERROR_HEADER;
 
 /// The subprotocol a client speaks roomcast with.
 pub const SUBPROTOCOL: &str = "roomcast.v1";
@@ -18,6 +21,17 @@ pub const BEARER_PROTOCOL: &str = "bearer.";
 
 /// A refusal: the code and a message for the caller.
 pub type Refusal = (ErrorCode, String);
+
+/// Response headers as (name, value) pairs.
+pub type HeaderList = Vec<(&'static str, String)>;
+
+/// Request headers a page may send cross-origin: its token, a publish
+/// body, and the trace context of [`crate::trace`].
+pub const CORS_ALLOW_HEADERS: &str = "authorization, content-type, traceparent";
+/// How long a browser may reuse a preflight answer. Chromium caps it at two
+/// hours; a cached preflight only skips the preflight, the origin of every
+/// request is still checked, so a narrowed `ALLOWED_ORIGINS` applies at once.
+pub const CORS_MAX_AGE_SECS: u32 = 7200;
 
 /// Where a request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +47,16 @@ pub enum Route {
     RegistryReport,
     /// Anything outside `/v1`: the static demo page.
     Assets,
+}
+
+/// What a request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Asked {
+    /// A CORS preflight for a route pages may call: answered by the router
+    /// alone, before a token is needed (a browser sends none with it).
+    Preflight(Route),
+    /// Anything else: the route itself.
+    Request(Route),
 }
 
 /// What a request does in a room.
@@ -64,6 +88,25 @@ impl Route {
                     ..
                 }
         )
+    }
+
+    /// Whether a page on another origin may call the route with `fetch`
+    /// (CORS): every HTTP route of the API. WebSocket handshakes are not
+    /// governed by CORS (the `Origin` check is their protection), and the
+    /// assets are the page itself.
+    pub fn cross_origin(&self) -> bool {
+        !self.upgrade() && !matches!(self, Route::Assets)
+    }
+
+    /// The methods the route's path takes, as a preflight answers them.
+    pub fn methods(&self) -> &'static str {
+        match self {
+            Route::Room {
+                op: RoomOp::Publish | RoomOp::History,
+                ..
+            } => "GET, POST",
+            _ => "GET",
+        }
     }
 
     /// What the token must allow, for routes that need one.
@@ -127,6 +170,25 @@ pub fn route(method: &str, path: &str) -> Result<Route, Refusal> {
     }
 }
 
+/// What a request asks for. `OPTIONS` with `Origin` and
+/// `Access-Control-Request-Method` (`request_method`) is a CORS preflight
+/// when the method it asks about routes to a [`Route::cross_origin`] route;
+/// any other `OPTIONS` is routed like every request (and refused `405`).
+pub fn ask(
+    method: &str,
+    path: &str,
+    origin: Option<&str>,
+    request_method: Option<&str>,
+) -> Result<Asked, Refusal> {
+    if let (true, Some(_), Some(asked)) = (method == "OPTIONS", origin, request_method) {
+        let route = route(asked, path)?;
+        if route.cross_origin() {
+            return Ok(Asked::Preflight(route));
+        }
+    }
+    route(method, path).map(Asked::Request)
+}
+
 fn room_route(method: &str, room: &str, op: &str) -> Result<Route, Refusal> {
     let room = RoomName::parse(room).ok_or_else(|| {
         refusal(
@@ -152,20 +214,30 @@ fn room_route(method: &str, room: &str, op: &str) -> Result<Route, Refusal> {
 }
 
 /// The token from, in order, `Authorization: Bearer`, the `bearer.<jwt>`
-/// subprotocol, or `?token=`. A token offered as a subprotocol needs
-/// [`SUBPROTOCOL`] offered too: the handshake must answer with one of the
-/// offers, and the only other one would be the token itself, echoed in a
-/// response header.
+/// subprotocol, or `?token=` (`query`). A token offered as a subprotocol
+/// needs [`SUBPROTOCOL`] offered too: the handshake must answer with one of
+/// the offers, and the only other one would be the token itself, echoed in
+/// a response header. With [`QueryTokens::Off`] a request that carries
+/// `?token=` is refused even when it also sends a header: the token is
+/// already in the URL, and refusing it is what makes its sender notice.
 pub fn token(
     authorization: Option<&str>,
     protocols: Option<&str>,
     query: Option<&str>,
-) -> Result<Option<String>, Refusal> {
+    query_tokens: QueryTokens,
+) -> Result<String, Refusal> {
+    if query.is_some() && query_tokens == QueryTokens::Off {
+        return Err(refusal(
+            ErrorCode::Unauthorized,
+            "tokens in URLs are turned off (QUERY_TOKENS=off): send Authorization: Bearer <jwt>, \
+             or offer the WebSocket subprotocols roomcast.v1 and bearer.<jwt>",
+        ));
+    }
     if let Some(token) = authorization.and_then(|a| {
         a.strip_prefix("Bearer ")
             .or_else(|| a.strip_prefix("bearer "))
     }) {
-        return Ok(Some(token.trim().to_owned()));
+        return Ok(token.trim().to_owned());
     }
     if let Some(offers) = protocols {
         let offers: Vec<&str> = offers.split(',').map(str::trim).collect();
@@ -176,10 +248,61 @@ pub fn token(
                     "offer the roomcast.v1 subprotocol with bearer.<jwt>",
                 ));
             }
-            return Ok(Some(token.to_owned()));
+            return Ok(token.to_owned());
         }
     }
-    Ok(query.map(str::to_owned))
+    match (query, query_tokens) {
+        (Some(token), _) => Ok(token.to_owned()),
+        (None, QueryTokens::On) => Err(refusal(
+            ErrorCode::Unauthorized,
+            "a token is required (Authorization: Bearer, bearer.<jwt> subprotocol or ?token=)",
+        )),
+        (None, QueryTokens::Off) => Err(refusal(
+            ErrorCode::Unauthorized,
+            "a token is required (Authorization: Bearer or bearer.<jwt> subprotocol)",
+        )),
+    }
+}
+
+/// `403 bad_origin` for an `Origin` that `ALLOWED_ORIGINS` refuses.
+pub fn check_origin(origin: Option<&str>, config: &Config) -> Result<(), Refusal> {
+    if config.origin_allowed(origin) {
+        Ok(())
+    } else {
+        Err(refusal(ErrorCode::BadOrigin, "this origin is not allowed"))
+    }
+}
+
+/// The CORS headers of every answer of the API but WebSocket handshakes
+/// (refusals included, so a page can read why; preflights add
+/// [`preflight_headers`]): the request's `Origin` echoed when the
+/// configuration admits it, with the response headers a page may read.
+/// `Vary: Origin` is always there, so a cache never hands one origin's
+/// answer to another.
+pub fn cors_headers(origin: Option<&str>, config: &Config) -> HeaderList {
+    let mut headers = vec![("vary", "Origin".to_owned())];
+    if let Some(origin) = origin.filter(|o| config.origin_allowed(Some(o))) {
+        headers.push(("access-control-allow-origin", origin.to_owned()));
+        headers.push((
+            "access-control-expose-headers",
+            format!("{ERROR_HEADER}, retry-after"),
+        ));
+    }
+    headers
+}
+
+/// The headers of a `204` preflight answer for `route`, besides
+/// [`cors_headers`]. No `Access-Control-Allow-Credentials`: tokens travel
+/// in `Authorization`, never in cookies.
+pub fn preflight_headers(route: &Route) -> HeaderList {
+    vec![
+        ("access-control-allow-methods", route.methods().to_owned()),
+        (
+            "access-control-allow-headers",
+            CORS_ALLOW_HEADERS.to_owned(),
+        ),
+        ("access-control-max-age", CORS_MAX_AGE_SECS.to_string()),
+    ]
 }
 
 /// The subprotocol to answer a WebSocket handshake with: [`SUBPROTOCOL`]
@@ -265,21 +388,185 @@ mod tests {
 
     #[test]
     fn token_sources_in_order() {
+        let on = QueryTokens::On;
         assert_eq!(
-            token(Some("Bearer h"), Some("roomcast.v1, bearer.p"), Some("q")),
-            Ok(Some("h".into()))
+            token(
+                Some("Bearer h"),
+                Some("roomcast.v1, bearer.p"),
+                Some("q"),
+                on
+            ),
+            Ok("h".into())
         );
         assert_eq!(
-            token(None, Some("roomcast.v1, bearer.p"), Some("q")),
-            Ok(Some("p".into()))
+            token(None, Some("roomcast.v1, bearer.p"), Some("q"), on),
+            Ok("p".into())
         );
-        assert_eq!(token(None, None, Some("q")), Ok(Some("q".into())));
-        assert_eq!(token(None, Some("chat"), None), Ok(None));
+        assert_eq!(token(None, None, Some("q"), on), Ok("q".into()));
+        let (code, message) = token(None, Some("chat"), None, on).unwrap_err();
+        assert_eq!(code, ErrorCode::Unauthorized);
+        assert!(message.contains("?token="), "{message}");
         assert_eq!(
-            token(None, Some("bearer.p"), None).unwrap_err().0,
+            token(None, Some("bearer.p"), None, on).unwrap_err().0,
             ErrorCode::BadRequest,
             "a lone bearer offer would have its token echoed"
         );
+    }
+
+    #[test]
+    fn query_tokens_off_refuses_any_url_token() {
+        let off = QueryTokens::Off;
+        for with_header in [None, Some("Bearer h")] {
+            let (code, message) = token(with_header, None, Some("q"), off).unwrap_err();
+            assert_eq!(code, ErrorCode::Unauthorized);
+            for hint in ["QUERY_TOKENS", "Authorization: Bearer", "bearer.<jwt>"] {
+                assert!(message.contains(hint), "{hint} in {message}");
+            }
+        }
+        assert_eq!(
+            token(None, None, Some(""), off).unwrap_err().0,
+            ErrorCode::Unauthorized
+        );
+        assert_eq!(token(Some("Bearer h"), None, None, off), Ok("h".into()));
+        assert_eq!(
+            token(None, Some("roomcast.v1, bearer.p"), None, off),
+            Ok("p".into())
+        );
+        let (_, missing) = token(None, None, None, off).unwrap_err();
+        assert!(!missing.contains("?token="), "{missing}");
+    }
+
+    fn origins(allowed: &str) -> Config {
+        Config::from_lookup(|name| (name == "ALLOWED_ORIGINS").then(|| allowed.to_owned())).unwrap()
+    }
+
+    fn header<'a>(headers: &'a HeaderList, name: &str) -> Option<&'a str> {
+        headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn preflights_are_asked_only_for_http_routes() {
+        let page = Some("https://app.example");
+        let preflight = |path, asked| ask("OPTIONS", path, page, Some(asked));
+        assert_eq!(
+            preflight("/v1/rooms/a/messages", "POST"),
+            Ok(Asked::Preflight(room("a", RoomOp::Publish)))
+        );
+        assert_eq!(
+            preflight("/v1/rooms/a/messages", "GET"),
+            Ok(Asked::Preflight(room("a", RoomOp::History)))
+        );
+        assert_eq!(
+            preflight("/v1/rooms/a/stats", "GET"),
+            Ok(Asked::Preflight(room("a", RoomOp::Stats)))
+        );
+        assert_eq!(
+            preflight("/healthz", "GET"),
+            Ok(Asked::Preflight(Route::Health))
+        );
+        assert_eq!(
+            preflight("/v1/registry", "GET"),
+            Ok(Asked::Preflight(Route::RegistryReport))
+        );
+        // The route's own refusals answer a preflight for what it cannot do.
+        assert_eq!(
+            preflight("/v1/rooms/a/stats", "POST").unwrap_err().0,
+            ErrorCode::MethodNotAllowed
+        );
+        assert_eq!(
+            preflight("/v1/rooms/.a/messages", "GET").unwrap_err().0,
+            ErrorCode::BadRoom
+        );
+        // WebSocket routes and the assets take no preflight: a plain OPTIONS.
+        assert_eq!(
+            preflight("/v1/rooms/a/ws", "GET").unwrap_err().0,
+            ErrorCode::MethodNotAllowed
+        );
+        assert_eq!(
+            preflight("/index.html", "GET"),
+            Ok(Asked::Request(Route::Assets))
+        );
+        // Without Origin or Access-Control-Request-Method it is no preflight.
+        let plain = |origin, asked| ask("OPTIONS", "/v1/rooms/a/messages", origin, asked);
+        assert_eq!(
+            plain(None, Some("GET")).unwrap_err().0,
+            ErrorCode::MethodNotAllowed
+        );
+        assert_eq!(
+            plain(page, None).unwrap_err().0,
+            ErrorCode::MethodNotAllowed
+        );
+        assert_eq!(
+            ask("GET", "/v1/rooms/a/messages", page, Some("POST")),
+            Ok(Asked::Request(room("a", RoomOp::History))),
+            "only OPTIONS is a preflight"
+        );
+    }
+
+    #[test]
+    fn preflight_answers_methods_headers_and_max_age() {
+        let messages = preflight_headers(&room("a", RoomOp::History));
+        assert_eq!(
+            header(&messages, "access-control-allow-methods"),
+            Some("GET, POST")
+        );
+        let allowed = header(&messages, "access-control-allow-headers").unwrap();
+        for name in ["authorization", "content-type", "traceparent"] {
+            assert!(allowed.contains(name), "{name} in {allowed}");
+        }
+        assert_eq!(header(&messages, "access-control-max-age"), Some("7200"));
+        assert_eq!(
+            header(
+                &preflight_headers(&room("a", RoomOp::Stats)),
+                "access-control-allow-methods"
+            ),
+            Some("GET")
+        );
+        assert!(header(&messages, "access-control-allow-credentials").is_none());
+    }
+
+    #[test]
+    fn cors_echoes_admitted_origins_only() {
+        let page = "https://app.example";
+        for config in [origins(""), origins("*"), origins("https://app.example/")] {
+            let headers = cors_headers(Some(page), &config);
+            assert_eq!(header(&headers, "access-control-allow-origin"), Some(page));
+            assert_eq!(header(&headers, "vary"), Some("Origin"));
+            let exposed = header(&headers, "access-control-expose-headers").unwrap();
+            assert!(
+                exposed.contains("x-roomcast-error") && exposed.contains("retry-after"),
+                "{exposed}"
+            );
+            assert_eq!(check_origin(Some(page), &config), Ok(()));
+        }
+        let narrow = origins("https://other.example");
+        let refused = cors_headers(Some(page), &narrow);
+        assert_eq!(refused, vec![("vary", "Origin".to_owned())]);
+        assert_eq!(
+            check_origin(Some(page), &narrow).unwrap_err().0,
+            ErrorCode::BadOrigin
+        );
+        assert_eq!(
+            cors_headers(None, &narrow),
+            vec![("vary", "Origin".to_owned())]
+        );
+        assert_eq!(check_origin(None, &narrow), Ok(()));
+    }
+
+    #[test]
+    fn only_http_routes_are_cross_origin() {
+        assert!(room("a", RoomOp::History).cross_origin());
+        assert!(room("a", RoomOp::Publish).cross_origin());
+        assert!(room("a", RoomOp::Stats).cross_origin());
+        assert!(Route::Health.cross_origin());
+        assert!(Route::RegistryReport.cross_origin());
+        assert!(!room("a", RoomOp::Join).cross_origin());
+        assert!(!room("a", RoomOp::BridgeLink).cross_origin());
+        assert!(!Route::RegistryLink.cross_origin());
+        assert!(!Route::Assets.cross_origin());
     }
 
     #[test]

@@ -174,6 +174,18 @@ pub struct Config {
     /// Rooms one subject may create per minute (as a bucket of that many,
     /// refilled over the minute); the bridge's token is not limited.
     pub room_create_per_min: u32,
+    /// Whether a token may come in `?token=` (`QUERY_TOKENS`).
+    pub query_tokens: QueryTokens,
+}
+
+/// `QUERY_TOKENS`: URLs end up in request logs, browser history and
+/// `Referer` headers, so a deployment whose clients all send headers or
+/// subprotocols can refuse tokens in them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum QueryTokens {
+    #[default]
+    On,
+    Off,
 }
 
 /// Default of `MAX_BODY_BYTES`.
@@ -260,16 +272,7 @@ impl Config {
                 ),
             });
         }
-        let bridge = match get("BRIDGE").as_deref() {
-            None | Some("off") => false,
-            Some("on") => true,
-            Some(other) => {
-                return Err(ConfigError {
-                    name: "BRIDGE",
-                    reason: format!("{other:?} is neither \"on\" nor \"off\""),
-                })
-            }
-        };
+        let bridge = switch(&get, "BRIDGE", false)?;
         let config = Config {
             defaults,
             policies,
@@ -278,6 +281,11 @@ impl Config {
             max_body_bytes: number(&get, "MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)?,
             bridge,
             room_create_per_min: number(&get, "ROOM_CREATE_PER_MIN", DEFAULT_ROOM_CREATE_PER_MIN)?,
+            query_tokens: if switch(&get, "QUERY_TOKENS", true)? {
+                QueryTokens::On
+            } else {
+                QueryTokens::Off
+            },
         };
         config.check()?;
         Ok(config)
@@ -339,6 +347,23 @@ impl Config {
                 .iter()
                 .any(|a| a == "*" || a == o.trim_end_matches('/')),
         }
+    }
+}
+
+/// An `on`/`off` variable, `default` when absent.
+fn switch(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: bool,
+) -> Result<bool, ConfigError> {
+    match get(name).as_deref() {
+        None => Ok(default),
+        Some("on") => Ok(true),
+        Some("off") => Ok(false),
+        Some(other) => Err(ConfigError {
+            name,
+            reason: format!("{other:?} is neither \"on\" nor \"off\""),
+        }),
     }
 }
 
@@ -428,6 +453,22 @@ mod tests {
             ("IDLE_TIMEOUT_MS", "1500")
         ])
         .is_ok());
+    }
+
+    #[test]
+    fn query_tokens_are_on_unless_off() {
+        assert_eq!(config(&[]).unwrap().query_tokens, QueryTokens::On);
+        assert_eq!(
+            config(&[("QUERY_TOKENS", "on")]).unwrap().query_tokens,
+            QueryTokens::On
+        );
+        assert_eq!(
+            config(&[("QUERY_TOKENS", " off ")]).unwrap().query_tokens,
+            QueryTokens::Off
+        );
+        let err = config(&[("QUERY_TOKENS", "no")]).unwrap_err();
+        assert_eq!(err.name, "QUERY_TOKENS");
+        assert!(err.to_string().contains("QUERY_TOKENS"), "{err}");
     }
 
     #[test]

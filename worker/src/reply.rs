@@ -24,6 +24,28 @@ pub fn json<T: Serialize>(status: u16, body: &T) -> Result<Response> {
         .with_headers(json_headers()))
 }
 
+/// `204 No Content` with `headers` (a CORS preflight's answer).
+pub fn no_content(headers: &[(&str, String)]) -> Result<Response> {
+    let fresh = Headers::new();
+    for (name, value) in headers {
+        fresh.set(name, value)?;
+    }
+    Ok(Response::empty()?.with_status(204).with_headers(fresh))
+}
+
+/// `response` with `extra` headers set. A Durable Object's response
+/// carries immutable headers, so they are copied rather than changed.
+pub fn with_headers(response: Response, extra: &[(&str, String)]) -> Result<Response> {
+    let headers = Headers::new();
+    for (name, value) in response.headers().entries() {
+        headers.append(&name, &value)?;
+    }
+    for (name, value) in extra {
+        headers.set(name, value)?;
+    }
+    Ok(response.with_headers(headers))
+}
+
 /// The error response for `code`.
 pub fn error(code: ErrorCode, message: &str) -> Result<Response> {
     error_with(code, message, json_headers())

@@ -5,10 +5,13 @@
 //!
 //! Everything that can be refused is refused here, before a Durable Object
 //! is woken; the objects receive only admitted requests, with the verified
-//! identity attached.
+//! identity attached. CORS preflights are answered here too, and every
+//! answer of the API leaves with the CORS headers admission chose.
+
+use std::rc::Rc;
 
 use futures_util::StreamExt;
-use roomcast_protocol::admission::{self, Refusal, Route};
+use roomcast_protocol::admission::{self, Asked, Refusal, Route};
 use roomcast_protocol::auth::Identity;
 use roomcast_protocol::clock::now_ms;
 use roomcast_protocol::ErrorCode;
@@ -25,11 +28,6 @@ use crate::settings::{self, Settings};
 const INTERNAL_HEADERS: &str = "x-roomcast-";
 /// The static-assets binding serving `public/`.
 const ASSETS_BINDING: &str = "ASSETS";
-
-/// Largest identity (JSON) a token may carry. It rides in the WebSocket
-/// attachment, which the runtime caps at 16 KiB together with the rest of
-/// the session.
-const MAX_IDENTITY_BYTES: usize = 8 * 1024;
 
 /// Why the router did not forward a request: a refusal for the caller, or
 /// a failure of the runtime.
@@ -61,15 +59,50 @@ fn refused(code: ErrorCode, message: impl Into<String>) -> Failure {
 }
 
 pub async fn handle(req: Request, env: Env) -> worker::Result<Response> {
-    match dispatch(req, &env).await {
-        Ok(response) => Ok(response),
-        Err(Failure::Refused((code, message))) => reply::error(code, &message),
-        Err(Failure::Runtime(e)) => Err(e),
+    let origin = req.headers().get("origin")?;
+    let asked = admission::ask(
+        req.method().as_ref(),
+        &req.path(),
+        origin.as_deref(),
+        req.headers()
+            .get("access-control-request-method")?
+            .as_deref(),
+    );
+    // The assets are the demo page itself, outside the API and its CORS.
+    let api = !matches!(asked, Ok(Asked::Request(Route::Assets)));
+    let response = match dispatch(req, &env, asked).await {
+        Ok(response) => response,
+        Err(Failure::Refused((code, message))) => reply::error(code, &message)?,
+        Err(Failure::Runtime(e)) => return Err(e),
+    };
+    // A WebSocket handshake's answer is not read by a page (and cannot be
+    // rebuilt without losing its socket); a broken configuration admits
+    // no origin.
+    if !api || response.status_code() == 101 {
+        return Ok(response);
+    }
+    match settings::load(&env) {
+        Ok(settings) => reply::with_headers(
+            response,
+            &admission::cors_headers(origin.as_deref(), &settings.config),
+        ),
+        Err(_) => Ok(response),
     }
 }
 
-async fn dispatch(req: Request, env: &Env) -> Result<Response, Failure> {
-    let route = admission::route(req.method().as_ref(), &req.path())?;
+async fn dispatch(
+    req: Request,
+    env: &Env,
+    asked: Result<Asked, Refusal>,
+) -> Result<Response, Failure> {
+    let route = match asked? {
+        Asked::Preflight(route) => {
+            let settings = load_settings(env)?;
+            admission::check_origin(req.headers().get("origin")?.as_deref(), &settings.config)?;
+            return Ok(reply::no_content(&admission::preflight_headers(&route))?);
+        }
+        Asked::Request(route) => route,
+    };
     match &route {
         Route::Health => Ok(reply::json(
             200,
@@ -86,25 +119,31 @@ async fn dispatch(req: Request, env: &Env) -> Result<Response, Failure> {
     }
 }
 
+/// The isolate's settings; while the configuration does not parse, every
+/// request that needs it is refused (docs/protocol.md, "Configuration").
+fn load_settings(env: &Env) -> Result<Rc<Settings>, Failure> {
+    settings::load(env).map_err(|message| {
+        worker::console_error!("configuration error: {message}");
+        refused(
+            ErrorCode::Internal,
+            "the worker is misconfigured; see its logs",
+        )
+    })
+}
+
 async fn admit_and_forward(
     req: Request,
     env: &Env,
     route: &Route,
     stub: Stub,
 ) -> Result<Response, Failure> {
-    let settings = settings::load(env).map_err(|message| {
-        worker::console_error!("configuration error: {message}");
-        refused(
-            ErrorCode::Internal,
-            "the worker is misconfigured; see its logs",
-        )
-    })?;
     if route.upgrade() && !is_upgrade(&req)? {
         return Err(refused(
             ErrorCode::UpgradeRequired,
             "this endpoint needs a WebSocket upgrade",
         ));
     }
+    let settings = load_settings(env)?;
     let identity = admit(&req, &settings, route)?;
     let inner = Inner::new(req, route, &identity, settings.config.max_body_bytes).await?;
     let response = inner.send(&stub).await?;
@@ -127,10 +166,7 @@ async fn admit_and_forward(
 /// Checks origin, token and rights.
 fn admit(req: &Request, settings: &Settings, route: &Route) -> Result<Identity, Failure> {
     let headers = req.headers();
-    let origin = headers.get("origin")?;
-    if !settings.config.origin_allowed(origin.as_deref()) {
-        return Err(refused(ErrorCode::BadOrigin, "this origin is not allowed"));
-    }
+    admission::check_origin(headers.get("origin")?.as_deref(), &settings.config)?;
     let query_token = admission::query(&req.inner().url())
         .find(|(k, _)| k == "token")
         .map(|(_, v)| v.into_owned());
@@ -138,23 +174,12 @@ fn admit(req: &Request, settings: &Settings, route: &Route) -> Result<Identity, 
         headers.get("authorization")?.as_deref(),
         headers.get("sec-websocket-protocol")?.as_deref(),
         query_token.as_deref(),
-    )?
-    .ok_or_else(|| {
-        refused(
-            ErrorCode::Unauthorized,
-            "a token is required (Authorization: Bearer, bearer.<jwt> subprotocol or ?token=)",
-        )
-    })?;
+        settings.config.query_tokens,
+    )?;
     let identity = settings
         .verifier
         .verify(&token, now_ms())
         .map_err(|e| refused(ErrorCode::Unauthorized, e.to_string()))?;
-    if serde_json::to_string(&identity)?.len() > MAX_IDENTITY_BYTES {
-        return Err(refused(
-            ErrorCode::Unauthorized,
-            "the token carries too many room patterns",
-        ));
-    }
     if !route.allowed(&identity.rights) {
         return Err(refused(
             ErrorCode::Forbidden,

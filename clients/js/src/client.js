@@ -41,6 +41,8 @@ import { refreshDelay, tokenExpiry } from './token.js';
  * @property {string|null} [epoch]
  * @property {number} [heartbeatMs] ping interval; defaults to the room's `heartbeat_ms`
  * @property {number} [connectTimeoutMs=10000] a connect without `welcome` by then is retried
+ * @property {number} [stableAfterMs=5000] a connection open this long, its `catch_up` paged,
+ *   has proved itself: the next reconnect starts from the shortest backoff again
  * @property {number} [maxPending=1000] unacknowledged publishes held across reconnects
  * @property {import('./backoff.js').BackoffOptions} [backoff]
  * @property {typeof WebSocket} [WebSocket] the implementation (Node < 22: the `ws` package)
@@ -95,7 +97,16 @@ export class RoomcastClient extends EventTarget {
    * @type {object[]|null}
    */
   #caughtUpLater = null;
-  #timers = { connect: null, reconnect: null, watch: null, refresh: null };
+  /**
+   * The connection that has yet to prove itself before the backoff is
+   * reset: `aged` once it stayed open `stableAfterMs`, `paging` until its
+   * `catch_up` is paged. A `welcome` alone proves nothing: a room that
+   * welcomes and then fails (a catch-up it cannot serve, a crash right
+   * after the join) would otherwise be reconnected to without pause.
+   * @type {{ws: WebSocket, aged: boolean, paging: boolean}|null}
+   */
+  #trial = null;
+  #timers = { connect: null, reconnect: null, watch: null, refresh: null, stable: null };
 
   /** @param {ClientOptions} options */
   constructor(options) {
@@ -110,6 +121,7 @@ export class RoomcastClient extends EventTarget {
     this.#options = {
       refreshBeforeMs: 60_000,
       connectTimeoutMs: 10_000,
+      stableAfterMs: 5000,
       maxPending: 1000,
       ...options,
     };
@@ -248,7 +260,8 @@ export class RoomcastClient extends EventTarget {
     const resync = this.#sequence.welcome(welcome);
     this.#recovered = welcome.recovered;
     this.#exp = welcome.exp ?? this.#exp;
-    this.#backoff.reset();
+    this.#trial = { ws, aged: false, paging: Boolean(welcome.catch_up) };
+    this.#timers.stable = setTimeout(() => this.#proved(ws, 'aged'), this.#options.stableAfterMs);
     this.#setState('open');
     this.#emit('welcome', welcome);
     if (resync) this.#emit('resync', resync);
@@ -286,6 +299,19 @@ export class RoomcastClient extends EventTarget {
     if (ws !== this.#ws || this.#caughtUpLater !== held) return;
     this.#caughtUpLater = null;
     for (const message of held) this.#deliver(ws, message);
+    this.#proved(ws, 'paging');
+  }
+
+  /** Records what `ws` has proved; once it is both aged and paged, failures start over from the shortest backoff. */
+  #proved(ws, what) {
+    const trial = this.#trial;
+    if (!trial || trial.ws !== ws || ws !== this.#ws) return;
+    if (what === 'aged') trial.aged = true;
+    else trial.paging = false;
+    if (trial.aged && !trial.paging) {
+      this.#trial = null;
+      this.#backoff.reset();
+    }
   }
 
   #message(ws, message) {
@@ -432,7 +458,9 @@ export class RoomcastClient extends EventTarget {
       ws.onerror = () => {};
     }
     this.#ws = null;
+    this.#trial = null;
     clearTimeout(this.#timers.connect);
+    clearTimeout(this.#timers.stable);
     clearInterval(this.#timers.watch);
   }
 
