@@ -52,7 +52,12 @@ pub async fn run(args: RunArgs) -> Result<(), StartError> {
             addr: args.metrics_addr,
             source,
         })?;
-    let endpoint = tokio::spawn(endpoint::serve(listener, metrics.clone(), stop.clone()));
+    let endpoint = tokio::spawn(endpoint::serve(
+        listener,
+        metrics.clone(),
+        endpoint::Bounds::default(),
+        stop.clone(),
+    ));
 
     let config = KafkaConfig::load(args.kafka_config_file.as_deref(), &args.kafka_config)?;
     if !config.describe().is_empty() {
