@@ -73,8 +73,25 @@ impl From<LinkError> for End {
     }
 }
 
-/// Relays `room` until superseded or stopped.
-pub async fn run(bridge: Arc<Bridge>, room: String, mut stop: Stop) {
+/// How a room task came to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// As the registry announced the room.
+    Announced,
+    /// After the room waited for a link (`room_tasks`): the registry may
+    /// have moved it to another instance meanwhile.
+    Waited,
+}
+
+/// Relays `room` until superseded, retired, idle or stopped.
+pub async fn run(bridge: Arc<Bridge>, room: String, start: Start, mut stop: Stop) {
+    if start == Start::Waited && owned_elsewhere(&bridge, &room).await {
+        info!(
+            room,
+            "the room moved to another instance while it waited for a link"
+        );
+        return;
+    }
     let mut backoff = Backoff::network();
     let mut connected_before = false;
     loop {
@@ -147,6 +164,20 @@ async fn still_owner(bridge: &Bridge, room: &str, stop: &mut Stop) -> bool {
         }
     }
     false
+}
+
+/// Whether the registry now assigns `room` to another instance, whose link
+/// ours would supersede. When the registry cannot say, the link is opened:
+/// a room is not left unrelayed on a guess, and if it is not ours after
+/// all, its owner takes it back ([`still_owner`]).
+async fn owned_elsewhere(bridge: &Bridge, room: &str) -> bool {
+    match bridge.worker.owner(room).await {
+        Ok(owner) => owner.is_some_and(|owner| owner != bridge.instance),
+        Err(e) => {
+            warn!(room, "asking the registry who owns the room: {e}");
+            false
+        }
+    }
 }
 
 async fn relay(
@@ -502,9 +533,23 @@ mod tests {
         tokio::task::JoinHandle<()>,
         crate::stop::Trigger,
     ) {
+        start_room(worker, sink, spec, Start::Announced)
+    }
+
+    /// Runs the room task for `r`, started as `start` says.
+    fn start_room(
+        worker: &FakeWorker,
+        sink: Arc<dyn Sink>,
+        spec: Spec,
+        start: Start,
+    ) -> (
+        Arc<Bridge>,
+        tokio::task::JoinHandle<()>,
+        crate::stop::Trigger,
+    ) {
         let (trigger, stop) = Stop::new();
         let bridge = fake_worker::bridge(&worker.url(), sink, spec, stop.clone());
-        let task = tokio::spawn(run(bridge.clone(), "r".into(), stop));
+        let task = tokio::spawn(run(bridge.clone(), "r".into(), start, stop));
         (bridge, task, trigger)
     }
 
@@ -668,5 +713,22 @@ mod tests {
             worker.reports.load(std::sync::atomic::Ordering::SeqCst),
             OWNER_ATTEMPTS as usize
         );
+    }
+
+    #[tokio::test]
+    async fn a_room_that_waited_is_not_linked_when_it_moved_meanwhile() {
+        let mut worker = FakeWorker::start().await;
+        worker.set_owner(Owner::Is(Some("other".into())));
+        let sink = Arc::new(MemorySink::refusing_over(usize::MAX));
+        let (_bridge, task, _trigger) =
+            start_room(&worker, sink.clone(), Spec::default(), Start::Waited);
+        ends(task).await;
+        assert_eq!(worker.reports.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+        // Still (or again) this instance's: it is linked.
+        worker.set_owner(Owner::Is(Some("me".into())));
+        let (_bridge, _task, _trigger) = start_room(&worker, sink, Spec::default(), Start::Waited);
+        worker.link().await.welcome("r", 0).await;
+        assert_eq!(worker.reports.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 }

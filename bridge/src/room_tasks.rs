@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::context::Bridge;
 use crate::metrics::Metrics;
-use crate::outbound;
+use crate::outbound::{self, Start};
 use crate::stop::Stop;
 
 /// Runs the room tasks for the rooms `announced` to this instance until
@@ -27,8 +27,8 @@ use crate::stop::Stop;
 pub async fn run(bridge: Arc<Bridge>, mut announced: mpsc::Receiver<Registration>, mut stop: Stop) {
     let start = {
         let (bridge, stop) = (bridge.clone(), stop.clone());
-        move |room: String| -> BoxFuture<'static, ()> {
-            Box::pin(outbound::run(bridge.clone(), room, stop.clone()))
+        move |room: String, start: Start| -> BoxFuture<'static, ()> {
+            Box::pin(outbound::run(bridge.clone(), room, start, stop.clone()))
         }
     };
     let mut rooms = RoomTasks::new(bridge.max_links, bridge.metrics.clone(), start);
@@ -58,8 +58,8 @@ pub struct RoomTasks<S> {
     metrics: Arc<Metrics>,
 }
 
-impl<S: Fn(String) -> BoxFuture<'static, ()>> RoomTasks<S> {
-    /// At most `max` tasks, each `start(room)`.
+impl<S: Fn(String, Start) -> BoxFuture<'static, ()>> RoomTasks<S> {
+    /// At most `max` tasks, each `start(room, how)`.
     pub fn new(max: usize, metrics: Arc<Metrics>, start: S) -> RoomTasks<S> {
         let max = max.max(1);
         metrics.links_max.set(max as i64);
@@ -84,7 +84,7 @@ impl<S: Fn(String) -> BoxFuture<'static, ()>> RoomTasks<S> {
             debug!(room, "announced again; its link is running");
         } else if self.running.len() < self.max {
             info!(room, pending, "relaying room");
-            self.spawn(room);
+            self.spawn(room, Start::Announced);
         } else {
             debug!(room, pending, "at --max-links: the room waits for a link");
             self.waiting.push(room, pending);
@@ -111,7 +111,7 @@ impl<S: Fn(String) -> BoxFuture<'static, ()>> RoomTasks<S> {
                 break;
             };
             info!(room, "relaying room (it waited for a link)");
-            self.spawn(room);
+            self.spawn(room, Start::Waited);
         }
         self.export();
     }
@@ -130,8 +130,8 @@ impl<S: Fn(String) -> BoxFuture<'static, ()>> RoomTasks<S> {
         }
     }
 
-    fn spawn(&mut self, room: String) {
-        let handle = self.tasks.spawn((self.start)(room.clone()));
+    fn spawn(&mut self, room: String, start: Start) {
+        let handle = self.tasks.spawn((self.start)(room.clone(), start));
         self.rooms.insert(handle.id(), room.clone());
         self.running.insert(room);
     }
@@ -197,16 +197,16 @@ mod tests {
     /// Room tasks that run until the test ends them, in the order started.
     #[derive(Clone, Default)]
     struct Script {
-        started: Arc<Mutex<Vec<String>>>,
+        started: Arc<Mutex<Vec<(String, Start)>>>,
         enders: Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>,
     }
 
     impl Script {
-        fn start(&self) -> impl Fn(String) -> BoxFuture<'static, ()> {
+        fn start(&self) -> impl Fn(String, Start) -> BoxFuture<'static, ()> {
             let script = self.clone();
-            move |room: String| {
+            move |room: String, start: Start| {
                 let (end, ended) = oneshot::channel();
-                script.started.lock().unwrap().push(room.clone());
+                script.started.lock().unwrap().push((room.clone(), start));
                 script.enders.lock().unwrap().insert(room, end);
                 Box::pin(async move {
                     let _ = ended.await;
@@ -220,7 +220,17 @@ mod tests {
         }
 
         fn started(&self) -> Vec<String> {
-            self.started.lock().unwrap().clone()
+            let started = self.started.lock().unwrap();
+            started.iter().map(|(room, _)| room.clone()).collect()
+        }
+
+        fn waited(&self) -> Vec<String> {
+            let started = self.started.lock().unwrap();
+            started
+                .iter()
+                .filter(|(_, start)| *start == Start::Waited)
+                .map(|(room, _)| room.clone())
+                .collect()
         }
     }
 
@@ -231,7 +241,7 @@ mod tests {
         }
     }
 
-    async fn reap<S: Fn(String) -> BoxFuture<'static, ()>>(rooms: &mut RoomTasks<S>) {
+    async fn reap<S: Fn(String, Start) -> BoxFuture<'static, ()>>(rooms: &mut RoomTasks<S>) {
         tokio::time::timeout(Duration::from_secs(5), rooms.reap())
             .await
             .expect("a task ended");
@@ -270,6 +280,11 @@ mod tests {
         }
         assert_eq!(order, ["d", "e", "f", "c", "c", "c"]);
         assert_eq!(script.started(), ["a", "b", "d", "e", "f", "c"]);
+        assert_eq!(
+            script.waited(),
+            ["d", "e", "f", "c"],
+            "started after waiting"
+        );
         assert_eq!(gauges(&metrics), (0, 0, 2));
     }
 
@@ -295,7 +310,7 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_task_is_reaped_too() {
         let metrics = Arc::new(Metrics::default());
-        let start = |room: String| -> BoxFuture<'static, ()> {
+        let start = |room: String, _: Start| -> BoxFuture<'static, ()> {
             Box::pin(async move { panic!("task for {room} failed") })
         };
         let mut rooms = RoomTasks::new(1, metrics.clone(), start);
