@@ -54,12 +54,20 @@ pub struct TokenArgs {
 #[command(group(ArgGroup::new("credentials").args(["token", "token_file", "jwt_secret", "jwt_key_file"])))]
 pub struct RunArgs {
     /// Base URL of the roomcast worker (`http(s)://` or `ws(s)://`).
+    /// Cleartext (`http://`, `ws://`) only to loopback, unless
+    /// --allow-cleartext.
     #[arg(
         long,
         env = "ROOMCAST_WORKER_URL",
         default_value = "http://127.0.0.1:8787"
     )]
     pub worker_url: String,
+
+    /// Allow an `http://` or `ws://` --worker-url to a host that is not
+    /// loopback. Tokens and messages then cross the network unencrypted:
+    /// only for a private network you trust.
+    #[arg(long, env = "ROOMCAST_ALLOW_CLEARTEXT")]
+    pub allow_cleartext: bool,
 
     /// Extra trusted CA certificates (PEM) for https:// worker URLs, on top
     /// of the platform's roots (SSL_CERT_FILE and SSL_CERT_DIR apply): a
@@ -159,6 +167,32 @@ pub struct RunArgs {
     #[arg(long, env = "ROOMCAST_METRICS_ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_addr: SocketAddr,
 
+    /// The most room links this instance holds (or is opening) at once.
+    /// Rooms announced beyond it wait, those with messages pending first,
+    /// and get a link when one ends.
+    #[arg(long, env = "ROOMCAST_MAX_LINKS", default_value = "10000",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_links: u32,
+
+    /// A room link with nothing in flight that received no message for this
+    /// long is closed (seconds, or with a unit `s`, `m`, `h`; at most a
+    /// day); the room's next message brings it back.
+    #[arg(long, env = "ROOMCAST_LINK_IDLE", default_value = "60s", value_parser = parse_link_idle)]
+    pub link_idle: u64,
+
+    /// Room link opens per second, first opens and reconnects alike, so
+    /// that thousands of rooms handed over at once are linked gradually.
+    #[arg(long, env = "ROOMCAST_LINK_OPENS_PER_SEC", default_value = "50",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub link_opens_per_sec: u32,
+
+    /// Room message bytes handed to Kafka and not yet confirmed, across all
+    /// links (bytes, or with a unit `KiB`, `MiB`, `GiB`; under 4 GiB). A link
+    /// that finds no room stops reading until some is released; the room
+    /// holds the rest.
+    #[arg(long, env = "ROOMCAST_MAX_IN_FLIGHT_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
+    pub max_in_flight_bytes: u32,
+
     /// This instance's id among several bridges (default: the hostname). It
     /// is also the Kafka static group member id, so keep it stable across
     /// restarts, and unique per instance.
@@ -174,6 +208,44 @@ fn parse_token_ttl(text: &str) -> Result<u64, String> {
             "{text} is longer than a day; the bridge never makes tokens that long"
         )),
         secs => Ok(secs),
+    }
+}
+
+/// How long an idle room link stays open: a second to a day (a day already
+/// means "never" for a room link, and keeps deadlines far from overflow).
+fn parse_link_idle(text: &str) -> Result<u64, String> {
+    match parse_ttl(text)? {
+        0 => Err("an idle link must be kept at least a second".into()),
+        secs if secs > MAX_TTL_SECS => Err(format!(
+            "{text} is longer than a day; an idle link is never kept that long"
+        )),
+        secs => Ok(secs),
+    }
+}
+
+/// Parses `1048576`, `512KiB`, `64MiB`, `1GiB` into bytes, short of 4 GiB
+/// (the unit of the in-flight semaphore is a `u32`).
+fn parse_bytes(text: &str) -> Result<u32, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 1048576, 512KiB or 64MiB"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?}; use KiB, MiB or GiB")),
+    };
+    match n.checked_mul(scale).map(u32::try_from) {
+        Some(Ok(0)) => Err("the bound must be at least one byte".into()),
+        Some(Ok(bytes)) => Ok(bytes),
+        _ => Err(format!(
+            "{text} is 4 GiB or more; the bound must be below it"
+        )),
     }
 }
 
@@ -241,5 +313,46 @@ mod tests {
         assert_eq!(cli.run.group_id, "roomcast-bridge");
         assert_eq!(cli.run.metrics_addr.to_string(), "127.0.0.1:9464");
         assert!(cli.run.metrics_addr.ip().is_loopback());
+        assert_eq!(cli.run.max_links, 10_000);
+        assert_eq!(cli.run.link_idle, 60);
+        assert_eq!(cli.run.link_opens_per_sec, 50);
+        assert_eq!(cli.run.max_in_flight_bytes, 64 << 20);
+        assert!(!cli.run.allow_cleartext);
+    }
+
+    #[test]
+    fn link_bounds() {
+        assert_eq!(parse_link_idle("2m"), Ok(120));
+        assert!(parse_link_idle("0").is_err());
+        assert!(parse_link_idle("2d").is_err());
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert_eq!(parse_bytes("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_bytes("3GiB"), Ok(3 << 30));
+        assert!(parse_bytes("4GiB").is_err());
+        assert!(parse_bytes("0").is_err());
+        assert!(parse_bytes("64MB").is_err());
+        assert!(parse_bytes("MiB").is_err());
+        assert!(Cli::try_parse_from(["roomcast-bridge", "--max-links", "0"]).is_err());
+        assert!(Cli::try_parse_from(["roomcast-bridge", "--link-opens-per-sec", "0"]).is_err());
+        let cli = Cli::try_parse_from([
+            "roomcast-bridge",
+            "--max-links",
+            "3",
+            "--link-idle",
+            "5s",
+            "--max-in-flight-bytes",
+            "1KiB",
+            "--allow-cleartext",
+        ])
+        .unwrap();
+        assert_eq!(
+            (
+                cli.run.max_links,
+                cli.run.link_idle,
+                cli.run.max_in_flight_bytes,
+                cli.run.allow_cleartext
+            ),
+            (3, 5, 1024, true)
+        );
     }
 }

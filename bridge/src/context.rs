@@ -4,9 +4,11 @@
 //! tasks; the tasks never reach back into the supervisor.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::broker::Sink;
 use crate::kafka::Kafka;
+use crate::limits::{InFlightBytes, Opens};
 use crate::metrics::Metrics;
 use crate::token::Tokens;
 use crate::worker_api::{WorkerApi, WorkerUrls};
@@ -25,4 +27,15 @@ pub struct Bridge {
     /// Room messages and dead letters go here.
     pub sink: Arc<dyn Sink>,
     pub metrics: Arc<Metrics>,
+    /// At most this many room links at once (`--max-links`); the rooms
+    /// beyond wait for one.
+    pub max_links: usize,
+    /// A room link with nothing in flight and no message for this long is
+    /// closed (`--link-idle`).
+    pub link_idle: Duration,
+    /// The turns every room link open waits for (`--link-opens-per-sec`).
+    pub opens: Opens,
+    /// Room message bytes the broker has not confirmed, across all links
+    /// (`--max-in-flight-bytes`).
+    pub in_flight: InFlightBytes,
 }

@@ -16,10 +16,16 @@ use crate::token::TokenError;
 pub enum StartError {
     #[error("--worker-url {url:?}: {reason}")]
     WorkerUrl { url: String, reason: String },
+    #[error(
+        "--worker-url {0:?} is cleartext to a host that is not loopback: the bridge's token and \
+         every message would cross the network unencrypted. Use https:// (or wss://), or pass \
+         --allow-cleartext for a private network you trust"
+    )]
+    Cleartext(String),
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error(
-        "the worker at {url} presented a certificate that does not verify ({reason}); \\
+        "the worker at {url} presented a certificate that does not verify ({reason}); \
          if it is signed by a private CA or is a local certificate, pass the CA with --ca-file"
     )]
     Certificate { url: String, reason: String },

@@ -3,6 +3,10 @@
 //! fresh (an `auth` frame whenever the bridge's token changes, so a link
 //! outlives the token it opened with) and a keepalive `ping` so idle links
 //! survive proxies. Callers see only the frames that matter to them.
+//!
+//! A redirect is never followed (tokio-tungstenite does not, and the link
+//! must not carry the bridge's token to wherever a 3xx points): it is an
+//! outage, reported with its status and `Location`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +36,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_BUFFER: usize = 8 * 1024;
 /// How often an idle link is pinged.
 const PING_INTERVAL: Duration = Duration::from_secs(20);
+/// How long a close handshake may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a link could not be opened or went down.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +49,15 @@ pub enum LinkError {
     },
     #[error("connecting to {0}: timed out")]
     Timeout(String),
+    #[error(
+        "connecting to {url}: the worker answered {status} redirecting to {location:?}; \
+         the bridge does not follow redirects (is --worker-url the worker's own address?)"
+    )]
+    Redirected {
+        url: String,
+        status: u16,
+        location: String,
+    },
     #[error("{0}")]
     Socket(#[from] Box<tokio_tungstenite::tungstenite::Error>),
     #[error("the worker closed the link ({code:?}: {reason})")]
@@ -97,7 +112,22 @@ impl Link {
         let (ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
             .map_err(|_| LinkError::Timeout(url.to_owned()))?
-            .map_err(connect_error)?;
+            .map_err(|e| match e {
+                tokio_tungstenite::tungstenite::Error::Http(response)
+                    if response.status().is_redirection() =>
+                {
+                    LinkError::Redirected {
+                        url: url.to_owned(),
+                        status: response.status().as_u16(),
+                        location: response
+                            .headers()
+                            .get("location")
+                            .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned())
+                            .unwrap_or_default(),
+                    }
+                }
+                other => connect_error(other),
+            })?;
         let mut ping = tokio::time::interval(PING_INTERVAL);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         ping.reset();
@@ -113,9 +143,19 @@ impl Link {
     /// The next frame from the worker. Meanwhile it sends fresh tokens and
     /// keepalive pings, and swallows their answers.
     pub async fn next(&mut self) -> Result<ServerFrame<'static>, LinkError> {
+        self.next_unless_paused(false).await
+    }
+
+    /// Like [`Link::next`], but while `paused` nothing is read: frames stay
+    /// in the socket (the worker's send window holds the rest) and only the
+    /// token refresh and the keepalive run, so a paused link stays valid.
+    pub async fn next_unless_paused(
+        &mut self,
+        paused: bool,
+    ) -> Result<ServerFrame<'static>, LinkError> {
         loop {
             tokio::select! {
-                frame = self.ws.next() => match frame {
+                frame = self.ws.next(), if !paused => match frame {
                     Some(Ok(Frame::Text(text))) => {
                         if let Some(frame) = self.read(&text) {
                             return Ok(frame);
@@ -192,6 +232,110 @@ impl Link {
             code: CloseCode::Away,
             reason: reason.into(),
         };
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.ws.close(Some(frame))).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.ws.close(Some(frame))).await;
+    }
+
+    /// Closes with 1000 and reads what the worker sent before it saw the
+    /// close, up to its answer. `true` when a room message was among it:
+    /// the room was not idle after all, and the message is unconfirmed.
+    pub async fn close_idle(mut self, reason: &str) -> bool {
+        let frame = CloseFrame {
+            code: CloseCode::Normal,
+            reason: reason.into(),
+        };
+        let drain = async {
+            if self.ws.close(Some(frame)).await.is_err() {
+                return false;
+            }
+            while let Some(frame) = self.ws.next().await {
+                match frame {
+                    Ok(Frame::Text(text)) => {
+                        if let Some(ServerFrame::Message(_)) = self.read(&text) {
+                            return true;
+                        }
+                    }
+                    Ok(Frame::Close(_)) | Err(_) => return false,
+                    Ok(_) => {}
+                }
+            }
+            false
+        };
+        tokio::time::timeout(CLOSE_TIMEOUT, drain)
+            .await
+            .unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::fake_worker::{self, FakeWorker, FromBridge};
+    use crate::stop::Stop;
+    use crate::token::TokenSource;
+
+    async fn open(url: &str) -> Result<Link, LinkError> {
+        let (_trigger, stop) = Stop::new();
+        let tokens = TokenSource::Fixed("t".into()).start(stop).unwrap();
+        let tls = crate::tls::client_config(None).unwrap();
+        Link::open(url, &tokens, &tls).await
+    }
+
+    async fn linked(worker: &mut FakeWorker) -> (Link, fake_worker::FakeLink) {
+        let url = format!("ws://{}/v1/rooms/r/bridge?instance=me", worker.addr);
+        let (link, fake) = tokio::join!(open(&url), worker.link());
+        (link.expect("the link opens"), fake)
+    }
+
+    #[tokio::test]
+    async fn an_idle_close_reports_a_message_the_room_sent_before_it_saw_the_close() {
+        let mut worker = FakeWorker::start().await;
+        let (link, mut fake) = linked(&mut worker).await;
+        fake.message("r", 1, "late").await;
+        let room = tokio::spawn(async move { fake.next().await });
+        assert!(link.close_idle("idle").await, "the late message was missed");
+        assert_eq!(
+            room.await.unwrap(),
+            FromBridge::Closed(Some(1000), "idle".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn an_idle_close_with_nothing_sent_is_clean() {
+        let mut worker = FakeWorker::start().await;
+        let (link, mut fake) = linked(&mut worker).await;
+        let room = tokio::spawn(async move { fake.next().await });
+        assert!(!link.close_idle("idle").await);
+        assert_eq!(
+            room.await.unwrap(),
+            FromBridge::Closed(Some(1000), "idle".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_reported_and_never_followed() {
+        let (target, visits) = fake_worker::counting().await;
+        let elsewhere = format!("ws://{target}/v1/rooms/r/bridge");
+        let redirecting = fake_worker::redirecting(elsewhere.clone()).await;
+        let error = open(&format!("ws://{redirecting}/v1/rooms/r/bridge?instance=me"))
+            .await
+            .err()
+            .expect("a redirect is no link");
+        match &error {
+            LinkError::Redirected {
+                status, location, ..
+            } => assert_eq!((*status, location.as_str()), (307, elsewhere.as_str())),
+            other => panic!("not reported as a redirect: {other}"),
+        }
+        assert!(
+            error.to_string().contains("does not follow redirects"),
+            "{error}"
+        );
+        assert_eq!(
+            visits.load(Ordering::SeqCst),
+            0,
+            "the redirect was followed"
+        );
     }
 }

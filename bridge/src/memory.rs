@@ -1,6 +1,7 @@
 //! In-memory implementations of the broker seam, for unit tests of the
-//! relay: a [`MemorySink`] that stores or refuses, and a [`MemorySource`]
-//! that hands out prepared records and remembers commits.
+//! relay: a [`MemorySink`] that stores, refuses, or holds each delivery
+//! until the test confirms it, and a [`MemorySource`] that hands out
+//! prepared records and remembers commits.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -8,6 +9,7 @@ use std::sync::Mutex;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use roomcast_protocol::wire::Message;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::broker::{DeadLetter, Delivery, Record, Sink, SinkError, Source, SourceError};
 
@@ -17,12 +19,23 @@ enum Behaviour {
     RefuseOver(usize),
     /// Takes nothing.
     Unavailable,
+    /// Stores every message, confirming each when the test says so.
+    Hold(mpsc::UnboundedSender<Held>),
+}
+
+/// A delivery a holding sink waits to confirm.
+pub struct Held {
+    pub seq: u64,
+    confirm: oneshot::Sender<()>,
 }
 
 pub struct MemorySink {
     behaviour: Behaviour,
     messages: Mutex<Vec<Message>>,
     dead_letters: Mutex<Vec<DeadLetter>>,
+    /// Holding sinks: deliveries not confirmed yet, and for each message
+    /// published, how many were outstanding when it came.
+    outstanding: Mutex<(usize, Vec<(u64, usize)>)>,
 }
 
 impl MemorySink {
@@ -34,12 +47,57 @@ impl MemorySink {
         MemorySink::with(Behaviour::Unavailable)
     }
 
+    /// A sink that stores every message and confirms none until the test
+    /// calls [`MemorySink::confirm`] with what the receiver hands out.
+    pub fn holding() -> (MemorySink, mpsc::UnboundedReceiver<Held>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (MemorySink::with(Behaviour::Hold(tx)), rx)
+    }
+
     fn with(behaviour: Behaviour) -> MemorySink {
         MemorySink {
             behaviour,
             messages: Mutex::default(),
             dead_letters: Mutex::default(),
+            outstanding: Mutex::default(),
         }
+    }
+
+    fn hold(
+        &self,
+        held: &mpsc::UnboundedSender<Held>,
+        message: &Message,
+    ) -> BoxFuture<'static, Delivery> {
+        let (confirm, confirmed) = oneshot::channel();
+        {
+            let mut outstanding = self.outstanding.lock().unwrap();
+            let before = outstanding.0;
+            outstanding.1.push((message.seq, before));
+            outstanding.0 += 1;
+        }
+        self.messages.lock().unwrap().push(message.clone());
+        let _ = held.send(Held {
+            seq: message.seq,
+            confirm,
+        });
+        let delivery: Delivery = async move {
+            confirmed
+                .await
+                .map_err(|_| SinkError::Unavailable("the test dropped the delivery".into()))
+        }
+        .boxed();
+        futures_util::future::ready(delivery).boxed()
+    }
+
+    pub fn confirm(&self, held: Held) {
+        self.outstanding.lock().unwrap().0 -= 1;
+        let _ = held.confirm.send(());
+    }
+
+    /// `(seq, deliveries outstanding before it)` for each message published
+    /// to a holding sink.
+    pub fn publications(&self) -> Vec<(u64, usize)> {
+        self.outstanding.lock().unwrap().1.clone()
     }
 
     pub fn messages(&self) -> Vec<Message> {
@@ -53,10 +111,11 @@ impl MemorySink {
 
 impl Sink for MemorySink {
     fn publish<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Delivery> {
-        let outcome = match self.behaviour {
+        let outcome = match &self.behaviour {
+            Behaviour::Hold(held) => return self.hold(held, message),
             Behaviour::Unavailable => Err(SinkError::Unavailable("memory sink is down".into())),
             Behaviour::RefuseOver(limit)
-                if serde_json::to_string(message).unwrap().len() > limit =>
+                if serde_json::to_string(message).unwrap().len() > *limit =>
             {
                 Err(SinkError::Refused {
                     reason: "too_large".into(),

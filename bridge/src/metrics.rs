@@ -12,13 +12,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use roomcast_protocol::stats::StatsReport;
 
 /// Every series name the bridge exports, which dashboards and alerts may
 /// query (docs/protocol.md, "Metrics").
-pub const METRIC_NAMES: [&str; 16] = [
+pub const METRIC_NAMES: [&str; 19] = [
     "roomcast_room_connections",
     "roomcast_room_shards",
     "roomcast_room_messages_total",
@@ -35,6 +35,9 @@ pub const METRIC_NAMES: [&str; 16] = [
     "roomcast_room_outbox_dropped_total",
     "roomcast_room_storage_rows_written_total",
     "roomcast_room_storage_rows_read_total",
+    "roomcast_bridge_links",
+    "roomcast_bridge_links_max",
+    "roomcast_bridge_links_waiting",
 ];
 
 /// Relay directions, the `direction` label.
@@ -49,6 +52,12 @@ pub struct Metrics {
     pub relayed: IntCounterVec,
     pub relay_seconds: HistogramVec,
     pub dlq: IntCounterVec,
+    /// Room links held or being opened (one per room task).
+    pub links: IntGauge,
+    /// `--max-links`.
+    pub links_max: IntGauge,
+    /// Rooms announced to this instance that wait for a link.
+    pub links_waiting: IntGauge,
     rooms: Mutex<BTreeMap<String, StatsReport>>,
     health: Health,
 }
@@ -87,6 +96,12 @@ impl Default for Metrics {
             register(
                 &registry,
                 IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter"),
+            )
+        };
+        let single = |name: &str, help: &str| {
+            register(
+                &registry,
+                IntGauge::with_opts(Opts::new(name, help)).expect("valid gauge"),
             )
         };
         let relay_buckets = vec![
@@ -130,6 +145,15 @@ impl Default for Metrics {
                 "Records sent to the dead-letter topic, by reason",
                 &["reason"],
             ),
+            links: single("roomcast_bridge_links", "Room links held or being opened"),
+            links_max: single(
+                "roomcast_bridge_links_max",
+                "The most room links this instance holds at once (--max-links)",
+            ),
+            links_waiting: single(
+                "roomcast_bridge_links_waiting",
+                "Rooms announced to this instance that wait for a link",
+            ),
             registry,
             rooms: Mutex::new(BTreeMap::new()),
             health: Health::default(),
@@ -143,7 +167,8 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Drops every series of a room that retired.
+    /// Drops every series of a room whose link this instance no longer
+    /// holds (retired, idle, or relayed by another instance).
     pub fn forget_room(&self, room: &str) {
         let _ = self.link_up.remove_label_values(&[room]);
         let _ = self.link_reconnects.remove_label_values(&[room]);

@@ -1,25 +1,31 @@
 //! The registry link (docs/protocol.md, "Bridge links"): learns which rooms this instance owns
-//! and keeps one room link task per owned room.
+//! and hands them to [`room_tasks`], which keeps a room link task for each
+//! (up to `--max-links`).
 //!
 //! A room that moves to another instance is taken over by that instance's
-//! newer link, which supersedes ours (4009); that is how a room task ends.
-//! Whether this link is up is what `/healthz` reports as the worker's state.
+//! newer link, which supersedes ours (4009); that, retirement and an idle
+//! link are how a room task ends. Whether this link is up is what
+//! `/healthz` reports as the worker's state.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use roomcast_protocol::wire::{Registration, ServerFrame};
-use tokio::task::JoinHandle;
+use roomcast_protocol::wire::ServerFrame;
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::context::Bridge;
 use crate::link::Link;
-use crate::outbound;
+use crate::room_tasks;
 use crate::stop::Stop;
 
+/// Announcements on their way to the room tasks; a full queue holds the
+/// registry link's reading back rather than buffering without bound.
+const ANNOUNCED_QUEUE: usize = 1024;
+
 pub async fn run(bridge: Arc<Bridge>, mut stop: Stop) {
-    let mut rooms: HashMap<String, JoinHandle<()>> = HashMap::new();
+    let (announce, announced) = mpsc::channel(ANNOUNCED_QUEUE);
+    let rooms = tokio::spawn(room_tasks::run(bridge.clone(), announced, stop.clone()));
     let mut backoff = Backoff::network();
     let url = bridge.urls.registry_link(&bridge.instance);
     while !stop.is_stopping() {
@@ -31,7 +37,11 @@ pub async fn run(bridge: Arc<Bridge>, mut stop: Stop) {
                 loop {
                     tokio::select! {
                         frame = link.next() => match frame {
-                            Ok(ServerFrame::Room(registration)) => assign(&bridge, &registration, &mut rooms, &stop),
+                            Ok(ServerFrame::Room(registration)) => {
+                                if announce.send(registration.into_owned()).await.is_err() {
+                                    break;
+                                }
+                            }
                             Ok(other) => debug!("registry sent {other:?}"),
                             Err(e) => {
                                 warn!("registry link: {e}");
@@ -55,34 +65,8 @@ pub async fn run(bridge: Arc<Bridge>, mut stop: Stop) {
             break;
         }
     }
-    for (room, task) in rooms {
-        if let Err(e) = task.await {
-            warn!(room, "room link task failed: {e}");
-        }
-    }
-}
-
-/// Starts a room link for an announced room unless one is running.
-fn assign(
-    bridge: &Arc<Bridge>,
-    registration: &Registration,
-    rooms: &mut HashMap<String, JoinHandle<()>>,
-    stop: &Stop,
-) {
-    let running = rooms
-        .get(&registration.room)
-        .is_some_and(|task| !task.is_finished());
-    if !running {
-        info!(
-            room = registration.room,
-            pending = registration.pending,
-            "relaying room"
-        );
-        let task = tokio::spawn(outbound::run(
-            bridge.clone(),
-            registration.room.clone(),
-            stop.clone(),
-        ));
-        rooms.insert(registration.room.clone(), task);
+    drop(announce);
+    if let Err(e) = rooms.await {
+        warn!("the room link tasks failed: {e}");
     }
 }

@@ -16,6 +16,7 @@ use crate::context::Bridge;
 use crate::error::StartError;
 use crate::kafka::sink::KafkaSink;
 use crate::kafka::{reachable, Kafka, KafkaConfig};
+use crate::limits::{InFlightBytes, Opens};
 use crate::metrics::Metrics;
 use crate::stop::Stop;
 use crate::token::TokenSource;
@@ -39,6 +40,15 @@ pub async fn run(args: RunArgs) -> Result<(), StartError> {
         url: args.worker_url.clone(),
         reason,
     })?;
+    if urls.is_cleartext_to_remote() {
+        if !args.allow_cleartext {
+            return Err(StartError::Cleartext(args.worker_url.clone()));
+        }
+        warn!(
+            worker = args.worker_url,
+            "--allow-cleartext: the token and every message cross the network unencrypted"
+        );
+    }
     let tls = tls::client_config(args.ca_file.as_deref())?;
     let tokens = credentials(&args)?.start(stop.clone())?;
     let worker = Arc::new(WorkerApi::new(urls.clone(), tls.clone(), tokens.clone()));
@@ -52,7 +62,12 @@ pub async fn run(args: RunArgs) -> Result<(), StartError> {
             addr: args.metrics_addr,
             source,
         })?;
-    let endpoint = tokio::spawn(endpoint::serve(listener, metrics.clone(), stop.clone()));
+    let endpoint = tokio::spawn(endpoint::serve(
+        listener,
+        metrics.clone(),
+        endpoint::Bounds::default(),
+        stop.clone(),
+    ));
 
     let config = KafkaConfig::load(args.kafka_config_file.as_deref(), &args.kafka_config)?;
     if !config.describe().is_empty() {
@@ -102,6 +117,10 @@ pub async fn run(args: RunArgs) -> Result<(), StartError> {
         kafka,
         sink: sink.clone(),
         metrics,
+        max_links: args.max_links as usize,
+        link_idle: Duration::from_secs(args.link_idle),
+        opens: Opens::per_sec(args.link_opens_per_sec),
+        in_flight: InFlightBytes::new(args.max_in_flight_bytes),
     });
     info!(instance, worker = args.worker_url, metrics = %args.metrics_addr, "bridge running");
     let running = tokio::spawn(tasks(bridge, sink, endpoint, stop));
@@ -158,6 +177,15 @@ async fn check_worker(worker: &WorkerApi) -> Result<(), StartError> {
     let url = worker.urls.health();
     match worker.health().await {
         Ok(response) if response.status().is_success() => Ok(()),
+        Ok(response) if response.status().is_redirection() => {
+            let location = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned())
+                .unwrap_or_default();
+            warn!(url, status = %response.status(), location, "the worker's /healthz answered a redirect, which the bridge never follows: is --worker-url the worker's own address?");
+            Ok(())
+        }
         Ok(response) => {
             warn!(url, status = %response.status(), "the worker's /healthz did not answer 200: is --worker-url right?");
             Ok(())

@@ -7,12 +7,16 @@
 //! with the `x-roomcast-error` header) dead-letters records; a 4xx from
 //! anything else (a proxy, a wrong path prefix, a misrouted domain) is an
 //! outage, because the same request would succeed once the route is fixed.
+//! So is a redirect: following one would turn a publish into a `GET` and
+//! hand the bridge's token to wherever it points, so none is followed.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::header::{HeaderMap, LOCATION, RETRY_AFTER};
+use reqwest::redirect;
+use reqwest::Url;
 use roomcast_protocol::wire::ERROR_HEADER;
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -51,6 +55,27 @@ impl WorkerUrls {
         &self.http
     }
 
+    /// Whether requests would cross the network in cleartext: `http://` or
+    /// `ws://` to a host that is not loopback (127.0.0.0/8, ::1,
+    /// `localhost`). The host is read by the parsers that the HTTP and the
+    /// WebSocket clients use, and must be loopback to both.
+    pub fn is_cleartext_to_remote(&self) -> bool {
+        if self.http.starts_with("https://") {
+            return false;
+        }
+        let http_loopback = Url::parse(&self.http)
+            .ok()
+            .and_then(|url| url.host_str().map(is_loopback))
+            .unwrap_or(false);
+        let ws_loopback = self
+            .ws
+            .parse::<tokio_tungstenite::tungstenite::http::Uri>()
+            .ok()
+            .and_then(|uri| uri.host().map(is_loopback))
+            .unwrap_or(false);
+        !(http_loopback && ws_loopback)
+    }
+
     pub fn room_link(&self, room: &str, instance: &str) -> String {
         format!(
             "{}/v1/rooms/{room}/bridge?instance={}",
@@ -69,6 +94,19 @@ impl WorkerUrls {
 
     pub fn health(&self) -> String {
         format!("{}/healthz", self.http)
+    }
+
+    pub fn registry(&self, room: &str) -> String {
+        format!("{}/v1/registry?room={}", self.http, encode(room))
+    }
+}
+
+/// A host as a URL spells it (IPv6 in brackets) that is this machine.
+fn is_loopback(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => bare.trim_end_matches('.').eq_ignore_ascii_case("localhost"),
     }
 }
 
@@ -139,6 +177,7 @@ impl WorkerApi {
         let http = reqwest::Client::builder()
             .use_preconfigured_tls((*tls).clone())
             .timeout(PUBLISH_TIMEOUT)
+            .redirect(redirect::Policy::none())
             .build()
             .expect("a client over a ready TLS configuration builds");
         WorkerApi { urls, http, tokens }
@@ -152,6 +191,35 @@ impl WorkerApi {
             .timeout(Duration::from_secs(10))
             .send()
             .await
+    }
+
+    /// The instance the registry assigns `room` to among the connected
+    /// bridges (docs/protocol.md, "Registry report"), `None` when none is.
+    pub async fn owner(&self, room: &str) -> Result<Option<String>, String> {
+        let response = self
+            .http
+            .get(self.urls.registry(room))
+            .bearer_auth(self.tokens.current())
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| format!("the registry is unreachable: {e}"))?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            return Err(match classify(status, response.headers(), "") {
+                PublishError::Outage(why) => why,
+                _ => format!("the registry answered {status}"),
+            });
+        }
+        let report: serde_json::Value = response
+            .json()
+            .await
+            .map_err(|e| format!("an unreadable registry report: {e}"))?;
+        match &report["owner"] {
+            serde_json::Value::String(owner) => Ok(Some(owner.clone())),
+            serde_json::Value::Null => Ok(None),
+            other => Err(format!("the registry report has no owner: {other}")),
+        }
     }
 
     async fn post(&self, room: &str, batch: &[Outgoing<'_>]) -> Result<(), PublishError> {
@@ -208,6 +276,14 @@ fn classify(status: u16, headers: &HeaderMap, body: &str) -> PublishError {
             .unwrap_or_default()
     };
     match (status, code) {
+        (300..=399, _) => PublishError::Outage(format!(
+            "the worker answered {status} redirecting to {:?}; the bridge does not follow redirects \
+             (is --worker-url the worker's own address?)",
+            headers
+                .get(LOCATION)
+                .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned())
+                .unwrap_or_default()
+        )),
         (429, _) => PublishError::Retry {
             why: format!("rate limited ({})", message()),
             after: headers
@@ -255,6 +331,73 @@ mod tests {
         assert!(WorkerUrls::parse("rooms.example").is_err());
     }
 
+    #[test]
+    fn cleartext_only_to_loopback() {
+        let cleartext_to_remote =
+            |url: &str| WorkerUrls::parse(url).unwrap().is_cleartext_to_remote();
+        for url in [
+            "http://127.0.0.1:8787",
+            "ws://127.9.9.9/prefix",
+            "http://localhost:8787",
+            "ws://LOCALHOST./",
+            "http://[::1]:8787",
+            "https://rooms.example",
+            "wss://10.0.0.1",
+        ] {
+            assert!(!cleartext_to_remote(url), "{url} was refused");
+        }
+        for url in [
+            "http://rooms.example",
+            "ws://10.0.0.1:8787",
+            "http://0.0.0.0:8787",
+            "http://127.0.0.1.nip.io",
+            "http://localhost.rooms.example",
+            "http://127.0.0.1@rooms.example",
+            "http://localhost:8787@rooms.example",
+            "http://rooms.example\\@127.0.0.1",
+            "http://rooms.example#@127.0.0.1",
+            "http://[::ffff:10.0.0.1]",
+        ] {
+            assert!(cleartext_to_remote(url), "{url} was allowed");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_redirected_publish_is_an_outage_and_never_followed() {
+        use std::sync::atomic::Ordering;
+
+        let (target, visits) = crate::fake_worker::counting().await;
+        let elsewhere = format!("http://{target}/v1/rooms/r/messages");
+        let redirecting = crate::fake_worker::redirecting(elsewhere.clone()).await;
+        let (_trigger, stop) = crate::stop::Stop::new();
+        let tokens = crate::token::TokenSource::Fixed("t".into())
+            .start(stop)
+            .unwrap();
+        let api = WorkerApi::new(
+            WorkerUrls::parse(&format!("http://{redirecting}")).unwrap(),
+            crate::tls::client_config(None).unwrap(),
+            tokens,
+        );
+        let data = RawValue::from_string("1".into()).unwrap();
+        let batch = [Outgoing {
+            data: &data,
+            id: "a",
+            trace: None,
+        }];
+        match api.publish("r", &batch).await {
+            Err(PublishError::Outage(why)) => assert!(
+                why.contains("307") && why.contains(&elsewhere),
+                "the status and Location are named: {why}"
+            ),
+            other => panic!("a redirect is an outage, not {other:?}"),
+        }
+        assert_eq!(
+            visits.load(Ordering::SeqCst),
+            0,
+            "the redirect was followed"
+        );
+    }
+
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (k, v) in pairs {
@@ -288,6 +431,10 @@ mod tests {
         assert!(matches!(
             classify(503, &HeaderMap::new(), ""),
             PublishError::Retry { after: None, .. }
+        ));
+        assert!(matches!(
+            classify(301, &headers(&[("location", "https://elsewhere/")]), ""),
+            PublishError::Outage(why) if why.contains("301") && why.contains("https://elsewhere/")
         ));
         assert_eq!(
             classify(

@@ -282,7 +282,9 @@ impl Registry {
     }
 
     /// `GET /v1/registry[?room=R]`: what the registry holds (and whether it
-    /// holds room R), for operators and tests.
+    /// holds room R and which instance it assigns R to), for operators,
+    /// tests, and a bridge whose room link was superseded: it comes back
+    /// only if it is still the owner.
     fn report(&self, req: &Request) -> Result<Response> {
         let count = |query: &str, bindings| -> Result<u64> {
             Ok(self
@@ -299,7 +301,7 @@ impl Registry {
             .collect();
         let mut report = serde_json::json!({
             "rooms": rooms,
-            "members": members,
+            "members": &members,
             "rebalance": self.pass()?,
             "page": PAGE,
         });
@@ -309,6 +311,7 @@ impl Registry {
                 vec![room.as_ref().into()],
             )?;
             report["registered"] = (held > 0).into();
+            report["owner"] = owner(&room, &members).into();
         }
         reply::json(200, &report)
     }
