@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use roomcast_protocol::clock::now_ms;
-use roomcast_protocol::wire::MAX_BATCH;
+use roomcast_protocol::wire::{KafkaPosition, MAX_BATCH};
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -45,6 +45,11 @@ impl Ready {
             data: &self.data,
             id: &self.record.id,
             trace: self.record.trace.as_deref(),
+            kafka: KafkaPosition {
+                topic: self.record.topic.to_string(),
+                partition: self.record.position.partition,
+                offset: self.record.position.offset,
+            },
         }
     }
 

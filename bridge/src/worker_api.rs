@@ -17,7 +17,7 @@ use futures_util::future::BoxFuture;
 use reqwest::header::{HeaderMap, LOCATION, RETRY_AFTER};
 use reqwest::redirect;
 use reqwest::Url;
-use roomcast_protocol::wire::ERROR_HEADER;
+use roomcast_protocol::wire::{KafkaPosition, ERROR_HEADER};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
@@ -124,12 +124,16 @@ fn encode(value: &str) -> String {
 }
 
 /// One message of a batch publish; `data` is the record value, verbatim.
+/// `kafka` is where it was consumed: the room keeps the highest offset it
+/// stored per topic-partition, so a record consumed again after a crash is
+/// a duplicate there however long ago it was stored.
 #[derive(Debug, Serialize)]
 pub struct Outgoing<'a> {
     pub data: &'a RawValue,
     pub id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace: Option<&'a str>,
+    pub kafka: KafkaPosition,
 }
 
 #[derive(Serialize)]
@@ -315,6 +319,33 @@ mod tests {
     use reqwest::header::HeaderValue;
 
     #[test]
+    fn a_batch_names_where_each_record_was_consumed() {
+        let data = RawValue::from_string(r#"{"x":1}"#.into()).unwrap();
+        let messages = [Outgoing {
+            data: &data,
+            id: "kafka:in:2:7",
+            trace: None,
+            kafka: KafkaPosition {
+                topic: "in".into(),
+                partition: 2,
+                offset: 7,
+            },
+        }];
+        let body = serde_json::to_value(Batch {
+            messages: &messages,
+        })
+        .unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"messages": [{
+                "data": {"x": 1},
+                "id": "kafka:in:2:7",
+                "kafka": {"topic": "in", "partition": 2, "offset": 7}
+            }]})
+        );
+    }
+
+    #[test]
     fn urls_in_both_schemes() {
         let u = WorkerUrls::parse("ws://127.0.0.1:8787/").unwrap();
         assert_eq!(u.messages("a"), "http://127.0.0.1:8787/v1/rooms/a/messages");
@@ -383,6 +414,11 @@ mod tests {
             data: &data,
             id: "a",
             trace: None,
+            kafka: KafkaPosition {
+                topic: "in".into(),
+                partition: 0,
+                offset: 1,
+            },
         }];
         match api.publish("r", &batch).await {
             Err(PublishError::Outage(why)) => assert!(
