@@ -471,16 +471,11 @@ async fn answers(client: &mut Client, frames: usize, id: &str) -> (Vec<String>, 
     (seen, None)
 }
 
+/// Twenty refused publishes in a row close the connection (1008), wherever
+/// it is.
 #[tokio::test]
-async fn refusals_on_a_shard_strike_and_cost_as_on_the_room() {
-    let mut vars = vars("1");
-    vars.push((
-        "ROOM_POLICIES",
-        r#"[{"match":"sharded-strict.*","rate_burst":3,"rate_per_sec":1}]"#,
-    ));
-    let worker = Worker::start(&vars).await;
-    // Twenty refused publishes in a row close the connection (1008),
-    // wherever it is.
+async fn refusals_on_a_shard_strike_as_on_the_room() {
+    let worker = Worker::start(&vars("1")).await;
     let r = room("sharded-strikes");
     let (mut here, _) = join(&worker, &r, "here").await;
     let (mut there, _) = join(&worker, &r, "there").await;
@@ -492,8 +487,18 @@ async fn refusals_on_a_shard_strike_and_cost_as_on_the_room() {
         on_shard, on_room,
         "a shard's client gets what the room's gets"
     );
+}
 
-    // Refused ids draw from the budget (3 here) like stored publishes.
+/// Refused ids draw from the budget (3 here) like stored publishes,
+/// wherever the publisher is.
+#[tokio::test]
+async fn refusals_cost_their_budget_on_the_room_and_on_a_shard() {
+    let mut vars = vars("1");
+    vars.push((
+        "ROOM_POLICIES",
+        r#"[{"match":"sharded-strict.*","rate_burst":3,"rate_per_sec":1}]"#,
+    ));
+    let worker = Worker::start(&vars).await;
     let r = room("sharded-strict");
     let (mut here, _) = join(&worker, &r, "here").await;
     let (mut there, _) = join(&worker, &r, "there").await;
