@@ -56,6 +56,12 @@ async fn admission(worker: &Worker, http: &Http) {
         403
     );
     assert_eq!(Client::refused(&url).await, 401);
+    let nameless = worker.ws_url(&format!("/v1/rooms/{r}/bridge?token={}", bridge_token()));
+    assert_eq!(
+        Client::refused(&nameless).await,
+        400,
+        "instance is required"
+    );
     let plain = worker.url(&format!("/v1/rooms/{r}/bridge"));
     assert_error(
         &http.get(&plain, Some(&bridge_token())).await,
@@ -102,6 +108,27 @@ async fn outbox(worker: &Worker, http: &Http) {
         .map(|r| r["duplicate"].as_bool().unwrap())
         .collect();
     assert_eq!(dups, [false, false, true]);
+    // Another bridge instance (another `sub`) re-publishing a record after a
+    // takeover gets a duplicate, never a conflict: the bridge is one owner.
+    let other_instance = mint_hs256(
+        SECRET,
+        &TokenSpec {
+            sub: "bridge-b".into(),
+            role: Some("bridge".into()),
+            ttl_secs: 600,
+            ..TokenSpec::default()
+        },
+        now_ms(),
+    );
+    let again = json!({"messages": [{"data": "k2", "id": "kafka:in:0:2"}]});
+    let (status, results) = http
+        .post(&messages, &other_instance, &again.to_string())
+        .await;
+    assert_eq!(
+        (status, results["results"][0]["duplicate"].as_bool()),
+        (201, Some(true)),
+        "{results}"
+    );
     for expected in ["k1", "k2"] {
         let m = client.expect("message").await;
         assert_eq!(

@@ -145,14 +145,28 @@ async fn relays_through_kafka() {
         None,
     )
     .await;
+    // A `message-id` the room refuses is the producer's mistake: dead-lettered
+    // as it is, never replaced by an id the producer did not give.
+    let long_id = "m".repeat(200);
+    send(&kafka, Some(&r), r#"{"x":2}"#, Some(&long_id)).await;
     send(&kafka, Some(&r), r#"{"after":"the bad ones"}"#, None).await;
     assert_eq!(
         client.expect("message").await["data"]["after"],
         "the bad ones"
     );
-    let dead = collect(&dlq, Duration::from_secs(30), |r| r.len() >= 4).await;
+    let dead = collect(&dlq, Duration::from_secs(30), |r| r.len() >= 5).await;
     let reasons: Vec<String> = dead.iter().map(|d| headers(d)["error"].clone()).collect();
-    assert_eq!(reasons, ["no_key", "bad_room", "bad_format", "too_large"]);
+    assert_eq!(
+        reasons,
+        [
+            "no_key",
+            "bad_room",
+            "bad_format",
+            "too_large",
+            "bad_format"
+        ]
+    );
+    assert_eq!(headers(&dead[4])["message-id"], long_id);
     for d in &dead {
         let h = headers(d);
         assert_eq!(h["source-topic"], "roomcast.inbound");
@@ -211,10 +225,15 @@ async fn relays_through_kafka() {
         "{:?} query {missing:?}, which the running bridge does not export:\n{text}",
         dashboards::FILES
     );
-    for reason in ["no_key", "bad_room", "bad_format", "too_large"] {
+    for (reason, count) in [
+        ("no_key", 1),
+        ("bad_room", 1),
+        ("bad_format", 2),
+        ("too_large", 1),
+    ] {
         assert!(
             text.contains(&format!(
-                "roomcast_bridge_dlq_total{{reason=\"{reason}\"}} 1"
+                "roomcast_bridge_dlq_total{{reason=\"{reason}\"}} {count}"
             )),
             "{reason}: {text}"
         );

@@ -266,6 +266,33 @@ async fn a_quiet_room_retires_and_comes_back() {
     assert_eq!(registry(&worker, Some(&r)).await["registered"], true);
 }
 
+/// Every message arms the room's alarm for `ROOM_RETIRE_MS` later, so a
+/// room nobody ever joined, written only over HTTP, retires and deletes its
+/// storage too.
+#[tokio::test]
+async fn a_room_written_only_over_http_retires() {
+    let worker = Worker::start(&[("ROOM_RETIRE_MS", "1000"), ("HISTORY_TTL_SECS", "1")]).await;
+    let http = Http::default();
+    let r = room("http-only");
+    let url = worker.url(&format!("/v1/rooms/{r}/messages"));
+    assert_eq!(
+        http.post(&url, &full_token("poster"), r#"{"data":1}"#)
+            .await
+            .0,
+        201
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats = worker.stats(&r).await;
+        if stats["epoch"] == "" {
+            assert_eq!(stats["alarm"], Value::Null, "{stats}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{r} never retired: {stats}");
+        sleep(Duration::from_millis(300)).await;
+    }
+}
+
 /// The rooms announced on a registry link until it is quiet for a moment.
 async fn announced(link: &mut Client) -> BTreeSet<String> {
     let mut rooms = BTreeSet::new();

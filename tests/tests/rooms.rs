@@ -115,6 +115,13 @@ async fn health(worker: &Worker, http: &Http) {
     assert_eq!(status, 200);
     assert_eq!(body["status"], "ok");
     assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+    let post = http
+        .raw()
+        .post(worker.url("/healthz"))
+        .send()
+        .await
+        .expect("POST /healthz");
+    assert_eq!(post.status().as_u16(), 405, "GET only");
 }
 
 async fn admission(worker: &Worker, http: &Http) {
@@ -555,6 +562,23 @@ async fn policy_closes(worker: &Worker) {
     sloppy.send_text("{").await;
     assert_eq!(sloppy.expect("error").await["code"], "bad_format");
     assert_eq!(sloppy.expect_close(Duration::from_secs(10)).await, 1008);
+
+    // A fresh token forgives nothing: alternating bad frames with `auth`
+    // still reaches the close.
+    let mut sly = Client::connect(&url).await;
+    sly.expect("welcome").await;
+    for _ in 0..19 {
+        sly.send_text("{").await;
+    }
+    sly.send_json(json!({"type": "auth", "token": full_token("erin")}))
+        .await;
+    sly.send_text("{").await;
+    for _ in 0..19 {
+        assert_eq!(sly.expect("error").await["code"], "bad_format");
+    }
+    sly.expect("auth_ok").await;
+    assert_eq!(sly.expect("error").await["code"], "bad_format");
+    assert_eq!(sly.expect_close(Duration::from_secs(10)).await, 1008);
 }
 
 async fn http_publish_and_history(worker: &Worker, http: &Http) {
