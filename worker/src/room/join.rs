@@ -59,7 +59,7 @@ impl Room {
         if let Some(refusal) = self.replay_budget(ctx, &identity.sub, since) {
             return refusal;
         }
-        let ctx = &ctx.now();
+        let ctx = &ctx.refreshed();
         let session = Session::new(ids::conn_id(), identity, ctx.now);
         let epoch = query.get("epoch").map(String::as_str);
         let greeting = self.greet(ctx, &session, since, epoch)?;

@@ -12,11 +12,10 @@
 use roomcast_protocol::auth::Identity;
 use roomcast_protocol::clock::now_ms;
 use roomcast_protocol::lifecycle::{may_retire, Quiet, Reannounce};
+use roomcast_protocol::shard::OnShards;
 use roomcast_protocol::wire::Registration;
 use roomcast_protocol::ErrorCode;
 use worker::{console_error, Response, Result};
-
-use roomcast_protocol::shard::OnShards;
 
 use super::feed::LinkCache;
 use super::{Ctx, Room};

@@ -118,7 +118,7 @@ impl Ctx {
     /// The same event's context with the time read again: after an `await`
     /// (another object asked, storage read) the event's start may be long
     /// past, and a connection's deadlines count from when it is accepted.
-    pub fn now(&self) -> Ctx {
+    pub fn refreshed(&self) -> Ctx {
         Ctx {
             room: self.room.clone(),
             settings: self.settings.clone(),

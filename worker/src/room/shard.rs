@@ -162,7 +162,7 @@ impl Room {
         };
         // No `await` from here until the socket is in: the stream cannot
         // move between what this client is sent and what it gets next.
-        let ctx = &ctx.now();
+        let ctx = &ctx.refreshed();
         let session = Session::new(facts.conn_id, identity, ctx.now);
         let pair = WebSocketPair::new()?;
         self.state.accept_websocket_with_tags(
