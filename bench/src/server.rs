@@ -27,14 +27,15 @@ use crate::direct;
 pub const STARTUP: Duration = Duration::from_secs(300);
 
 /// Variables that take roomcast's limiters out of the measurement: the rate
-/// budgets, and the sockets one subject may hold in a room (every benchmark
-/// socket carries the same token).
+/// budgets, the sockets one subject may hold in a room and the rooms it
+/// may create (every benchmark socket carries the same token).
 pub const OURS_VARS: &[(&str, &str)] = &[
     ("RATE_PER_SEC", "100000"),
     ("RATE_BURST", "100000"),
     ("ROOM_RATE_PER_SEC", "1000000"),
     ("MAX_MESSAGE_BYTES", "65536"),
     ("MAX_CONNECTIONS_PER_SUBJECT", "100000"),
+    ("ROOM_CREATE_PER_MIN", "1000000"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
