@@ -177,7 +177,7 @@ fn check(ring: &Ring, maps: &Maps, model: &Model) -> Result<(), TestCaseError> {
     }
     // Within bounds: the ring its capacity, the outbox its share of the limit.
     prop_assert!(maps.ring.len() as u64 <= shape.capacity);
-    prop_assert!(maps.outbox.len() as u64 <= OUTBOX_LIMIT.saturating_sub(shape.capacity).max(0));
+    prop_assert!(maps.outbox.len() as u64 <= OUTBOX_LIMIT.saturating_sub(shape.capacity));
     if !shape.bridged {
         prop_assert!(maps.outbox.is_empty());
     }
