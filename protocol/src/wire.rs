@@ -589,6 +589,8 @@ mod tests {
     use super::*;
     use serde_json::json;
     use serde_json::Value;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn parse(v: Value) -> Result<ClientFrame, Rejection> {
         parse_client_frame(&v.to_string(), 1000)
