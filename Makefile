@@ -103,8 +103,12 @@ token: .dev.vars
 	@cargo run -q -p roomcast-bridge -- --jwt-secret "$$(sed -n 's/^JWT_SECRET=//p' .dev.vars)" \
 	  token --sub "$(SUB)" --rooms '$(ROOMS)' --publish '$(PUBLISH)' --ttl "$(TTL)"
 
-## test: every test: formatting, lints, unit and property tests (native and wasm), a short fuzz run, end to end, JS client and browser
+## test: every test: formatting, lints, unit and property tests (native and wasm), a short fuzz run, end to end, JS client and browser; each suite must run at least the tests .ci/minimums says
 test: lint test-unit test-wasm test-fuzz test-e2e test-js
+
+# Runs a suite's command and fails, naming the suite, when it runs fewer
+# tests than .ci/minimums says or skips any it may not (scripts/test-counts.sh).
+COUNTED = scripts/test-counts.sh run
 
 lint: bootstrap
 	cargo fmt --all --check
@@ -113,26 +117,34 @@ lint: bootstrap
 	cargo fmt --manifest-path fuzz/Cargo.toml --check
 	cargo clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
 
+# --no-fail-fast: a failing test binary does not keep the rest from running
+# and being counted.
 test-unit: bootstrap
-	cargo test -p roomcast-protocol -p roomcast-bridge -p roomcast-bench
+	$(COUNTED) test-unit cargo test --no-fail-fast -p roomcast-protocol -p roomcast-bridge -p roomcast-bench
 
+## test-wasm: the protocol crate's unit, integration and property tests compiled to wasm32, in Node
 test-wasm: bootstrap
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
-	  cargo test -p roomcast-protocol --target wasm32-unknown-unknown
+	  $(COUNTED) test-wasm cargo test --no-fail-fast -p roomcast-protocol --target wasm32-unknown-unknown
 
 ## test-fuzz: every fuzz target (fuzz/) for FUZZ_RUNS inputs from the committed seeds, the same inputs each time
 FUZZ_RUNS ?= 50000
 test-fuzz: bootstrap-test
-	scripts/fuzz.sh --runs $(FUZZ_RUNS)
+	$(COUNTED) test-fuzz scripts/fuzz.sh --runs $(FUZZ_RUNS)
 
 test-e2e: bootstrap-test worker
 	cargo build -p roomcast-bridge
-	ROOMCAST_TANSU=$(TOOLS_DIR)/bin/tansu cargo test -p roomcast-tests -- --test-threads=1
+	ROOMCAST_TANSU=$(TOOLS_DIR)/bin/tansu $(COUNTED) test-e2e cargo test --no-fail-fast -p roomcast-tests -- --test-threads=1
+
+# node --test gets files, never directories: what it does with a directory
+# changed across Node versions.
+JS_TESTS := $(wildcard clients/js/test/*.test.js tests/browser/*.test.mjs)
 
 ## test-js: the JS client (node's test runner) and the demo page in headless Chromium, against wrangler dev
 test-js: bootstrap-test worker
-	CHROMIUM_PATH=$(CHROMIUM) node --test --test-concurrency=1 --test-timeout=300000 --test-reporter=spec \
-	  clients/js/test/ tests/browser/
+	@test -n "$(JS_TESTS)" || { echo "test-js: no test files" >&2; exit 1; }
+	CHROMIUM_PATH=$(CHROMIUM) $(COUNTED) test-js node --test --test-concurrency=1 --test-timeout=300000 --test-reporter=spec \
+	  $(JS_TESTS)
 
 ## fuzz: every fuzz target for FUZZ_SECONDS each (7 x 90 s: over ten minutes), growing fuzz/corpus; not part of test
 FUZZ_SECONDS ?= 90

@@ -327,6 +327,8 @@ fn refusal(code: ErrorCode, message: &str) -> Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn query_pairs_decoded_without_fragment() {

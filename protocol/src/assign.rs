@@ -32,6 +32,8 @@ pub fn owner<'a, I: AsRef<str>>(room: &str, instances: &'a [I]) -> Option<&'a st
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn rooms() -> Vec<String> {
         (0..3000).map(|n| format!("room-{n}")).collect()

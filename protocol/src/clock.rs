@@ -23,6 +23,9 @@ pub fn now_ms() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     #[test]
     fn clock_is_after_2024() {
         assert!(super::now_ms() > 1_704_067_200_000);

@@ -78,6 +78,8 @@ impl Keys {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn a_key_belongs_to_its_first_sender() {

@@ -175,6 +175,8 @@ pub fn parse_u64(name: &str, value: Option<&str>, default: u64) -> Result<u64, S
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     const E: &str = "e_1";
 

@@ -72,6 +72,8 @@ impl Reannounce {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn announcements_back_off_until_a_link_comes() {

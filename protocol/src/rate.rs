@@ -245,6 +245,8 @@ impl Limiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn limits(per_sec: u32, burst: u32, room: u32) -> Limits {
         Limits {

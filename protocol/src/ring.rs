@@ -413,6 +413,8 @@ fn relayable(messages: &[Message]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn slots_of_a_run() {

@@ -38,6 +38,8 @@ impl fmt::Display for RoomName {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn accepts_the_spec_alphabet() {

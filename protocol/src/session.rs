@@ -116,6 +116,8 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     const TIMING: Timing = Timing {
         idle_timeout_ms: 90_000,

@@ -678,6 +678,8 @@ impl<T> Waiting<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn report(delivered: u64, clients: u64) -> ShardReport {
         ShardReport {

@@ -150,6 +150,8 @@ pub fn mint_hs256(secret: &str, spec: &TokenSpec, now_ms: u64) -> String {
 mod tests {
     use super::*;
     use crate::auth::{Verifier, VerifierConfig};
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     const NOW_MS: u64 = 1_800_000_000_000;
 

@@ -186,6 +186,8 @@ pub struct StatsReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn histogram_is_cumulative() {

@@ -54,6 +54,8 @@ pub fn inherit(drafts: &mut [Draft], header: Option<&str>) {
 mod tests {
     use super::*;
     use crate::wire::parse_publish_body;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     const GOOD: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 

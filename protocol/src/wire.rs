@@ -589,6 +589,8 @@ mod tests {
     use super::*;
     use serde_json::json;
     use serde_json::Value;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn parse(v: Value) -> Result<ClientFrame, Rejection> {
         parse_client_frame(&v.to_string(), 1000)
@@ -671,9 +673,26 @@ mod tests {
             let r = parse_client_frame(text, 1000).unwrap_err();
             assert_eq!(r.code, ErrorCode::BadFormat, "{text}");
         }
-        let long_ref = "é".repeat(MAX_REF_LEN);
-        let r = parse(json!({"type":"nope","ref":long_ref})).unwrap_err();
-        assert!(r.reference.unwrap().len() <= MAX_REF_LEN);
+    }
+
+    #[test]
+    fn an_error_carries_the_first_64_bytes_of_its_ref() {
+        // 32 two-byte characters are exactly 64 bytes; one more byte in
+        // front puts the 64th byte inside a character, which is left out.
+        let even = "é".repeat(MAX_REF_LEN);
+        let odd = format!("a{even}");
+        for (reference, kept) in [(even.as_str(), 64), (odd.as_str(), 63)] {
+            for frame in [
+                json!({"type":"nope","ref":reference}),
+                json!({"type":"publish","data":1,"ref":reference}),
+            ] {
+                let r = parse(frame).unwrap_err();
+                assert_eq!(r.code, ErrorCode::BadFormat);
+                assert_eq!(r.reference.as_deref(), Some(&reference[..kept]));
+            }
+        }
+        let r = parse(json!({"type":"nope","ref":7})).unwrap_err();
+        assert_eq!(r.reference, None, "a ref that is no string is not read");
     }
 
     #[test]
@@ -713,7 +732,20 @@ mod tests {
             Some("big"),
             "the publisher learns which"
         );
-        assert!(parse_client_frame(&text, 50).unwrap_err().fatal);
+        let auth = json!({"type":"auth","token":"t".repeat(200),"ref":"a"}).to_string();
+        let r = parse_client_frame(&auth, 100).unwrap_err();
+        assert_eq!(
+            (r.code, r.reference.as_deref()),
+            (ErrorCode::TooLarge, Some("a"))
+        );
+        // Over four times the limit the frame is not read: no ref, and the
+        // connection closes.
+        let r = parse_client_frame(&text, text.len() / policy::FAR_OVER_FACTOR - 1).unwrap_err();
+        assert_eq!((r.code, r.fatal), (ErrorCode::TooLarge, true));
+        assert_eq!(r.reference, None);
+        let r =
+            parse_client_frame(&text, text.len().div_ceil(policy::FAR_OVER_FACTOR)).unwrap_err();
+        assert_eq!((r.fatal, r.reference.as_deref()), (false, Some("big")));
     }
 
     #[test]

@@ -1,4 +1,3 @@
-#![cfg(not(target_arch = "wasm32"))]
 //! The token validation matrix of docs/protocol.md, "Tokens": every accepted algorithm,
 //! and every way a token must be refused, against one verifier configured
 //! like a production worker (HS256 secret plus an EdDSA and an ES256 key in
@@ -10,6 +9,8 @@ use jwt_compact::{AlgorithmExt, Header};
 use roomcast_protocol::auth::{AuthError, KeyConfigError, Verifier, VerifierConfig};
 use roomcast_protocol::signing::{mint_hs256, TokenSpec};
 use serde_json::json;
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
 
 const NOW_MS: u64 = 1_800_000_000_000;
 const SECRET: &str = "matrix-secret";

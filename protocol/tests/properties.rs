@@ -1,4 +1,3 @@
-#![cfg(not(target_arch = "wasm32"))]
 //! Property tests for the two pieces that face untrusted input at volume:
 //! the client frame parser (anything a socket can carry) and the rate
 //! limiter (any sequence of clocks and limits), plus the resume arithmetic
@@ -11,6 +10,8 @@ use roomcast_protocol::rate::{admit, Admission, Bucket, RoomBudget};
 use roomcast_protocol::wire::{parse_client_frame, ClientFrame};
 use roomcast_protocol::{ErrorCode, RoomName};
 use serde_json::{json, Value};
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
 
 fn json_value() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::process::{wait_http_ok, Service};
-use crate::{ca_file, free_port, fresh_dir, repo_root, Broker, Worker, SECRET};
+use crate::{ca_file, free_port, fresh_dir, repo_root, Broker, Worker, SECRET, STEP};
 
 /// How long the bridge may take to answer `/healthz`.
 const STARTUP: Duration = Duration::from_secs(60);
@@ -65,12 +65,23 @@ impl BridgeProcess {
         format!("http://{}{path}", self.metrics)
     }
 
-    /// What `/metrics` says now.
+    /// What `/metrics` says now; panics with the bridge's log when the
+    /// answer has not arrived within [`STEP`], so a hung bridge fails its
+    /// test instead of hanging the suite.
     pub async fn metrics_text(&self) -> String {
-        let response = reqwest::get(self.url("/metrics"))
-            .await
-            .expect("GET /metrics");
-        response.text().await.expect("a /metrics body")
+        let client = reqwest::Client::builder()
+            .timeout(STEP)
+            .build()
+            .expect("an HTTP client");
+        let read = async { client.get(self.url("/metrics")).send().await?.text().await };
+        read.await.unwrap_or_else(|e| {
+            let why = if e.is_timeout() {
+                format!("no answer within {STEP:?}")
+            } else {
+                format!("{e:?}")
+            };
+            panic!("GET /metrics: {why}\n{}", self.service.log_tail())
+        })
     }
 }
 
