@@ -78,6 +78,29 @@ pub fn fresh_dir(label: &str) -> PathBuf {
     dir
 }
 
+/// A fresh directory holding a copy of the persisted state under `from`
+/// (e.g. a fixture in the repository), for a worker to start on without
+/// changing the original.
+pub fn fresh_copy(label: &str, from: &Path) -> PathBuf {
+    fn copy_tree(from: &Path, to: &Path) {
+        let entries =
+            std::fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display()));
+        for entry in entries.flatten() {
+            let (path, target) = (entry.path(), to.join(entry.file_name()));
+            if path.is_dir() {
+                std::fs::create_dir_all(&target).expect("create a directory");
+                copy_tree(&path, &target);
+            } else {
+                std::fs::copy(&path, &target)
+                    .unwrap_or_else(|e| panic!("copy {}: {e}", path.display()));
+            }
+        }
+    }
+    let dir = fresh_dir(label);
+    copy_tree(from, &dir);
+    dir
+}
+
 /// The value of one series (`name{labels}`, exactly as exported) in a
 /// Prometheus text exposition.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
