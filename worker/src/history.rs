@@ -69,14 +69,17 @@ const MIGRATIONS: &[&[&str]] = &[
     // 4: earlier releases moved only messages not from Kafka to the
     // outbox, which could leave holes in a history; clients see it from
     // above the last one (the bridge still gets everything it needs).
+    // The first stored seq above the last stored one whose next is missing.
     &[concat!(
-        "INSERT INTO meta (key, value) SELECT 'contiguous_from', CAST(MAX(a.seq) + 1 AS TEXT) ",
+        "INSERT INTO meta (key, value) SELECT 'contiguous_from', CAST(MIN(b.seq) AS TEXT) ",
+        "FROM (SELECT seq FROM outbox UNION ALL SELECT seq FROM ring) b ",
+        "WHERE b.seq > (SELECT MAX(a.seq) ",
         "FROM (SELECT seq FROM outbox UNION ALL SELECT seq FROM ring) a ",
         "WHERE a.seq < (SELECT MAX(seq) FROM (SELECT seq FROM outbox UNION ALL SELECT seq FROM ring)) ",
         "AND NOT EXISTS (SELECT 1 FROM outbox WHERE seq = a.seq + 1) ",
         "AND NOT EXISTS (SELECT 1 FROM ring WHERE slot = (a.seq + 1) % ",
-        "(SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'ring') AND seq = a.seq + 1) ",
-        "HAVING MAX(a.seq) IS NOT NULL"
+        "(SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'ring') AND seq = a.seq + 1)) ",
+        "HAVING MIN(b.seq) IS NOT NULL"
     )],
 ];
 
