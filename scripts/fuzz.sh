@@ -118,7 +118,9 @@ for target in $listed; do
     "$target" "$runs" "$seconds" "$corpus_size" "$status")")
 done
 
-printf '%s\n' "${summary[@]}"
+if ((${#summary[@]} > 0)); then
+  printf '%s\n' "${summary[@]}"
+fi
 if ((ran < ${#present[@]})); then
   echo "fuzz: only $ran of the ${#present[@]} targets in fuzz/fuzz_targets/ ran" >&2
 fi
