@@ -20,7 +20,16 @@
 #
 # Every crash, timeout or out-of-memory input is kept in
 # fuzz/artifacts/<target>/; the first of a target's is replayed to print its
-# panic, and the script fails after the last target.
+# panic, and the script fails after the last target. It fails too when a
+# target in fuzz/fuzz_targets/ has no [[bin]] in fuzz/Cargo.toml, or did not
+# run (no input at all, or fewer than N with --runs): a run that fuzzed
+# nothing has found nothing.
+#
+# The last line is the summary, for CI to add to its totals:
+#   fuzz: <T> targets, <R> runs, <C> crashes, <F> failed
+# T targets found in fuzz/fuzz_targets/, R inputs executed in all, C crash,
+# timeout and out-of-memory inputs found, F targets that failed for any
+# reason (a crash, a non-zero exit, too few inputs, not built); T - F passed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +40,21 @@ case $mode in
   *) echo "usage: scripts/fuzz.sh --seconds S | --runs N" >&2; exit 2 ;;
 esac
 
+# The targets present, and the ones cargo-fuzz knows: a source without its
+# [[bin]] would otherwise be skipped without a word.
+present=()
+for source in fuzz/fuzz_targets/*.rs; do
+  [[ -e $source ]] && present+=("$(basename "$source" .rs)")
+done
+listed=$(cargo fuzz list)
+failed=()
+for target in "${present[@]}"; do
+  if ! grep -qxF "$target" <<<"$listed"; then
+    echo "fuzz: $target: fuzz/fuzz_targets/$target.rs has no [[bin]] in fuzz/Cargo.toml" >&2
+    failed+=("$target")
+  fi
+done
+
 cargo fuzz build --sanitizer none
 logs=fuzz/target/logs
 mkdir -p "$logs"
@@ -40,10 +64,10 @@ trap 'rm -rf "$scratch"' EXIT
 marker=$scratch/started
 touch "$marker"
 total_runs=0
-total_seconds=0
-failed=()
+total_crashes=0
+ran=0
 summary=()
-for target in $(cargo fuzz list); do
+for target in $listed; do
   if [[ $mode == --seconds ]]; then
     mkdir -p "fuzz/corpus/$target"
     corpus=("fuzz/corpus/$target")
@@ -63,6 +87,13 @@ for target in $(cargo fuzz list); do
   seconds=$((SECONDS - started))
   mkdir -p "fuzz/artifacts/$target"
   mapfile -t found < <(find "fuzz/artifacts/$target" -type f -newer "$marker" | sort)
+  # libFuzzer's final count, or the last progress line's (after a crash, and
+  # in fork mode, whose jobs print their own).
+  runs=$(awk '/^stat::number_of_executed_units:/ { n = $2; done = 1 }
+              !done && /^#[0-9]+/ { n = substr($1, 2) }
+              END { print n + 0 }' "$log")
+  wanted=1
+  [[ $mode == --runs ]] && wanted=$amount
   if ((${#found[@]} > 0)); then
     status="CRASH: ${#found[@]} input(s) in fuzz/artifacts/$target/, log in $log"
     failed+=("$target")
@@ -73,20 +104,26 @@ for target in $(cargo fuzz list); do
     status="FAILED (exit $exited), log in $log"
     failed+=("$target")
     tail -20 "$log" >&2
+  elif ((runs < wanted)); then
+    status="FAILED: ran $runs of $wanted inputs, log in $log"
+    failed+=("$target")
   else
     status=ok
   fi
-  # libFuzzer's final count, or the last progress line's (after a crash, and
-  # in fork mode, whose jobs print their own).
-  runs=$(awk '/^stat::number_of_executed_units:/ { n = $2; done = 1 }
-              !done && /^#[0-9]+/ { n = substr($1, 2) }
-              END { print n + 0 }' "$log")
+  ((runs > 0)) && ran=$((ran + 1))
   total_runs=$((total_runs + runs))
-  total_seconds=$((total_seconds + seconds))
-  summary+=("$(printf 'fuzz: %-20s %12d runs in %4d s  %s' "$target" "$runs" "$seconds" "$status")")
+  total_crashes=$((total_crashes + ${#found[@]}))
+  corpus_size=$(find "${corpus[0]}" -type f | wc -l)
+  summary+=("$(printf 'fuzz: %-20s %12d runs in %4d s, corpus %6d  %s' \
+    "$target" "$runs" "$seconds" "$corpus_size" "$status")")
 done
 
-printf '%s\n' "${summary[@]}"
-printf 'fuzz: %-20s %12d runs in %4d s  %d of %d targets failed\n' \
-  total "$total_runs" "$total_seconds" "${#failed[@]}" "${#summary[@]}"
-((${#failed[@]} == 0))
+if ((${#summary[@]} > 0)); then
+  printf '%s\n' "${summary[@]}"
+fi
+if ((ran < ${#present[@]})); then
+  echo "fuzz: only $ran of the ${#present[@]} targets in fuzz/fuzz_targets/ ran" >&2
+fi
+printf 'fuzz: %d targets, %d runs, %d crashes, %d failed\n' \
+  "${#present[@]}" "$total_runs" "$total_crashes" "${#failed[@]}"
+((${#present[@]} > 0 && ran >= ${#present[@]} && ${#failed[@]} == 0))

@@ -2,11 +2,14 @@
 //! and the `since` of a WebSocket connect ([`parse_u64`]).
 //!
 //! Input: a first byte whose low two bits say whether `since` and `limit`
-//! are present, then their text separated by the first `&`.
+//! are present, then their text separated by the first `&`. The same bytes
+//! also choose a query by the grammar (each value absent, empty or any u64
+//! in decimal), which must be read as written.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use roomcast_fuzz::contract;
+use roomcast_fuzz::json::Gen;
 use roomcast_protocol::history::{parse_u64, Page, DEFAULT_PAGE, MAX_PAGE};
 use roomcast_protocol::ErrorCode;
 
@@ -46,4 +49,33 @@ fuzz_target!(|bytes: &[u8]| {
             contract::http_error(ErrorCode::BadRequest, &message);
         }
     }
+
+    let mut g = Gen::new(bytes);
+    let (since, since_text) = value(&mut g);
+    let (limit, limit_text) = value(&mut g);
+    let wanted = Page {
+        since: since.unwrap_or(0),
+        limit: limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE),
+    };
+    match Page::parse(since_text.as_deref(), limit_text.as_deref()) {
+        Ok(page) => assert_eq!(page, wanted, "{since_text:?} {limit_text:?}"),
+        Err(message) => panic!("refused {since_text:?} {limit_text:?}: {message}"),
+    }
 });
+
+/// A query value as a client writes it: absent, empty or a u64 in decimal
+/// (near the ends of the range as often as not), with the number it means.
+fn value(g: &mut Gen) -> (Option<u64>, Option<String>) {
+    match g.below(4) {
+        0 => (None, None),
+        1 => (None, Some(String::new())),
+        _ => {
+            let n = match g.below(3) {
+                0 => g.range(0, 2 * MAX_PAGE),
+                1 => u64::MAX - g.range(0, 2),
+                _ => g.u64(),
+            };
+            (Some(n), Some(n.to_string()))
+        }
+    }
+}

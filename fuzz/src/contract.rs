@@ -4,18 +4,25 @@
 //! `error` frame (WebSocket) or an `{"error":{...}}` body (HTTP), so both are
 //! built here and read back as a client reads them. An accepted message must
 //! fit the limits and survive the trip to every reader: the room broadcasts
-//! it as a `message` frame, which the bridge parses back.
+//! it as a `message` frame, which the bridge parses back, and a sharded room
+//! sends that frame to its shards in batches ([`crosses_shards`]).
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 use roomcast_protocol::policy::MAX_DEPTH;
+use roomcast_protocol::shard::{encode_batch, encode_join_reply, parse_batch, parse_join_reply};
 use roomcast_protocol::trace::is_traceparent;
 use roomcast_protocol::wire::{
-    error_body, parse_server_frame, Draft, Message, Origin, Rejection, ServerFrame, MAX_ID_LEN,
-    MAX_REF_LEN,
+    error_body, parse_client_frame, parse_server_frame, ClientFrame, Draft, Message, Origin,
+    Rejection, ServerFrame, MAX_ID_LEN, MAX_REF_LEN,
 };
 use roomcast_protocol::ErrorCode;
+use serde_json::value::RawValue;
 use serde_json::Value;
+
+use crate::indent;
+use crate::json::Gen;
 
 /// A refused frame or body: one of the codes a parser may give, and an answer
 /// on both transports.
@@ -27,9 +34,9 @@ pub fn refused(rejection: &Rejection) {
     );
     if let Some(reference) = &rejection.reference {
         assert!(
-            reference.chars().count() <= MAX_REF_LEN,
-            "ref of {} chars echoed",
-            reference.chars().count()
+            reference.len() <= MAX_REF_LEN,
+            "ref of {} bytes echoed",
+            reference.len()
         );
     }
     error_frame(
@@ -149,4 +156,134 @@ fn broadcast(draft: &Draft) {
         }
         other => panic!("message frame {text} reads back as {other:?}"),
     }
+}
+
+/// An accepted `publish` frame `text`, read as `draft` and `reference`:
+///
+/// - pretty-printed (as `JSON.stringify(v, null, 2)` writes it) it is the
+///   same publish, its `data` the compact form of the `data` written;
+/// - the `message` frame the room makes of it crosses a shard batch and a
+///   join reply byte for byte and under its seq, among frames whose content
+///   looks like framing, and reads back as the same message.
+///
+/// `g` draws the message's other fields and the frames around it.
+pub fn crosses_shards(text: &str, draft: &Draft, reference: Option<&str>, g: &mut Gen) {
+    let written = raw_field(text, "data").unwrap_or_else(|| panic!("no data in {text}"));
+    assert_eq!(
+        draft.data.get(),
+        indent::compact(written.get()),
+        "data of {text} is not kept compact"
+    );
+    let pretty = indent::pretty(text);
+    let again = match parse_client_frame(&pretty, pretty.len()) {
+        Ok(ClientFrame::Publish {
+            draft: again,
+            reference: again_reference,
+        }) => {
+            assert_eq!(again_reference.as_deref(), reference, "ref of {pretty}");
+            again
+        }
+        Ok(ClientFrame::Auth { .. }) => panic!("{text} pretty-printed is auth: {pretty}"),
+        Err(rejection) => panic!("{text} pretty-printed is refused: {rejection:?}\n{pretty}"),
+    };
+    assert_eq!(again.data.get(), draft.data.get(), "data of {pretty}");
+    assert_eq!(
+        (&again.id, &again.trace),
+        (&draft.id, &draft.trace),
+        "{pretty}"
+    );
+
+    // Seqs in order, from anywhere in the range, with gaps.
+    let count = g.range(1, 5) as usize;
+    let ours = g.below(count);
+    let mut seqs = vec![g.range(1, u64::MAX - 5 * 1_000)];
+    while seqs.len() < count {
+        seqs.push(seqs[seqs.len() - 1] + g.range(1, 1_000));
+    }
+    let seq = seqs[ours];
+    let message = Message {
+        room: "fuzz.room".into(),
+        id: again.id.clone().unwrap_or_else(|| format!("m_{seq}")),
+        seq,
+        ts: g.u64(),
+        sender: g.short_text(32),
+        origin: g.pick(&[Origin::Ws, Origin::Http, Origin::Kafka]),
+        data: again.data,
+        trace: again.trace,
+    };
+    let frame = ServerFrame::Message(Cow::Borrowed(&message)).to_json();
+    let frames: Vec<(u64, String)> = seqs
+        .iter()
+        .map(|&s| {
+            (
+                s,
+                if s == seq {
+                    frame.clone()
+                } else {
+                    lookalike(g)
+                },
+            )
+        })
+        .collect();
+    let frames: Vec<(u64, &str)> = frames.iter().map(|(s, f)| (*s, f.as_str())).collect();
+
+    let prev = g.chance(2).then(|| g.u64());
+    let batch = encode_batch(prev, frames.iter().copied());
+    match parse_batch(&batch) {
+        Ok(back) => {
+            assert_eq!(back.prev, prev, "{batch:?}");
+            assert_eq!(back.frames, frames, "{batch:?}");
+        }
+        Err(e) => panic!("the sequencer's own batch is refused ({e}): {batch:?}"),
+    }
+    let welcome = lookalike(g);
+    let reply = encode_join_reply(&welcome, frames.iter().copied());
+    match parse_join_reply(&reply) {
+        Ok(back) => {
+            assert_eq!(back.welcome, welcome, "{reply:?}");
+            assert_eq!(back.replay, frames, "{reply:?}");
+        }
+        Err(e) => panic!("the sequencer's own join reply is refused ({e}): {reply:?}"),
+    }
+
+    // What the shard hands its clients reads as the message stored.
+    match parse_server_frame(frames[ours].1) {
+        Ok(ServerFrame::Message(back)) => {
+            assert_eq!(back.seq, seq, "{frame}");
+            assert_eq!(back.data.get(), message.data.get(), "{frame}");
+            assert_eq!((&back.id, &back.trace), (&message.id, &message.trace));
+        }
+        other => panic!("message frame {frame} reads back as {other:?}"),
+    }
+}
+
+/// The raw value of field `name` of the JSON object `text`.
+fn raw_field<'a>(text: &'a str, name: &str) -> Option<&'a RawValue> {
+    let fields: HashMap<String, &RawValue> = serde_json::from_str(text).ok()?;
+    fields.get(name).copied()
+}
+
+/// Text that reads as batch framing if anything scans it: newlines, `prev`
+/// lines, `<seq> <length>` lines, a frame cut short; or a plain frame.
+pub fn lookalike(g: &mut Gen) -> String {
+    const PIECES: [&str; 9] = [
+        "\n",
+        "prev 1\n",
+        "prev -\n",
+        "4 2\n{}\n",
+        "welcome 3\n",
+        "99999999999 ",
+        "{\"type\":\"message\",\"seq\":1}",
+        "é",
+        "\r\n",
+    ];
+    let mut text = String::new();
+    while g.chance(2) {
+        if g.chance(3) {
+            text.push_str(&g.short_text(24));
+        } else {
+            text.push_str(g.pick(&PIECES));
+        }
+    }
+    text
 }

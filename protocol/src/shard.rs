@@ -174,9 +174,8 @@ fn next_record(input: &str) -> Result<(&str, &str, &str), String> {
     let (label, length) = head
         .split_once(' ')
         .ok_or_else(|| format!("a record starts with `<label> <length>`, not {head:.40?}"))?;
-    let length: usize = length
-        .parse()
-        .map_err(|_| format!("bad record length {length:.20?}"))?;
+    let length: usize =
+        decimal(length).ok_or_else(|| format!("bad record length {length:.20?}"))?;
     let text = rest
         .get(..length)
         .ok_or_else(|| format!("a record of {length} bytes is cut short"))?;
@@ -186,16 +185,23 @@ fn next_record(input: &str) -> Result<(&str, &str, &str), String> {
     Ok((label, text, rest))
 }
 
+/// A number as the encoder writes it: decimal digits, without a sign or a
+/// leading zero. Taking `+7` or `007` as well would give one batch several
+/// texts, and the same frames could then be framed two ways.
+fn decimal<T: std::str::FromStr>(text: &str) -> Option<T> {
+    let canonical = !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && (text == "0" || !text.starts_with('0'));
+    canonical.then(|| text.parse().ok()).flatten()
+}
+
 pub fn parse_batch(text: &str) -> Result<Batch<'_>, String> {
     let (first, rest) = text
         .split_once('\n')
         .ok_or_else(|| "a batch starts with a prev line".to_owned())?;
     let prev = match first.strip_prefix("prev ") {
         Some("-") => None,
-        Some(n) => Some(
-            n.parse()
-                .map_err(|_| format!("bad prev line {first:.40?}"))?,
-        ),
+        Some(n) => Some(decimal(n).ok_or_else(|| format!("bad prev line {first:.40?}"))?),
         None => return Err(format!("a batch starts with a prev line, not {first:.40?}")),
     };
     Ok(Batch {
@@ -209,7 +215,7 @@ fn parse_frames(mut text: &str) -> Result<Vec<(u64, &str)>, String> {
     let mut last = 0;
     while !text.is_empty() {
         let (seq, frame, rest) = next_record(text)?;
-        let seq: u64 = seq.parse().map_err(|_| format!("bad seq {seq:.20?}"))?;
+        let seq: u64 = decimal(seq).ok_or_else(|| format!("bad seq {seq:.20?}"))?;
         if seq <= last {
             return Err(format!("seq {seq} after {last}: frames go in seq order"));
         }
@@ -777,6 +783,28 @@ mod tests {
         assert_eq!(reply.welcome, r#"{"type":"welcome"}"#);
         assert_eq!(reply.replay, vec![(7, "{}")]);
         assert!(parse_join_reply("7 2\n{}\n").is_err());
+    }
+
+    #[test]
+    fn numbers_are_read_only_as_the_encoder_writes_them() {
+        assert_eq!(parse_batch("prev 0\n").unwrap().prev, Some(0));
+        assert_eq!(
+            parse_batch("prev 1\n10 0\n\n").unwrap().frames,
+            vec![(10, "")]
+        );
+        for other in [
+            "prev 03\n",
+            "prev +3\n",
+            "prev 1\n04 2\n{}\n",
+            "prev 1\n+4 2\n{}\n",
+            "prev 1\n4 02\n{}\n",
+            "prev 1\n4 +2\n{}\n",
+            "prev 1\n4 \n\n",
+        ] {
+            assert!(parse_batch(other).is_err(), "{other:?}");
+        }
+        assert!(parse_join_reply("welcome 02\n{}\n").is_err());
+        assert!(parse_join_reply("welcome 2\n{}\n8 02\n{}\n").is_err());
     }
 
     #[test]
