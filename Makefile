@@ -146,7 +146,7 @@ test-js: bootstrap-test worker
 	CHROMIUM_PATH=$(CHROMIUM) $(COUNTED) test-js node --test --test-concurrency=1 --test-timeout=300000 --test-reporter=spec \
 	  $(JS_TESTS)
 
-## fuzz: every fuzz target for FUZZ_SECONDS each (7 x 90 s: over ten minutes), growing fuzz/corpus; not part of test
+## fuzz: every fuzz target for FUZZ_SECONDS each (8 x 90 s: about 12 minutes), growing fuzz/corpus; not part of test
 FUZZ_SECONDS ?= 90
 fuzz: bootstrap-test
 	scripts/fuzz.sh --seconds $(FUZZ_SECONDS)

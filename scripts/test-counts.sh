@@ -56,12 +56,6 @@ read_counts() {
       p += $2 - $8; f += $8
       note = $4 " runs, " $6 " crashes"
     }
-    # The same from the total line of a fuzz.sh without that summary:
-    # "fuzz: total  350000 runs in 60 s  0 of 7 targets failed".
-    /^fuzz: total +[0-9]+ runs in +[0-9]+ s +[0-9]+ of [0-9]+ targets failed$/ {
-      p += $10 - $8; f += $8
-      note = $3 " runs, " $8 " of " $10 " targets failed"
-    }
     END { printf "%d %d %d %d %d %s\n", p, f, ig, s, c, note }
   '
 }
