@@ -116,17 +116,17 @@ impl Reading {
     }
 }
 
-/// The ring slots holding `run`: one range of slots, or two when it wraps.
+/// The ring slots holding `run`, in the order of its seqs: one range of
+/// slots, or two when it wraps (the first holds the older seqs), so rows
+/// read range by range in slot order come in seq order without a sort.
 pub fn slots(run: Run, capacity: u64) -> [Option<(u64, u64)>; 2] {
     let capacity = capacity.max(1);
-    if run.count() >= capacity {
-        return [Some((0, capacity - 1)), None];
-    }
-    let (a, b) = (run.lo % capacity, run.hi % capacity);
-    if a <= b {
-        [Some((a, b)), None]
+    let first = run.lo % capacity;
+    let last = (run.lo + run.count().min(capacity) - 1) % capacity;
+    if first <= last {
+        [Some((first, last)), None]
     } else {
-        [Some((a, capacity - 1)), Some((0, b))]
+        [Some((first, capacity - 1)), Some((0, last))]
     }
 }
 
@@ -421,7 +421,13 @@ mod tests {
         let run = |lo, hi| Run { lo, hi };
         assert_eq!(slots(run(3, 5), 10), [Some((3, 5)), None]);
         assert_eq!(slots(run(8, 12), 10), [Some((8, 9)), Some((0, 2))]);
-        assert_eq!(slots(run(1, 10), 10), [Some((0, 9)), None]);
+        assert_eq!(
+            slots(run(1, 10), 10),
+            [Some((1, 9)), Some((0, 0))],
+            "a whole ring, from its oldest seq"
+        );
+        assert_eq!(slots(run(10, 19), 10), [Some((0, 9)), None]);
+        assert_eq!(slots(run(1, 30), 10), [Some((1, 9)), Some((0, 0))]);
         assert_eq!(slots(run(7, 7), 1), [Some((0, 0)), None]);
     }
 

@@ -484,61 +484,75 @@ impl History {
         format!("SELECT {columns} FROM outbox UNION ALL SELECT {columns} FROM ring")
     }
 
-    /// The stored rows of a [`Reading`] (`columns` of them), each table read
-    /// by its key; `None` when it reads nothing.
-    fn reading_query(
+    /// The statements that read the stored rows of a [`Reading`] (`columns`
+    /// of them, those `filter` keeps), each table by its key and in key
+    /// order, so their rows one after the other are in seq order: no
+    /// statement sorts, and none reads a row it does not return.
+    fn reading_statements(
         &self,
         columns: &str,
+        filter: &str,
         reading: &Reading,
-    ) -> Option<(String, Vec<SqlStorageValue>)> {
-        let mut parts = Vec::new();
-        let mut bindings = Vec::new();
+    ) -> Vec<(String, Vec<SqlStorageValue>)> {
+        let mut statements = Vec::new();
         if let Some(run) = reading.outbox {
-            parts.push(format!(
-                "SELECT {columns} FROM outbox WHERE seq BETWEEN ? AND ?"
+            statements.push((
+                format!(
+                    "SELECT {columns} FROM outbox WHERE seq BETWEEN ? AND ?{filter} ORDER BY seq"
+                ),
+                vec![seq_value(run.lo), seq_value(run.hi)],
             ));
-            bindings.extend([seq_value(run.lo), seq_value(run.hi)]);
         }
         if let Some(run) = reading.ring {
-            for (a, b) in slots(run, self.state.borrow().ring.capacity())
-                .into_iter()
-                .flatten()
-            {
-                parts.push(format!(
-                    "SELECT {columns} FROM ring WHERE slot BETWEEN ? AND ? AND seq BETWEEN ? AND ?"
+            let capacity = self.state.borrow().ring.capacity();
+            for (a, b) in slots(run, capacity).into_iter().flatten() {
+                statements.push((
+                    format!(
+                        "SELECT {columns} FROM ring WHERE slot BETWEEN ? AND ? AND seq BETWEEN ? AND ?{filter} ORDER BY slot"
+                    ),
+                    vec![
+                        seq_value(a),
+                        seq_value(b),
+                        seq_value(run.lo),
+                        seq_value(run.hi),
+                    ],
                 ));
-                bindings.extend([
-                    seq_value(a),
-                    seq_value(b),
-                    seq_value(run.lo),
-                    seq_value(run.hi),
-                ]);
             }
         }
-        (!parts.is_empty()).then(|| (parts.join(" UNION ALL "), bindings))
+        statements
+    }
+
+    /// The rows of every statement, one after the other.
+    fn read_all<T: serde::de::DeserializeOwned>(
+        &self,
+        statements: Vec<(String, Vec<SqlStorageValue>)>,
+    ) -> Result<Vec<T>> {
+        let mut rows = Vec::new();
+        for (query, bindings) in statements {
+            rows.extend(self.db.rows(&query, bindings)?);
+        }
+        Ok(rows)
     }
 
     /// How many messages follow `since`, and, when there are at most
     /// `limit`, how many bytes of data they hold (a count needs no read:
     /// the history is contiguous).
     pub fn size_after(&self, since: u64, limit: u64) -> Result<(u64, Option<u64>)> {
+        #[derive(Deserialize)]
+        struct Size {
+            bytes: Option<u64>,
+        }
         let count = self.head().saturating_sub(since);
         let reading = self.state.borrow().ring.reading(since, limit);
         let Some(reading) = reading.filter(|_| count <= limit) else {
             return Ok((count, None));
         };
-        #[derive(Deserialize)]
-        struct Size {
-            bytes: Option<u64>,
-        }
-        let Some((inner, bindings)) = self.reading_query("data", &reading) else {
-            return Ok((count, Some(0)));
-        };
-        let rows = self.db.rows::<Size>(
-            &format!("SELECT SUM(octet_length(data)) AS bytes FROM ({inner})"),
-            bindings,
-        )?;
-        Ok((count, Some(rows.first().and_then(|r| r.bytes).unwrap_or(0))))
+        let sizes: Vec<Size> = self.read_all(self.reading_statements(
+            "SUM(octet_length(data)) AS bytes",
+            "",
+            &reading,
+        ))?;
+        Ok((count, Some(sizes.iter().filter_map(|s| s.bytes).sum())))
     }
 
     /// The next seq.
@@ -588,7 +602,7 @@ impl History {
             });
         };
         let filter = if relay_only {
-            " WHERE origin != 'kafka'"
+            " AND origin != 'kafka'"
         } else {
             ""
         };
@@ -598,16 +612,8 @@ impl History {
                 through: reading.through,
             });
         };
-        let Some((inner, bindings)) = self.reading_query(COLUMNS, &reading) else {
-            return Ok(Page {
-                messages: Vec::new(),
-                through: reading.through,
-            });
-        };
-        let rows: Vec<MessageRow> = self.db.rows(
-            &format!("SELECT {COLUMNS} FROM ({inner}){filter} ORDER BY seq"),
-            bindings,
-        )?;
+        let rows: Vec<MessageRow> =
+            self.read_all(self.reading_statements(COLUMNS, filter, &reading))?;
         let messages = rows
             .into_iter()
             .map(|row| to_message(room, row))
@@ -627,13 +633,11 @@ impl History {
             seq: u64,
             bytes: u64,
         }
-        let Some((inner, bindings)) = self.reading_query("seq, origin, data", reading) else {
-            return Ok(None);
-        };
-        let sizes: Vec<Size> = self.db.rows(
-            &format!("SELECT seq, octet_length(data) AS bytes FROM ({inner}){filter} ORDER BY seq"),
-            bindings,
-        )?;
+        let sizes: Vec<Size> = self.read_all(self.reading_statements(
+            "seq, octet_length(data) AS bytes",
+            filter,
+            reading,
+        ))?;
         let mut before = 0;
         let mut last = None;
         for size in &sizes {

@@ -25,11 +25,13 @@ use crate::{quota, registry, reply};
 const REGISTER_RETRY_MS: u64 = 5_000;
 
 impl Room {
-    /// Tells the registry about this room; on failure the alarm retries.
+    /// Tells the registry about this room (its first registration, or an
+    /// announcement again, see [`Room::reannounce`]); on failure the alarm
+    /// retries.
     pub(super) async fn register_now(&self) {
         let result = async {
             let history = self.history()?;
-            let Some(room) = history.name().filter(|_| !history.registered()) else {
+            let Some(room) = history.name() else {
                 return Ok(());
             };
             let registration = Registration {
