@@ -154,7 +154,7 @@ async fn a_failing_room_does_not_hold_the_others_and_loses_nothing() {
 
     // While it fails, its records are neither dead-lettered nor committed
     // past: after a clean stop the group resumes at its first record,
-    // though every record after it but its own is in its room.
+    // though the other rooms' records after it are all in their rooms.
     let text = bridge.metrics_text().await;
     assert_eq!(dead_letters(&text), [], "{text}");
     stop(&mut bridge).await;
