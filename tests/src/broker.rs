@@ -16,8 +16,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::producer::FutureProducer;
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::net::TcpStream;
 use tokio::time::{sleep, Instant};
 
@@ -164,6 +165,28 @@ impl Broker {
             .expect("a test consumer");
         consumer.subscribe(&[topic]).expect("subscribe");
         consumer
+    }
+
+    /// Where consumer group `group` resumes on `topic`'s `partition`: the
+    /// offset it committed, or `None` when it committed nothing there. Asks
+    /// the group coordinator without joining the group, so the group's own
+    /// members are undisturbed (blocks for one round trip).
+    pub fn committed(&self, group: &str, topic: &str, partition: i32) -> Option<i64> {
+        let consumer: BaseConsumer = self
+            .client_config()
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("a consumer of the group's offsets");
+        let mut wanted = TopicPartitionList::new();
+        wanted.add_partition(topic, partition);
+        let committed = consumer
+            .committed_offsets(wanted, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("the offsets {group} committed: {e}"));
+        match committed.find_partition(topic, partition)?.offset() {
+            Offset::Offset(offset) => Some(offset),
+            _ => None,
+        }
     }
 }
 

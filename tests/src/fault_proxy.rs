@@ -1,7 +1,8 @@
 //! A fault-injecting proxy in front of the worker: the batch API fails for
 //! chosen rooms while everything else (other rooms, room and registry
-//! links, history) keeps working. That is how a bridge meets a partial
-//! outage in production, and what a test cannot get from the worker itself.
+//! links, history) keeps working, until the test lets a room recover. That
+//! is how a bridge meets a partial outage in production, and what a test
+//! cannot get from the worker itself.
 //!
 //! It serves plain HTTP on loopback and forwards each request to the worker
 //! over HTTPS, trusting the test CA. A WebSocket upgrade is forwarded like
@@ -12,7 +13,7 @@ use std::collections::HashSet;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -35,13 +36,14 @@ pub const INJECTED: &str = "fault injected by the test proxy";
 /// A running proxy; see the module documentation.
 pub struct FaultProxy {
     address: SocketAddr,
+    forward: Arc<Forward>,
     /// Dropped with the proxy, which stops every task it spawned.
     _stop: watch::Sender<()>,
 }
 
 impl FaultProxy {
     /// Proxies to `worker`, failing `POST /v1/rooms/{room}/messages` with
-    /// `503` for every room in `failing_rooms`.
+    /// `503` for every room in `failing_rooms` until it recovers.
     pub async fn start(worker: &Worker, failing_rooms: &[&str]) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -50,7 +52,7 @@ impl FaultProxy {
         let (stop, stopped) = watch::channel(());
         let forward = Arc::new(Forward {
             worker: worker.url(""),
-            failing: failing_rooms.iter().map(|r| r.to_string()).collect(),
+            failing: Mutex::new(failing_rooms.iter().map(|r| r.to_string()).collect()),
             client: tls::http_client()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
@@ -61,8 +63,18 @@ impl FaultProxy {
         forward.spawn(accepting);
         FaultProxy {
             address,
+            forward,
             _stop: stop,
         }
+    }
+
+    /// Lets `room`'s batches through from now on.
+    pub fn recover(&self, room: &str) {
+        self.forward
+            .failing
+            .lock()
+            .expect("the failing rooms")
+            .remove(room);
     }
 
     /// What a bridge gets as `--worker-url` (with `path` empty).
@@ -79,7 +91,8 @@ impl FaultProxy {
 struct Forward {
     /// The worker's base URL (`https://127.0.0.1:PORT`).
     worker: String,
-    failing: HashSet<String>,
+    /// Rooms whose batches fail, until [`FaultProxy::recover`].
+    failing: Mutex<HashSet<String>>,
     /// No redirects: the caller sees the worker's answers as they are.
     client: reqwest::Client,
     /// Changes (with an error) when the [`FaultProxy`] is dropped.
@@ -106,7 +119,12 @@ impl Forward {
                 .path()
                 .strip_prefix("/v1/rooms/")
                 .and_then(|rest| rest.strip_suffix("/messages"))
-                .is_some_and(|room| self.failing.contains(room))
+                .is_some_and(|room| {
+                    self.failing
+                        .lock()
+                        .expect("the failing rooms")
+                        .contains(room)
+                })
     }
 
     async fn handle(

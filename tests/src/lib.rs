@@ -220,6 +220,15 @@ impl Client {
         self.send_text(&value.to_string()).await;
     }
 
+    /// Sends `text`; `false` when the connection is gone (for a client
+    /// that outlives the server it talks to).
+    pub async fn try_send_text(&mut self, text: &str) -> bool {
+        matches!(
+            timeout(STEP, self.ws.send(Message::text(text))).await,
+            Ok(Ok(()))
+        )
+    }
+
     /// The next text frame; panics on close, timeout or a binary frame.
     pub async fn next_text(&mut self) -> String {
         self.next_text_within(STEP).await.expect("no frame in time")

@@ -41,14 +41,15 @@ pub fn header(record: &OwnedMessage, name: &str) -> Option<String> {
 }
 
 /// Produces `value` under `key` (none when empty) to `topic` with `headers`,
-/// and waits for the broker's acknowledgement.
+/// and waits for the broker's acknowledgement; where the record went
+/// (partition, offset).
 pub async fn produce(
     producer: &FutureProducer,
     topic: &str,
     key: &str,
     value: &str,
     headers: &[(&str, &str)],
-) {
+) -> (i32, i64) {
     let mut record = FutureRecord::<str, str>::to(topic).payload(value);
     if !key.is_empty() {
         record = record.key(key);
@@ -62,8 +63,9 @@ pub async fn produce(
         });
         record = record.headers(owned);
     }
-    producer
+    let delivery = producer
         .send(record, Duration::from_secs(30))
         .await
         .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
+    (delivery.partition, delivery.offset)
 }

@@ -5,7 +5,6 @@
 //! and nothing is lost or doubled; and a token issued elsewhere, followed
 //! through its file.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -113,6 +112,15 @@ async fn short_tokens_are_replaced_over_open_links() {
     let mut client =
         Client::connect(&worker.ws_url(&format!("/v1/rooms/{out}/ws?token={user}"))).await;
     client.expect("welcome").await;
+    // Joining creates the inbound room; its epoch is what a resume from its
+    // start needs at the end.
+    let inbound_ws = worker.ws_url(&format!("/v1/rooms/{inbound}/ws?token={user}"));
+    let mut joined = Client::connect(&inbound_ws).await;
+    let epoch = joined.expect("welcome").await["epoch"]
+        .as_str()
+        .expect("epoch")
+        .to_owned();
+    joined.close().await;
 
     // Traffic both ways for three and a quarter token lifetimes, paced at
     // four messages a second each way.
@@ -134,56 +142,62 @@ async fn short_tokens_are_replaced_over_open_links() {
         sleep(Duration::from_millis(250)).await;
     }
 
-    // Every WebSocket message reached Kafka exactly once.
+    // Every WebSocket message reached Kafka exactly once: everything of
+    // the room before a message published after them all is each of them,
+    // once, in order.
+    client
+        .send_json(json!({"type": "publish", "data": "sentinel", "id": "ws-sentinel"}))
+        .await;
     let records = collect(&events, Duration::from_secs(60), |got| {
-        got.iter()
-            .filter(|r| r.key() == Some(out.as_bytes()))
-            .count() as u64
-            >= sent
+        got.last().is_some_and(|r| {
+            r.key() == Some(out.as_bytes())
+                && header(r, "message-id").as_deref() == Some("ws-sentinel")
+        })
     })
     .await;
-    let mut seqs: BTreeMap<u64, usize> = BTreeMap::new();
-    for r in records.iter().filter(|r| r.key() == Some(out.as_bytes())) {
-        let seq = header(r, "seq")
-            .and_then(|s| s.parse().ok())
-            .expect("a seq header");
-        *seqs.entry(seq).or_default() += 1;
-    }
-    assert_eq!(seqs.len() as u64, sent, "every seq reached Kafka");
-    assert!(
-        seqs.values().all(|n| *n == 1),
-        "a message reached Kafka twice: {seqs:?}"
-    );
+    let relayed: Vec<(u64, String)> = records
+        .iter()
+        .filter(|r| r.key() == Some(out.as_bytes()))
+        .map(|r| {
+            let seq = header(r, "seq")
+                .and_then(|s| s.parse().ok())
+                .expect("a seq header");
+            (seq, header(r, "message-id").expect("a message-id header"))
+        })
+        .collect();
+    let expected: Vec<(u64, String)> = (0..sent)
+        .map(|n| (n + 1, format!("ws-{n}")))
+        .chain([(sent + 1, "ws-sentinel".to_owned())])
+        .collect();
+    assert_eq!(relayed, expected, "each message once, in order");
 
-    // Every Kafka record reached its room exactly once.
-    let http = Http::default();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (status, page) = http
-            .get(
-                &worker.url(&format!("/v1/rooms/{inbound}/messages?since=0&limit=1000")),
-                Some(&user),
-            )
-            .await;
-        assert_eq!(status, 200, "{page}");
-        let ids: Vec<&str> = page["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["id"].as_str().unwrap())
-            .collect();
-        if ids.len() as u64 >= sent {
-            let expected: Vec<String> = (0..sent).map(|n| format!("kafka-{n}")).collect();
-            assert_eq!(ids, expected, "each record once, in order");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {sent} records reached the room",
-            ids.len()
-        );
-        sleep(Duration::from_millis(300)).await;
+    // Every Kafka record reached its room exactly once: a resume from the
+    // room's start gets each of them, once, in order, and then a record
+    // produced after them all.
+    produce(
+        &kafka,
+        "roomcast.inbound",
+        &inbound,
+        r#""sentinel""#,
+        &[("message-id", "kafka-sentinel")],
+    )
+    .await;
+    let mut reader = Client::connect(&format!("{inbound_ws}&since=0&epoch={epoch}")).await;
+    assert_eq!(reader.expect("welcome").await["recovered"], true);
+    let mut ids = Vec::new();
+    while ids.last().is_none_or(|id| id != "kafka-sentinel") {
+        let Some(text) = reader.next_text_within(Duration::from_secs(60)).await else {
+            panic!("only {} records reached the room", ids.len())
+        };
+        let message: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        assert_eq!(message["type"], "message", "{message}");
+        ids.push(message["id"].as_str().expect("id").to_owned());
     }
+    let expected: Vec<String> = (0..sent)
+        .map(|n| format!("kafka-{n}"))
+        .chain(["kafka-sentinel".to_owned()])
+        .collect();
+    assert_eq!(ids, expected, "each record once, in order");
 
     // No link reconnected, for auth or any other reason, and the bridge
     // really did change tokens under the open links.
@@ -244,16 +258,31 @@ async fn a_token_file_is_followed() {
             assert_eq!(status, 201, "{body}");
         }
     };
+    let seqs_until = |seq: &'static str| {
+        let events = &events;
+        async move {
+            let records = collect(events, Duration::from_secs(30), |got| {
+                got.last()
+                    .is_some_and(|r| header(r, "seq").as_deref() == Some(seq))
+            })
+            .await;
+            records
+                .iter()
+                .map(|r| header(r, "seq").expect("a seq header"))
+                .collect::<Vec<_>>()
+        }
+    };
     publish(1).await;
-    collect(&events, Duration::from_secs(30), |got| !got.is_empty()).await;
+    assert_eq!(seqs_until("1").await, ["1"]);
 
     // The issuer rotates the file; the first token then expires (a wait
-    // for the clock, not for an event).
+    // for the clock, not for an event). What the link relays next is each
+    // message once, up to one published after them.
     std::fs::write(&path, bridge_token(3600)).unwrap();
     tokio::time::sleep_until(first_expires + Duration::from_secs(2)).await;
     publish(2).await;
-    let records = collect(&events, Duration::from_secs(30), |got| !got.is_empty()).await;
-    assert_eq!(header(&records[0], "seq").as_deref(), Some("2"));
+    publish(3).await;
+    assert_eq!(seqs_until("3").await, ["2", "3"]);
     let text = bridge.metrics_text().await;
     assert_eq!(
         metric(

@@ -2,18 +2,26 @@
 //! a small `ROOM_SHARD_SIZE`, clients spread over the room and its shards;
 //! every one of them must get every message once, in seq order, whichever
 //! object the publisher and the subscriber are on; resume must work on a
-//! shard; a restart mid-stream must leave no gap and no duplicate; and
-//! Kafka must relay a sharded room both ways.
+//! shard; a restart while publishers run must leave no gap and no
+//! duplicate; a shard that lost its state and missed messages must fetch
+//! them from the room before anything newer, or close its clients (1011)
+//! when the room no longer has them; and Kafka must relay a sharded room
+//! both ways.
+//!
+//! Readers stop at a sentinel, a message published after everything a
+//! test expects, so what came before it is all a client got: a late
+//! duplicate cannot hide behind a count.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use rdkafka::message::{Headers, Message as _};
-use roomcast_tests::records::{collect, produce};
-use roomcast_tests::{full_token, room, BridgeProcess, Broker, Client, Frame, Http, Worker};
+use rdkafka::message::Message as _;
+use roomcast_tests::records::{collect, header, produce};
+use roomcast_tests::{full_token, room, BridgeProcess, Broker, Client, Frame, Http, Worker, STEP};
 use serde_json::{json, Value};
-use tokio::time::timeout;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{sleep, timeout, Instant};
 
 /// Budgets big enough that only the sharding is under test.
 const BUDGETS: [(&str, &str); 3] = [
@@ -21,6 +29,9 @@ const BUDGETS: [(&str, &str); 3] = [
     ("RATE_BURST", "1000"),
     ("ROOM_RATE_PER_SEC", "100000"),
 ];
+
+/// The id of the message a test publishes last.
+const SENTINEL: &str = "sentinel";
 
 fn vars(shard_size: &'static str) -> Vec<(&'static str, &'static str)> {
     let mut vars = vec![("ROOM_SHARD_SIZE", shard_size)];
@@ -35,6 +46,24 @@ async fn join(worker: &Worker, room: &str, sub: &str) -> (Client, Value) {
     (client, welcome)
 }
 
+/// Publishes `body` into `room` over HTTP; the answer, which must be 201.
+async fn post(worker: &Worker, room: &str, body: &str) -> Value {
+    let url = worker.url(&format!("/v1/rooms/{room}/messages"));
+    let (status, answer) = Http::default()
+        .post(&url, &full_token("publisher"), body)
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    answer
+}
+
+/// Publishes the sentinel into `room`; its seq.
+async fn post_sentinel(worker: &Worker, room: &str) -> u64 {
+    let body = json!({ "data": "end", "id": SENTINEL }).to_string();
+    post(worker, room, &body).await["seq"]
+        .as_u64()
+        .expect("seq")
+}
+
 /// What one subscriber saw: the messages (seq, id) and its acks (ref, seq).
 #[derive(Default)]
 struct Seen {
@@ -42,11 +71,43 @@ struct Seen {
     acks: Vec<(String, u64)>,
 }
 
-/// Reads until `count` messages (and `acks` acks) arrived.
-async fn read(mut client: Client, count: usize, acks: usize) -> Seen {
-    let mut seen = Seen::default();
-    while seen.messages.len() < count || seen.acks.len() < acks {
-        let frame = client.next_json().await;
+impl Seen {
+    fn seqs(&self) -> Vec<u64> {
+        self.messages.iter().map(|m| m.0).collect()
+    }
+
+    fn ids(&self) -> Vec<&str> {
+        self.messages.iter().map(|m| m.1.as_str()).collect()
+    }
+
+    /// Whether the last message is the one with `id`.
+    fn got(&self, id: &str) -> bool {
+        self.messages.last().is_some_and(|m| m.1 == id)
+    }
+}
+
+/// Why a read stopped before what it waited for.
+#[derive(Debug, PartialEq)]
+enum Cut {
+    /// The connection closed, with this code.
+    Closed(u16),
+    /// Nothing arrived for [`STEP`].
+    Silent,
+}
+
+/// Reads `client` into `seen` until `done` holds (checked first).
+async fn read_until(
+    client: &mut Client,
+    seen: &mut Seen,
+    done: impl Fn(&Seen) -> bool,
+) -> Result<(), Cut> {
+    while !done(seen) {
+        let text = match client.next_frame_within(STEP).await {
+            Some(Frame::Text(text)) => text,
+            Some(Frame::Closed(code)) => return Err(Cut::Closed(code)),
+            None => return Err(Cut::Silent),
+        };
+        let frame: Value = serde_json::from_str(&text).expect("JSON");
         match frame["type"].as_str() {
             Some("message") => seen.messages.push((
                 frame["seq"].as_u64().expect("seq"),
@@ -59,20 +120,18 @@ async fn read(mut client: Client, count: usize, acks: usize) -> Seen {
             _ => panic!("unexpected frame {frame}"),
         }
     }
-    seen
+    Ok(())
 }
 
-fn assert_in_order_once(messages: &[(u64, String)], who: &str) {
-    for pair in messages.windows(2) {
-        assert!(
-            pair[0].0 < pair[1].0,
-            "{who}: seq {} then {}",
-            pair[0].0,
-            pair[1].0
+/// Reads `client` to the sentinel, which must come before any close.
+async fn read_to_sentinel(client: &mut Client, seen: &mut Seen, who: &str) {
+    if let Err(cut) = read_until(client, seen, |s| s.got(SENTINEL)).await {
+        let last = seen.messages.last();
+        panic!(
+            "{who}: {cut:?} after {} messages (last {last:?})",
+            seen.messages.len()
         );
     }
-    let ids: HashSet<&str> = messages.iter().map(|(_, id)| id.as_str()).collect();
-    assert_eq!(ids.len(), messages.len(), "{who}: an id twice");
 }
 
 #[tokio::test]
@@ -94,49 +153,88 @@ async fn every_subscriber_gets_every_message_once_in_order() {
     // Five publishers, each on another shard, 50 messages over their
     // socket and 50 over HTTP each.
     let publishers = [30, 80, 130, 180, 230];
+    let mut expected: HashSet<String> = HashSet::from([SENTINEL.to_owned()]);
     for (p, index) in publishers.iter().enumerate() {
         let client = &mut clients[*index];
         for n in 0..50 {
+            let id = format!("ws-{p}-{n}");
             client
-                .send_json(json!({"type": "publish", "data": n, "id": format!("ws-{p}-{n}"), "ref": format!("{n}")}))
+                .send_json(json!({"type": "publish", "data": n, "id": id, "ref": format!("{n}")}))
                 .await;
+            expected.insert(id);
         }
     }
     let http = Http::default();
     let url = worker.url(&format!("/v1/rooms/{r}/messages"));
-    let posts = publishers.iter().enumerate().map(|(p, index)| {
+    let mut posts = Vec::new();
+    for (p, index) in publishers.iter().enumerate() {
+        let ids: Vec<Vec<String>> = (0..5)
+            .map(|batch| (0..10).map(|n| format!("http-{p}-{batch}-{n}")).collect())
+            .collect();
+        expected.extend(ids.iter().flatten().cloned());
         let (http, url) = (&http, &url);
-        async move {
+        posts.push(async move {
             let token = full_token(&format!("sub-{index}"));
-            for batch in 0..5 {
-                let messages: Vec<Value> = (0..10)
-                    .map(|n| json!({"data": n, "id": format!("http-{p}-{batch}-{n}")}))
+            for batch in ids {
+                let messages: Vec<Value> = batch
+                    .iter()
+                    .enumerate()
+                    .map(|(n, id)| json!({"data": n, "id": id}))
                     .collect();
-                let (status, body) = http
-                    .post(url, &token, &json!({ "messages": messages }).to_string())
-                    .await;
-                assert_eq!(status, 201, "{body}");
+                let body = json!({ "messages": messages }).to_string();
+                publish_until_stored(http, || url.clone(), &token, &body).await;
             }
+        });
+    }
+    // A publisher's reader says when its 50 acks are in: with the HTTP
+    // posts answered, every message is stored, and the sentinel comes last.
+    let (acked, mut all_acked) = mpsc::unbounded_channel();
+    let readers: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(n, mut client)| {
+            let publisher = publishers.contains(&n);
+            let acked = acked.clone();
+            tokio::spawn(async move {
+                let who = format!("client {n}");
+                let mut seen = Seen::default();
+                if publisher {
+                    let acks = read_until(&mut client, &mut seen, |s| s.acks.len() >= 50).await;
+                    assert_eq!(acks, Ok(()), "{who}");
+                    acked.send(()).expect("the test hears the acks");
+                }
+                read_to_sentinel(&mut client, &mut seen, &who).await;
+                seen
+            })
+        })
+        .collect();
+    let seen = timeout(Duration::from_secs(180), async {
+        join_all(posts).await;
+        for _ in publishers {
+            all_acked.recv().await.expect("a publisher's reader");
         }
-    });
-    let readers = clients.into_iter().enumerate().map(|(n, client)| {
-        let acks = if publishers.contains(&n) { 50 } else { 0 };
-        tokio::spawn(read(client, 500, acks))
-    });
-    let (_, seen) = timeout(Duration::from_secs(180), async {
-        tokio::join!(join_all(posts), join_all(readers))
+        let sentinel = json!({ "data": "end", "id": SENTINEL }).to_string();
+        let token = full_token("publisher");
+        publish_until_stored(&http, || url.clone(), &token, &sentinel).await;
+        join_all(readers).await
     })
     .await
-    .expect("every subscriber got 500 messages within 3 minutes");
+    .expect("every subscriber got every message within 3 minutes");
 
+    let all: Vec<u64> = (1..=501).collect();
     for (n, seen) in seen.into_iter().enumerate() {
         let seen = seen.expect("reader");
         let who = format!("client {n}");
-        assert_eq!(seen.messages.len(), 500, "{who}");
-        assert_in_order_once(&seen.messages, &who);
+        assert_eq!(seen.seqs(), all, "{who}: every seq once, in order");
+        let ids: HashSet<String> = seen.ids().into_iter().map(str::to_owned).collect();
+        assert!(ids == expected, "{who}: not every message, or another one");
         if let Some(p) = publishers.iter().position(|i| *i == n) {
             let refs: HashSet<&str> = seen.acks.iter().map(|(r, _)| r.as_str()).collect();
-            assert_eq!(refs.len(), 50, "{who}: an ack for each publish");
+            assert_eq!(
+                (refs.len(), seen.acks.len()),
+                (50, 50),
+                "{who}: one ack for each publish"
+            );
             for (reference, seq) in &seen.acks {
                 let id = format!("ws-{p}-{reference}");
                 assert!(
@@ -144,12 +242,14 @@ async fn every_subscriber_gets_every_message_once_in_order() {
                     "{who}: ack {reference} names seq {seq}, which is not its message"
                 );
             }
+        } else {
+            assert!(seen.acks.is_empty(), "{who}: acks for another's publishes");
         }
     }
     let after = worker.stats(&r).await;
-    assert_eq!(after["head"], 500);
+    assert_eq!(after["head"], 501);
     assert!(
-        after["deliveries_total"].as_u64().unwrap_or(0) >= 275 * 500,
+        after["deliveries_total"].as_u64().unwrap_or(0) >= 275 * 501,
         "deliveries on shards count in the room's stats: {after}"
     );
 }
@@ -163,26 +263,26 @@ async fn a_shard_client_resumes_with_what_it_missed_first() {
         clients.push(join(&worker, &r, &format!("sub-{n}")).await);
     }
     assert_eq!(worker.stats(&r).await["shards"], 2);
-    let http = Http::default();
-    let url = worker.url(&format!("/v1/rooms/{r}/messages"));
-    let token = full_token("publisher");
-    let post = |from: u64, count: u64| {
+    let batch = |from: u64, count: u64| {
         let messages: Vec<Value> = (from..from + count)
             .map(|n| json!({"data": n, "id": format!("m-{n}")}))
             .collect();
         json!({ "messages": messages }).to_string()
     };
-    assert_eq!(http.post(&url, &token, &post(0, 5)).await.0, 201);
+    post(&worker, &r, &batch(0, 5)).await;
     let epoch = clients[0].1["epoch"].as_str().expect("epoch").to_owned();
-    // The last two clients are on shard 1; they leave having seen seq 5.
-    let (left_a, _) = clients.pop().expect("client");
-    let (left_b, _) = clients.pop().expect("client");
-    for client in [left_a, left_b] {
-        let seen = read(client, 5, 0).await;
-        assert_eq!(seen.messages.last().map(|m| m.0), Some(5));
+    // The last two clients are on shard 1; they leave having seen seq 5,
+    // and nothing else.
+    for _ in 0..2 {
+        let (mut leaving, _) = clients.pop().expect("client");
+        let mut seen = Seen::default();
+        read_until(&mut leaving, &mut seen, |s| s.got("m-4"))
+            .await
+            .expect("open");
+        assert_eq!(seen.seqs(), [1, 2, 3, 4, 5]);
     }
     for from in [5, 55] {
-        assert_eq!(http.post(&url, &token, &post(from, 50)).await.0, 201);
+        post(&worker, &r, &batch(from, 50)).await;
     }
     let mut back = Vec::new();
     for n in 4..6 {
@@ -199,95 +299,404 @@ async fn a_shard_client_resumes_with_what_it_missed_first() {
         );
         back.push(client);
     }
-    assert_eq!(http.post(&url, &token, &post(105, 1)).await.0, 201);
-    for client in back {
-        let seen = read(client, 101, 0).await;
-        let seqs: Vec<u64> = seen.messages.iter().map(|m| m.0).collect();
+    post(&worker, &r, &batch(105, 1)).await;
+    assert_eq!(post_sentinel(&worker, &r).await, 107);
+    for (n, mut client) in back.into_iter().enumerate() {
+        let mut seen = Seen::default();
+        read_to_sentinel(&mut client, &mut seen, &format!("resumed {n}")).await;
         assert_eq!(
-            seqs,
-            (6..=106).collect::<Vec<_>>(),
-            "missed ones first, then live"
+            seen.seqs(),
+            (6..=107).collect::<Vec<_>>(),
+            "missed ones first, then live, each once"
         );
     }
-    for (n, (client, _)) in clients.into_iter().enumerate() {
-        let seen = read(client, 106, 0).await;
-        assert_in_order_once(&seen.messages, &format!("client {n}"));
+    for (n, (mut client, _)) in clients.into_iter().enumerate() {
+        let mut seen = Seen::default();
+        read_to_sentinel(&mut client, &mut seen, &format!("client {n}")).await;
+        assert_eq!(seen.seqs(), (1..=107).collect::<Vec<_>>(), "client {n}");
     }
 }
 
-/// Reads `client` until it has the messages up to `head` or its connection
-/// drops; returns whether it dropped.
-async fn read_until(client: &mut Client, seen: &mut Vec<(u64, String)>, head: u64) -> bool {
-    while seen.last().map_or(0, |m| m.0) < head {
-        match client.next_frame_within(Duration::from_secs(30)).await {
-            Some(Frame::Text(text)) => {
-                let frame: Value = serde_json::from_str(&text).expect("JSON");
-                if frame["type"] == "message" {
-                    seen.push((
-                        frame["seq"].as_u64().expect("seq"),
-                        frame["id"].as_str().expect("id").to_owned(),
-                    ));
-                }
-            }
-            Some(Frame::Closed(_)) | None => return true,
+/// Where the worker is: its HTTP and WebSocket bases, which a restart
+/// changes (the new `wrangler dev` listens on another port).
+#[derive(Clone)]
+struct Base {
+    http: String,
+    ws: String,
+}
+
+impl Base {
+    fn of(worker: &Worker) -> Base {
+        Base {
+            http: worker.url(""),
+            ws: worker.ws_url(""),
         }
     }
-    false
+}
+
+/// Publishes `body` (messages with ids, so a repeat is stored once) until
+/// the worker answers 201, to wherever `url()` says the worker is then. A
+/// request that got no answer is sent again: the worker went away (a
+/// restart), took longer than a minute (a publish is answered once every
+/// shard has it, which under load takes seconds), or wrangler answered 503
+/// because the runtime dropped the request.
+async fn publish_until_stored(http: &Http, url: impl Fn() -> String, token: &str, body: &str) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let answer = http
+            .raw()
+            .post(url())
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .timeout(Duration::from_secs(60))
+            .body(body.to_owned())
+            .send()
+            .await;
+        match answer.map(|a| a.status().as_u16()) {
+            Ok(201) => return,
+            Ok(status) if status < 500 => panic!("publishing {body:.100}: {status}"),
+            failed => assert!(
+                Instant::now() < deadline,
+                "publishing {body:.100}: {failed:?}"
+            ),
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Publishes `count` messages into `room` over HTTP, one per request with
+/// ids `h-0`, `h-1`, …, through a restart (see [`publish_until_stored`]).
+/// `progress` counts what was stored.
+async fn publish_over_http(
+    base: watch::Receiver<Base>,
+    room: String,
+    count: u64,
+    progress: watch::Sender<u64>,
+) {
+    let http = Http::default();
+    let token = full_token("http-publisher");
+    for n in 0..count {
+        let body = json!({"data": n, "id": format!("h-{n}")}).to_string();
+        let url = || format!("{}/v1/rooms/{room}/messages", base.borrow().http);
+        publish_until_stored(&http, url, &token, &body).await;
+        progress.send_replace(n + 1);
+    }
+}
+
+/// Joins `room` as the WebSocket publisher; `None` when the worker is not
+/// there (it is restarting).
+async fn join_to_publish(base: &watch::Receiver<Base>, room: &str) -> Option<Client> {
+    let url = format!(
+        "{}/v1/rooms/{room}/ws?token={}",
+        base.borrow().ws,
+        full_token("ws-publisher")
+    );
+    let mut client = Client::connect_with(&url, &[]).await.ok()?;
+    match client.next_frame_within(STEP).await {
+        Some(Frame::Text(welcome)) => {
+            assert!(welcome.contains(r#""type":"welcome""#), "{welcome}");
+            Some(client)
+        }
+        _ => None,
+    }
+}
+
+/// Publishes `count` messages into `room` over a WebSocket, ids `w-0`,
+/// `w-1`, …, each once the one before is acked, through a restart: when
+/// the connection is lost it joins again and sends the unacked one again
+/// (a repeat is acked as a duplicate and stored once). `progress` counts
+/// what was acked.
+async fn publish_over_ws(
+    base: watch::Receiver<Base>,
+    room: String,
+    count: u64,
+    progress: watch::Sender<u64>,
+) {
+    let mut client: Option<Client> = None;
+    let mut n = 0;
+    while n < count {
+        let Some(open) = client.as_mut() else {
+            client = join_to_publish(&base, &room).await;
+            if client.is_none() {
+                sleep(Duration::from_millis(100)).await;
+            }
+            continue;
+        };
+        let frame =
+            json!({"type": "publish", "data": n, "id": format!("w-{n}"), "ref": n.to_string()});
+        // Its ack comes after the messages every client gets.
+        let mut lost = !open.try_send_text(&frame.to_string()).await;
+        while !lost {
+            let text = match open.next_frame_within(STEP).await {
+                Some(Frame::Text(text)) => text,
+                Some(Frame::Closed(_)) => {
+                    lost = true;
+                    continue;
+                }
+                None => panic!("w-{n}: no ack within {STEP:?}"),
+            };
+            let frame: Value = serde_json::from_str(&text).expect("JSON");
+            if frame["type"] == "ack" {
+                assert_eq!(frame["ref"], n.to_string(), "{frame}");
+                break;
+            }
+            assert_eq!(frame["type"], "message", "{frame}");
+        }
+        if lost {
+            client = None;
+        } else {
+            n += 1;
+            progress.send_replace(n);
+        }
+    }
+}
+
+/// A subscriber through a restart: reads until its connection drops,
+/// resumes on the new worker from the last seq it got, and reads on to the
+/// sentinel. What it saw, and the welcome of each resume.
+async fn subscribe_through_restart(
+    mut client: Client,
+    mut base: watch::Receiver<Base>,
+    room: String,
+    sub: String,
+    epoch: String,
+) -> (Seen, Vec<Value>) {
+    let mut seen = Seen::default();
+    let mut resumes: Vec<Value> = Vec::new();
+    while let Err(cut) = read_until(&mut client, &mut seen, |s| s.got(SENTINEL)).await {
+        let last = seen.messages.last().map(|m| m.0);
+        let resumed = resumes.last().map(|w| (&w["recovered"], &w["head"]));
+        assert!(
+            cut != Cut::Silent && resumes.is_empty(),
+            "{sub}: {cut:?} at seq {last:?}, after a resume (recovered, head) {resumed:?}"
+        );
+        timeout(Duration::from_secs(180), base.changed())
+            .await
+            .expect("the worker came back")
+            .expect("the test holds the worker's base");
+        let since = seen.messages.last().map_or(0, |m| m.0);
+        let url = format!(
+            "{}/v1/rooms/{room}/ws?token={}&since={since}&epoch={epoch}",
+            base.borrow().ws,
+            full_token(&sub)
+        );
+        client = Client::connect(&url).await;
+        resumes.push(client.expect("welcome").await);
+    }
+    (seen, resumes)
 }
 
 #[tokio::test]
-async fn a_restart_mid_stream_leaves_no_gap_and_no_duplicate() {
+async fn a_restart_while_publishers_run_leaves_no_gap_and_no_duplicate() {
+    const COUNT: u64 = 60;
     let vars = vars("3");
     let mut first = Worker::start(&vars).await;
     let r = room("sharded-restart");
+    let (moved, base) = watch::channel(Base::of(&first));
+    // Twelve subscribers: three on the room's own object and three on each
+    // of three shards; the WebSocket publisher joins a fourth.
     let mut clients = Vec::new();
-    for n in 0..9 {
-        clients.push(join(&first, &r, &format!("sub-{n}")).await.0);
+    for n in 0..12 {
+        clients.push(join(&first, &r, &format!("sub-{n}")).await);
     }
-    let epoch = first.stats(&r).await["epoch"]
-        .as_str()
-        .expect("epoch")
-        .to_owned();
-    let http = Http::default();
-    let token = full_token("publisher");
-    for n in 0..40 {
-        let body = json!({"data": n, "id": format!("m-{n}")}).to_string();
-        let url = first.url(&format!("/v1/rooms/{r}/messages"));
-        assert_eq!(http.post(&url, &token, &body).await.0, 201);
-    }
-    // Some clients read everything, some only part, before the restart.
-    let mut seen: Vec<Vec<(u64, String)>> = vec![Vec::new(); clients.len()];
-    for (n, client) in clients.iter_mut().enumerate() {
-        let upto = if n % 2 == 0 { 40 } else { 20 };
-        assert!(!read_until(client, &mut seen[n], upto).await);
-    }
+    assert_eq!(first.stats(&r).await["shards"], 3);
+    let epoch = clients[0].1["epoch"].as_str().expect("epoch").to_owned();
+    let subscribers: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(n, (client, _))| {
+            let (base, room, epoch) = (base.clone(), r.clone(), epoch.clone());
+            tokio::spawn(subscribe_through_restart(
+                client,
+                base,
+                room,
+                format!("sub-{n}"),
+                epoch,
+            ))
+        })
+        .collect();
+    let (http_stored, mut http_progress) = watch::channel(0);
+    let (ws_acked, mut ws_progress) = watch::channel(0);
+    let http_publisher = tokio::spawn(publish_over_http(
+        base.clone(),
+        r.clone(),
+        COUNT,
+        http_stored,
+    ));
+    let ws_publisher = tokio::spawn(publish_over_ws(base.clone(), r.clone(), COUNT, ws_acked));
+
+    // The restart, once a quarter of each publisher's messages are in.
+    timeout(Duration::from_secs(60), async {
+        http_progress
+            .wait_for(|n| *n >= COUNT / 4)
+            .await
+            .expect("HTTP publisher");
+        ws_progress
+            .wait_for(|n| *n >= COUNT / 4)
+            .await
+            .expect("WebSocket publisher");
+    })
+    .await
+    .expect("both publishers got going");
     first.stop();
+    let at_restart = (*http_progress.borrow(), *ws_progress.borrow());
+    assert!(
+        at_restart.0 < COUNT && at_restart.1 < COUNT,
+        "the restart came after the publishers finished: {at_restart:?}"
+    );
     let second = Worker::start_in(first.persist.clone(), &vars).await;
-    for n in 40..80 {
-        let body = json!({"data": n, "id": format!("m-{n}")}).to_string();
-        let url = second.url(&format!("/v1/rooms/{r}/messages"));
-        assert_eq!(http.post(&url, &token, &body).await.0, 201);
-    }
-    for (n, client) in clients.iter_mut().enumerate() {
-        // What was in flight before the restart, until the connection drops.
-        let dropped = read_until(client, &mut seen[n], 80).await;
-        assert!(dropped, "client {n}: the restart dropped its connection");
-        let since = seen[n].last().map_or(0, |m| m.0);
-        let url = second.ws_url(&format!(
-            "/v1/rooms/{r}/ws?token={}&since={since}&epoch={epoch}",
-            full_token(&format!("sub-{n}"))
-        ));
-        let mut again = Client::connect(&url).await;
-        let welcome = again.expect("welcome").await;
-        assert_eq!(welcome["recovered"], true, "client {n}: {welcome}");
-        assert!(!read_until(&mut again, &mut seen[n], 80).await);
-        let seqs: Vec<u64> = seen[n].iter().map(|m| m.0).collect();
+    moved.send_replace(Base::of(&second));
+    timeout(Duration::from_secs(120), async {
+        http_publisher.await.expect("HTTP publisher");
+        ws_publisher.await.expect("WebSocket publisher");
+    })
+    .await
+    .expect("the publishers finished after the restart");
+
+    let head = post_sentinel(&second, &r).await;
+    let expected: HashSet<String> = (0..COUNT)
+        .flat_map(|n| [format!("h-{n}"), format!("w-{n}")])
+        .chain([SENTINEL.to_owned()])
+        .collect();
+    assert_eq!(head, expected.len() as u64, "each message stored once");
+    for (n, subscriber) in subscribers.into_iter().enumerate() {
+        let (seen, resumes) = timeout(Duration::from_secs(60), subscriber)
+            .await
+            .expect("every subscriber reached the sentinel")
+            .expect("subscriber");
+        let who = format!("sub-{n}");
+        assert_eq!(resumes.len(), 1, "{who}: the restart dropped it once");
+        assert_eq!(resumes[0]["recovered"], true, "{who}: {}", resumes[0]);
         assert_eq!(
-            seqs,
-            (1..=80).collect::<Vec<_>>(),
-            "client {n}: no gap, no duplicate"
+            seen.seqs(),
+            (1..=head).collect::<Vec<_>>(),
+            "{who}: every message once, in order"
         );
+        let ids: HashSet<String> = seen.ids().into_iter().map(str::to_owned).collect();
+        assert!(ids == expected, "{who}: not every message, or another one");
     }
+}
+
+/// A batch of `count` messages (ids `big-{n}` from `from`) whose frames
+/// add up to more than the room keeps ready for its shards (a turn's
+/// worth, 4 MiB): the batch each shard then gets starts well after what
+/// it has, so the shard has missed messages, as after a failed batch.
+fn too_big_to_keep(from: u64, count: u64) -> String {
+    let messages: Vec<Value> = (from..from + count)
+        .map(|n| json!({"data": format!("{n:05}{}", "x".repeat(60_000)), "id": format!("big-{n}")}))
+        .collect();
+    json!({ "messages": messages }).to_string()
+}
+
+/// The worker for the tests of shards that lose their state: one object
+/// per client, requests that may carry more than a room keeps ready for
+/// its shards, and rooms named `forgetful.*` that keep only 20 messages.
+async fn worker_for_lost_state() -> Worker {
+    let mut vars = vars("1");
+    vars.push(("MAX_BODY_BYTES", "8388608"));
+    vars.push((
+        "ROOM_POLICIES",
+        r#"[{"match":"forgetful.*","history_limit":20}]"#,
+    ));
+    Worker::start(&vars).await
+}
+
+/// Room `r` with a client on its own object and one on shard 0, both
+/// having read seqs 1..=3; the room's epoch.
+async fn room_with_a_shard(worker: &Worker, r: &str) -> (Vec<(Client, Seen)>, String) {
+    let (here, welcome) = join(worker, r, "here").await;
+    let (there, _) = join(worker, r, "there").await;
+    assert_eq!(worker.stats(r).await["shards"], 1);
+    let small: Vec<Value> = (0..3)
+        .map(|n| json!({"data": n, "id": format!("small-{n}")}))
+        .collect();
+    post(worker, r, &json!({ "messages": small }).to_string()).await;
+    let mut pair = Vec::new();
+    for mut client in [here, there] {
+        let mut seen = Seen::default();
+        read_until(&mut client, &mut seen, |s| s.got("small-2"))
+            .await
+            .expect("open");
+        assert_eq!(seen.seqs(), [1, 2, 3]);
+        pair.push((client, seen));
+    }
+    let epoch = welcome["epoch"].as_str().expect("epoch").to_owned();
+    (pair, epoch)
+}
+
+/// Waits until workerd has evicted the objects that had no event: it
+/// evicts an object whose sockets are all hibernatable after 10 s without
+/// one (measured under wrangler dev: an object idle for 9 s kept its
+/// memory, one idle for 10 s had lost it). The `awake` rooms are asked
+/// for a page every 2 s, so they keep theirs. Nothing tells a client that
+/// an object was evicted, so this waits on the clock.
+async fn evict_idle_objects(worker: &Worker, awake: &[&str]) {
+    let http = Http::default();
+    let keeper = full_token("keeper");
+    let until = Instant::now() + Duration::from_secs(14);
+    while Instant::now() < until {
+        for r in awake {
+            let url = worker.url(&format!("/v1/rooms/{r}/messages?since=3&limit=1"));
+            assert_eq!(http.get(&url, Some(&keeper)).await.0, 200);
+        }
+        sleep(Duration::from_secs(2)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_shard_that_lost_its_state_fetches_what_it_missed_or_closes_1011() {
+    let worker = worker_for_lost_state().await;
+    let (kept, forgot) = (room("sharded-gap"), room("forgetful"));
+    let (mut kept_pair, _) = room_with_a_shard(&worker, &kept).await;
+    let (mut forgot_pair, epoch) = room_with_a_shard(&worker, &forgot).await;
+    // The shards lose their state (their clients send nothing); the rooms
+    // keep theirs, and so where each shard was.
+    evict_idle_objects(&worker, &[&kept, &forgot]).await;
+    // Messages 4..=103 at once, more than the rooms keep ready: the shards
+    // get batches that start well after seq 3.
+    for r in [&kept, &forgot] {
+        post(&worker, r, &too_big_to_keep(3, 100)).await;
+        assert_eq!(post_sentinel(&worker, r).await, 104);
+    }
+    let all: Vec<u64> = (1..=104).collect();
+
+    // The room that still has 4..: its shard fetches them before anything
+    // newer, and both clients get every message once, in order.
+    for (n, (client, seen)) in kept_pair.iter_mut().enumerate() {
+        read_to_sentinel(client, seen, &format!("{kept} client {n}")).await;
+        assert_eq!(seen.seqs(), all, "{kept} client {n}");
+    }
+
+    // The room that kept only the last 20: its own client gets them all;
+    // the shard's client, nothing past 3 but a close (1011). It resumes
+    // like any client that fell behind: not recovered, and then live
+    // messages from the head on.
+    let (here, seen) = &mut forgot_pair[0];
+    read_to_sentinel(here, seen, &format!("{forgot} room client")).await;
+    assert_eq!(seen.seqs(), all);
+    let (there, _) = &mut forgot_pair[1];
+    assert_eq!(
+        there.next_frame_within(STEP).await,
+        Some(Frame::Closed(1011)),
+        "{forgot}: the shard's client"
+    );
+    let url = worker.ws_url(&format!(
+        "/v1/rooms/{forgot}/ws?token={}&since=3&epoch={epoch}",
+        full_token("there")
+    ));
+    let mut again = Client::connect(&url).await;
+    let welcome = again.expect("welcome").await;
+    assert_eq!(
+        (welcome["recovered"].as_bool(), welcome["head"].as_u64()),
+        (Some(false), Some(104)),
+        "{welcome}"
+    );
+    post(&worker, &forgot, r#"{"data":"live","id":"live"}"#).await;
+    let mut seen = Seen::default();
+    read_until(&mut again, &mut seen, |s| s.got("live"))
+        .await
+        .expect("open");
+    assert_eq!(seen.seqs(), [105], "no replay after a resume that failed");
 }
 
 #[tokio::test]
@@ -299,48 +708,67 @@ async fn kafka_relays_a_sharded_room_both_ways() {
     let r = room("sharded-kafka");
     let mut clients = Vec::new();
     for n in 0..3 {
-        clients.push(join(&worker, &r, &format!("sub-{n}")).await.0);
+        clients.push((
+            join(&worker, &r, &format!("sub-{n}")).await.0,
+            Seen::default(),
+        ));
     }
     assert_eq!(worker.stats(&r).await["shards"], 2);
 
-    // Room → Kafka, from a client on the second shard.
-    clients[2]
-        .send_json(json!({"type": "publish", "data": {"from": "shard"}, "ref": "x"}))
+    // Room → Kafka, from a client on the second shard (stored once acked).
+    let (client, seen) = &mut clients[2];
+    client
+        .send_json(
+            json!({"type": "publish", "data": {"from": "shard"}, "id": "from-shard", "ref": "x"}),
+        )
         .await;
-    let records = collect(&events, Duration::from_secs(30), |r| !r.is_empty()).await;
-    let value: Value =
-        serde_json::from_slice(records[0].payload().expect("payload")).expect("JSON");
-    assert_eq!(value["data"]["from"], "shard");
-    let origin = records[0]
-        .headers()
-        .and_then(|h| h.iter().find(|h| h.key == "origin").and_then(|h| h.value))
-        .map(|v| String::from_utf8_lossy(v).into_owned());
-    assert_eq!(origin.as_deref(), Some("ws"));
-
-    // Kafka → room: every client, on the room and on both shards.
+    read_until(client, seen, |s| !s.acks.is_empty())
+        .await
+        .expect("open");
+    // Kafka → room; once it is in, the sentinel over HTTP.
     produce(
         &broker.producer(),
         "roomcast.inbound",
         &r,
         r#"{"from":"kafka"}"#,
-        &[],
+        &[("message-id", "from-kafka")],
     )
     .await;
-    for (n, client) in clients.iter_mut().enumerate() {
-        let mut got = Vec::new();
-        while got.len() < 2 {
-            let frame = client.next_json().await;
-            if frame["type"] == "message" {
-                got.push(frame);
-            }
-        }
-        assert_eq!(got[0]["data"]["from"], "shard", "client {n}");
+    let (client, seen) = &mut clients[0];
+    read_until(client, seen, |s| s.got("from-kafka"))
+        .await
+        .expect("open");
+    post_sentinel(&worker, &r).await;
+
+    // Every client, on the room and on both shards, gets the three.
+    for (n, (client, seen)) in clients.iter_mut().enumerate() {
+        read_to_sentinel(client, seen, &format!("client {n}")).await;
         assert_eq!(
-            (got[1]["data"]["from"].as_str(), got[1]["origin"].as_str()),
-            (Some("kafka"), Some("kafka")),
+            seen.ids(),
+            ["from-shard", "from-kafka", SENTINEL],
             "client {n}"
         );
     }
+    // Kafka gets the two that did not come from Kafka, each once.
+    let records = collect(&events, Duration::from_secs(30), |got| {
+        got.last()
+            .is_some_and(|r| header(r, "message-id").as_deref() == Some(SENTINEL))
+    })
+    .await;
+    let relayed: Vec<(Option<String>, Option<String>)> = records
+        .iter()
+        .map(|r| (header(r, "message-id"), header(r, "origin")))
+        .collect();
+    assert_eq!(
+        relayed,
+        [
+            (Some("from-shard".to_owned()), Some("ws".to_owned())),
+            (Some(SENTINEL.to_owned()), Some("http".to_owned())),
+        ]
+    );
+    let value: Value =
+        serde_json::from_slice(records[0].payload().expect("payload")).expect("JSON");
+    assert_eq!(value["data"]["from"], "shard");
 }
 
 /// Joins `room` as `sub` and returns the welcome, or the HTTP status of a
