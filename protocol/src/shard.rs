@@ -263,16 +263,18 @@ pub fn parse_join_reply(text: &str) -> Result<JoinReply<'_>, String> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinRequest {
     pub shard: u32,
+    /// The connection the sequencer placed here (and counts already).
+    pub conn_id: String,
     pub since: Option<u64>,
     pub epoch: Option<String>,
 }
 
 /// What a shard tells the sequencer after each batch: how far its stream
-/// is, its open connections, and its counters since the last report.
+/// is, and its counters since the last report; when asked, every
+/// connection it holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShardReport {
     pub delivered: Option<u64>,
-    pub clients: u64,
     pub stats: RoomStats,
     /// Every connection it holds, when the sequencer asked (after it woke
     /// without knowing them): `(conn_id, sub)`.
@@ -342,21 +344,17 @@ pub enum Outcome {
 /// The sequencer's view of one shard.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ShardLink {
-    /// Open connections, as last reported or counted since; `None` after
-    /// the sequencer woke, until the shard says.
-    pub clients: Option<u64>,
-    /// Connections placed here whose client has not reached the shard yet
-    /// (between the redirect and its join there): counted in `clients`,
-    /// but not in the shard's own reports, so a report is topped up with
-    /// them. Without it, a report that arrives while many clients connect
-    /// at once undercounts, and the shard ends over `ROOM_SHARD_SIZE`.
-    pub placed: u64,
-    /// When the latest of them was placed.
-    pub placed_ms: u64,
-    /// The last seq the shard confirmed; `None` when unknown.
+    /// The last seq the shard confirmed delivered. After a wake the
+    /// sequencer presumes the head it woke with: it fed its shards before
+    /// it slept, and a shard that knows better says so (its answer wins),
+    /// while one that forgot too fills what it lacks from history instead
+    /// of starting wherever the next batch starts.
     pub sent: Option<u64>,
     /// A batch is in flight.
     pub busy: bool,
+    /// The shard listed its connections since the sequencer woke (until
+    /// then its count below is not known, and it is fed anyway).
+    pub listed: bool,
 }
 
 /// A batch for one shard: what the sequencer believes it has, and the
@@ -373,21 +371,29 @@ impl Outgoing {
     }
 }
 
-/// The sequencer's side of the fan-out: the shards, and the newest frames
-/// kept ready for them, so feeding a shard costs no storage read unless it
-/// fell more than [`FEED_WINDOW`] messages behind.
+/// The sequencer's side of the fan-out: the shards, the connections they
+/// hold ([`Connections`]), and the newest frames kept ready for them, so
+/// feeding a shard costs no storage read unless it fell more than
+/// [`FEED_WINDOW`] messages behind.
 #[derive(Debug, Default)]
 pub struct Fanout {
     shards: Vec<ShardLink>,
+    connections: Connections,
     recent: VecDeque<(u64, Rc<str>)>,
     recent_bytes: usize,
 }
 
 impl Fanout {
-    /// A fan-out over `count` shards whose state is unknown (after a wake).
-    pub fn with_shards(count: u32) -> Fanout {
+    /// A fan-out over `count` shards after a wake at `head`: their
+    /// connections are not known until they list them, and each is
+    /// presumed to have everything up to `head` (see [`ShardLink::sent`]).
+    pub fn woken(count: u32, head: u64) -> Fanout {
+        let shard = ShardLink {
+            sent: Some(head),
+            ..ShardLink::default()
+        };
         Fanout {
-            shards: vec![ShardLink::default(); count as usize],
+            shards: vec![shard; count as usize],
             ..Fanout::default()
         }
     }
@@ -396,68 +402,85 @@ impl Fanout {
         &self.shards
     }
 
-    /// Shards holding connections (or that may, not having said).
+    /// The connections on the shards.
+    pub fn connections(&self) -> &Connections {
+        &self.connections
+    }
+
+    /// Shards holding connections (or that may, not having listed them).
     pub fn in_use(&self) -> u64 {
-        self.shards.iter().filter(|s| s.clients != Some(0)).count() as u64
+        (0..self.shards.len() as u32)
+            .filter(|i| !self.shards[*i as usize].listed || self.connections.on(*i) > 0)
+            .count() as u64
     }
 
     /// Connections on shards, as far as known.
     pub fn clients(&self) -> u64 {
-        self.shards.iter().filter_map(|s| s.clients).sum()
+        self.connections.total()
     }
 
-    /// Whether every shard's connection count is known.
+    /// Whether every shard listed its connections.
     pub fn counted(&self) -> bool {
-        self.shards.iter().all(|s| s.clients.is_some())
+        self.shards.iter().all(|s| s.listed)
     }
 
-    /// Makes room for shard `index`.
-    pub fn ensure(&mut self, index: u32) {
+    /// Shards whose connections are not known yet.
+    pub fn unlisted(&self) -> Vec<u32> {
+        (0..self.shards.len() as u32)
+            .filter(|i| !self.shards[*i as usize].listed)
+            .collect()
+    }
+
+    /// Where a new connection goes when the sequencer itself holds `own` of
+    /// at most `size`, each shard counted by what it holds and what was
+    /// admitted there (a shard not listed yet counts as full).
+    pub fn place(&mut self, own: u64, size: u64, now_ms: u64) -> Placement {
+        self.connections.expire(now_ms);
+        let counts: Vec<u64> = (0..self.shards.len() as u32)
+            .map(|i| {
+                if self.shards[i as usize].listed {
+                    self.connections.on(i)
+                } else {
+                    u64::MAX
+                }
+            })
+            .collect();
+        place(own, &counts, size)
+    }
+
+    /// The sequencer admitted `conn_id` of `sub` onto shard `index` at
+    /// `now_ms`, while its head is `head`: it counts from now on (see
+    /// [`Connections`]), and a shard that held nothing needs nothing older
+    /// than `head`.
+    pub fn admit(&mut self, conn_id: &str, index: u32, sub: &str, head: u64, now_ms: u64) {
         let len = index as usize + 1;
         if self.shards.len() < len {
-            self.shards.resize(len, ShardLink::default());
+            let fresh = ShardLink {
+                listed: true,
+                ..ShardLink::default()
+            };
+            self.shards.resize(len, fresh);
         }
+        if self.connections.on(index) == 0 && self.shards[index as usize].listed {
+            self.shards[index as usize].sent = Some(head);
+        }
+        self.connections.admitted(conn_id, index, sub, now_ms);
     }
 
-    /// A connection placed on shard `index` at `now_ms` while the
-    /// sequencer's head is `head`: a shard that had none needs nothing
-    /// older than that.
-    pub fn joined(&mut self, index: u32, head: u64, now_ms: u64) {
-        self.ensure(index);
-        let shard = &mut self.shards[index as usize];
-        if shard.clients.unwrap_or(0) == 0 {
-            shard.sent = Some(head);
-        }
-        shard.clients = Some(shard.clients.unwrap_or(0) + 1);
-        shard.placed += 1;
-        shard.placed_ms = now_ms;
+    /// Shard `index` accepted `conn_id`.
+    pub fn confirmed(&mut self, conn_id: &str) {
+        self.connections.confirmed(conn_id);
     }
 
-    /// A client placed on shard `index` reached it: the shard counts it
-    /// from now on.
-    pub fn arrived(&mut self, index: u32) {
-        if let Some(shard) = self.shards.get_mut(index as usize) {
-            shard.placed = shard.placed.saturating_sub(1);
-        }
+    /// `conn_id` closed (or its shard gave up on it).
+    pub fn left(&mut self, conn_id: &str) {
+        self.connections.left(conn_id);
     }
 
-    /// Stops counting clients placed more than [`PLACEMENT_GRACE_MS`] ago
-    /// that never reached their shard. A report does it too, but a quiet
-    /// room sends no batches, so placing a join does it first.
-    pub fn expire_placements(&mut self, now_ms: u64) {
-        for shard in &mut self.shards {
-            if shard.placed > 0 && now_ms >= shard.placed_ms.saturating_add(PLACEMENT_GRACE_MS) {
-                shard.clients = shard.clients.map(|n| n.saturating_sub(shard.placed));
-                shard.placed = 0;
-            }
-        }
-    }
-
-    /// Connections on shard `index` closed.
-    pub fn left(&mut self, index: u32, count: u64) {
-        if let Some(shard) = self.shards.get_mut(index as usize) {
-            shard.clients = shard.clients.map(|n| n.saturating_sub(count));
-        }
+    /// Connections `sub` holds on shards.
+    pub fn subject(&mut self, sub: &str, now_ms: u64) -> u32 {
+        self.connections.expire(now_ms);
+        self.connections.of(sub)
     }
 
     /// Keeps a stored message's frame for the shards.
@@ -485,8 +508,9 @@ impl Fanout {
     /// shard behind the kept ones fills the gap from history). `None` when
     /// the shard is busy, holds no connections or has everything.
     pub fn next_batch(&mut self, index: u32, head: u64) -> Option<Outgoing> {
+        let empty = self.connections.on(index) == 0;
         let shard = self.shards.get_mut(index as usize)?;
-        if shard.busy || shard.clients == Some(0) || shard.sent.is_some_and(|s| s >= head) {
+        if shard.busy || (shard.listed && empty) || shard.sent.is_some_and(|s| s >= head) {
             return None;
         }
         let after = shard.sent.unwrap_or(0);
@@ -508,23 +532,25 @@ impl Fanout {
         })
     }
 
-    /// Shard `index` answered a batch with `report` at `now_ms`.
-    pub fn delivered(&mut self, index: u32, report: &ShardReport, now_ms: u64) {
+    /// Shard `index` answered a batch with `report`.
+    pub fn delivered(&mut self, index: u32, report: &ShardReport) {
         if let Some(shard) = self.shards.get_mut(index as usize) {
             shard.busy = false;
         }
-        self.reported(index, report, now_ms);
+        self.reported(index, report);
     }
 
-    /// Shard `index` said where it stands at `now_ms` (after a batch, or
-    /// when asked).
-    pub fn reported(&mut self, index: u32, report: &ShardReport, now_ms: u64) {
-        if let Some(shard) = self.shards.get_mut(index as usize) {
-            if now_ms >= shard.placed_ms.saturating_add(PLACEMENT_GRACE_MS) {
-                shard.placed = 0;
-            }
-            shard.clients = Some(report.clients + shard.placed);
-            shard.sent = report.delivered.max(shard.sent);
+    /// Shard `index` said where it stands (after a batch, or when asked,
+    /// with its connections). A shard that knows its position is right
+    /// about it, even below what the sequencer presumed.
+    pub fn reported(&mut self, index: u32, report: &ShardReport) {
+        let Some(shard) = self.shards.get_mut(index as usize) else {
+            return;
+        };
+        shard.sent = report.delivered.or(shard.sent);
+        if let Some(connections) = &report.connections {
+            shard.listed = true;
+            self.connections.listed(index, connections);
         }
     }
 
@@ -536,20 +562,24 @@ impl Fanout {
     }
 }
 
-/// The connections a room's shards hold, per subject, as the sequencer
-/// counts them for `MAX_CONNECTIONS_PER_SUBJECT`.
+/// The connections a room's shards hold, by `conn_id`, as the sequencer
+/// counts them: per shard (where to place the next, which to feed) and per
+/// subject (`MAX_CONNECTIONS_PER_SUBJECT`).
 ///
-/// A connection counts from the moment the sequencer admits its join, but
-/// only provisionally until its shard says it accepted it; a shard that
-/// failed to (or a client that never arrived) stops holding the subject's
-/// place after [`PLACEMENT_GRACE_MS`], so a failure cannot leak a count.
-/// Everything is keyed by `conn_id`, which makes every report idempotent:
-/// a shard's full list after the sequencer woke, a confirmation or a close
-/// arriving in any order leave the same count.
+/// A connection counts from the moment the sequencer places it on a shard
+/// (its `conn_id` travels with the join), so racing joins cannot overfill
+/// a shard or a subject's limit; it stays provisional until the shard says
+/// it accepted it, and one the shard never accepted (a client that went
+/// away between the redirect and the shard, a shard that failed) stops
+/// counting after [`PLACEMENT_GRACE_MS`]. Nothing else changes a count:
+/// no report can zero a shard that holds clients. After the sequencer
+/// woke, each shard lists what it holds once; keyed by `conn_id`, a list,
+/// a confirmation and a close count the same in any order.
 #[derive(Debug, Default)]
-pub struct OnShards {
+pub struct Connections {
     conns: HashMap<String, Tenancy>,
     per_subject: HashMap<String, u32>,
+    per_shard: HashMap<u32, u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -560,35 +590,45 @@ struct Tenancy {
     admitted_ms: Option<u64>,
 }
 
-impl OnShards {
-    /// Connections `sub` holds on shards, counting those admitted and not
-    /// yet confirmed.
+impl Connections {
+    /// Connections `sub` holds on shards, admitted ones included.
     pub fn of(&self, sub: &str) -> u32 {
         self.per_subject.get(sub).copied().unwrap_or(0)
     }
 
-    /// The sequencer admitted `conn_id` of `sub` onto `shard` at `now_ms`.
-    pub fn admitted(&mut self, conn_id: &str, shard: u32, sub: &str, now_ms: u64) {
+    /// Connections on shard `index`, admitted ones included.
+    pub fn on(&self, index: u32) -> u64 {
+        self.per_shard.get(&index).copied().unwrap_or(0)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.per_shard.values().sum()
+    }
+
+    /// Whether `conn_id` was admitted onto `index` and not given up.
+    pub fn holds(&self, conn_id: &str, index: u32) -> bool {
+        self.conns.get(conn_id).is_some_and(|t| t.shard == index)
+    }
+
+    fn admitted(&mut self, conn_id: &str, shard: u32, sub: &str, now_ms: u64) {
         self.insert(conn_id, shard, sub, Some(now_ms));
     }
 
-    /// `shard` accepted `conn_id`.
-    pub fn confirmed(&mut self, conn_id: &str) {
+    fn confirmed(&mut self, conn_id: &str) {
         if let Some(tenancy) = self.conns.get_mut(conn_id) {
             tenancy.admitted_ms = None;
         }
     }
 
-    /// `conn_id` closed (or its shard gave up on it).
-    pub fn left(&mut self, conn_id: &str) {
+    fn left(&mut self, conn_id: &str) {
         if let Some(tenancy) = self.conns.remove(conn_id) {
-            self.uncount(&tenancy.sub);
+            self.uncount(&tenancy);
         }
     }
 
     /// Forgets admissions their shard has not confirmed within
     /// [`PLACEMENT_GRACE_MS`].
-    pub fn expire(&mut self, now_ms: u64) {
+    fn expire(&mut self, now_ms: u64) {
         let stale: Vec<String> = self
             .conns
             .iter()
@@ -603,20 +643,14 @@ impl OnShards {
         }
     }
 
-    /// Everything `shard` holds, as it listed it: its confirmed connections
-    /// are exactly these (admissions it has not confirmed yet stay).
-    pub fn listed(&mut self, shard: u32, connections: &[(String, String)]) {
-        let gone: Vec<String> = self
-            .conns
-            .iter()
-            .filter(|(_, t)| t.shard == shard && t.admitted_ms.is_none())
-            .map(|(conn_id, _)| conn_id.clone())
-            .collect();
-        for conn_id in gone {
-            self.left(&conn_id);
-        }
+    /// What shard `index` listed it holds: each one counts (and is
+    /// confirmed), once.
+    fn listed(&mut self, shard: u32, connections: &[(String, String)]) {
         for (conn_id, sub) in connections {
-            self.insert(conn_id, shard, sub, None);
+            match self.conns.get_mut(conn_id) {
+                Some(tenancy) => tenancy.admitted_ms = None,
+                None => self.insert(conn_id, shard, sub, None),
+            }
         }
     }
 
@@ -626,21 +660,24 @@ impl OnShards {
             sub: sub.to_owned(),
             admitted_ms,
         };
-        match self.conns.insert(conn_id.to_owned(), tenancy) {
-            Some(old) if old.sub == sub => {}
-            Some(old) => {
-                self.uncount(&old.sub);
-                *self.per_subject.entry(sub.to_owned()).or_default() += 1;
-            }
-            None => *self.per_subject.entry(sub.to_owned()).or_default() += 1,
+        if let Some(old) = self.conns.insert(conn_id.to_owned(), tenancy) {
+            self.uncount(&old);
         }
+        *self.per_subject.entry(sub.to_owned()).or_default() += 1;
+        *self.per_shard.entry(shard).or_default() += 1;
     }
 
-    fn uncount(&mut self, sub: &str) {
-        if let Some(n) = self.per_subject.get_mut(sub) {
+    fn uncount(&mut self, tenancy: &Tenancy) {
+        if let Some(n) = self.per_subject.get_mut(&tenancy.sub) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                self.per_subject.remove(sub);
+                self.per_subject.remove(&tenancy.sub);
+            }
+        }
+        if let Some(n) = self.per_shard.get_mut(&tenancy.shard) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_shard.remove(&tenancy.shard);
             }
         }
     }
@@ -687,10 +724,9 @@ mod tests {
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
-    fn report(delivered: u64, clients: u64) -> ShardReport {
+    fn report(delivered: u64) -> ShardReport {
         ShardReport {
             delivered: Some(delivered),
-            clients,
             stats: RoomStats::default(),
             connections: None,
         }
@@ -826,10 +862,8 @@ mod tests {
     #[test]
     fn the_fanout_batches_what_accumulated_while_a_shard_was_busy() {
         let mut fanout = Fanout::default();
-        fanout.joined(0, 10, 0);
-        fanout.joined(1, 10, 0);
-        fanout.arrived(0);
-        fanout.arrived(1);
+        fanout.admit("a", 0, "alice", 10, 0);
+        fanout.admit("b", 1, "bob", 10, 0);
         for seq in 11..=13 {
             fanout.remember(seq, Rc::from(format!("m{seq}")));
         }
@@ -842,76 +876,67 @@ mod tests {
         assert_eq!(batch.encode(), "prev 10\n11 3\nm11\n12 3\nm12\n13 3\nm13\n");
         assert!(fanout.next_batch(0, 13).is_none(), "one batch in flight");
         fanout.remember(14, Rc::from("m14"));
-        fanout.delivered(0, &report(13, 1), 0);
+        fanout.delivered(0, &report(13));
         let batch = fanout.next_batch(0, 14).unwrap();
         assert_eq!((batch.prev, batch.frames.len()), (Some(13), 1));
         fanout.failed(0);
         let batch = fanout.next_batch(0, 14).unwrap();
         assert_eq!(batch.prev, Some(13), "a failed batch is sent again");
 
-        fanout.delivered(1, &report(14, 0), 0);
+        fanout.delivered(1, &report(14));
+        fanout.left("b");
         fanout.remember(15, Rc::from("m15"));
         assert!(
             fanout.next_batch(1, 15).is_none(),
             "no connections, nothing sent"
         );
-        fanout.joined(1, 15, 0);
+        fanout.admit("c", 1, "carol", 15, 0);
         assert!(
             fanout.next_batch(1, 15).is_none(),
-            "a shard joined at the head has it all"
+            "a shard admitted at the head has it all"
         );
         assert_eq!((fanout.clients(), fanout.in_use()), (2, 2));
     }
 
     #[test]
-    fn a_report_keeps_the_clients_still_on_their_way() {
+    fn a_report_never_empties_a_shard_its_connections_are_on() {
+        // A batch answer taken before the shard accepted its new client
+        // says nothing about connections: the shard keeps being fed.
         let mut fanout = Fanout::default();
-        for _ in 0..3 {
-            fanout.joined(0, 0, 0);
+        fanout.admit("x", 0, "alice", 0, 0);
+        fanout.remember(1, Rc::from("m1"));
+        assert!(fanout.next_batch(0, 1).is_some());
+        fanout.delivered(0, &report(1));
+        fanout.remember(2, Rc::from("m2"));
+        assert!(fanout.next_batch(0, 2).is_some(), "still one connection");
+        assert_eq!(fanout.clients(), 1);
+    }
+
+    #[test]
+    fn a_client_that_never_reached_its_shard_stops_holding_its_place() {
+        let mut fanout = Fanout::default();
+        for n in 0..3 {
+            fanout.admit(&format!("c{n}"), 0, "alice", 0, 1_000);
         }
-        fanout.arrived(0);
-        fanout.reported(0, &report(0, 1), 0);
+        fanout.confirmed("c0");
         assert_eq!(
-            fanout.clients(),
-            3,
-            "two placed clients are not in the report yet"
+            fanout.place(3, 3, 1_000 + PLACEMENT_GRACE_MS - 1),
+            Placement::Shard(1),
+            "shard 0 holds its 3, one of them arrived"
         );
-        fanout.arrived(0);
-        fanout.arrived(0);
-        fanout.reported(0, &report(0, 3), 0);
-        assert_eq!(fanout.clients(), 3);
-        fanout.arrived(0);
-        fanout.reported(0, &report(0, 2), 0);
         assert_eq!(
-            fanout.clients(),
-            2,
-            "an unexpected arrival never counts below zero"
+            fanout.place(3, 3, 1_000 + PLACEMENT_GRACE_MS),
+            Placement::Shard(0),
+            "two placed clients never came: shard 0 has room again"
         );
-        fanout.joined(0, 0, 1_000);
-        fanout.reported(0, &report(0, 2), 1_000 + PLACEMENT_GRACE_MS - 1);
-        assert_eq!(fanout.clients(), 3, "still on its way");
-        fanout.reported(0, &report(0, 2), 1_000 + PLACEMENT_GRACE_MS);
-        assert_eq!(
-            fanout.clients(),
-            2,
-            "a client that never came holds no place"
-        );
-        fanout.joined(0, 0, 50_000);
-        fanout.joined(0, 0, 50_000);
-        fanout.expire_placements(50_000 + PLACEMENT_GRACE_MS - 1);
-        assert_eq!(fanout.clients(), 4);
-        fanout.expire_placements(50_000 + PLACEMENT_GRACE_MS);
-        assert_eq!(
-            fanout.clients(),
-            2,
-            "without any report, in a quiet room, too"
-        );
+        assert_eq!(fanout.clients(), 1);
+        assert_eq!(fanout.subject("alice", 1_000 + PLACEMENT_GRACE_MS), 1);
     }
 
     #[test]
     fn the_fanout_keeps_a_bounded_window() {
         let mut fanout = Fanout::default();
-        fanout.joined(0, 0, 0);
+        fanout.admit("a", 0, "alice", 0, 0);
         for seq in 1..=(FEED_WINDOW as u64 + 10) {
             fanout.remember(seq, Rc::from("x"));
         }
@@ -926,66 +951,94 @@ mod tests {
     }
 
     #[test]
-    fn a_woken_sequencer_feeds_shards_it_knows_nothing_about() {
-        let mut fanout = Fanout::with_shards(2);
+    fn a_woken_sequencer_presumes_its_shards_had_what_it_had() {
+        let mut fanout = Fanout::woken(2, 5);
         assert!(!fanout.counted());
-        assert!(fanout.next_batch(0, 5).is_none(), "no frame kept yet");
-        fanout.remember(6, Rc::from("m6"));
-        let batch = fanout.next_batch(0, 6).unwrap();
-        assert_eq!((batch.prev, batch.frames.len()), (None, 1));
-        fanout.delivered(0, &report(6, 3), 0);
-        assert_eq!(fanout.clients(), 3);
+        assert_eq!(fanout.unlisted(), [0, 1]);
+        assert!(fanout.next_batch(0, 5).is_none(), "nothing new");
+        // What it keeps ready may start later than the head it woke with:
+        // the batch says where the shard should be, so a shard that forgot
+        // too fills the rest from history.
+        fanout.remember(40, Rc::from("m40"));
+        let batch = fanout.next_batch(0, 40).unwrap();
+        assert_eq!((batch.prev, batch.frames.len()), (Some(5), 1));
+        let mut forgot = Stream::default();
+        assert_eq!(forgot.step(40, batch.prev), Step::Gap { after: 5 });
+        // A shard that remembers is believed, below the presumption too.
+        fanout.delivered(0, &report(3));
+        assert_eq!(fanout.shards()[0].sent, Some(3));
+        fanout.reported(
+            1,
+            &ShardReport {
+                delivered: None,
+                stats: RoomStats::default(),
+                connections: Some(vec![("c".into(), "alice".into())]),
+            },
+        );
+        assert_eq!(
+            fanout.shards()[1].sent,
+            Some(5),
+            "a shard that forgot says nothing"
+        );
+        assert_eq!((fanout.unlisted(), fanout.clients()), (vec![0], 1));
     }
 
     #[test]
     fn a_subject_is_counted_by_what_its_shards_accepted() {
-        let mut on = OnShards::default();
-        on.admitted("c1", 0, "alice", 0);
-        on.admitted("c2", 1, "alice", 0);
-        on.admitted("c3", 1, "bob", 0);
+        let mut fanout = Fanout::default();
+        fanout.admit("c1", 0, "alice", 0, 0);
+        fanout.admit("c2", 1, "alice", 0, 0);
+        fanout.admit("c3", 1, "bob", 0, 0);
+        let counts = |f: &mut Fanout, now| (f.subject("alice", now), f.subject("bob", now));
+        assert_eq!(counts(&mut fanout, 0), (2, 1), "admitted counts at once");
+        fanout.confirmed("c1");
+        assert_eq!(counts(&mut fanout, PLACEMENT_GRACE_MS - 1), (2, 1));
         assert_eq!(
-            (on.of("alice"), on.of("bob")),
-            (2, 1),
-            "admitted counts at once"
-        );
-        on.confirmed("c1");
-        on.expire(PLACEMENT_GRACE_MS - 1);
-        assert_eq!(on.of("alice"), 2);
-        on.expire(PLACEMENT_GRACE_MS);
-        assert_eq!(
-            (on.of("alice"), on.of("bob")),
+            counts(&mut fanout, PLACEMENT_GRACE_MS),
             (1, 0),
             "a shard that never accepted does not hold the place"
         );
-        on.confirmed("c2");
-        on.left("c1");
-        on.left("c1");
-        assert_eq!(on.of("alice"), 0, "a close counts once");
+        assert!(fanout.connections().holds("c1", 0));
+        assert!(!fanout.connections().holds("c2", 1));
+        fanout.left("c1");
+        fanout.left("c1");
+        assert_eq!(
+            counts(&mut fanout, PLACEMENT_GRACE_MS),
+            (0, 0),
+            "a close counts once"
+        );
+        assert_eq!(fanout.clients(), 0);
     }
 
     #[test]
     fn a_woken_sequencer_learns_its_shards_connections_in_any_order() {
-        let mut on = OnShards::default();
-        on.admitted("new", 0, "alice", 100);
-        // The shard's list, then its confirmation of a connection in it.
-        on.listed(
-            0,
-            &[("a".into(), "alice".into()), ("b".into(), "bob".into())],
+        let mut fanout = Fanout::woken(1, 0);
+        fanout.admit("new", 0, "alice", 0, 100);
+        let listing = |conns: &[(&str, &str)]| ShardReport {
+            delivered: None,
+            stats: RoomStats::default(),
+            connections: Some(
+                conns
+                    .iter()
+                    .map(|(c, s)| (c.to_string(), s.to_string()))
+                    .collect(),
+            ),
+        };
+        // The list, then a confirmation of a connection in it.
+        fanout.reported(0, &listing(&[("a", "alice"), ("b", "bob")]));
+        fanout.confirmed("a");
+        assert_eq!(
+            (fanout.subject("alice", 100), fanout.subject("bob", 100)),
+            (2, 1)
         );
-        on.confirmed("a");
-        assert_eq!((on.of("alice"), on.of("bob")), (2, 1));
-        // A close that the list already left out, and one it still had.
-        on.left("gone-before");
-        on.left("b");
-        assert_eq!(on.of("bob"), 0);
-        on.listed(
-            0,
-            &[("a".into(), "alice".into()), ("new".into(), "alice".into())],
-        );
-        assert_eq!(on.of("alice"), 2, "a listed admission is not counted twice");
-        on.listed(1, &[]);
-        on.listed(0, &[]);
-        assert_eq!(on.of("alice"), 0);
+        // A close the list already left out, and one it still had.
+        fanout.left("gone-before");
+        fanout.left("b");
+        assert_eq!(fanout.subject("bob", 100), 0);
+        // A list that names an admission confirms it, once.
+        fanout.reported(0, &listing(&[("a", "alice"), ("new", "alice")]));
+        assert_eq!(fanout.subject("alice", 100 + PLACEMENT_GRACE_MS), 2);
+        assert_eq!(fanout.connections().on(0), 2);
     }
 
     #[test]

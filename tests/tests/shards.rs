@@ -699,6 +699,25 @@ async fn a_shard_that_lost_its_state_fetches_what_it_missed_or_closes_1011() {
     assert_eq!(seen.seqs(), [105], "no replay after a resume that failed");
 }
 
+/// When the room lost its state too, it no longer knows where its shard
+/// was, and the shard does not either: the room presumes the shard had
+/// everything up to the head it woke with, so its first batch (which starts
+/// at what it kept ready, seq 35 here, after one POST larger than it
+/// keeps) makes the shard fill 4..=34 from history first.
+#[tokio::test]
+async fn a_shard_and_its_room_that_both_lost_their_state_leave_no_gap() {
+    let worker = worker_for_lost_state().await;
+    let r = room("sharded-both-lost");
+    let (mut pair, _) = room_with_a_shard(&worker, &r).await;
+    evict_idle_objects(&worker, &[]).await;
+    post(&worker, &r, &too_big_to_keep(3, 100)).await;
+    post_sentinel(&worker, &r).await;
+    for (n, (client, seen)) in pair.iter_mut().enumerate() {
+        read_to_sentinel(client, seen, &format!("client {n}")).await;
+        assert_eq!(seen.seqs(), (1..=104).collect::<Vec<_>>(), "client {n}");
+    }
+}
+
 #[tokio::test]
 async fn kafka_relays_a_sharded_room_both_ways() {
     let broker = Broker::start().await;

@@ -18,6 +18,9 @@ pub const ROOMS_BINDING: &str = "ROOMS";
 /// The shard a request is for (router → shard, sequencer → shard), and the
 /// shard a join is placed on (the sequencer's answer to the router).
 pub const SHARD_HEADER: &str = "x-roomcast-shard";
+/// The connection a join placed on a shard is admitted under (the
+/// sequencer's answer to the router, then the router to the shard).
+pub const CONN_HEADER: &str = "x-roomcast-conn";
 /// The internal operation a request asks for.
 pub const OP_HEADER: &str = "x-roomcast-op";
 /// The last seq the sequencer confirmed delivered to a joining shard.

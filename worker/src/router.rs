@@ -17,7 +17,7 @@ use roomcast_protocol::clock::now_ms;
 use roomcast_protocol::ErrorCode;
 use worker::{Env, Headers, Method, Request, RequestInit, Response, Stub};
 
-use crate::internal::{self, SHARD_HEADER};
+use crate::internal::{self, CONN_HEADER, SHARD_HEADER};
 use crate::registry;
 use crate::reply;
 use crate::room::{IDENTITY_HEADER, ROOM_HEADER};
@@ -156,6 +156,9 @@ async fn admit_and_forward(
                 Failure::Runtime(worker::Error::RustError(format!("bad shard {index:?}")))
             })?;
             inner.headers.set(SHARD_HEADER, &index.to_string())?;
+            if let Some(conn_id) = response.headers().get(CONN_HEADER)? {
+                inner.headers.set(CONN_HEADER, &conn_id)?;
+            }
             let stub = internal::shard_stub(env, room.as_str(), index)?;
             Ok(inner.send(&stub).await?)
         }

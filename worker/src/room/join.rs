@@ -25,7 +25,7 @@ use worker::{Headers, Request, Response, Result, WebSocket, WebSocketPair};
 
 use super::{Ctx, Room, CLIENT_TAG};
 use crate::attachment::Attachment;
-use crate::internal::SHARD_HEADER;
+use crate::internal::{CONN_HEADER, SHARD_HEADER};
 use crate::reply;
 
 /// What a joining connection is told first, and what it is replayed.
@@ -50,11 +50,11 @@ impl Room {
         if let Some(refusal) = self.creation_refused(ctx, &identity).await? {
             return Ok(refusal);
         }
-        if let Some(index) = self.placement(ctx).await? {
-            return shard_redirect(index);
-        }
         if let Some(refusal) = self.connection_limit(ctx, &identity.sub).await {
             return refusal;
+        }
+        if let Some((index, conn_id)) = self.placement(ctx, &identity.sub).await? {
+            return shard_redirect(index, &conn_id);
         }
         if let Some(refusal) = self.replay_budget(ctx, &identity.sub, since) {
             return refusal;
@@ -233,10 +233,12 @@ pub(super) fn since(
     }
 }
 
-/// Tells the router to take the join to shard `index`; no client sees it.
-fn shard_redirect(index: u32) -> Result<Response> {
+/// Tells the router to take the join to shard `index`, as connection
+/// `conn_id`; no client sees it.
+fn shard_redirect(index: u32, conn_id: &str) -> Result<Response> {
     let headers = Headers::new();
     headers.set(SHARD_HEADER, &index.to_string())?;
+    headers.set(CONN_HEADER, conn_id)?;
     Ok(Response::empty()?.with_status(204).with_headers(headers))
 }
 

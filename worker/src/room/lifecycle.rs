@@ -12,7 +12,6 @@
 use roomcast_protocol::auth::Identity;
 use roomcast_protocol::clock::now_ms;
 use roomcast_protocol::lifecycle::{may_retire, Quiet, Reannounce};
-use roomcast_protocol::shard::OnShards;
 use roomcast_protocol::wire::Registration;
 use roomcast_protocol::ErrorCode;
 use worker::{console_error, Response, Result};
@@ -138,7 +137,6 @@ impl Room {
         *self.keys.borrow_mut() = None;
         *self.link.borrow_mut() = LinkCache::None;
         *self.fanout.borrow_mut() = None;
-        *self.on_shards.borrow_mut() = OnShards::default();
         self.announce.set(Reannounce::default());
         self.counters.reset();
         Ok(())

@@ -48,7 +48,7 @@ use roomcast_protocol::dedupe::Keys;
 use roomcast_protocol::lifecycle::Reannounce;
 use roomcast_protocol::rate::Limiter;
 use roomcast_protocol::session::Timing;
-use roomcast_protocol::shard::{Fanout, OnShards};
+use roomcast_protocol::shard::Fanout;
 use roomcast_protocol::{CloseCode, ErrorCode};
 use worker::{
     console_error, durable_object, DurableObject, Env, Request, Response, Result, State, WebSocket,
@@ -100,8 +100,6 @@ pub struct Room {
     retire_check: Cell<Option<u64>>,
     /// As a sequencer: the shards it feeds (docs/scaling.md).
     fanout: RefCell<Option<Fanout>>,
-    /// As a sequencer: connections each subject holds on shards.
-    on_shards: RefCell<OnShards>,
     /// As a shard: its room, stream and queue.
     shard: RefCell<Option<ShardSide>>,
 }
@@ -159,7 +157,6 @@ impl DurableObject for Room {
             announce: Cell::new(Reannounce::default()),
             retire_check: Cell::new(None),
             fanout: RefCell::new(None),
-            on_shards: RefCell::new(OnShards::default()),
             shard: RefCell::new(None),
         }
     }

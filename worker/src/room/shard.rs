@@ -35,7 +35,7 @@ use worker::{Request, Response, Result, WebSocketPair};
 use super::forward::{Ack, Pending};
 use super::join::since;
 use super::{Ctx, Room, CLIENT_TAG};
-use crate::internal::{room_stub, Call, Op, SENT_HEADER};
+use crate::internal::{room_stub, Call, Op, CONN_HEADER, SENT_HEADER};
 
 /// Tag prefix naming a shard socket's room and shard: `shard:<index>:<room>`.
 const SHARD_TAG: &str = "shard:";
@@ -127,8 +127,14 @@ impl Room {
             Ok(since) => since,
             Err(refusal) => return refusal,
         };
+        let Some(conn_id) = req.headers().get(CONN_HEADER)? else {
+            return Err(worker::Error::RustError(
+                "a join placed on a shard comes with its connection".into(),
+            ));
+        };
         let request = JoinRequest {
             shard: index,
+            conn_id,
             since,
             epoch: query.get("epoch").cloned(),
         };

@@ -115,7 +115,6 @@ impl Room {
         });
         let report = ShardReport {
             delivered: self.position(),
-            clients: self.clients(),
             stats: self.counters.take(),
             connections,
         };

@@ -18,9 +18,9 @@ use futures_util::future::join_all;
 use roomcast_protocol::auth::Identity;
 use roomcast_protocol::clock::now_ms;
 use roomcast_protocol::history::{parse_u64, MAX_PAGE};
+use roomcast_protocol::ids;
 use roomcast_protocol::shard::{
-    encode_batch, encode_join_reply, place, Fanout, Forward, JoinRequest, Outcome, Placement,
-    ShardReport,
+    encode_batch, encode_join_reply, Fanout, Forward, JoinRequest, Outcome, Placement, ShardReport,
 };
 use roomcast_protocol::wire::{Origin, ServerFrame};
 use roomcast_protocol::ErrorCode;
@@ -39,11 +39,12 @@ const DELIVERY_ATTEMPTS: u32 = 5;
 
 impl Room {
     /// The fan-out, set up on first use after a wake with every shard the
-    /// room has used.
+    /// room has used, each presumed to have had everything up to the head.
     fn fanout(&self) -> Result<RefMut<'_, Fanout>> {
-        let count = self.history()?.shard_count();
+        let history = self.history()?;
+        let (count, head) = (history.shard_count(), history.head());
         Ok(RefMut::map(self.fanout.borrow_mut(), |slot| {
-            slot.get_or_insert_with(|| Fanout::with_shards(count))
+            slot.get_or_insert_with(|| Fanout::woken(count, head))
         }))
     }
 
@@ -64,9 +65,12 @@ impl Room {
             .unwrap_or((0, 0))
     }
 
-    /// Where a joining connection goes: `None` for here. A room that woke
-    /// asks its shards how full they are first.
-    pub(super) async fn placement(&self, ctx: &Ctx) -> Result<Option<u32>> {
+    /// Where a joining connection of `sub` goes: `None` for here, else the
+    /// shard and the `conn_id` it is admitted under there (it counts from
+    /// now on, see [`roomcast_protocol::shard::Connections`]). A room that
+    /// woke asks its shards how full they are first; a shard that did not
+    /// answer is not placed on.
+    pub(super) async fn placement(&self, ctx: &Ctx, sub: &str) -> Result<Option<(u32, String)>> {
         let size = ctx.limits.room_shard_size;
         let own = self.clients();
         if own < size.max(1) {
@@ -75,22 +79,15 @@ impl Room {
         let history = self.history()?;
         history.create(&ctx.room, &ctx.limits, ctx.settings.config.bridge)?;
         self.count_shards(ctx).await;
-        if let Ok(mut fanout) = self.fanout() {
-            fanout.expire_placements(ctx.now);
-        }
-        // A shard that did not answer is not placed on.
-        let counts: Vec<u64> = self
-            .fanout()?
-            .shards()
-            .iter()
-            .map(|s| s.clients.unwrap_or(u64::MAX))
-            .collect();
-        let Placement::Shard(index) = place(own, &counts, size) else {
+        let now = now_ms();
+        let Placement::Shard(index) = self.fanout()?.place(own, size, now) else {
             return Ok(None);
         };
-        self.fanout()?.joined(index, history.head(), ctx.now);
+        let conn_id = ids::conn_id();
+        self.fanout()?
+            .admit(&conn_id, index, sub, history.head(), now);
         history.set_shard_count(history.shard_count().max(index + 1))?;
-        Ok(Some(index))
+        Ok(Some((index, conn_id)))
     }
 
     /// Whether the room knows how many connections each shard holds.
@@ -105,18 +102,15 @@ impl Room {
         if !self.shards_counted() {
             self.count_shards(ctx).await;
         }
-        let mut on_shards = self.on_shards.borrow_mut();
-        on_shards.expire(ctx.now);
-        on_shards.of(sub) as usize
+        self.fanout()
+            .map(|mut f| f.subject(sub, now_ms()) as usize)
+            .unwrap_or(0)
     }
 
     /// Asks every shard whose connections this wake does not know.
     pub(super) async fn count_shards(&self, ctx: &Ctx) {
-        let unknown: Vec<u32> = match self.fanout() {
-            Ok(fanout) => (0..fanout.shards().len() as u32)
-                .filter(|i| fanout.shards()[*i as usize].clients.is_none())
-                .collect(),
-            Err(_) => return,
+        let Ok(unknown) = self.fanout().map(|f| f.unlisted()) else {
+            return;
         };
         let answers = join_all(
             unknown
@@ -126,7 +120,7 @@ impl Room {
         .await;
         for (index, answer) in unknown.into_iter().zip(answers) {
             match answer {
-                Ok(report) => self.take_report(index, &report, false, ctx.now),
+                Ok(report) => self.take_report(index, &report, false),
                 Err(e) => console_warn!("room {}: shard {index} did not answer: {e}", ctx.room),
             }
         }
@@ -151,15 +145,12 @@ impl Room {
         Ok(serde_json::from_str(&text)?)
     }
 
-    fn take_report(&self, index: u32, report: &ShardReport, batch: bool, now_ms: u64) {
-        if let Some(connections) = &report.connections {
-            self.on_shards.borrow_mut().listed(index, connections);
-        }
+    fn take_report(&self, index: u32, report: &ShardReport, batch: bool) {
         if let Ok(mut fanout) = self.fanout() {
             if batch {
-                fanout.delivered(index, report, now_ms);
+                fanout.delivered(index, report);
             } else {
-                fanout.reported(index, report, now_ms);
+                fanout.reported(index, report);
             }
         }
         self.counters.with(|s| s.absorb(&report.stats));
@@ -196,7 +187,7 @@ impl Room {
             match self.ask_shard(room, index, Op::Deliver, Some(body)).await {
                 Ok(report) => {
                     failures = 0;
-                    self.take_report(index, &report, true, now_ms());
+                    self.take_report(index, &report, true);
                 }
                 Err(e) => {
                     if let Ok(mut fanout) = self.fanout() {
@@ -224,20 +215,30 @@ impl Room {
         identity: Identity,
     ) -> Result<Response> {
         let request: JoinRequest = serde_json::from_str(&req.text().await?)?;
-        self.fanout()?.arrived(request.shard);
-        let refusal = match self.connection_limit(ctx, &identity.sub).await {
-            Some(refusal) => Some(refusal),
-            None => self.replay_budget(ctx, &identity.sub, request.since),
-        };
-        if let Some(refusal) = refusal {
-            self.fanout()?.left(request.shard, 1);
+        // Admitted when it was placed; a client that took longer than the
+        // grace to get here is admitted again, if it still may be.
+        let placed = self
+            .fanout()?
+            .connections()
+            .holds(&request.conn_id, request.shard);
+        if !placed {
+            if let Some(refusal) = self.connection_limit(ctx, &identity.sub).await {
+                return refusal;
+            }
+            let head = self.history()?.head();
+            self.fanout()?.admit(
+                &request.conn_id,
+                request.shard,
+                &identity.sub,
+                head,
+                now_ms(),
+            );
+        }
+        if let Some(refusal) = self.replay_budget(ctx, &identity.sub, request.since) {
+            self.fanout()?.left(&request.conn_id);
             return refusal;
         }
-        let session = roomcast_protocol::session::Session::new(
-            roomcast_protocol::ids::conn_id(),
-            identity,
-            ctx.now,
-        );
+        let session = roomcast_protocol::session::Session::new(request.conn_id, identity, ctx.now);
         let greeting = self.greet(ctx, &session, request.since, request.epoch.as_deref())?;
         let mut replay = Vec::new();
         if let Some(after) = greeting.replay_after {
@@ -246,12 +247,6 @@ impl Room {
                 Ok(())
             })?;
         }
-        self.on_shards.borrow_mut().admitted(
-            &session.conn_id,
-            request.shard,
-            &session.sub,
-            ctx.now,
-        );
         let welcome = ServerFrame::Welcome(Cow::Borrowed(&greeting.welcome)).to_json();
         let body = encode_join_reply(&welcome, replay.iter().map(|(seq, f)| (*seq, f.as_str())));
         let headers = Headers::new();
@@ -270,17 +265,13 @@ impl Room {
     /// the shard's closed connections.
     pub(super) async fn forward_from_shard(&self, mut req: Request, ctx: &Ctx) -> Result<Response> {
         let forward: Forward = serde_json::from_str(&req.text().await?)?;
-        if !forward.leaves.is_empty() {
-            self.fanout()?
-                .left(forward.shard, forward.leaves.len() as u64);
-        }
         {
-            let mut on_shards = self.on_shards.borrow_mut();
+            let mut fanout = self.fanout()?;
             for conn_id in &forward.joins {
-                on_shards.confirmed(conn_id);
+                fanout.confirmed(conn_id);
             }
             for conn_id in &forward.leaves {
-                on_shards.left(conn_id);
+                fanout.left(conn_id);
             }
         }
         let mut outcomes = Vec::with_capacity(forward.publishes.len());
