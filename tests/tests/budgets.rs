@@ -152,15 +152,16 @@ async fn accepted(worker: &Worker, room: &str) -> BTreeMap<(String, u64), u64> {
 }
 
 /// What `sub` got in each second the whole room was flooding in, past the
-/// first two (bursts, and publishers still joining the count) and before
-/// the last (cut short).
+/// first three (the bursts, spread over two seconds when the flood starts
+/// late in one, and the second they put over budget) and before the last
+/// (cut short).
 fn steady(counts: &BTreeMap<(String, u64), u64>, sub: &str) -> Vec<u64> {
     let seconds: Vec<u64> = counts.keys().map(|(_, s)| *s).collect();
     let (first, last) = (
         *seconds.iter().min().expect("messages"),
         *seconds.iter().max().expect("messages"),
     );
-    (first + 2..last)
+    (first + 3..last)
         .map(|s| counts.get(&(sub.to_owned(), s)).copied().unwrap_or(0))
         .collect()
 }
@@ -178,7 +179,7 @@ async fn a_second_over_budget_puts_every_publisher_on_a_fair_share() {
     let mut b = Publisher::join(&worker, &shared, "b").await;
     let mut c = Publisher::join(&worker, &shared, "c").await;
     let mut d = Publisher::join(&worker, &solo, "d").await;
-    let until = Instant::now() + Duration::from_secs(7);
+    let until = Instant::now() + Duration::from_secs(10);
     run_all(&mut [&mut a, &mut b, &mut c, &mut d], &[FLOOD; 4], until).await;
     for p in [&mut a, &mut b, &mut c, &mut d] {
         p.finish().await;
@@ -191,7 +192,7 @@ async fn a_second_over_budget_puts_every_publisher_on_a_fair_share() {
     for sub in ["a", "b", "c"] {
         let per_second = steady(&counts, sub);
         println!("{sub}: accepted per second {per_second:?}");
-        assert!(per_second.len() >= 3, "too short a flood: {per_second:?}");
+        assert!(per_second.len() >= 5, "too short a flood: {per_second:?}");
         let got = median(per_second.clone());
         assert!(
             (8..=12).contains(&got),
@@ -203,7 +204,7 @@ async fn a_second_over_budget_puts_every_publisher_on_a_fair_share() {
     let counts = accepted(&worker, &solo).await;
     let per_second = steady(&counts, "d");
     println!("d (solo): accepted per second {per_second:?}");
-    assert!(per_second.len() >= 3, "too short a flood: {per_second:?}");
+    assert!(per_second.len() >= 5, "too short a flood: {per_second:?}");
     let got = median(per_second.clone());
     assert!(
         (8..=12).contains(&got),
@@ -224,7 +225,7 @@ async fn fair_share_ends_after_a_second_whose_demand_fits() {
     // Then A wants 20 a second, more than its fair share, and B and C 2
     // each: 24 a second in all, within the budget of 30.
     let calm = now_ms();
-    let until = Instant::now() + Duration::from_secs(6);
+    let until = Instant::now() + Duration::from_secs(8);
     let gentle = Duration::from_millis(500);
     run_all(
         &mut [&mut a, &mut b, &mut c],
@@ -236,47 +237,39 @@ async fn fair_share_ends_after_a_second_whose_demand_fits() {
         p.finish().await;
     }
 
-    let refused = |p: &Publisher, from: u64, to: u64| {
-        p.answers
-            .iter()
-            .filter(|(at, ok)| (from..to).contains(at) && !ok)
-            .count()
-    };
     assert!(
-        refused(&a, 0, calm) > 0,
+        a.answers.iter().any(|(at, ok)| *at < calm && !ok),
         "the flood never limited A: {:?}",
         a.answers
     );
     // The second the calm starts in still carries the flood, the next one
     // fits the budget, and fair share is over in the one after. From then
-    // on A gets all of its 20 a second.
-    let over_from = (calm / 1000 + 3) * 1000;
-    let late: Vec<&(u64, bool)> = a
-        .answers
-        .iter()
-        .filter(|(at, _)| *at >= over_from)
-        .collect();
-    assert!(
-        late.len() >= 20,
-        "too few publishes after the calm: {late:?}"
-    );
-    assert_eq!(
-        refused(&a, over_from, u64::MAX),
-        0,
-        "A was still held to a fair share {}s into the calm: {:?}",
-        3,
-        late
-    );
-    // B and C published in every one of those seconds: had fair share gone
-    // on, it would have held A to 10 a second.
+    // on A gets its 20 a second, twice what a fair share would give it.
+    // (A median over those seconds: a second in which a stalled machine
+    // bunched the publishes may put the room over budget by itself.)
     let counts = accepted(&worker, &r).await;
     let last = counts.keys().map(|(_, s)| *s).max().expect("messages");
+    let calmed: Vec<u64> = (calm / 1000 + 3..last).collect();
+    let per_second = |sub: &str| -> Vec<u64> {
+        calmed
+            .iter()
+            .map(|s| counts.get(&(sub.to_owned(), *s)).copied().unwrap_or(0))
+            .collect()
+    };
+    let got = per_second("a");
+    println!("a: accepted per second after the calm {got:?}");
+    assert!(got.len() >= 4, "too short a calm: {got:?}");
+    assert!(
+        median(got.clone()) >= 15,
+        "A was still held to a fair share: {got:?} a second, wanting 20"
+    );
+    // B and C kept publishing meanwhile: had fair share stayed on, there
+    // were three publishers to share the budget, and A would get 10.
     for sub in ["b", "c"] {
-        for second in over_from / 1000..last {
-            assert!(
-                counts.contains_key(&(sub.to_owned(), second)),
-                "{sub} did not publish in second {second}"
-            );
-        }
+        let theirs = per_second(sub);
+        assert!(
+            theirs.iter().filter(|n| **n > 0).count() * 2 > theirs.len(),
+            "{sub} published in too few of those seconds: {theirs:?}"
+        );
     }
 }
