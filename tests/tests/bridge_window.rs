@@ -10,7 +10,7 @@
 //! more" is an observation, not a quiet timeout.
 
 use roomcast_protocol::history::TURN_BYTES;
-use roomcast_tests::{bridge_token, full_token, room, Client, Http, Worker};
+use roomcast_tests::{bridge_link, full_token, room, Client, Http, Worker};
 use serde_json::{json, Value};
 
 /// A bridge relays this deployment, so a room keeps every message for it
@@ -44,36 +44,34 @@ async fn publish(worker: &Worker, room: &str, count: usize, size: usize) {
     }
 }
 
-async fn open_link(worker: &Worker, room: &str) -> (Client, Value) {
-    let mut link = Client::connect(&worker.ws_url(&format!(
-        "/v1/rooms/{room}/bridge?instance=window&token={}",
-        bridge_token()
-    )))
-    .await;
-    let welcome = link.expect("welcome").await;
-    (link, welcome)
+/// A `message` frame's seq and length; `None` for `stats`; anything else
+/// has no place on the link here.
+fn relayed(text: &str) -> Option<(u64, usize)> {
+    let frame: Value = serde_json::from_str(text).expect("a JSON frame");
+    match frame["type"].as_str() {
+        Some("message") => Some((frame["seq"].as_u64().expect("seq"), text.len())),
+        Some("stats") => None,
+        _ => panic!("unexpected frame on the link: {frame}"),
+    }
 }
 
-/// The `message` frames (seq, frame length) that arrive before the next
-/// frame of type `until`; `stats` frames are skipped.
-async fn messages_until(link: &mut Client, until: &str) -> Vec<(u64, usize)> {
+/// The messages of the link's opening turn, which ends with its first
+/// `stats` frame.
+async fn opening_step(link: &mut Client) -> Vec<(u64, usize)> {
     let mut got = Vec::new();
     loop {
         let text = link.next_text().await;
-        let frame: Value = serde_json::from_str(&text).expect("a JSON frame");
-        match frame["type"].as_str() {
-            Some("message") => got.push((frame["seq"].as_u64().expect("seq"), text.len())),
-            Some(kind) if kind == until => return got,
-            Some("stats") => {}
-            _ => panic!("unexpected frame on the link: {frame}"),
+        match relayed(&text) {
+            Some(message) => got.push(message),
+            None => return got,
         }
     }
 }
 
-/// What else the room sends before it answers a sentinel frame.
+/// The messages the room sends before it answers a sentinel.
 async fn step_until_sentinel(link: &mut Client) -> Vec<(u64, usize)> {
-    link.send_text("sentinel").await;
-    messages_until(link, "error").await
+    let frames = link.until_link_settled().await;
+    frames.iter().filter_map(|text| relayed(text)).collect()
 }
 
 /// The seqs that arrived, as `lo..=hi` when they are that run in order
@@ -96,13 +94,13 @@ async fn the_link_carries_at_most_1000_messages_beyond_the_cursor() {
     let worker = Worker::start(VARS).await;
     let r = room("window");
     publish(&worker, &r, 1500, 8).await;
-    let (mut link, welcome) = open_link(&worker, &r).await;
+    let (mut link, welcome) = bridge_link(&worker, &r, "window").await;
     assert_eq!(
         (welcome["cursor"].as_u64(), welcome["head"].as_u64()),
         (Some(0), Some(1500))
     );
     // The link's first turn: the backlog the window allows, then `stats`.
-    let first = messages_until(&mut link, "stats").await;
+    let first = opening_step(&mut link).await;
     assert_eq!(span(&first), format!("1..={WINDOW}"));
     // Neither a new message nor anything else moves the window: only an ack.
     publish(&worker, &r, 1, 8).await;
@@ -131,12 +129,12 @@ async fn the_link_sends_about_4_mib_per_step() {
     let worker = Worker::start(VARS).await;
     let r = room("step");
     publish(&worker, &r, COUNT as usize, SIZE).await;
-    let (mut link, welcome) = open_link(&worker, &r).await;
+    let (mut link, welcome) = bridge_link(&worker, &r, "window").await;
     assert_eq!(welcome["head"], COUNT);
 
     // Each step stops once TURN_BYTES of frames went out: all of them but
     // the last were under it, so a step is at most one message over.
-    let mut steps = vec![messages_until(&mut link, "stats").await];
+    let mut steps = vec![opening_step(&mut link).await];
     assert_eq!(
         span(&step_until_sentinel(&mut link).await),
         "[]",

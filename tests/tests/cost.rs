@@ -18,7 +18,7 @@
 use std::time::Duration;
 
 use roomcast_protocol::clock::now_ms;
-use roomcast_tests::{bridge_token, full_token, room, Client, Http, Worker};
+use roomcast_tests::{bridge_link, bridge_token, full_token, room, Client, Http, Worker};
 use serde_json::{json, Value};
 use tokio::time::{sleep, Instant};
 
@@ -172,17 +172,6 @@ async fn a_batch_of_500_costs_one_row_a_message() {
     about("rows written per message", rows, 1.0, 0.05);
 }
 
-/// The room link, opened as the bridge opens it, past its `welcome`.
-async fn bridge_link(worker: &Worker, room: &str) -> Client {
-    let mut link = Client::connect(&worker.ws_url(&format!(
-        "/v1/rooms/{room}/bridge?instance=cost&token={}",
-        bridge_token()
-    )))
-    .await;
-    link.expect("welcome").await;
-    link
-}
-
 /// The seq of the next `message` the link carries (`stats` frames skipped).
 async fn relayed(link: &mut Client) -> u64 {
     loop {
@@ -200,18 +189,15 @@ async fn ack(link: &mut Client, seq: u64) {
         .await;
 }
 
-/// Returns once the room has handled every frame sent on the link so far:
-/// it answers an unreadable frame with `error`, in order. No `message` may
-/// come first: the acks before it had nothing left to send.
+/// Returns once the room has handled every frame sent on the link so far.
+/// No `message` may come first: the acks before had nothing left to send.
 async fn settle(link: &mut Client) {
-    link.send_text("settle").await;
-    loop {
-        let frame = link.next_json().await;
-        match frame["type"].as_str() {
-            Some("error") => return,
-            Some("stats") => {}
-            _ => panic!("unexpected frame on the link: {frame}"),
-        }
+    for text in link.until_link_settled().await {
+        let frame: Value = serde_json::from_str(&text).expect("a JSON frame");
+        assert_eq!(
+            frame["type"], "stats",
+            "unexpected frame on the link: {frame}"
+        );
     }
 }
 
@@ -220,7 +206,7 @@ async fn in_a_bridged_room_a_publish_costs_one_row_and_an_ack_its_cursor() {
     const ROUNDS: u64 = 200;
     let worker = Worker::start(LIMITS).await;
     let r = room("bridged-cost");
-    let mut link = bridge_link(&worker, &r).await;
+    let (mut link, _) = bridge_link(&worker, &r, "cost").await;
     let token = full_token("publisher");
     let mut client =
         Client::connect(&worker.ws_url(&format!("/v1/rooms/{r}/ws?token={token}"))).await;
@@ -277,7 +263,7 @@ async fn an_ack_costs_its_cursor_and_the_outbox_rows_it_lets_go() {
     vars.push(("HISTORY_LIMIT", "100"));
     let worker = Worker::start(&vars).await;
     let r = room("outbox-cost");
-    let mut link = bridge_link(&worker, &r).await;
+    let (mut link, _) = bridge_link(&worker, &r, "cost").await;
     let token = full_token("publisher");
     let mut client =
         Client::connect(&worker.ws_url(&format!("/v1/rooms/{r}/ws?token={token}"))).await;

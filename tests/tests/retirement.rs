@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use roomcast_tests::{bridge_token, full_token, room, Client, Http, Worker};
+use roomcast_tests::{bridge_link, bridge_token, full_token, room, Http, Worker};
 use serde_json::Value;
 use tokio::time::{sleep, Instant};
 
@@ -79,12 +79,7 @@ async fn a_room_with_pending_messages_never_retires() {
     );
 
     // A bridge link confirms them: the room retires, closing the link.
-    let mut link = Client::connect(&worker.ws_url(&format!(
-        "/v1/rooms/{r}/bridge?instance=late&token={}",
-        bridge_token()
-    )))
-    .await;
-    let welcome = link.expect("welcome").await;
+    let (mut link, welcome) = bridge_link(&worker, &r, "late").await;
     assert_eq!(
         (welcome["cursor"].as_u64(), welcome["head"].as_u64()),
         (Some(0), Some(3))
