@@ -308,6 +308,38 @@ impl Client {
         )
         .await;
     }
+
+    /// On a bridge room link: the text frames that arrive before the room
+    /// answers an unreadable frame sent now (its `error`, not included).
+    /// The room handles a link's frames in order, so whatever the frames
+    /// sent earlier (acks) made it send has arrived by then: "nothing more
+    /// came" is observed, not waited out.
+    pub async fn until_link_settled(&mut self) -> Vec<String> {
+        self.send_text("settle").await;
+        let mut frames = Vec::new();
+        loop {
+            let text = self.next_text().await;
+            let frame: Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("frame is not JSON ({e}): {text}"));
+            if frame["type"] == "error" {
+                assert_eq!(frame["code"], "bad_format", "{frame}");
+                return frames;
+            }
+            frames.push(text);
+        }
+    }
+}
+
+/// The bridge's room link to `room`, opened with the bridge's token the
+/// way the bridge opens it, with its `welcome`.
+pub async fn bridge_link(worker: &Worker, room: &str, instance: &str) -> (Client, Value) {
+    let mut link = Client::connect(&worker.ws_url(&format!(
+        "/v1/rooms/{room}/bridge?instance={instance}&token={}",
+        bridge_token()
+    )))
+    .await;
+    let welcome = link.expect("welcome").await;
+    (link, welcome)
 }
 
 /// HTTP helpers that assert on the shapes of docs/protocol.md, "HTTP".
