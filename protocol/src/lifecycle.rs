@@ -10,7 +10,8 @@
 /// What the room knows about itself when it considers retiring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quiet {
-    /// Open sockets: clients and bridge links alike keep a room alive.
+    /// Open client sockets, on the room and its shards (a bridge link does
+    /// not keep a room alive).
     pub clients: usize,
     /// Messages the bridge has yet to confirm.
     pub pending: u64,

@@ -70,6 +70,50 @@ async fn admission(worker: &Worker, http: &Http) {
     );
 }
 
+/// The bridge's `pending` gauge comes from the link's `stats` frames: an
+/// ack that empties the outbox moves no counter, and must still be told.
+#[tokio::test]
+async fn an_ack_is_reported_in_the_next_stats_frame() {
+    let worker = Worker::start(&[("BRIDGE", "on")]).await;
+    let http = Http::default();
+    let r = room("acked");
+    let url = worker.url(&format!("/v1/rooms/{r}/messages"));
+    let batch = json!({"messages": [{"data": 1}, {"data": 2}]}).to_string();
+    assert_eq!(http.post(&url, &full_token("user"), &batch).await.0, 201);
+    let mut link = Client::connect(&link_url(&worker, &r, "a")).await;
+    link.expect("welcome").await;
+    let mut pending = None;
+    let mut relayed = 0;
+    while relayed < 2 || pending.is_none() {
+        let frame = link.next_json().await;
+        match frame["type"].as_str() {
+            Some("message") => relayed += 1,
+            Some("stats") => pending = frame["pending"].as_u64(),
+            _ => panic!("unexpected frame {frame}"),
+        }
+    }
+    assert_eq!(pending, Some(2));
+    link.send_json(json!({"type": "bridge_ack", "seq": 2}))
+        .await;
+    // At most one stats interval (10 s) later.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(Frame::Text(text)) = link.next_frame_within(left).await else {
+            panic!("no stats frame after the ack within 15 s");
+        };
+        let frame: Value = serde_json::from_str(&text).expect("JSON");
+        if frame["type"] == "stats" {
+            assert_eq!(
+                (frame["pending"].as_u64(), frame["cursor"].as_u64()),
+                (Some(0), Some(2)),
+                "{frame}"
+            );
+            break;
+        }
+    }
+}
+
 fn link_url(worker: &Worker, room: &str, instance: &str) -> String {
     worker.ws_url(&format!(
         "/v1/rooms/{room}/bridge?instance={instance}&token={}",

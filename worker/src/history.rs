@@ -172,6 +172,8 @@ struct State {
     /// Clients see the history from here on (a room that an earlier
     /// release left with holes).
     contiguous_from: u64,
+    /// The head when the room opened its storage in this wake.
+    woke_at: u64,
 }
 
 pub struct History {
@@ -320,6 +322,7 @@ impl History {
             }
         }
         state.ring = Ring::from_shape(self.measure(capacity, state.saved_head, cursor, bridged)?);
+        state.woke_at = state.ring.head();
         *self.state.borrow_mut() = state;
         Ok(())
     }
@@ -386,6 +389,12 @@ impl History {
 
     pub fn head(&self) -> u64 {
         self.state.borrow().ring.head()
+    }
+
+    /// The head when this wake of the room opened its storage: what it had
+    /// before anything of this wake was stored.
+    pub fn woke_at(&self) -> u64 {
+        self.state.borrow().woke_at
     }
 
     /// The epoch, once the room exists.

@@ -34,8 +34,8 @@ pub(super) struct Feed {
     sent: u64,
     /// The highest seq actually sent.
     relayed: u64,
-    /// The counters' version in the last `stats` frame.
-    pub(super) stats_version: Option<u64>,
+    /// What the last `stats` frame reported (see `Room::stats_version`).
+    pub(super) stats_version: Option<(u64, u64)>,
 }
 
 impl Feed {

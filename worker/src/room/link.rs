@@ -192,18 +192,24 @@ impl Room {
 
     /// Sends the counters to the link if they changed since the last time.
     fn send_stats(&self, ctx: &Ctx) -> Result<()> {
-        let version = self.counters.version();
-        let stale = matches!(&*self.link.borrow(), LinkCache::Open(feed) if feed.stats_version != Some(version));
-        if !stale {
+        if !self.link_stats_stale() {
             return Ok(());
         }
         self.skip_confirmed()?;
+        let version = self.stats_version();
         let frame = ServerFrame::Stats(Cow::Owned(self.stats_report(ctx)?)).to_json();
         if let LinkCache::Open(feed) = &mut *self.link.borrow_mut() {
             feed.ws.send_with_str(&frame)?;
             feed.stats_version = Some(version);
         }
         Ok(())
+    }
+
+    /// What a `stats` frame reports changes with: the counters, and the
+    /// cursor (a `bridge_ack` moves the cursor and `pending`, no counter).
+    fn stats_version(&self) -> (u64, u64) {
+        let cursor = self.history().map_or(0, |h| h.cursor());
+        (self.counters.version(), cursor)
     }
 
     /// The alarm's part for links: closes those whose token expired, sends
@@ -245,7 +251,8 @@ impl Room {
 
     /// Whether the open link's last `stats` frame is out of date.
     fn link_stats_stale(&self) -> bool {
-        matches!(&*self.link.borrow(), LinkCache::Open(feed) if feed.stats_version != Some(self.counters.version()))
+        let version = self.stats_version();
+        matches!(&*self.link.borrow(), LinkCache::Open(feed) if feed.stats_version != Some(version))
     }
 
     /// Closes the link because the room retires.

@@ -304,7 +304,7 @@ impl Room {
         self.counters
             .with(|s| s.outbox_dropped_total += lost.relayable);
         console_warn!(
-            "room {}: dropped {} messages the bridge never confirmed (seq {}..={}): over OUTBOX_LIMIT or HISTORY_TTL_SECS",
+            "room {}: dropped {} messages the bridge never confirmed (seq {}..={}): the outbox is over OUTBOX_LIMIT",
             ctx.room,
             lost.relayable,
             run.lo,

@@ -39,10 +39,12 @@ const DELIVERY_ATTEMPTS: u32 = 5;
 
 impl Room {
     /// The fan-out, set up on first use after a wake with every shard the
-    /// room has used, each presumed to have had everything up to the head.
+    /// room has used, each presumed to have had everything up to the head
+    /// the room woke with (not what this wake stored since: its first
+    /// publish may come before anything asks for the fan-out).
     fn fanout(&self) -> Result<RefMut<'_, Fanout>> {
         let history = self.history()?;
-        let (count, head) = (history.shard_count(), history.head());
+        let (count, head) = (history.shard_count(), history.woke_at());
         Ok(RefMut::map(self.fanout.borrow_mut(), |slot| {
             slot.get_or_insert_with(|| Fanout::woken(count, head))
         }))

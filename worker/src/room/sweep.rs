@@ -33,7 +33,8 @@ impl Room {
         if let Some(at) = self.link_tick(&ctx)? {
             earliest(at);
         }
-        history.trim_age(&ctx.limits, ctx.now, true)?;
+        let lost = history.trim_age(&ctx.limits, ctx.now, true)?;
+        self.count_lost(&ctx, lost);
         if !history.registered() && history.head() > 0 {
             self.register.set(true);
         }
