@@ -164,6 +164,9 @@ impl Sink for MemorySink {
     }
 }
 
+/// What a test calls with each record a [`MemorySource`] hands out.
+type Watch = Box<dyn FnMut(&Record) + Send>;
+
 /// Hands out `records`, then fails with `then` (or waits forever);
 /// commits are recorded.
 pub struct MemorySource {
@@ -171,7 +174,7 @@ pub struct MemorySource {
     then: Option<SourceError>,
     /// Called with each record as it is handed out, while the relay holds
     /// the source: how a test watches what the relay takes.
-    watch: Option<Box<dyn FnMut(&Record) + Send>>,
+    watch: Option<Watch>,
     pub commits: Vec<(i32, i64)>,
     pub closed: bool,
 }
