@@ -2,7 +2,8 @@
 //! messages in flight both ways, the drain delivers them, moves the room's
 //! cursor to what Kafka stored and commits the inbound offsets of what the
 //! rooms stored, and the process exits within 30 s; nothing is lost, which
-//! a second bridge shows by relaying whatever the first left.
+//! a second bridge shows by relaying whatever the first left. And with
+//! Kafka gone for good, the shutdown is still bounded at 30 s.
 //!
 //! What crosses processes is the contract here (the room's cursor, the
 //! consumer group's committed offset, records in topics, the exit), so
@@ -226,4 +227,46 @@ async fn sigterm_drains_what_is_in_flight_both_ways_and_loses_nothing() {
     for r in &inbound {
         assert_eq!(history(&worker, r).await.len(), 1, "{r} got a record twice");
     }
+}
+
+#[tokio::test]
+async fn sigterm_with_kafka_gone_still_ends_within_30_s() {
+    let broker = Broker::start().await;
+    let worker = Worker::start(LOAD).await;
+    let out = room("gone-out");
+    let warm = room("gone-in");
+    let mut bridge = BridgeProcess::start(&worker, &broker, "gone", &[]).await;
+    let kafka = broker.producer();
+    publish(&worker, &out, json!("warm")).await;
+    produce(&kafka, "roomcast.inbound", &warm, r#"{"n":0}"#, &[]).await;
+    wait_in_kafka(&broker, &out, 1, &bridge).await;
+    wait_history(&worker, &warm, 1, &bridge).await;
+
+    // Kafka stops answering for good, with room messages in flight.
+    broker.service.signal("STOP");
+    for n in 1..=OUTBOUND {
+        publish(&worker, &out, json!(n)).await;
+    }
+    bridge.service.signal("TERM");
+    let signalled = Instant::now();
+    let exit = bridge
+        .service
+        .exited_within(SHUTDOWN_BOUND + Duration::from_secs(60))
+        .await;
+    let took = signalled.elapsed();
+    assert!(
+        exit.is_some(),
+        "still running {took:?} after SIGTERM\n{}",
+        bridge.service.log_tail()
+    );
+    assert!(
+        took < SHUTDOWN_BOUND + Duration::from_secs(1),
+        "the shutdown took {took:?} (exit {exit:?})\n{}",
+        bridge.service.log_tail()
+    );
+    // What Kafka never confirmed stays in the room for the next bridge.
+    let stats = worker.stats(&out).await;
+    assert_eq!(stats["cursor"], 1, "{stats}");
+    assert_eq!(stats["pending"], OUTBOUND, "{stats}");
+    broker.service.signal("CONT");
 }
