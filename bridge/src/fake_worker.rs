@@ -179,8 +179,14 @@ impl FakeLink {
 
     /// The next ack or close from the bridge (pings and tokens skipped).
     pub async fn next(&mut self) -> FromBridge {
+        self.next_within(STEP).await
+    }
+
+    /// Like [`FakeLink::next`], waiting up to `wait` for it.
+    pub async fn next_within(&mut self, wait: Duration) -> FromBridge {
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let frame = tokio::time::timeout(STEP, self.ws.next())
+            let frame = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
                 .expect("the bridge sent something in time");
             match frame {

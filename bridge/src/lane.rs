@@ -209,3 +209,102 @@ impl Lane {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use futures_util::future::BoxFuture;
+    use futures_util::FutureExt;
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::memory::MemorySink;
+
+    /// A room that answers its first publish `429` with `Retry-After:
+    /// after` and takes the next, noting when each attempt came.
+    struct RateLimited {
+        after: Duration,
+        attempts: Mutex<Vec<Instant>>,
+    }
+
+    impl Rooms for RateLimited {
+        fn publish<'a>(
+            &'a self,
+            _room: &'a str,
+            _batch: &'a [Outgoing<'a>],
+        ) -> BoxFuture<'a, Result<(), PublishError>> {
+            let mut attempts = self.attempts.lock().unwrap();
+            attempts.push(Instant::now());
+            let outcome = match attempts.len() {
+                1 => Err(PublishError::Retry {
+                    why: "rate limited".into(),
+                    after: Some(self.after),
+                }),
+                _ => Ok(()),
+            };
+            futures_util::future::ready(outcome).boxed()
+        }
+    }
+
+    /// How long a lane waits before retrying a publish its room answered
+    /// with `Retry-After: after` (on a paused clock, so exactly).
+    async fn wait_after_retry_after(after: Duration) -> Duration {
+        let rooms = Arc::new(RateLimited {
+            after,
+            attempts: Mutex::default(),
+        });
+        let shared = Shared {
+            rooms: rooms.clone(),
+            sink: Arc::new(MemorySink::refusing_over(usize::MAX)),
+            metrics: Arc::new(Metrics::default()),
+        };
+        let (queue, queued) = mpsc::unbounded_channel();
+        let (finished, mut done) = mpsc::unbounded_channel();
+        let (_trigger, stop) = Stop::new();
+        let lane = Lane::new("r".into(), queued, finished, shared, stop);
+        let running = tokio::spawn(lane.run());
+        let record = Record {
+            topic: "in".into(),
+            position: Position {
+                partition: 0,
+                offset: 0,
+            },
+            key: Some(b"r".to_vec()),
+            value: None,
+            id: "kafka:in:0:0".into(),
+            trace: None,
+            timestamp_ms: None,
+        };
+        let data = RawValue::from_string("1".into()).unwrap();
+        queue.send(Ready { record, data }).unwrap();
+        // Bounded far beyond any wait the lane could choose.
+        let delivered = tokio::time::timeout(Duration::from_secs(24 * 3600), done.recv())
+            .await
+            .expect("the record went in within a day");
+        assert_eq!(delivered.map(|d| d.position.offset), Some(0));
+        drop(queue);
+        running.await.unwrap();
+        let attempts = rooms.attempts.lock().unwrap();
+        assert_eq!(attempts.len(), 2);
+        attempts[1] - attempts[0]
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_over_60_s_is_cut_to_60_s() {
+        let waited = wait_after_retry_after(Duration::from_secs(3600)).await;
+        assert!(
+            waited >= Duration::from_secs(60) && waited < Duration::from_millis(60_010),
+            "retried {waited:?} after a Retry-After of an hour"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_under_60_s_is_honoured() {
+        let waited = wait_after_retry_after(Duration::from_secs(7)).await;
+        assert!(
+            waited >= Duration::from_secs(7) && waited < Duration::from_millis(7_010),
+            "retried {waited:?} after a Retry-After of 7 s"
+        );
+    }
+}

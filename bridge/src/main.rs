@@ -29,13 +29,21 @@ fn main() -> ExitCode {
         Some(Command::Token(args)) => mint(&cli.run, &args),
         Some(Command::Jwks) => jwks(&cli.run),
         None => match tokio::runtime::Runtime::new() {
-            Ok(runtime) => match runtime.block_on(supervisor::run(cli.run)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    error!("{e}");
-                    ExitCode::FAILURE
+            Ok(runtime) => {
+                let outcome = runtime.block_on(supervisor::run(cli.run));
+                // The drain has had its bound. A task still inside the Kafka
+                // client (a synchronous commit to a broker that stopped
+                // answering never returns) would hold a plain drop of the
+                // runtime, and the exit, for as long as the broker stays away.
+                runtime.shutdown_background();
+                match outcome {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        error!("{e}");
+                        ExitCode::FAILURE
+                    }
                 }
-            },
+            }
             Err(e) => {
                 error!("starting the runtime: {e}");
                 ExitCode::FAILURE

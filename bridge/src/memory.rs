@@ -1,7 +1,8 @@
 //! In-memory implementations of the broker seam, for unit tests of the
 //! relay: a [`MemorySink`] that stores, refuses, or holds each delivery
-//! until the test confirms it, and a [`MemorySource`] that hands out
-//! prepared records and remembers commits.
+//! until the test confirms it (and may fail dead letters first), and a
+//! [`MemorySource`] that hands out prepared records, as the test watches,
+//! and remembers commits.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -33,6 +34,11 @@ pub struct MemorySink {
     behaviour: Behaviour,
     messages: Mutex<Vec<Message>>,
     dead_letters: Mutex<Vec<DeadLetter>>,
+    /// What the next dead-letter writes get instead of being stored, in
+    /// order; once empty, dead letters are stored.
+    dead_letter_failures: Mutex<VecDeque<SinkError>>,
+    /// Dead-letter writes attempted, stored or not.
+    dead_letter_attempts: Mutex<usize>,
     /// Holding sinks: deliveries not confirmed yet, and for each message
     /// published, how many were outstanding when it came.
     outstanding: Mutex<(usize, Vec<(u64, usize)>)>,
@@ -59,8 +65,22 @@ impl MemorySink {
             behaviour,
             messages: Mutex::default(),
             dead_letters: Mutex::default(),
+            dead_letter_failures: Mutex::default(),
+            dead_letter_attempts: Mutex::default(),
             outstanding: Mutex::default(),
         }
+    }
+
+    /// This sink, answering its next dead-letter writes with `failures`
+    /// (in order) before it stores any.
+    pub fn failing_dead_letters(self, failures: Vec<SinkError>) -> MemorySink {
+        *self.dead_letter_failures.lock().unwrap() = failures.into();
+        self
+    }
+
+    /// Dead-letter writes attempted so far, stored or not.
+    pub fn dead_letter_attempts(&self) -> usize {
+        *self.dead_letter_attempts.lock().unwrap()
     }
 
     fn hold(
@@ -132,16 +152,29 @@ impl Sink for MemorySink {
     }
 
     fn dead_letter<'a>(&'a self, letter: &'a DeadLetter) -> BoxFuture<'a, Result<(), SinkError>> {
-        self.dead_letters.lock().unwrap().push(letter.clone());
-        futures_util::future::ready(Ok(())).boxed()
+        *self.dead_letter_attempts.lock().unwrap() += 1;
+        let outcome = match self.dead_letter_failures.lock().unwrap().pop_front() {
+            Some(failure) => Err(failure),
+            None => {
+                self.dead_letters.lock().unwrap().push(letter.clone());
+                Ok(())
+            }
+        };
+        futures_util::future::ready(outcome).boxed()
     }
 }
+
+/// What a test calls with each record a [`MemorySource`] hands out.
+type Watch = Box<dyn FnMut(&Record) + Send>;
 
 /// Hands out `records`, then fails with `then` (or waits forever);
 /// commits are recorded.
 pub struct MemorySource {
     records: VecDeque<Record>,
     then: Option<SourceError>,
+    /// Called with each record as it is handed out, while the relay holds
+    /// the source: how a test watches what the relay takes.
+    watch: Option<Watch>,
     pub commits: Vec<(i32, i64)>,
     pub closed: bool,
 }
@@ -151,8 +184,20 @@ impl MemorySource {
         MemorySource {
             records: records.into(),
             then: None,
+            watch: None,
             commits: Vec::new(),
             closed: false,
+        }
+    }
+
+    /// A source that calls `watch` with each record it hands out.
+    pub fn watched(
+        records: Vec<Record>,
+        watch: impl FnMut(&Record) + Send + 'static,
+    ) -> MemorySource {
+        MemorySource {
+            watch: Some(Box::new(watch)),
+            ..MemorySource::new(records)
         }
     }
 
@@ -167,14 +212,24 @@ impl MemorySource {
 
 impl Source for MemorySource {
     fn next(&mut self) -> BoxFuture<'_, Result<Record, SourceError>> {
-        match (self.records.pop_front(), self.then.take()) {
-            (Some(record), then) => {
-                self.then = then;
-                futures_util::future::ready(Ok(record)).boxed()
+        // A record is taken when the future is polled, not when it is made,
+        // as with Kafka's consumer: `select!` makes the future of a disabled
+        // branch (consumption paused) and drops it unpolled, which must not
+        // lose a record.
+        async move {
+            match (self.records.pop_front(), self.then.take()) {
+                (Some(record), then) => {
+                    self.then = then;
+                    if let Some(watch) = &mut self.watch {
+                        watch(&record);
+                    }
+                    Ok(record)
+                }
+                (None, Some(error)) => Err(error),
+                (None, None) => futures_util::future::pending().await,
             }
-            (None, Some(error)) => futures_util::future::ready(Err(error)).boxed(),
-            (None, None) => futures_util::future::pending().boxed(),
         }
+        .boxed()
     }
 
     fn commit(&mut self, partition: i32, offset: i64) -> Result<(), SourceError> {

@@ -680,6 +680,64 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_stop_waits_for_deliveries_acknowledges_them_and_closes_with_1001() {
+        let mut worker = FakeWorker::start().await;
+        let (sink, mut held) = MemorySink::holding();
+        let sink = Arc::new(sink);
+        let (_bridge, task, trigger) = relay_room(&worker, sink.clone(), Spec::default());
+        let mut link = worker.link().await;
+        link.welcome("r", 0).await;
+        for seq in 1..=3 {
+            link.message("r", seq, "in flight").await;
+        }
+        let mut deliveries = Vec::new();
+        for _ in 1..=3 {
+            deliveries.push(receive(&mut held).await);
+        }
+        trigger.fire();
+        // Kafka confirms only a while after the stop: the link must still
+        // be there to acknowledge them.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for delivery in deliveries {
+            sink.confirm(delivery);
+        }
+        assert_eq!(link.next().await, FromBridge::Ack(3));
+        assert_eq!(
+            link.next().await,
+            FromBridge::Closed(Some(1001), "bridge shutting down".into())
+        );
+        ends(task).await;
+    }
+
+    #[tokio::test]
+    async fn a_stop_gives_up_after_10_s_on_what_kafka_never_confirms() {
+        let mut worker = FakeWorker::start().await;
+        let (sink, mut held) = MemorySink::holding();
+        let sink = Arc::new(sink);
+        let (_bridge, task, trigger) = relay_room(&worker, sink.clone(), Spec::default());
+        let mut link = worker.link().await;
+        link.welcome("r", 0).await;
+        link.message("r", 1, "confirmed").await;
+        link.message("r", 2, "never confirmed").await;
+        sink.confirm(receive(&mut held).await);
+        let _never = receive(&mut held).await;
+        assert_eq!(link.next().await, FromBridge::Ack(1));
+        let stopped = Instant::now();
+        trigger.fire();
+        assert_eq!(
+            link.next_within(DRAIN_TIMEOUT + STEP).await,
+            FromBridge::Closed(Some(1001), "bridge shutting down".into()),
+            "seq 2 was acknowledged without Kafka's confirmation"
+        );
+        let waited = stopped.elapsed();
+        assert!(
+            waited >= Duration::from_secs(10) && waited < Duration::from_secs(12),
+            "closed {waited:?} after the stop"
+        );
+        ends(task).await;
+    }
+
+    #[tokio::test]
     async fn a_superseded_link_comes_back_while_the_registry_says_the_room_is_ours() {
         let mut worker = FakeWorker::start().await;
         worker.set_owner(Owner::Is(Some("me".into())));

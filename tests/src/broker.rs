@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::{Message as _, OwnedMessage};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::net::TcpStream;
@@ -165,6 +166,24 @@ impl Broker {
             .expect("a test consumer");
         consumer.subscribe(&[topic]).expect("subscribe");
         consumer
+    }
+
+    /// Every record in `topic` (one partition, as the bridge creates its
+    /// topics) written before this call, within `wait`. The end is a
+    /// sentinel record this call writes and reads back, since tansu's
+    /// high watermark can lag behind what it stored; the sentinel has no
+    /// headers and stays in the topic.
+    pub async fn read_all(&self, topic: &str, wait: Duration) -> Vec<OwnedMessage> {
+        let consumer = self.consumer(topic);
+        let sentinel = room("sentinel");
+        crate::records::produce(&self.producer(), topic, "", &sentinel, &[]).await;
+        let mut records = crate::records::collect(&consumer, wait, |got| {
+            got.last()
+                .is_some_and(|r| r.payload() == Some(sentinel.as_bytes()))
+        })
+        .await;
+        records.pop();
+        records
     }
 
     /// Where consumer group `group` resumes on `topic`'s `partition`: the

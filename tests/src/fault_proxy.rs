@@ -2,7 +2,9 @@
 //! chosen rooms while everything else (other rooms, room and registry
 //! links, history) keeps working, until the test lets a room recover. That
 //! is how a bridge meets a partial outage in production, and what a test
-//! cannot get from the worker itself.
+//! cannot get from the worker itself. It can also hold the batch API of
+//! chosen rooms until the test releases it, so that a test knows the bridge
+//! has those publishes in flight.
 //!
 //! It serves plain HTTP on loopback and forwards each request to the worker
 //! over HTTPS, trusting the test CA. A WebSocket upgrade is forwarded like
@@ -39,20 +41,43 @@ pub struct FaultProxy {
     forward: Arc<Forward>,
     /// Dropped with the proxy, which stops every task it spawned.
     _stop: watch::Sender<()>,
+    /// How many publishes into held rooms have arrived.
+    held: watch::Receiver<usize>,
+    /// Set once the held publishes may go on to the worker.
+    release: watch::Sender<bool>,
 }
 
 impl FaultProxy {
     /// Proxies to `worker`, failing `POST /v1/rooms/{room}/messages` with
     /// `503` for every room in `failing_rooms` until it recovers.
     pub async fn start(worker: &Worker, failing_rooms: &[&str]) -> FaultProxy {
+        FaultProxy::with_rooms(worker, failing_rooms, &[]).await
+    }
+
+    /// Proxies to `worker`, holding every `POST /v1/rooms/{room}/messages`
+    /// into `held_rooms` until [`FaultProxy::release`] (then forwarding it).
+    pub async fn holding(worker: &Worker, held_rooms: &[&str]) -> FaultProxy {
+        FaultProxy::with_rooms(worker, &[], held_rooms).await
+    }
+
+    async fn with_rooms(
+        worker: &Worker,
+        failing_rooms: &[&str],
+        held_rooms: &[&str],
+    ) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("a loopback port for the proxy");
         let address = listener.local_addr().expect("the proxy's address");
         let (stop, stopped) = watch::channel(());
+        let (arrived, held) = watch::channel(0);
+        let (release, released) = watch::channel(false);
         let forward = Arc::new(Forward {
             worker: worker.url(""),
             failing: Mutex::new(failing_rooms.iter().map(|r| r.to_string()).collect()),
+            holding: held_rooms.iter().map(|r| r.to_string()).collect(),
+            arrived,
+            released,
             client: tls::http_client()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
@@ -65,6 +90,8 @@ impl FaultProxy {
             address,
             forward,
             _stop: stop,
+            held,
+            release,
         }
     }
 
@@ -75,6 +102,23 @@ impl FaultProxy {
             .lock()
             .expect("the failing rooms")
             .remove(room);
+    }
+
+    /// Waits until `count` publishes into held rooms have arrived (and
+    /// wait there), or panics after `wait`.
+    pub async fn wait_held(&self, count: usize, wait: std::time::Duration) {
+        let mut held = self.held.clone();
+        let arrived = timeout(wait, held.wait_for(|n| *n >= count)).await;
+        assert!(
+            matches!(arrived, Ok(Ok(_))),
+            "{} of {count} held publishes arrived within {wait:?}",
+            *self.held.borrow()
+        );
+    }
+
+    /// Lets the held publishes, and every later one, through.
+    pub fn release(&self) {
+        let _ = self.release.send(true);
     }
 
     /// What a bridge gets as `--worker-url` (with `path` empty).
@@ -93,6 +137,12 @@ struct Forward {
     worker: String,
     /// Rooms whose batches fail, until [`FaultProxy::recover`].
     failing: Mutex<HashSet<String>>,
+    /// Rooms whose batches wait for [`FaultProxy::release`].
+    holding: HashSet<String>,
+    /// Counts the publishes into `holding` rooms that arrived.
+    arrived: watch::Sender<usize>,
+    /// True once held publishes may go on.
+    released: watch::Receiver<bool>,
     /// No redirects: the caller sees the worker's answers as they are.
     client: reqwest::Client,
     /// Changes (with an error) when the [`FaultProxy`] is dropped.
@@ -111,28 +161,33 @@ impl Forward {
         });
     }
 
-    /// Whether `request` is a batch POST into a failing room.
-    fn fails(&self, request: &Request<Incoming>) -> bool {
-        request.method() == Method::POST
-            && request
-                .uri()
-                .path()
-                .strip_prefix("/v1/rooms/")
-                .and_then(|rest| rest.strip_suffix("/messages"))
-                .is_some_and(|room| {
-                    self.failing
-                        .lock()
-                        .expect("the failing rooms")
-                        .contains(room)
-                })
+    /// The room `request` is a batch POST into, if it is one.
+    fn batch_room(request: &Request<Incoming>) -> Option<&str> {
+        if request.method() != Method::POST {
+            return None;
+        }
+        request
+            .uri()
+            .path()
+            .strip_prefix("/v1/rooms/")
+            .and_then(|rest| rest.strip_suffix("/messages"))
     }
 
     async fn handle(
         self: Arc<Self>,
         request: Request<Incoming>,
     ) -> Result<Response<Full<Bytes>>, Infallible> {
-        if self.fails(&request) {
+        let room = Forward::batch_room(&request).map(str::to_owned);
+        let failing = room
+            .as_ref()
+            .is_some_and(|r| self.failing.lock().expect("the failing rooms").contains(r));
+        if failing {
             return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, INJECTED.into()));
+        }
+        if room.as_ref().is_some_and(|r| self.holding.contains(r)) {
+            self.arrived.send_modify(|n| *n += 1);
+            // Ends with the proxy too (the sender is in it).
+            let _ = self.released.clone().wait_for(|released| *released).await;
         }
         Ok(self
             .forward(request)

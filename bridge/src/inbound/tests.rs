@@ -1,11 +1,13 @@
 //! The dispatcher and its lanes over the in-memory broker and a fake worker.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
+use tokio::sync::Semaphore;
 
 use super::*;
 use crate::broker::Position;
@@ -13,12 +15,30 @@ use crate::memory::{MemorySink, MemorySource};
 use crate::metrics::Metrics;
 use crate::worker_api::{Outgoing, PublishError, Rooms};
 
-/// A worker whose `failing` rooms answer 503 forever and which refuses any
-/// record whose data is `"refuse me"`.
+/// A worker whose `failing` rooms answer 503 forever, whose `stalled` rooms
+/// never answer, and which refuses any record whose data is `"refuse me"`.
+/// With a `gate`, each record a room takes waits for one of its permits.
 #[derive(Default)]
 struct FakeRooms {
     failing: HashSet<String>,
+    stalled: HashSet<String>,
+    gate: Option<Arc<Semaphore>>,
     published: Mutex<Vec<(String, String)>>,
+    /// Bytes of `data` of the records in `published`.
+    published_bytes: AtomicUsize,
+}
+
+impl FakeRooms {
+    fn gated(gate: Arc<Semaphore>) -> FakeRooms {
+        FakeRooms {
+            gate: Some(gate),
+            ..FakeRooms::default()
+        }
+    }
+
+    fn published(&self) -> usize {
+        self.published.lock().unwrap().len()
+    }
 }
 
 impl Rooms for FakeRooms {
@@ -27,22 +47,33 @@ impl Rooms for FakeRooms {
         room: &'a str,
         batch: &'a [Outgoing<'a>],
     ) -> BoxFuture<'a, Result<(), PublishError>> {
-        let outcome = if self.failing.contains(room) {
-            Err(PublishError::Retry {
-                why: "503".into(),
-                after: Some(Duration::from_millis(5)),
-            })
-        } else if batch.iter().any(|o| o.data.get() == r#""refuse me""#) {
-            Err(PublishError::Refused {
-                code: "too_large".into(),
-                message: "no".into(),
-            })
-        } else {
+        async move {
+            if self.stalled.contains(room) {
+                return futures_util::future::pending().await;
+            }
+            if self.failing.contains(room) {
+                return Err(PublishError::Retry {
+                    why: "503".into(),
+                    after: Some(Duration::from_millis(5)),
+                });
+            }
+            if batch.iter().any(|o| o.data.get() == r#""refuse me""#) {
+                return Err(PublishError::Refused {
+                    code: "too_large".into(),
+                    message: "no".into(),
+                });
+            }
+            if let Some(gate) = &self.gate {
+                let permits = u32::try_from(batch.len()).unwrap();
+                gate.acquire_many(permits).await.unwrap().forget();
+            }
             let mut published = self.published.lock().unwrap();
             published.extend(batch.iter().map(|o| (room.to_owned(), o.id.to_owned())));
+            let bytes: usize = batch.iter().map(|o| o.data.get().len()).sum();
+            self.published_bytes.fetch_add(bytes, Ordering::SeqCst);
             Ok(())
-        };
-        futures_util::future::ready(outcome).boxed()
+        }
+        .boxed()
     }
 }
 
@@ -212,4 +243,280 @@ async fn a_fatal_source_error_ends_the_relay_for_a_rebuild() {
         .await
         .expect("the relay ended");
     assert_eq!(ended, Ended::Fatal("fenced".into()));
+}
+
+/// What docs/protocol.md ("Delivery") lets the inbound relay hold before
+/// consumption pauses: records taken from the source and not yet in their
+/// room, and the bytes of their values.
+const HELD_RECORDS: usize = 10_000;
+const HELD_BYTES: usize = 64 * 1024 * 1024;
+
+/// A record for `room` at `partition`/`offset` with `value` as its JSON.
+fn record_at(partition: i32, offset: i64, room: &str, value: String) -> Record {
+    Record {
+        position: Position { partition, offset },
+        id: format!("kafka:in:{partition}:{offset}"),
+        ..record(offset, Some(room), &value)
+    }
+}
+
+/// Lets every task run until none can move. The clock is paused, and a
+/// paused clock only moves on when the runtime has nothing else to do, so
+/// when this sleep ends the relay and its lanes are waiting for the rooms
+/// (or for records) and what they took and published is settled.
+async fn settle() {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// What the relay took from the source, as the source saw it.
+#[derive(Default)]
+struct Taken {
+    records: usize,
+    bytes: usize,
+    /// The most records and bytes held at any point a record was taken:
+    /// what was taken less what the rooms had stored. (The relay learns of
+    /// a stored record a moment after the room has it, so what it holds is
+    /// at least this much.)
+    most_held_records: usize,
+    most_held_bytes: usize,
+}
+
+impl Taken {
+    fn held_bytes(&self, rooms: &FakeRooms) -> usize {
+        self.bytes - rooms.published_bytes.load(Ordering::SeqCst)
+    }
+}
+
+/// A source of `records` that counts into `taken` what the relay takes.
+fn watched(records: Vec<Record>, rooms: Arc<FakeRooms>, taken: Arc<Mutex<Taken>>) -> MemorySource {
+    MemorySource::watched(records, move |record| {
+        let mut taken = taken.lock().unwrap();
+        taken.records += 1;
+        taken.bytes += record.value.as_ref().map_or(0, Vec::len);
+        let held_records = taken.records - rooms.published();
+        let held_bytes = taken.held_bytes(&rooms);
+        taken.most_held_records = taken.most_held_records.max(held_records);
+        taken.most_held_bytes = taken.most_held_bytes.max(held_bytes);
+    })
+}
+
+fn shared_with(rooms: Arc<FakeRooms>) -> Shared {
+    Shared {
+        rooms,
+        sink: Arc::new(MemorySink::refusing_over(usize::MAX)),
+        metrics: Arc::new(Metrics::default()),
+    }
+}
+
+/// Each room's record ids in the order the records were made, which is
+/// the order the room must get them in.
+fn ids_by_room(records: &[Record]) -> BTreeMap<String, Vec<String>> {
+    let mut rooms: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in records {
+        let room = String::from_utf8(r.key.clone().unwrap()).unwrap();
+        rooms.entry(room).or_default().push(r.id.clone());
+    }
+    rooms
+}
+
+/// Checks that every room got each of its records once, in order, and
+/// that every partition was committed past its last record.
+fn assert_all_delivered_in_order(records: &[Record], rooms: &FakeRooms, source: &MemorySource) {
+    let mut got: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (room, id) in rooms.published.lock().unwrap().iter() {
+        got.entry(room.clone()).or_default().push(id.clone());
+    }
+    let expected = ids_by_room(records);
+    for (room, ids) in &expected {
+        assert!(
+            got.get(room) == Some(ids),
+            "{room} got {} records, not its {} in order: first difference at {:?}",
+            got.get(room).map_or(0, Vec::len),
+            ids.len(),
+            got.get(room)
+                .and_then(|g| g.iter().zip(ids).position(|(a, b)| a != b))
+        );
+    }
+    assert_eq!(got.len(), expected.len(), "records went to unknown rooms");
+    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
+    for r in records {
+        let end = ends.entry(r.position.partition).or_default();
+        *end = (*end).max(r.position.offset + 1);
+    }
+    let mut committed: BTreeMap<i32, i64> = BTreeMap::new();
+    for (partition, offset) in &source.commits {
+        committed.insert(*partition, *offset);
+    }
+    assert_eq!(
+        committed, ends,
+        "each partition committed past its last record"
+    );
+    assert!(source.closed, "the source's commits were made durable");
+}
+
+#[tokio::test(start_paused = true)]
+async fn consumption_pauses_at_10_000_records_held_and_resumes_without_loss_or_reordering() {
+    const TOTAL: i64 = 12_500;
+    // Seven rooms over two partitions, interleaved, so that the rooms'
+    // lanes finish records of one partition out of order.
+    let records: Vec<Record> = (0..TOTAL)
+        .map(|n| {
+            record_at(
+                (n % 2) as i32,
+                n / 2,
+                &format!("room.{}", n % 7),
+                n.to_string(),
+            )
+        })
+        .collect();
+    let gate = Arc::new(Semaphore::new(0));
+    let rooms = Arc::new(FakeRooms::gated(gate.clone()));
+    let taken = Arc::new(Mutex::new(Taken::default()));
+    let mut source = watched(records.clone(), rooms.clone(), taken.clone());
+    let shared = shared_with(rooms.clone());
+    let (trigger, stop) = Stop::new();
+    let driving = async {
+        // The rooms take nothing yet: consumption stops at the bound.
+        settle().await;
+        assert_eq!(rooms.published(), 0);
+        assert_eq!(
+            taken.lock().unwrap().records,
+            HELD_RECORDS,
+            "taken while nothing finished"
+        );
+        // Some go into their rooms: consumption resumes, up to the bound again.
+        gate.add_permits(2_500);
+        settle().await;
+        let published = rooms.published();
+        assert!(published > 0, "the rooms took nothing");
+        assert_eq!(
+            taken.lock().unwrap().records,
+            published + HELD_RECORDS,
+            "after {published} were in their rooms"
+        );
+        gate.add_permits(TOTAL as usize);
+        settle().await;
+        trigger.fire();
+    };
+    let (ended, ()) = tokio::join!(relay(&mut source, &shared, stop), driving);
+    assert_eq!(ended, Ended::Stopped);
+    let taken = taken.lock().unwrap();
+    assert_eq!(taken.records, TOTAL as usize);
+    assert!(
+        taken.most_held_records <= HELD_RECORDS,
+        "{} records held at once",
+        taken.most_held_records
+    );
+    assert_all_delivered_in_order(&records, &rooms, &source);
+}
+
+#[tokio::test(start_paused = true)]
+async fn consumption_pauses_once_64_mib_of_values_are_held_and_resumes_without_loss_or_reordering()
+{
+    // Values of a million bytes: 64 MiB is crossed by the 68th record.
+    const VALUE: usize = 1_000_000;
+    const TOTAL: i64 = 150;
+    let value = format!("\"{}\"", "x".repeat(VALUE - 2));
+    let records: Vec<Record> = (0..TOTAL)
+        .map(|n| record_at(0, n, &format!("room.{}", n % 3), value.clone()))
+        .collect();
+    let gate = Arc::new(Semaphore::new(0));
+    let rooms = Arc::new(FakeRooms::gated(gate.clone()));
+    let taken = Arc::new(Mutex::new(Taken::default()));
+    let mut source = watched(records.clone(), rooms.clone(), taken.clone());
+    let shared = shared_with(rooms.clone());
+    let (trigger, stop) = Stop::new();
+    // Paused on the bytes bound: the last record taken is the one that
+    // reached it, and none was taken after.
+    let assert_paused_at_the_bound = |when: &str| {
+        let taken = taken.lock().unwrap();
+        let held = taken.held_bytes(&rooms);
+        assert!(
+            held >= HELD_BYTES && held - VALUE < HELD_BYTES,
+            "{when}: {held} bytes held ({} records taken)",
+            taken.records
+        );
+    };
+    let driving = async {
+        settle().await;
+        assert_eq!(rooms.published(), 0);
+        assert_paused_at_the_bound("nothing finished");
+        gate.add_permits(20);
+        settle().await;
+        assert!(rooms.published() > 0, "the rooms took nothing");
+        assert_paused_at_the_bound("after some finished");
+        gate.add_permits(TOTAL as usize);
+        settle().await;
+        trigger.fire();
+    };
+    let (ended, ()) = tokio::join!(relay(&mut source, &shared, stop), driving);
+    assert_eq!(ended, Ended::Stopped);
+    let taken = taken.lock().unwrap();
+    assert_eq!(taken.records, TOTAL as usize);
+    assert!(
+        taken.most_held_bytes < HELD_BYTES + VALUE,
+        "{} bytes held at once",
+        taken.most_held_bytes
+    );
+    assert_all_delivered_in_order(&records, &rooms, &source);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_lets_lanes_finish_what_they_hold_then_commits_and_closes() {
+    let records: Vec<Record> = (0..6)
+        .map(|n| record_at(0, n, ["a", "b"][n as usize % 2], n.to_string()))
+        .collect();
+    let gate = Arc::new(Semaphore::new(0));
+    let rooms = Arc::new(FakeRooms::gated(gate.clone()));
+    let taken = Arc::new(Mutex::new(Taken::default()));
+    let mut source = watched(records.clone(), rooms.clone(), taken.clone());
+    let shared = shared_with(rooms.clone());
+    let (trigger, stop) = Stop::new();
+    let driving = async {
+        settle().await;
+        assert_eq!(taken.lock().unwrap().records, 6);
+        trigger.fire();
+        // Stopping, the relay waits for the lanes' publishes.
+        settle().await;
+        assert_eq!(rooms.published(), 0);
+        gate.add_permits(6);
+    };
+    let (ended, ()) = tokio::join!(relay(&mut source, &shared, stop), driving);
+    assert_eq!(ended, Ended::Stopped);
+    assert_all_delivered_in_order(&records, &rooms, &source);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_waits_10_s_for_a_stalled_lane_and_does_not_commit_its_record() {
+    let records = vec![
+        record(0, Some("flowing"), "0"),
+        record(1, Some("stuck"), "1"),
+        record(2, Some("flowing"), "2"),
+    ];
+    let rooms = Arc::new(FakeRooms {
+        stalled: ["stuck".to_owned()].into(),
+        ..FakeRooms::default()
+    });
+    let mut source = MemorySource::new(records);
+    let shared = shared_with(rooms.clone());
+    let (trigger, stop) = Stop::new();
+    let stopped = async {
+        settle().await;
+        assert_eq!(rooms.published(), 2);
+        trigger.fire();
+        tokio::time::Instant::now()
+    };
+    let (ended, stopped) = tokio::join!(relay(&mut source, &shared, stop), stopped);
+    let drained = stopped.elapsed();
+    assert_eq!(ended, Ended::Stopped);
+    assert!(
+        drained >= Duration::from_secs(10) && drained < Duration::from_secs(11),
+        "the relay ended {drained:?} after the stop"
+    );
+    assert_eq!(
+        source.commits.last(),
+        Some(&(0, 1)),
+        "committed up to the stalled record, which is consumed again next time"
+    );
+    assert!(source.closed, "the source's commits were made durable");
 }
