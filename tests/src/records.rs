@@ -1,7 +1,8 @@
 //! Kafka records as the suites read and write them: collect what a consumer
-//! receives until a condition holds (bounded), read a header, produce a
+//! receives until a condition holds (bounded), read headers, produce a
 //! record with headers.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use rdkafka::consumer::StreamConsumer;
@@ -38,6 +39,21 @@ pub fn header(record: &OwnedMessage, name: &str) -> Option<String> {
         .iter()
         .find(|h| h.key == name)
         .map(|h| String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
+}
+
+/// Every header of `record`, as text.
+pub fn headers(record: &OwnedMessage) -> HashMap<String, String> {
+    record
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| {
+                    let value = String::from_utf8_lossy(h.value.unwrap_or_default());
+                    (h.key.to_owned(), value.into_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Produces `value` under `key` (none when empty) to `topic` with `headers`,

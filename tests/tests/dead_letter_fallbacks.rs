@@ -10,11 +10,10 @@
 //! limit gives: what crosses into the dead-letter topic is the contract,
 //! so it runs against the real bridge binary and broker.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use rdkafka::message::{Headers, Message as _, OwnedMessage};
-use roomcast_tests::records::{collect, produce};
+use rdkafka::message::{Message as _, OwnedMessage};
+use roomcast_tests::records::{collect, headers, produce};
 use roomcast_tests::{full_token, metric, room, BridgeProcess, Broker, Client, Http, Worker};
 use serde_json::json;
 
@@ -25,20 +24,6 @@ const KAFKA_LIMIT: usize = 2000;
 /// The rooms' limit on `data`, above [`KAFKA_LIMIT`], so a room takes a
 /// message that Kafka then refuses.
 const ROOM_LIMIT: &str = "3000";
-
-fn headers(record: &OwnedMessage) -> HashMap<String, String> {
-    record
-        .headers()
-        .map(|h| {
-            h.iter()
-                .map(|h| {
-                    let value = String::from_utf8_lossy(h.value.unwrap_or_default());
-                    (h.key.to_owned(), value.into_owned())
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 #[tokio::test]
 async fn dead_letters_whose_value_is_refused_keep_their_headers_and_say_why() {

@@ -6,35 +6,18 @@
 //! `/metrics` and `/healthz` (and that the dashboard and alerts in `deploy/`
 //! query only what it exports); and a graceful SIGTERM.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use rdkafka::message::{Headers, Message as _, OwnedMessage};
+use rdkafka::message::Message as _;
 use rdkafka::producer::FutureProducer;
 use roomcast_bridge::metrics::METRIC_NAMES;
-use roomcast_tests::records::{collect, produce};
+use roomcast_tests::records::{collect, headers, produce};
 use roomcast_tests::{dashboards, full_token, room, BridgeProcess, Broker, Client, Http, Worker};
 use serde_json::{json, Value};
 
 /// The worker's message limit, small so that one Kafka record exceeds it:
 /// the bridge dead-letters what the worker refuses as `too_large`.
 const MAX_BYTES: &str = "1024";
-
-fn headers(record: &OwnedMessage) -> HashMap<String, String> {
-    record
-        .headers()
-        .map(|h| {
-            h.iter()
-                .map(|h| {
-                    (
-                        h.key.to_owned(),
-                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 /// Produces an inbound record, with a `message-id` header when given one.
 async fn send(producer: &FutureProducer, key: Option<&str>, value: &str, message_id: Option<&str>) {
