@@ -1,9 +1,9 @@
 // The client against the real worker under `wrangler dev`.
 //
-// The worker runs with IDLE_TIMEOUT_MS=2000 and HEARTBEAT_MS=600000: a client
-// that follows the room's heartbeat advice is closed by the server (4008)
-// about every two seconds, which is how these tests force server-side closes
-// in the middle of a stream. Clients that must stay up ping every 500 ms.
+// The worker runs with IDLE_TIMEOUT_MS=2000 and HEARTBEAT_MS=1000. A client
+// told to ping every 600 s is closed by the server (4008) about every two
+// seconds, which is how these tests force server-side closes in the middle
+// of a stream. Clients that must stay up ping every 500 ms.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import WebSocket from 'ws';
@@ -14,7 +14,7 @@ let worker;
 before(async () => {
   worker = await Worker.start({
     IDLE_TIMEOUT_MS: '2000',
-    HEARTBEAT_MS: '600000',
+    HEARTBEAT_MS: '1000',
     RATE_PER_SEC: '1000',
     RATE_BURST: '1000',
     ROOM_RATE_PER_SEC: '100000',
@@ -67,7 +67,7 @@ test('publishes are acknowledged once and come back in order', async (t) => {
 
 test('server-side closes in the middle of a stream lose nothing and duplicate nothing', async (t) => {
   const name = room('js.stream');
-  const subscriber = client({ room: name });
+  const subscriber = client({ room: name, heartbeatMs: 600_000 });
   t.after(() => subscriber.close());
   const seen = record(subscriber);
   await nextEvent(subscriber, 'welcome');
