@@ -213,6 +213,7 @@ mod tests {
         assert_eq!(depth("[]"), 1);
         assert_eq!(depth(r#"{"a":[1,{"b":{}}]}"#), 4);
         assert_eq!(depth("[[[]]]"), 3);
+        assert_eq!(depth("[[1],[2],{}]"), 2, "siblings are not nested");
         assert_eq!(
             depth(r#"["[[[", "\\\"{{", {}]"#),
             2,
@@ -256,6 +257,10 @@ mod tests {
             r#""\udc00""#,
             r#""\ud800\u0041""#,
             r#"{"k":"\ud83d"}"#,
+            r#""\ud800x\udc00""#,
+            r#""\ud800xudc00""#,
+            r#"["\ud83d\ude00", "\udc00"]"#,
+            r#""0123456789\n\udc00""#,
         ] {
             assert!(!portable(bad), "{bad}");
         }

@@ -951,6 +951,31 @@ mod tests {
     }
 
     #[test]
+    fn the_fanout_keeps_at_most_a_turn_of_frame_bytes() {
+        let mut fanout = Fanout::default();
+        fanout.admit("a", 0, "alice", 0, 0);
+        let mib: Rc<str> = Rc::from("x".repeat(1024 * 1024));
+        for seq in 1..=5 {
+            fanout.remember(seq, mib.clone());
+        }
+        let batch = fanout.next_batch(0, 5).unwrap();
+        assert_eq!(
+            batch.frames.iter().map(|f| f.0).collect::<Vec<_>>(),
+            [2, 3, 4, 5],
+            "4 MiB kept, the shard fills seq 1 from history"
+        );
+        fanout.failed(0);
+        fanout.forget_frames();
+        let batch = fanout.next_batch(0, 5).unwrap();
+        assert!(batch.frames.is_empty(), "the history started over");
+        fanout.failed(0);
+        for seq in 6..=9 {
+            fanout.remember(seq, mib.clone());
+        }
+        assert_eq!(fanout.next_batch(0, 9).unwrap().frames.len(), 4);
+    }
+
+    #[test]
     fn a_woken_sequencer_presumes_its_shards_had_what_it_had() {
         let mut fanout = Fanout::woken(2, 5);
         assert!(!fanout.counted());
@@ -1052,6 +1077,8 @@ mod tests {
         assert_eq!(waiting.due(6), vec!["b"]);
         assert_eq!(waiting.due(9), vec!["a", "c"]);
         assert_eq!(waiting.highest(), None);
+        waiting.push(12, "d");
+        assert_eq!(waiting.due(12), vec!["d"], "due once delivered");
     }
 
     #[test]

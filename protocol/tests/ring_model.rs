@@ -421,8 +421,14 @@ fn a_ring_says_where_it_stands_without_a_read() {
         (3, true, 5, 0, 5, 2, Some(1)),
         "1 and 2 in the outbox"
     );
+    assert!(ring.confirm(&mut maps, 3).unwrap());
+    assert_eq!(at(&ring), (3, true, 5, 3, 2, 0, Some(3)));
     assert!(ring.confirm(&mut maps, 4).unwrap());
-    assert_eq!(at(&ring), (3, true, 5, 4, 1, 0, Some(3)));
+    assert_eq!(
+        at(&ring),
+        (3, true, 5, 4, 1, 0, Some(3)),
+        "3, confirmed before and still in the ring, is not counted again"
+    );
     assert!(!ring.confirm(&mut maps, 2).unwrap(), "never back");
     assert!(ring.confirm(&mut maps, 9).unwrap());
     assert_eq!(
