@@ -623,6 +623,14 @@ async fn a_lane_batches_up_to_a_mebibyte_of_values() {
     let queued = (0..3).map(|n| ready(n, &half)).collect();
     assert_eq!(run_lane(&shared, queued).await, [0, 1, 2]);
     assert_eq!(rooms.batches(), [ids([0, 1]), ids([2])]);
+
+    // A byte short of 1 MiB, then one byte: the batch is full.
+    let rooms = Arc::new(FakeRooms::default());
+    let shared = shared_with(rooms.clone());
+    let almost = format!("\"{}\"", "x".repeat(1024 * 1024 - 3));
+    let queued = vec![ready(0, &almost), ready(1, "1"), ready(2, "2")];
+    assert_eq!(run_lane(&shared, queued).await, [0, 1, 2]);
+    assert_eq!(rooms.batches(), [ids([0, 1]), ids([2])]);
 }
 
 #[tokio::test]
