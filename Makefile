@@ -152,7 +152,7 @@ FUZZ_SECONDS ?= 90
 fuzz: bootstrap-test
 	scripts/fuzz.sh --seconds $(FUZZ_SECONDS)
 
-## mutants: cargo-mutants over the files that keep the delivery guarantees, each against its crate's unit and property tests, with counts per file [FILES='protocol/src/rate.rs ...']; not part of test (about 2 h on two cores); output in ~/.cache/roomcast/mutants
+## mutants: cargo-mutants over the files that keep the delivery guarantees, each against its crate's unit and property tests, with counts per file [FILES='protocol/src/rate.rs ...']; not part of test (about 1½ h on two cores); output in ~/.cache/roomcast/mutants
 mutants: bootstrap
 	@$(CARGO_BIN)/cargo-mutants --version 2>/dev/null | grep -qx "cargo-mutants $(CARGO_MUTANTS_VER)" \
 	  || cargo install cargo-mutants --version "$(CARGO_MUTANTS_VER)" --locked --force
