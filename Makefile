@@ -14,6 +14,7 @@ TANSU_VER        := 0.6.0
 # SCRAM users (the SASL tests).
 TANSU_FEATURES   := dynostore,libsql
 CARGO_FUZZ_VER   := 0.13.2
+CARGO_MUTANTS_VER := 27.1.0
 TOOLS_DIR        := $(HOME)/.cache/roomcast/tools
 CHROMIUM         := /usr/bin/chromium
 # wasm-bindgen-cli must match the wasm-bindgen crate exactly: read it from the lock file.
@@ -29,7 +30,7 @@ export CARGO_TERM_COLOR := never
 WORKER_BUNDLE  := build/worker/shim.mjs
 WORKER_SOURCES := $(shell find worker/src protocol/src -name '*.rs') worker/Cargo.toml protocol/Cargo.toml Cargo.toml Cargo.lock
 
-.PHONY: bootstrap bootstrap-test build worker bridge dev token test test-unit test-wasm test-fuzz test-e2e test-js lint fuzz bench profile deploy-check clean
+.PHONY: bootstrap bootstrap-test build worker bridge dev token test test-unit test-wasm test-fuzz test-e2e test-js lint fuzz mutants bench profile deploy-check clean
 
 ## bootstrap: install what building and running needs (idempotent): the wasm toolchain, wrangler, OpenSSL's headers
 bootstrap: node_modules/.package-lock.json
@@ -150,6 +151,12 @@ test-js: bootstrap-test worker
 FUZZ_SECONDS ?= 90
 fuzz: bootstrap-test
 	scripts/fuzz.sh --seconds $(FUZZ_SECONDS)
+
+## mutants: cargo-mutants over the files that keep the delivery guarantees, each against its crate's unit and property tests, with counts per file [FILES='protocol/src/rate.rs ...']; not part of test (about 1½ h on two cores); output in ~/.cache/roomcast/mutants
+mutants: bootstrap
+	@$(CARGO_BIN)/cargo-mutants --version 2>/dev/null | grep -qx "cargo-mutants $(CARGO_MUTANTS_VER)" \
+	  || cargo install cargo-mutants --version "$(CARGO_MUTANTS_VER)" --locked --force
+	scripts/mutants.sh $(FILES)
 
 # The worker with Rust function names kept, for profiles (rule below).
 PROFILE_BUNDLE := build/profile/worker/shim.mjs

@@ -83,6 +83,23 @@ mod tests {
     }
 
     #[test]
+    fn the_commit_point_never_moves_back() {
+        // Records consumed again (a partition handed back after a
+        // rebalance) below what was committed do not pull the point back.
+        let mut o = Offsets::default();
+        for offset in 0..3 {
+            o.taken(at(0, offset));
+            o.finished(at(0, offset));
+        }
+        o.taken(at(0, 1));
+        o.taken(at(0, 2));
+        assert_eq!(o.finished(at(0, 1)), None, "3 is committed already");
+        assert_eq!(o.finished(at(0, 2)), None);
+        o.taken(at(0, 3));
+        assert_eq!(o.finished(at(0, 3)), Some(4));
+    }
+
+    #[test]
     fn partitions_are_independent() {
         let mut o = Offsets::default();
         o.taken(at(0, 0));

@@ -84,8 +84,10 @@ mod tests {
     #[test]
     fn a_key_belongs_to_its_first_sender() {
         let mut keys = Keys::default();
+        assert!(keys.is_empty());
         assert_eq!(keys.check("k", "alice"), Verdict::New);
         keys.record("k", "alice", 7);
+        assert!(!keys.is_empty());
         assert_eq!(keys.check("k", "alice"), Verdict::Duplicate { seq: 7 });
         assert_eq!(keys.check("k", "mallory"), Verdict::Conflict);
     }

@@ -259,9 +259,12 @@ mod tests {
             replay_route(5, MAX_REPLAY + 1, 10),
             Replay::Http { after: 5 }
         );
+        const MIB: u64 = 1024 * 1024;
+        assert_eq!(replay_route(5, 2, 4 * MIB), Replay::Socket { after: 5 });
         assert_eq!(
-            replay_route(5, 2, TURN_BYTES + 1),
-            Replay::Http { after: 5 }
+            replay_route(5, 2, 4 * MIB + 1),
+            Replay::Http { after: 5 },
+            "a turn carries at most 4 MiB"
         );
     }
 

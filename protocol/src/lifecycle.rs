@@ -90,8 +90,15 @@ mod tests {
             assert!(announce.due(at));
         }
         assert_eq!(announce.retry_ms, ANNOUNCE_MAX_RETRY_MS);
+        let now = announce.next_ms - 1;
+        assert!(!announce.due(now));
         announce.linked();
-        assert!(announce.due(announce.next_ms), "at once after a link");
+        assert!(announce.due(now), "at once after a link");
+        assert!(
+            !announce.due(now + ANNOUNCE_FIRST_RETRY_MS - 1),
+            "then from the first step again"
+        );
+        assert!(announce.due(now + ANNOUNCE_FIRST_RETRY_MS));
     }
 
     const WEEK: u64 = 7 * 86_400_000;

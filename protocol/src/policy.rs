@@ -213,6 +213,7 @@ mod tests {
         assert_eq!(depth("[]"), 1);
         assert_eq!(depth(r#"{"a":[1,{"b":{}}]}"#), 4);
         assert_eq!(depth("[[[]]]"), 3);
+        assert_eq!(depth("[[1],[2],{}]"), 2, "siblings are not nested");
         assert_eq!(
             depth(r#"["[[[", "\\\"{{", {}]"#),
             2,
@@ -256,8 +257,28 @@ mod tests {
             r#""\udc00""#,
             r#""\ud800\u0041""#,
             r#"{"k":"\ud83d"}"#,
+            r#""\ud800x\udc00""#,
+            r#""\ud800xudc00""#,
+            r#"["\ud83d\ude00", "\udc00"]"#,
+            r#""0123456789\n\udc00""#,
+            // A number after a string is read as a number too.
+            r#"{"n":1e999}"#,
+            r#"["1e999", -1e999]"#,
         ] {
             assert!(!portable(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn portable_reads_text_that_is_not_json_without_failing() {
+        // Only ever called on JSON, but a string cut short must not make the
+        // check read past the end: its verdict is about numbers and
+        // surrogates alone.
+        for cut in [r#""abc"#, r#"["x", "y"#, r#""\"#] {
+            assert!(portable(cut), "{cut}");
+        }
+        for cut in [r#""\ud800"#, r#""\u00"#] {
+            assert!(!portable(cut), "{cut}: no UTF-16 unit, cut or not");
         }
     }
 

@@ -379,4 +379,128 @@ mod tests {
         assert_eq!(room.rate(100), 10.0);
         assert_eq!(room.rate(5), 5.0);
     }
+
+    /// Sends `n` single publishes at `now` and counts those accepted.
+    fn send(b: &mut Bucket, room: &mut RoomBudget, l: &Limits, n: u32, now: u64) -> u32 {
+        (0..n)
+            .filter(|_| one(b, room, l, now) == Admission::Accepted)
+            .count() as u32
+    }
+
+    #[test]
+    fn a_refused_publish_says_how_long_to_wait() {
+        assert_eq!(Admission::Accepted.retry_after_ms(), None);
+        let limited = Admission::Limited { retry_after_ms: 7 };
+        assert_eq!(limited.retry_after_ms(), Some(7));
+        let close = Admission::Close { retry_after_ms: 9 };
+        assert_eq!(close.retry_after_ms(), Some(9));
+        // A bucket that does not refill never fits a batch over its burst.
+        let mut b = Bucket::new(5, 0);
+        assert_eq!(b.take(10, 0, 0.0, 5), Err(u64::MAX));
+    }
+
+    #[test]
+    fn a_run_of_strikes_ends_after_a_pause_of_more_than_a_second() {
+        let mut b = Bucket::new(1, 0);
+        assert_eq!(b.strike(5_000), 0);
+        assert_eq!(b.strike(6_000), 1_000, "a second apart: the same run");
+        assert_eq!(b.strike(7_001), 0, "more than a second apart: a new run");
+    }
+
+    #[test]
+    fn a_bucket_is_idle_once_full_and_a_second_past_its_last_strike() {
+        let mut b = Bucket::new(5, 10_000);
+        assert_eq!(b.take(5, 10_000, 10.0, 5), Ok(()));
+        assert!(!b.idle(10_400, 10.0, 5), "4 of 5 tokens back");
+        assert!(b.idle(10_500, 10.0, 5), "full again");
+
+        let mut b = Bucket::new(1, 20_000);
+        assert_eq!(b.take(1, 20_000, 10.0, 1), Ok(()));
+        assert!(b.take(1, 20_000, 10.0, 1).is_err());
+        b.strike(20_000);
+        assert!(
+            !b.idle(21_000, 10.0, 1),
+            "full, but limited a second ago: forgetting it would forget the run"
+        );
+        assert!(b.idle(21_001, 10.0, 1));
+    }
+
+    #[test]
+    fn fair_share_starts_after_a_second_over_the_budget() {
+        let l = limits(1000, 1000, 40);
+        let (mut b, mut room) = (Bucket::new(1000, 0), RoomBudget::default());
+        assert_eq!(send(&mut b, &mut room, &l, 40, 999), 40);
+        send(&mut b, &mut room, &l, 1, 1000);
+        assert!(!room.constrained(), "a second at the budget is not over it");
+        assert_eq!(send(&mut b, &mut room, &l, 40, 1999), 40);
+        send(&mut b, &mut room, &l, 1, 2000);
+        assert!(room.constrained(), "41 in a second is over 40");
+        assert_eq!(room.rate(1000), 40.0, "one publisher: the whole budget");
+
+        let (mut b, mut room) = (Bucket::new(1000, 0), RoomBudget::default());
+        send(&mut b, &mut room, &l, 50, 0);
+        send(&mut b, &mut room, &l, 1, 2000);
+        assert!(
+            !room.constrained(),
+            "the second before this one was empty, whatever came earlier"
+        );
+    }
+
+    #[test]
+    fn refused_demand_alone_does_not_start_fair_share() {
+        let l = limits(100, 10, 15);
+        let (mut b, mut room) = (Bucket::new(10, 0), RoomBudget::default());
+        assert_eq!(send(&mut b, &mut room, &l, 20, 0), 10);
+        send(&mut b, &mut room, &l, 1, 1000);
+        assert!(!room.constrained(), "20 asked, 10 accepted, budget 15");
+    }
+
+    /// Two publishers of burst 10 take 20 in the first second of a room
+    /// with a budget of 15, then ask 10 each in the second at a fair share
+    /// of 7.5/s: 14 accepted (within the budget), 20 asked (over it).
+    fn busy_second_under_fair_share() -> (Limits, [Bucket; 2], RoomBudget) {
+        let l = limits(100, 10, 15);
+        let (mut conns, mut room) = (
+            [Bucket::new(10, 0), Bucket::new(10, 0)],
+            RoomBudget::default(),
+        );
+        for b in conns.iter_mut() {
+            assert_eq!(send(b, &mut room, &l, 10, 0), 10);
+        }
+        for b in conns.iter_mut() {
+            assert_eq!(send(b, &mut room, &l, 10, 1000), 7);
+            assert!(room.constrained(), "for the whole second");
+            assert_eq!(room.rate(100), 7.5);
+        }
+        (l, conns, room)
+    }
+
+    #[test]
+    fn fair_share_lasts_while_demand_is_over_the_budget() {
+        let (l, [mut a, mut b], mut room) = busy_second_under_fair_share();
+        // 0.5 tokens left and 7.5 refilled: 8 of 15 accepted, 15 asked.
+        assert_eq!(send(&mut b, &mut room, &l, 15, 2000), 8);
+        assert!(room.constrained(), "20 were asked in the second before");
+        assert_eq!(room.rate(100), 7.5, "by two publishers");
+        send(&mut a, &mut room, &l, 1, 3000);
+        assert!(!room.constrained(), "15 asked fits a budget of 15");
+    }
+
+    #[test]
+    fn an_empty_second_ends_fair_share() {
+        let (l, [mut a, _], mut room) = busy_second_under_fair_share();
+        send(&mut a, &mut room, &l, 1, 3000);
+        assert!(!room.constrained(), "nothing was asked in 2000..3000");
+    }
+
+    #[test]
+    fn messages_from_kafka_count_toward_the_room_budget() {
+        let l = limits(100, 100, 40);
+        let mut limiter = Limiter::default();
+        assert_eq!(limiter.admit("alice", 1, &l, 0), Admission::Accepted);
+        limiter.count_unlimited(50, &l, 500);
+        assert_eq!(limiter.admit("alice", 1, &l, 1000), Admission::Accepted);
+        assert!(limiter.room.constrained());
+        assert_eq!(limiter.room.rate(100), 40.0, "alice is the one publisher");
+    }
 }

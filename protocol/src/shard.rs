@@ -899,6 +899,38 @@ mod tests {
     }
 
     #[test]
+    fn a_client_joining_a_shard_in_use_leaves_its_position_alone() {
+        // The shard's other clients still need 1..=3: only a shard that
+        // held nobody may start at the head.
+        let mut fanout = Fanout::default();
+        fanout.admit("a", 0, "alice", 0, 0);
+        for seq in 1..=3 {
+            fanout.remember(seq, Rc::from(format!("m{seq}")));
+        }
+        fanout.admit("b", 0, "bob", 3, 0);
+        let batch = fanout.next_batch(0, 3).expect("shard 0 is behind");
+        assert_eq!((batch.prev, batch.frames.len()), (Some(0), 3));
+    }
+
+    #[test]
+    fn a_shard_is_in_use_until_it_lists_no_connections() {
+        let listing = |conns: &[&str]| ShardReport {
+            delivered: None,
+            stats: RoomStats::default(),
+            connections: Some(conns.iter().map(|c| (c.to_string(), "s".into())).collect()),
+        };
+        let mut fanout = Fanout::woken(3, 0);
+        assert_eq!(fanout.in_use(), 3, "unlisted shards may hold clients");
+        fanout.reported(0, &listing(&[]));
+        fanout.reported(1, &listing(&["c"]));
+        assert_eq!(fanout.in_use(), 2, "shard 0 holds none, 2 is unlisted");
+        assert!(!fanout.counted());
+        fanout.reported(2, &listing(&[]));
+        assert!(fanout.counted());
+        assert_eq!((fanout.in_use(), fanout.clients()), (1, 1));
+    }
+
+    #[test]
     fn a_report_never_empties_a_shard_its_connections_are_on() {
         // A batch answer taken before the shard accepted its new client
         // says nothing about connections: the shard keeps being fed.
@@ -948,6 +980,31 @@ mod tests {
             "the shard fills 1..=10 from history"
         );
         assert_eq!(batch.frames.len(), FEED_WINDOW);
+    }
+
+    #[test]
+    fn the_fanout_keeps_at_most_a_turn_of_frame_bytes() {
+        let mut fanout = Fanout::default();
+        fanout.admit("a", 0, "alice", 0, 0);
+        let mib: Rc<str> = Rc::from("x".repeat(1024 * 1024));
+        for seq in 1..=6 {
+            fanout.remember(seq, mib.clone());
+        }
+        let batch = fanout.next_batch(0, 6).unwrap();
+        assert_eq!(
+            batch.frames.iter().map(|f| f.0).collect::<Vec<_>>(),
+            [3, 4, 5, 6],
+            "4 MiB kept, the shard fills 1 and 2 from history"
+        );
+        fanout.failed(0);
+        fanout.forget_frames();
+        let batch = fanout.next_batch(0, 6).unwrap();
+        assert!(batch.frames.is_empty(), "the history started over");
+        fanout.failed(0);
+        for seq in 7..=10 {
+            fanout.remember(seq, mib.clone());
+        }
+        assert_eq!(fanout.next_batch(0, 10).unwrap().frames.len(), 4);
     }
 
     #[test]
@@ -1052,6 +1109,8 @@ mod tests {
         assert_eq!(waiting.due(6), vec!["b"]);
         assert_eq!(waiting.due(9), vec!["a", "c"]);
         assert_eq!(waiting.highest(), None);
+        waiting.push(12, "d");
+        assert_eq!(waiting.due(12), vec!["d"], "due once delivered");
     }
 
     #[test]

@@ -646,6 +646,9 @@ mod tests {
             json!({"type":7}),
             json!({"type":"nope"}),
             json!({"type":"publish","data":1,"id":5}),
+            json!({"type":"publish","data":1,"id":""}),
+            json!({"type":"publish","data":1,"id":"i".repeat(MAX_ID_LEN + 1)}),
+            json!({"type":"publish","data":1,"ref":"r".repeat(MAX_REF_LEN + 1)}),
             json!({"type":"auth"}),
         ] {
             assert_eq!(
@@ -654,10 +657,27 @@ mod tests {
                 "{bad}"
             );
         }
-        assert_eq!(
-            parse_client_frame("{", 10).unwrap_err().code,
-            ErrorCode::BadFormat
-        );
+        for (text, says) in [
+            ("{", "a frame is not JSON"),
+            ("ping!", "a frame is not JSON"),
+            ("7", "a frame must be a JSON object"),
+            (r#""publish""#, "a frame must be a JSON object"),
+            (r#"{"type":1,"type":2}"#, "a frame is not JSON"),
+        ] {
+            let r = parse_client_frame(text, 100).unwrap_err();
+            assert_eq!(r.code, ErrorCode::BadFormat);
+            assert!(r.message.starts_with(says), "{text}: {}", r.message);
+        }
+    }
+
+    #[test]
+    fn null_optional_fields_are_absent() {
+        let Ok(ClientFrame::Publish { draft, reference }) =
+            parse(json!({"type":"publish","data":1,"ref":null,"id":null,"trace":null}))
+        else {
+            panic!("null ref, id and trace are a publish")
+        };
+        assert_eq!((reference, draft.id, draft.trace), (None, None, None));
     }
 
     #[test]
@@ -783,6 +803,18 @@ mod tests {
                 .code,
             ErrorCode::TooLarge
         );
+    }
+
+    #[test]
+    fn origins_are_named_as_serialized() {
+        for origin in [Origin::Ws, Origin::Http, Origin::Kafka] {
+            assert_eq!(Origin::parse(origin.as_str()), Some(origin));
+            assert_eq!(
+                serde_json::to_string(&origin).unwrap(),
+                format!("\"{}\"", origin.as_str())
+            );
+        }
+        assert_eq!(Origin::parse("mqtt"), None);
     }
 
     #[test]

@@ -22,6 +22,8 @@ use wasm_bindgen_test::wasm_bindgen_test as test;
 struct Maps {
     ring: BTreeMap<u64, Message>,
     outbox: BTreeMap<u64, Message>,
+    /// Every write asked of the tables, in order.
+    writes: Vec<String>,
 }
 
 impl Maps {
@@ -37,22 +39,8 @@ impl Maps {
         let seqs: Vec<u64> = seqs.collect();
         Run::of(*seqs.iter().min()?, *seqs.iter().max()?)
     }
-}
 
-impl Tables for Maps {
-    type Error = String;
-
-    fn spill(&mut self, lo: u64, hi: u64) -> Result<(), String> {
-        let rows: Vec<Message> = self
-            .ring
-            .values()
-            .filter(|m| (lo..=hi).contains(&m.seq))
-            .cloned()
-            .collect();
-        self.outbox_insert(&rows)
-    }
-
-    fn outbox_insert(&mut self, messages: &[Message]) -> Result<(), String> {
+    fn put_outbox(&mut self, messages: &[Message]) -> Result<(), String> {
         for m in messages {
             if self.outbox.insert(m.seq, m.clone()).is_some() {
                 return Err(format!("seq {} is in the outbox already", m.seq));
@@ -60,8 +48,29 @@ impl Tables for Maps {
         }
         Ok(())
     }
+}
+
+impl Tables for Maps {
+    type Error = String;
+
+    fn spill(&mut self, lo: u64, hi: u64) -> Result<(), String> {
+        self.writes.push(format!("spill {lo}..={hi}"));
+        let rows: Vec<Message> = self
+            .ring
+            .values()
+            .filter(|m| (lo..=hi).contains(&m.seq))
+            .cloned()
+            .collect();
+        self.put_outbox(&rows)
+    }
+
+    fn outbox_insert(&mut self, messages: &[Message]) -> Result<(), String> {
+        self.writes.push(format!("outbox {}", messages.len()));
+        self.put_outbox(messages)
+    }
 
     fn ring_write(&mut self, messages: &[Message], capacity: u64) -> Result<(), String> {
+        self.writes.push(format!("ring {}", messages.len()));
         for m in messages {
             self.ring.insert(m.seq % capacity, m.clone());
         }
@@ -69,6 +78,10 @@ impl Tables for Maps {
     }
 
     fn delete_through(&mut self, upto: u64, ring: bool) -> Result<(), String> {
+        self.writes.push(format!(
+            "delete ..={upto}{}",
+            if ring { " both" } else { "" }
+        ));
         self.outbox.retain(|seq, _| *seq > upto);
         if ring {
             self.ring.retain(|_, m| m.seq > upto);
@@ -77,6 +90,7 @@ impl Tables for Maps {
     }
 
     fn resize(&mut self, capacity: u64, floor: u64) -> Result<(), String> {
+        self.writes.push(format!("resize {capacity} above {floor}"));
         let rows = std::mem::take(&mut self.ring);
         for m in rows.into_values().filter(|m| m.seq > floor) {
             if self.ring.insert(m.seq % capacity, m).is_some() {
@@ -146,11 +160,17 @@ fn message(seq: u64, origin: Origin) -> Message {
     }
 }
 
-fn record(model: &mut Model, lost: Lost) {
+fn record(model: &mut Model, lost: Lost) -> Result<(), TestCaseError> {
     model.lost_count += lost.relayable;
     if let Some(run) = lost.run {
+        prop_assert!(
+            lost.relayable > 0,
+            "{:?}: a loss is named only when it counts",
+            lost
+        );
         model.lost.extend(run.lo..=run.hi);
     }
+    Ok(())
 }
 
 fn check(ring: &Ring, maps: &Maps, model: &Model) -> Result<(), TestCaseError> {
@@ -270,7 +290,7 @@ fn run(steps: Vec<Step>, bridged: bool) -> Result<(), TestCaseError> {
                 let lost = ring
                     .append(&mut maps, &batch, limit, OUTBOX_LIMIT)
                     .map_err(TestCaseError::fail)?;
-                record(&mut model, lost);
+                record(&mut model, lost)?;
                 // The newest messages are always there to read.
                 let newest = (head + len).saturating_sub(limit.min(len)) + 1;
                 for seq in newest..=head + len {
@@ -296,7 +316,12 @@ fn run(steps: Vec<Step>, bridged: bool) -> Result<(), TestCaseError> {
                 let lost = ring
                     .trim_through(&mut maps, upto)
                     .map_err(TestCaseError::fail)?;
-                record(&mut model, lost);
+                record(&mut model, lost)?;
+                prop_assert!(
+                    ring.oldest().is_none_or(|oldest| oldest > upto),
+                    "trimmed through {}",
+                    upto
+                );
             }
             Step::Link => {
                 if ring.mark_bridged(&mut maps).map_err(TestCaseError::fail)? {
@@ -369,4 +394,78 @@ fn kafka_messages_leave_no_hole_and_a_batch_larger_than_the_ring_loses_nothing()
         "a batch of 30 in a ring of 10"
     );
     assert_eq!((maps.outbox.len(), maps.ring.len()), (20, 10));
+}
+
+#[test]
+fn a_ring_says_where_it_stands_without_a_read() {
+    let mut maps = Maps::default();
+    let mut ring = Ring::empty(3, false);
+    let at = |ring: &Ring| {
+        (
+            ring.capacity(),
+            ring.bridged(),
+            ring.head(),
+            ring.cursor(),
+            ring.pending(),
+            ring.outboxed(),
+            ring.oldest(),
+        )
+    };
+    assert_eq!(at(&ring), (3, false, 0, 0, 0, 0, None));
+    assert!(ring.mark_bridged(&mut maps).unwrap());
+    assert!(!ring.mark_bridged(&mut maps).unwrap(), "once");
+    let batch: Vec<Message> = (1..=5).map(|seq| message(seq, Origin::Ws)).collect();
+    ring.append(&mut maps, &batch, 3, 100).unwrap();
+    assert_eq!(
+        at(&ring),
+        (3, true, 5, 0, 5, 2, Some(1)),
+        "1 and 2 in the outbox"
+    );
+    assert!(ring.confirm(&mut maps, 3).unwrap());
+    assert_eq!(at(&ring), (3, true, 5, 3, 2, 0, Some(3)));
+    assert!(ring.confirm(&mut maps, 4).unwrap());
+    assert_eq!(
+        at(&ring),
+        (3, true, 5, 4, 1, 0, Some(3)),
+        "3, confirmed before and still in the ring, is not counted again"
+    );
+    assert!(!ring.confirm(&mut maps, 2).unwrap(), "never back");
+    assert!(ring.confirm(&mut maps, 9).unwrap());
+    assert_eq!(
+        at(&ring),
+        (3, true, 5, 5, 0, 0, Some(3)),
+        "never past the head"
+    );
+}
+
+#[test]
+fn a_publish_writes_its_own_rows_and_what_it_overwrites_the_bridge_needs() {
+    let mut maps = Maps::default();
+    let mut ring = Ring::empty(4, true);
+    // An outbox limit of 6 leaves 2 beside a ring of 4.
+    for seq in 1..=6 {
+        ring.append(&mut maps, &[message(seq, Origin::Ws)], 4, 6)
+            .unwrap();
+    }
+    assert_eq!(
+        maps.writes,
+        [
+            "ring 1",
+            "ring 1",
+            "ring 1",
+            "ring 1",
+            "spill 1..=1",
+            "ring 1",
+            "spill 2..=2",
+            "ring 1"
+        ],
+        "an outbox at its limit is not trimmed"
+    );
+    maps.writes.clear();
+    let lost = ring
+        .append(&mut maps, &[message(7, Origin::Ws)], 4, 6)
+        .unwrap();
+    assert_eq!(maps.writes, ["spill 3..=3", "ring 1", "delete ..=1"]);
+    assert_eq!(lost.run, Run::of(1, 1));
+    assert_eq!(lost.relayable, 1);
 }

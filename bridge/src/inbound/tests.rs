@@ -1,31 +1,43 @@
 //! The dispatcher and its lanes over the in-memory broker and a fake worker.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
+use roomcast_protocol::clock::now_ms;
+use roomcast_protocol::wire::Message;
 use tokio::sync::Semaphore;
 
 use super::*;
-use crate::broker::Position;
+use crate::broker::{Delivery, Position, Sink, SinkError};
+use crate::fake_worker::{self, Spec};
+use crate::kafka::KafkaConfig;
 use crate::memory::{MemorySink, MemorySource};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TO_ROOM};
+use crate::stop::Trigger;
 use crate::worker_api::{Outgoing, PublishError, Rooms};
 
 /// A worker whose `failing` rooms answer 503 forever, whose `stalled` rooms
-/// never answer, and which refuses any record whose data is `"refuse me"`.
-/// With a `gate`, each record a room takes waits for one of its permits.
+/// never answer, and which refuses any record whose data is `"refuse me"`;
+/// before that, it gives the answers in `script`, one per publish, and
+/// answers 503 to a batch of more than `most` records. With a `gate`, each
+/// record a room takes waits for one of its permits. Every publish is
+/// recorded in `attempts`, answered or not.
 #[derive(Default)]
 struct FakeRooms {
     failing: HashSet<String>,
     stalled: HashSet<String>,
     gate: Option<Arc<Semaphore>>,
+    script: Mutex<VecDeque<PublishError>>,
+    most: Option<usize>,
     published: Mutex<Vec<(String, String)>>,
     /// Bytes of `data` of the records in `published`.
     published_bytes: AtomicUsize,
+    /// Every publish: when, and the ids of its batch.
+    attempts: Mutex<Vec<(Instant, Vec<String>)>>,
 }
 
 impl FakeRooms {
@@ -36,9 +48,34 @@ impl FakeRooms {
         }
     }
 
+    fn scripted(answers: impl IntoIterator<Item = PublishError>) -> FakeRooms {
+        FakeRooms {
+            script: Mutex::new(answers.into_iter().collect()),
+            ..FakeRooms::default()
+        }
+    }
+
     fn published(&self) -> usize {
         self.published.lock().unwrap().len()
     }
+
+    /// The ids of every batch published, answered or not.
+    fn batches(&self) -> Vec<Vec<String>> {
+        let attempts = self.attempts.lock().unwrap();
+        attempts.iter().map(|(_, ids)| ids.clone()).collect()
+    }
+}
+
+fn unavailable(after: Option<Duration>) -> PublishError {
+    PublishError::Retry {
+        why: "503".into(),
+        after,
+    }
+}
+
+/// A 503 that asks for a retry at once (the tests need not wait).
+fn soon() -> PublishError {
+    unavailable(Some(Duration::from_millis(1)))
 }
 
 impl Rooms for FakeRooms {
@@ -47,15 +84,18 @@ impl Rooms for FakeRooms {
         room: &'a str,
         batch: &'a [Outgoing<'a>],
     ) -> BoxFuture<'a, Result<(), PublishError>> {
+        let ids = batch.iter().map(|o| o.id.to_owned()).collect();
+        self.attempts.lock().unwrap().push((Instant::now(), ids));
+        let scripted = self.script.lock().unwrap().pop_front();
         async move {
+            if let Some(answer) = scripted {
+                return Err(answer);
+            }
             if self.stalled.contains(room) {
                 return futures_util::future::pending().await;
             }
-            if self.failing.contains(room) {
-                return Err(PublishError::Retry {
-                    why: "503".into(),
-                    after: Some(Duration::from_millis(5)),
-                });
+            if self.failing.contains(room) || self.most.is_some_and(|most| batch.len() > most) {
+                return Err(unavailable(Some(Duration::from_millis(5))));
             }
             if batch.iter().any(|o| o.data.get() == r#""refuse me""#) {
                 return Err(PublishError::Refused {
@@ -300,6 +340,7 @@ fn watched(records: Vec<Record>, rooms: Arc<FakeRooms>, taken: Arc<Mutex<Taken>>
     })
 }
 
+/// What lanes share: `rooms`, and a dead-letter topic that takes anything.
 fn shared_with(rooms: Arc<FakeRooms>) -> Shared {
     Shared {
         rooms,
@@ -519,4 +560,356 @@ async fn a_stop_waits_10_s_for_a_stalled_lane_and_does_not_commit_its_record() {
         "committed up to the stalled record, which is consumed again next time"
     );
     assert!(source.closed, "the source's commits were made durable");
+}
+
+/// A record for room `r` holding `data` (JSON), ready for its lane.
+fn ready(offset: i64, data: &str) -> Ready {
+    Ready {
+        record: Record {
+            value: None,
+            ..record(offset, Some("r"), data)
+        },
+        data: RawValue::from_string(data.to_owned()).unwrap(),
+    }
+}
+
+/// Runs one lane over `queued` (all queued before it starts, so its
+/// batches are decided by its own bounds) until its queue is empty; the
+/// records it finished, in order.
+async fn run_lane(shared: &Shared, queued: Vec<Ready>) -> Vec<i64> {
+    let (queue, rx) = mpsc::unbounded_channel();
+    let (finished, mut done) = mpsc::unbounded_channel();
+    for ready in queued {
+        queue.send(ready).unwrap();
+    }
+    drop(queue);
+    let (_trigger, stop) = Stop::new();
+    let lane = Lane::new("r".into(), rx, finished, shared.clone(), stop);
+    tokio::time::timeout(Duration::from_secs(30), lane.run())
+        .await
+        .expect("the lane emptied its queue");
+    let mut offsets = Vec::new();
+    while let Ok(f) = done.try_recv() {
+        offsets.push(f.position.offset);
+    }
+    offsets
+}
+
+fn ids(offsets: impl IntoIterator<Item = i64>) -> Vec<String> {
+    offsets
+        .into_iter()
+        .map(|n| format!("kafka:in:0:{n}"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_lane_batches_up_to_500_records() {
+    let rooms = Arc::new(FakeRooms::default());
+    let shared = shared_with(rooms.clone());
+    let queued = (0..501).map(|n| ready(n, "1")).collect();
+    assert_eq!(
+        run_lane(&shared, queued).await,
+        (0..501).collect::<Vec<_>>()
+    );
+    assert_eq!(rooms.batches(), [ids(0..500), ids([500])]);
+}
+
+#[tokio::test]
+async fn a_lane_batches_up_to_a_mebibyte_of_values() {
+    let rooms = Arc::new(FakeRooms::default());
+    let shared = shared_with(rooms.clone());
+    // Two of these are exactly 1 MiB.
+    let half = format!("\"{}\"", "x".repeat(512 * 1024 - 2));
+    let queued = (0..3).map(|n| ready(n, &half)).collect();
+    assert_eq!(run_lane(&shared, queued).await, [0, 1, 2]);
+    assert_eq!(rooms.batches(), [ids([0, 1]), ids([2])]);
+
+    // A byte short of 1 MiB, then one byte: the batch is full.
+    let rooms = Arc::new(FakeRooms::default());
+    let shared = shared_with(rooms.clone());
+    let almost = format!("\"{}\"", "x".repeat(1024 * 1024 - 3));
+    let queued = vec![ready(0, &almost), ready(1, "1"), ready(2, "2")];
+    assert_eq!(run_lane(&shared, queued).await, [0, 1, 2]);
+    assert_eq!(rooms.batches(), [ids([0, 1]), ids([2])]);
+}
+
+#[tokio::test]
+async fn a_lane_retries_a_failed_batch_whole_then_splits_it() {
+    // Two failures: the third attempt takes the batch as it was.
+    let rooms = Arc::new(FakeRooms::scripted([soon(), soon()]));
+    let shared = shared_with(rooms.clone());
+    assert_eq!(
+        run_lane(&shared, vec![ready(0, "1"), ready(1, "2")]).await,
+        [0, 1]
+    );
+    assert_eq!(rooms.batches(), [ids([0, 1]), ids([0, 1]), ids([0, 1])]);
+
+    // A batch the room never takes whole is split after the third failure.
+    let rooms = Arc::new(FakeRooms {
+        most: Some(1),
+        ..FakeRooms::default()
+    });
+    let shared = shared_with(rooms.clone());
+    assert_eq!(
+        run_lane(&shared, vec![ready(0, "1"), ready(1, "2")]).await,
+        [0, 1]
+    );
+    assert_eq!(
+        rooms.batches(),
+        [ids([0, 1]), ids([0, 1]), ids([0, 1]), ids([0]), ids([1])]
+    );
+    assert_eq!(
+        shared.metrics.relayed.with_label_values(&[TO_ROOM]).get(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_lane_retries_one_record_as_long_as_it_takes() {
+    let rooms = Arc::new(FakeRooms::scripted((0..4).map(|_| soon())));
+    let shared = shared_with(rooms.clone());
+    assert_eq!(run_lane(&shared, vec![ready(0, "1")]).await, [0]);
+    assert_eq!(
+        rooms.batches(),
+        vec![ids([0]); 5],
+        "never split, never empty"
+    );
+}
+
+#[tokio::test]
+async fn a_lane_waits_as_long_as_the_room_asks() {
+    let after = Duration::from_millis(400);
+    let rooms = Arc::new(FakeRooms::scripted([unavailable(Some(after))]));
+    let shared = shared_with(rooms.clone());
+    assert_eq!(run_lane(&shared, vec![ready(0, "1")]).await, [0]);
+    let attempts = rooms.attempts.lock().unwrap();
+    let waited = attempts[1].0 - attempts[0].0;
+    // Its own backoff would have waited 100 ms at most.
+    assert!(waited >= after, "waited {waited:?}");
+}
+
+#[tokio::test]
+async fn a_lane_counts_what_it_relayed_and_how_late() {
+    let rooms = Arc::new(FakeRooms::default());
+    let shared = shared_with(rooms.clone());
+    let mut late = ready(0, "1");
+    late.record.timestamp_ms = Some(now_ms() - 2_000);
+    assert_eq!(run_lane(&shared, vec![late, ready(1, "2")]).await, [0, 1]);
+    assert_eq!(
+        shared.metrics.relayed.with_label_values(&[TO_ROOM]).get(),
+        2
+    );
+    let seconds = shared.metrics.relay_seconds.with_label_values(&[TO_ROOM]);
+    assert_eq!(
+        seconds.get_sample_count(),
+        1,
+        "only a record with a timestamp"
+    );
+    let age = seconds.get_sample_sum();
+    assert!((2.0..60.0).contains(&age), "{age} s");
+}
+
+/// A source of `make(offset)` records without end, which fires `trigger`
+/// as it hands out the `stop_at`-th: a relay that takes no more by then
+/// sees the stop before it asks again, one that would take more asks first.
+/// A record is made when the relay polls for it, as Kafka's source does
+/// (`select!` creates a future for a disabled branch too, and drops it).
+struct Feed {
+    made: i64,
+    stop_at: i64,
+    trigger: Trigger,
+    make: Box<dyn Fn(i64) -> Record + Send>,
+}
+
+impl Source for Feed {
+    fn next(&mut self) -> BoxFuture<'_, Result<Record, SourceError>> {
+        async move {
+            let record = (self.make)(self.made);
+            self.made += 1;
+            if self.made == self.stop_at {
+                self.trigger.fire();
+            }
+            Ok(record)
+        }
+        .boxed()
+    }
+
+    fn commit(&mut self, _: i32, _: i64) -> Result<(), SourceError> {
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<(), SourceError> {
+        Ok(())
+    }
+}
+
+/// How many records the relay takes for a room that never answers before
+/// it pauses, each record being `make(offset)`.
+async fn taken_before_pausing(stop_at: usize, make: Box<dyn Fn(i64) -> Record + Send>) -> i64 {
+    let rooms = Arc::new(FakeRooms {
+        failing: ["r".to_owned()].into(),
+        ..FakeRooms::default()
+    });
+    let (trigger, stop) = Stop::new();
+    let mut feed = Feed {
+        made: 0,
+        stop_at: stop_at as i64,
+        trigger,
+        make,
+    };
+    let ended = tokio::time::timeout(
+        Duration::from_secs(60),
+        relay(&mut feed, &shared_with(rooms), stop),
+    )
+    .await
+    .expect("the relay stopped");
+    assert_eq!(ended, Ended::Stopped);
+    feed.made
+}
+
+// On a paused clock, the drain's 10 s wait for the failing lane, and the
+// bound on a relay that paused too early, pass as soon as nothing can move.
+#[tokio::test(start_paused = true)]
+async fn consumption_pauses_at_exactly_64_mib_of_values_held() {
+    // Values of exactly 1 MiB: the 64th reaches the bound, and no more is taken.
+    let mib = format!("\"{}\"", "x".repeat(1024 * 1024 - 2));
+    let made = taken_before_pausing(64, Box::new(move |n| record(n, Some("r"), &mib))).await;
+    assert_eq!(made as usize * 1024 * 1024, HELD_BYTES);
+}
+
+/// The dispatcher over `shared`, as `relay` makes it.
+fn dispatcher(
+    shared: &Shared,
+    stop: Stop,
+    finished: mpsc::UnboundedSender<Finished>,
+) -> Dispatcher<'_> {
+    Dispatcher {
+        shared,
+        stop,
+        offsets: Offsets::default(),
+        held_bytes: 0,
+        lanes: HashMap::new(),
+        tasks: JoinSet::new(),
+        finished,
+    }
+}
+
+async fn next_finished(done: &mut mpsc::UnboundedReceiver<Finished>) -> Finished {
+    tokio::time::timeout(Duration::from_secs(10), done.recv())
+        .await
+        .expect("a lane finished a record")
+        .expect("lanes are running")
+}
+
+#[tokio::test]
+async fn a_room_has_a_lane_while_it_has_records_and_none_when_idle() {
+    let shared = shared_with(Arc::new(FakeRooms::default()));
+    let (_trigger, stop) = Stop::new();
+    let (finished, mut done) = mpsc::unbounded_channel();
+    let mut d = dispatcher(&shared, stop, finished);
+    let mut source = MemorySource::new(Vec::new());
+    assert!(d.take(&mut source, record(0, Some("r"), "1")).await);
+    assert!(d.take(&mut source, record(1, Some("r"), "[2]")).await);
+    assert_eq!((d.lanes["r"].outstanding, d.held_bytes), (2, 4));
+    d.finish(&mut source, next_finished(&mut done).await);
+    assert_eq!((d.lanes["r"].outstanding, d.held_bytes), (1, 3));
+    d.finish(&mut source, next_finished(&mut done).await);
+    assert!(d.lanes.is_empty(), "an idle room costs nothing");
+    assert_eq!(d.held_bytes, 0);
+    assert_eq!(source.commits, [(0, 1), (0, 2)]);
+}
+
+#[tokio::test]
+async fn a_record_reaches_its_lane_holding_its_value_once() {
+    let shared = shared_with(Arc::new(FakeRooms::default()));
+    let (_trigger, stop) = Stop::new();
+    let (finished, _done) = mpsc::unbounded_channel();
+    let mut d = dispatcher(&shared, stop, finished);
+    let (queue, mut lane) = mpsc::unbounded_channel();
+    d.lanes.insert(
+        "r".into(),
+        LaneHandle {
+            queue,
+            outstanding: 0,
+        },
+    );
+    let mut source = MemorySource::new(Vec::new());
+    assert!(
+        d.take(&mut source, record(0, Some("r"), r#"{"a": 1}"#))
+            .await
+    );
+    let ready = lane.try_recv().expect("queued on the room's lane");
+    assert_eq!(ready.data.get(), r#"{"a": 1}"#);
+    assert!(ready.record.value.is_none(), "only as its checked data");
+    assert_eq!(d.held_bytes, ready.bytes());
+}
+
+/// A broker that is down: it takes neither messages nor dead letters.
+struct Down;
+
+impl Sink for Down {
+    fn publish<'a>(&'a self, _: &'a Message) -> BoxFuture<'a, Delivery> {
+        let delivery: Delivery = futures_util::future::ready(Err(down())).boxed();
+        futures_util::future::ready(delivery).boxed()
+    }
+
+    fn dead_letter<'a>(&'a self, _: &'a DeadLetter) -> BoxFuture<'a, Result<(), SinkError>> {
+        futures_util::future::ready(Err(down())).boxed()
+    }
+}
+
+fn down() -> SinkError {
+    SinkError::Unavailable("down".into())
+}
+
+#[tokio::test]
+async fn a_stop_while_a_dead_letter_waits_for_the_broker_takes_nothing_more() {
+    let shared = Shared {
+        sink: Arc::new(Down),
+        ..shared_with(Arc::new(FakeRooms::default()))
+    };
+    let (trigger, stop) = Stop::new();
+    trigger.fire();
+    let (finished, _done) = mpsc::unbounded_channel();
+    let mut d = dispatcher(&shared, stop, finished);
+    let mut source = MemorySource::new(Vec::new());
+    assert!(!d.take(&mut source, record(0, None, "1")).await);
+    assert!(source.commits.is_empty(), "nor is it committed");
+}
+
+/// A test bridge ([`fake_worker::bridge`]) with the Kafka client
+/// properties `config`; its broker and its worker are nowhere.
+fn bridge(config: &[&str]) -> Arc<Bridge> {
+    let (_trigger, stop) = Stop::new();
+    let sink = Arc::new(MemorySink::refusing_over(usize::MAX));
+    let bridge = fake_worker::bridge("http://127.0.0.1:9", sink, Spec::default(), stop);
+    let mut bridge = Arc::into_inner(bridge).unwrap();
+    let config: Vec<String> = config.iter().map(|p| p.to_string()).collect();
+    bridge.kafka.config = KafkaConfig::load(None, &config).unwrap();
+    Arc::new(bridge)
+}
+
+#[tokio::test]
+async fn the_consumer_is_up_while_relaying_and_rebuilt_until_the_stop() {
+    let (trigger, stop) = Stop::new();
+    trigger.fire();
+    let consumer = |bridge: &Bridge| {
+        let (_, health) = bridge.metrics.health();
+        let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+        health["consumer"].as_str().unwrap().to_owned()
+    };
+
+    let working = bridge(&[]);
+    tokio::time::timeout(Duration::from_secs(30), run(working.clone(), stop.clone()))
+        .await
+        .expect("it stopped");
+    assert_eq!(consumer(&working), "up");
+
+    // librdkafka refuses the property: the consumer cannot be built.
+    let broken = bridge(&["no.such.property=1"]);
+    broken.metrics.set_consumer_up(true);
+    tokio::time::timeout(Duration::from_secs(30), run(broken.clone(), stop))
+        .await
+        .expect("a consumer that cannot be built is tried again until the stop");
+    assert_eq!(consumer(&broken), "down");
 }
