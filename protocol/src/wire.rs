@@ -176,8 +176,9 @@ fn string(raw: &RawValue) -> Option<Cow<'_, str>> {
     serde_json::from_str::<Cow<'_, str>>(raw.get()).ok()
 }
 
-/// A field that may be absent or `null`, else must be a string that `ok`
-/// accepts; `wrong` describes what it must be.
+/// A field that may be absent (serde reads a `null` one as absent too),
+/// else must be a string that `ok` accepts; `wrong` describes what it must
+/// be.
 fn optional_string(
     raw: Option<&RawValue>,
     ok: impl Fn(&str) -> bool,
@@ -185,7 +186,6 @@ fn optional_string(
 ) -> Result<Option<String>, Rejection> {
     match raw {
         None => Ok(None),
-        Some(raw) if raw.get() == "null" => Ok(None),
         Some(raw) => match string(raw) {
             Some(text) if ok(&text) => Ok(Some(text.into_owned())),
             _ => Err(Rejection::new(ErrorCode::BadFormat, wrong())),
