@@ -59,10 +59,9 @@ impl Keys {
         if self.owners.insert(key.to_owned(), owner).is_none() {
             self.order.push_back(key.to_owned());
         }
-        while self.order.len() > KEY_WINDOW {
-            if let Some(oldest) = self.order.pop_front() {
-                self.owners.remove(&oldest);
-            }
+        let excess = self.order.len().saturating_sub(KEY_WINDOW);
+        for oldest in self.order.drain(..excess) {
+            self.owners.remove(&oldest);
         }
     }
 
