@@ -12,7 +12,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use roomcast_fuzz::contract::lookalike;
+use roomcast_fuzz::contract::{crosses_batch_and_join_reply, lookalike};
 use roomcast_fuzz::json::Gen;
 use roomcast_protocol::shard::{encode_batch, encode_join_reply, parse_batch, parse_join_reply};
 
@@ -49,25 +49,7 @@ fuzz_target!(|bytes: &[u8]| {
     }
     let frames: Vec<(u64, String)> = seqs.iter().map(|&s| (s, lookalike(&mut g))).collect();
     let frames: Vec<(u64, &str)> = frames.iter().map(|(s, f)| (*s, f.as_str())).collect();
-
-    let batch = encode_batch(prev, frames.iter().copied());
-    match parse_batch(&batch) {
-        Ok(back) => {
-            assert_eq!(back.prev, prev, "{batch:?}");
-            assert_eq!(back.frames, frames, "{batch:?}");
-        }
-        Err(e) => panic!("the sequencer's own batch is refused ({e}): {batch:?}"),
-    }
-    let welcome = lookalike(&mut g);
-    let reply = encode_join_reply(&welcome, frames.iter().copied());
-    match parse_join_reply(&reply) {
-        Ok(back) => assert_eq!(
-            (back.welcome, back.replay),
-            (welcome.as_str(), frames),
-            "{reply:?}"
-        ),
-        Err(e) => panic!("the sequencer's own join reply is refused ({e}): {reply:?}"),
-    }
+    crosses_batch_and_join_reply(prev, &frames, &mut g);
 });
 
 /// Frames go in strictly increasing seq order, from 1.

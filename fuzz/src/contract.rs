@@ -228,6 +228,23 @@ pub fn crosses_shards(text: &str, draft: &Draft, reference: Option<&str>, g: &mu
     let frames: Vec<(u64, &str)> = frames.iter().map(|(s, f)| (*s, f.as_str())).collect();
 
     let prev = g.chance(2).then(|| g.u64());
+    crosses_batch_and_join_reply(prev, &frames, g);
+
+    // What the shard hands its clients reads as the message stored.
+    match parse_server_frame(frames[ours].1) {
+        Ok(ServerFrame::Message(back)) => {
+            assert_eq!(back.seq, seq, "{frame}");
+            assert_eq!(back.data.get(), message.data.get(), "{frame}");
+            assert_eq!((&back.id, &back.trace), (&message.id, &message.trace));
+        }
+        other => panic!("message frame {frame} reads back as {other:?}"),
+    }
+}
+
+/// `frames` (in seq order), sent in a batch after `prev` and in a join
+/// reply after a welcome drawn from `g`, read back frame for frame, byte
+/// for byte.
+pub fn crosses_batch_and_join_reply(prev: Option<u64>, frames: &[(u64, &str)], g: &mut Gen) {
     let batch = encode_batch(prev, frames.iter().copied());
     match parse_batch(&batch) {
         Ok(back) => {
@@ -244,16 +261,6 @@ pub fn crosses_shards(text: &str, draft: &Draft, reference: Option<&str>, g: &mu
             assert_eq!(back.replay, frames, "{reply:?}");
         }
         Err(e) => panic!("the sequencer's own join reply is refused ({e}): {reply:?}"),
-    }
-
-    // What the shard hands its clients reads as the message stored.
-    match parse_server_frame(frames[ours].1) {
-        Ok(ServerFrame::Message(back)) => {
-            assert_eq!(back.seq, seq, "{frame}");
-            assert_eq!(back.data.get(), message.data.get(), "{frame}");
-            assert_eq!((&back.id, &back.trace), (&message.id, &message.trace));
-        }
-        other => panic!("message frame {frame} reads back as {other:?}"),
     }
 }
 
