@@ -431,34 +431,28 @@ async fn rooms_of_the_first_release_keep_everything() {
     .await;
 }
 
+/// The two rooms schemas 1 and 2 were written with (`{prefix}-plain`
+/// and `{prefix}-linked`): traces and Kafka messages kept, and the linked
+/// room's unconfirmed messages past the limit.
+fn plain_and_linked(rooms: &HashMap<String, Held>, prefix: &str) {
+    let plain = &rooms[&format!("{prefix}-plain")];
+    assert!(!plain.bridged && plain.holds_traces() && plain.holds_kafka());
+    let linked = &rooms[&format!("{prefix}-linked")];
+    assert!(linked.bridged && linked.cursor == 3 && linked.holds_kafka());
+    assert!(
+        linked.rows.len() as u64 > LIMIT,
+        "unconfirmed past the limit"
+    );
+}
+
 #[tokio::test]
 async fn rooms_with_traces_keep_everything() {
-    adopt("schema-1", |rooms| {
-        let plain = &rooms["s1-plain"];
-        assert!(!plain.bridged && plain.holds_traces() && plain.holds_kafka());
-        let linked = &rooms["s1-linked"];
-        assert!(linked.bridged && linked.cursor == 3 && linked.holds_kafka());
-        assert!(
-            linked.rows.len() as u64 > LIMIT,
-            "unconfirmed past the limit"
-        );
-    })
-    .await;
+    adopt("schema-1", |rooms| plain_and_linked(rooms, "s1")).await;
 }
 
 #[tokio::test]
 async fn rooms_from_the_release_before_the_ring_keep_everything() {
-    adopt("schema-2", |rooms| {
-        let plain = &rooms["s2-plain"];
-        assert!(!plain.bridged && plain.holds_traces() && plain.holds_kafka());
-        let linked = &rooms["s2-linked"];
-        assert!(linked.bridged && linked.cursor == 3 && linked.holds_kafka());
-        assert!(
-            linked.rows.len() as u64 > LIMIT,
-            "unconfirmed past the limit"
-        );
-    })
-    .await;
+    adopt("schema-2", |rooms| plain_and_linked(rooms, "s2")).await;
 }
 
 /// The first ring moved only messages not from Kafka to the outbox, which
