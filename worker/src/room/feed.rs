@@ -12,7 +12,8 @@ use roomcast_protocol::history::TURN_BYTES;
 use roomcast_protocol::wire::{Message, Origin, ServerFrame};
 use worker::{Result, WebSocket};
 
-use super::{Ctx, Room};
+use super::Room;
+use crate::context::Ctx;
 
 /// The most messages beyond the bridge's cursor the link carries at once.
 const WINDOW: u64 = 1000;

@@ -13,7 +13,8 @@ use roomcast_protocol::ErrorCode;
 use worker::{Request, Response, Result};
 
 use super::publish::{Publisher, Refusal};
-use super::{Ctx, Room};
+use super::Room;
+use crate::context::Ctx;
 use crate::reply;
 
 impl Room {

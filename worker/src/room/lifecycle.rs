@@ -17,7 +17,8 @@ use roomcast_protocol::ErrorCode;
 use worker::{console_error, Response, Result};
 
 use super::feed::LinkCache;
-use super::{Ctx, Room};
+use super::Room;
+use crate::context::Ctx;
 use crate::{quota, registry, reply};
 
 /// How soon a failed registration is tried again.
@@ -46,7 +47,7 @@ impl Room {
                 "room {}: could not register with the registry: {e}",
                 self.name_or_unknown()
             );
-            if let Err(e) = self.alarm_no_later_than(now_ms() + REGISTER_RETRY_MS).await {
+            if let Err(e) = self.alarm.no_later_than(now_ms() + REGISTER_RETRY_MS).await {
                 console_error!(
                     "room {}: could not schedule a retry: {e}",
                     self.name_or_unknown()
@@ -104,7 +105,7 @@ impl Room {
         }
         // The await above let other events in: retire only if it still may.
         let quiet = Quiet {
-            clients: (self.clients() + self.shard_clients().0) as usize,
+            clients: (self.clients.count() + self.shard_clients().0) as usize,
             pending: history.pending(),
             last_message_ms: history.last_message_ms()?,
         };
@@ -120,7 +121,7 @@ impl Room {
                 self.counters.flush(history, now);
                 let gone_at =
                     oldest.saturating_add(ctx.limits.history_ttl_secs.saturating_mul(1000));
-                self.set_alarm(Some(gone_at)).await
+                self.alarm.set(Some(gone_at)).await
             }
             None => self.delete_storage().await,
         }
@@ -129,10 +130,8 @@ impl Room {
     /// Deletes everything the room stored; the next message starts it
     /// afresh under a new epoch.
     async fn delete_storage(&self) -> Result<()> {
-        let storage = self.state.storage();
-        storage.delete_alarm().await?;
-        storage.delete_all().await?;
-        self.alarm_at.set(Some(None));
+        self.alarm.set(None).await?;
+        self.state.storage().delete_all().await?;
         self.history()?.forget();
         *self.keys.borrow_mut() = None;
         *self.link.borrow_mut() = LinkCache::None;

@@ -14,6 +14,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use roomcast_protocol::auth::Identity;
+use roomcast_protocol::clock::now_ms;
 use roomcast_protocol::ids;
 use roomcast_protocol::lifecycle::Reannounce;
 use roomcast_protocol::wire::{parse_bridge_frame, BridgeFrame, RateInfo, ServerFrame, Welcome};
@@ -22,10 +23,11 @@ use serde::{Deserialize, Serialize};
 use worker::{Response, Result, WebSocket, WebSocketIncomingMessage, WebSocketPair};
 
 use super::feed::{Feed, LinkCache};
-use super::frames::send_error;
-use super::{Ctx, Room};
+use super::Room;
 use crate::attachment::Attachment;
 use crate::bridge_token;
+use crate::clients::send_error;
+use crate::context::Ctx;
 
 /// Tag of bridge links among the room's sockets.
 const LINK_TAG: &str = "bridge";
@@ -116,7 +118,7 @@ impl Room {
             last_stats_ms: ctx.now,
             closed: false,
         };
-        self.keep(&pair.server, &link)?;
+        self.clients.keep(&pair.server, &link)?;
         let welcome = Welcome {
             room: ctx.room.clone(),
             conn_id: ids::conn_id(),
@@ -140,7 +142,8 @@ impl Room {
         self.pump(ctx)?;
         self.send_stats(ctx)?;
         let close_at = bridge_token::close_at_ms(link.exp, &ctx.settings);
-        self.alarm_no_later_than(close_at.min(ctx.now + STATS_INTERVAL_MS))
+        self.alarm
+            .no_later_than(close_at.min(ctx.now + STATS_INTERVAL_MS))
             .await?;
         Response::from_websocket(pair.client)
     }
@@ -186,7 +189,7 @@ impl Room {
         };
         bridge_token::refresh(ws, token, &ctx.settings, ctx.now, |exp| {
             link.exp = exp;
-            self.keep(ws, &link)
+            self.clients.keep(ws, &link)
         })
     }
 
@@ -228,7 +231,7 @@ impl Room {
             if ctx.now >= stats_due && self.link_stats_stale() {
                 self.send_stats(ctx)?;
                 link.last_stats_ms = ctx.now;
-                self.keep(&ws, &link)?;
+                self.clients.keep(&ws, &link)?;
             }
             self.pump(ctx)?;
             // An idle linked room sleeps until its link's token needs
@@ -265,15 +268,25 @@ impl Room {
 
     fn close_link(&self, ws: &WebSocket, mut link: Link, code: CloseCode) -> Result<()> {
         link.closed = true;
-        self.keep(ws, &link)?;
+        self.clients.keep(ws, &link)?;
         self.link_gone(ws);
         // The socket may already be closing from the other side.
         let _ = ws.close(Some(code.code()), Some(code.reason()));
         Ok(())
     }
 
+    /// The bridge closed the link or lost it. If it let go with messages
+    /// still to relay (an idle close racing a publish, a bridge that went
+    /// away), its owner links the room again when the registry announces it.
+    pub(super) fn link_lost(&self, ws: &WebSocket) {
+        self.link_gone(ws);
+        if self.history().is_ok_and(|h| h.pending() > 0) && !self.link_open() {
+            self.reannounce(now_ms());
+        }
+    }
+
     /// The link is gone (closed by the room or by the bridge).
-    pub(super) fn link_gone(&self, ws: &WebSocket) {
+    fn link_gone(&self, ws: &WebSocket) {
         let mut cache = self.link.borrow_mut();
         let gone = match &*cache {
             LinkCache::Open(feed) => feed.ws.as_ref() == ws.as_ref(),

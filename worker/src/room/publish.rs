@@ -17,7 +17,8 @@ use roomcast_protocol::wire::{Draft, KafkaPosition, Message, Origin, Receipt, Se
 use roomcast_protocol::ErrorCode;
 use worker::{console_warn, Result};
 
-use super::{Ctx, Room};
+use super::Room;
+use crate::context::Ctx;
 
 /// The owner of the ids the bridge publishes under, whatever the subject
 /// of the bridge token in use: every bridge instance may retry any record.
@@ -259,7 +260,7 @@ impl Room {
     /// the room's shards. The frame is serialised once for all of them.
     pub(super) fn broadcast(&self, ctx: &Ctx, message: &Message) {
         let frame = ServerFrame::Message(Cow::Borrowed(message)).to_json();
-        self.send_to_clients(&frame);
+        self.clients.broadcast(&frame);
         self.relay(ctx, message, &frame);
         self.keep_for_shards(message.seq, frame);
     }

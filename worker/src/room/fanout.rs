@@ -1,4 +1,5 @@
-//! The room as the sequencer of its shards (docs/scaling.md): where a
+//! The room as the sequencer of its shards ([`crate::shard`],
+//! docs/scaling.md): where a
 //! connection goes once the room holds `ROOM_SHARD_SIZE`, what a shard's
 //! joins, publishes and gap fills get from the room, and the fan-out that
 //! feeds every shard the room's new messages.
@@ -29,8 +30,10 @@ use std::collections::HashMap;
 use worker::{console_warn, Delay, Headers, Request, Response, Result};
 
 use super::publish::Publisher;
-use super::{Ctx, Room};
-use crate::internal::{shard_stub, Call, Op, SENT_HEADER};
+use super::Room;
+use crate::context::Ctx;
+use crate::headers::SENT_HEADER;
+use crate::internal::{shard_stub, Call, Op};
 use crate::reply;
 
 /// Attempts at a batch a shard keeps failing before the room stops trying
@@ -74,7 +77,7 @@ impl Room {
     /// answer is not placed on.
     pub(super) async fn placement(&self, ctx: &Ctx, sub: &str) -> Result<Option<(u32, String)>> {
         let size = ctx.limits.room_shard_size;
-        let own = self.clients();
+        let own = self.clients.count();
         if own < size.max(1) {
             return Ok(None);
         }
@@ -158,8 +161,8 @@ impl Room {
         self.counters.with(|s| s.absorb(&report.stats));
     }
 
-    /// Feeds every shard what it has not had, each on its own.
-    pub(super) async fn feed_shards(&self) {
+    /// Sends every shard what it has not had, each on its own.
+    pub(super) async fn fan_out(&self) {
         let Ok(count) = self.fanout().map(|f| f.shards().len() as u32) else {
             return;
         };
@@ -169,10 +172,10 @@ impl Room {
         if count == 0 {
             return;
         }
-        join_all((0..count).map(|i| self.feed_shard(&room, i))).await;
+        join_all((0..count).map(|i| self.fan_out_to(&room, i))).await;
     }
 
-    async fn feed_shard(&self, room: &str, index: u32) {
+    async fn fan_out_to(&self, room: &str, index: u32) {
         let mut failures = 0;
         loop {
             let Ok(head) = self.history().map(|h| h.head()) else {

@@ -1,0 +1,36 @@
+//! The room's `/stats` (docs/protocol.md, "Stats"): its counters with its
+//! state, for operators and for the bridge link's `stats` frames.
+
+use roomcast_protocol::stats::StatsReport;
+use worker::{Response, Result};
+
+use super::Room;
+use crate::context::Ctx;
+use crate::reply;
+
+impl Room {
+    /// The counters with the room's current state. Reads nothing from
+    /// storage but what was loaded on wake: `/stats` costs the same however
+    /// big the room is.
+    pub(super) fn stats_report(&self, ctx: &Ctx) -> Result<StatsReport> {
+        let history = self.history()?;
+        let (shard_clients, shards) = self.shard_clients();
+        Ok(StatsReport {
+            room: ctx.room.clone(),
+            epoch: history.epoch().unwrap_or_default(),
+            head: history.head(),
+            connections: self.clients.count() + shard_clients,
+            shards,
+            cursor: history.cursor(),
+            pending: history.pending(),
+            counters: self.counters.snapshot(history),
+        })
+    }
+
+    pub(super) async fn report_stats(&self, ctx: &Ctx) -> Result<Response> {
+        self.count_shards(ctx).await;
+        let mut report = serde_json::to_value(self.stats_report(ctx)?)?;
+        report["alarm"] = self.alarm.next().await?.into();
+        reply::json(200, &report)
+    }
+}
