@@ -57,7 +57,7 @@ impl Room {
             ("ws", Method::Get) => self.join(&req, ctx, identity, query).await,
             ("messages", Method::Post) => self.publish_http(req, ctx, &identity).await,
             ("messages", Method::Get) => self.read_history(ctx, &identity, query),
-            ("bridge", Method::Get) => self.link(ctx, identity, query).await,
+            ("bridge", Method::Get) => self.accept_link(ctx, identity, query).await,
             ("stats", Method::Get) => self.report_stats(ctx).await,
             _ => reply::error(ErrorCode::NotFound, "no such room operation"),
         }

@@ -51,7 +51,9 @@ impl Room {
         if let Some(refusal) = self.connection_limit(ctx, &identity.sub).await {
             return refusal;
         }
-        if let Some((index, conn_id)) = self.placement(ctx, &identity.sub).await? {
+        let own = self.clients.count();
+        let history = self.history()?;
+        if let Some((index, conn_id)) = self.shards.place(history, ctx, own, &identity.sub).await? {
             return shard_redirect(index, &conn_id);
         }
         if let Some(refusal) = self.replay_budget(ctx, &identity.sub, since) {
@@ -85,7 +87,11 @@ impl Room {
     /// this room, on the room and its shards.
     pub(super) async fn connection_limit(&self, ctx: &Ctx, sub: &str) -> Option<Result<Response>> {
         let limit = ctx.limits.max_connections_per_subject;
-        let open = self.open_on_shards(ctx, sub).await + self.clients.open(&subject_tag(sub)).len();
+        let on_shards = match self.history() {
+            Ok(history) => self.shards.open_of(history, ctx, sub).await,
+            Err(e) => return Some(Err(e)),
+        };
+        let open = on_shards + self.clients.open(&subject_tag(sub)).len();
         if open < limit as usize {
             return None;
         }

@@ -16,7 +16,6 @@ use roomcast_protocol::wire::Registration;
 use roomcast_protocol::ErrorCode;
 use worker::{console_error, Response, Result};
 
-use super::feed::LinkCache;
 use super::Room;
 use crate::context::Ctx;
 use crate::{quota, registry, reply};
@@ -95,7 +94,7 @@ impl Room {
 
     /// Retires the room; deletes its storage when its history has aged out.
     pub(super) async fn retire(&self, ctx: &Ctx) -> Result<()> {
-        self.retire_links()?;
+        self.link.retire()?;
         let history = self.history()?;
         if history.registered() {
             // Marked first: a message that arrives while the registry is
@@ -105,7 +104,7 @@ impl Room {
         }
         // The await above let other events in: retire only if it still may.
         let quiet = Quiet {
-            clients: (self.clients.count() + self.shard_clients().0) as usize,
+            clients: (self.clients.count() + self.shards.clients(history).0) as usize,
             pending: history.pending(),
             last_message_ms: history.last_message_ms()?,
         };
@@ -133,9 +132,9 @@ impl Room {
         self.alarm.set(None).await?;
         self.state.storage().delete_all().await?;
         self.history()?.forget();
-        *self.keys.borrow_mut() = None;
-        *self.link.borrow_mut() = LinkCache::None;
-        *self.fanout.borrow_mut() = None;
+        self.idempotency.forget();
+        self.link.forget();
+        self.shards.forget();
         self.announce.set(Reannounce::default());
         self.counters.reset();
         Ok(())

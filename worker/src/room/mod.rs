@@ -15,8 +15,8 @@
 //! [`Ctx`]. The work is split by concern: `dispatch` (what a request asks),
 //! `join` (WebSocket admission and resume), `frames` (what clients send),
 //! `publish` (the one path every message takes), `http` (the HTTP
-//! surface), `link` and `feed` (the bridge's outbox link), `fanout` (the
-//! room's shards), `sweep` (the alarm), `lifecycle` (registration and
+//! surface), `link` and `feed` (the bridge's outbox link), `fanout` and
+//! `shard_requests` (the room's shards), `sweep` (the alarm), `lifecycle` (registration and
 //! retirement) and `stats`. The sockets themselves are [`Clients`], shared
 //! with the shards.
 //!
@@ -28,10 +28,12 @@ mod fanout;
 mod feed;
 mod frames;
 mod http;
+mod idempotency;
 mod join;
 mod lifecycle;
 mod link;
 mod publish;
+mod shard_requests;
 mod stats;
 mod sweep;
 
@@ -39,10 +41,8 @@ use std::cell::{Cell, OnceCell, RefCell};
 use std::rc::Rc;
 
 use roomcast_protocol::clock::now_ms;
-use roomcast_protocol::dedupe::Keys;
 use roomcast_protocol::lifecycle::Reannounce;
 use roomcast_protocol::rate::Limiter;
-use roomcast_protocol::shard::Fanout;
 use roomcast_protocol::{CloseCode, ErrorCode};
 use worker::{
     console_error, durable_object, DurableObject, Env, Request, Response, Result, State, WebSocket,
@@ -58,7 +58,9 @@ use crate::reply;
 use crate::settings;
 use crate::storage::Db;
 
-use feed::LinkCache;
+use fanout::ShardFanout;
+use idempotency::Idempotency;
+use link::BridgeLink;
 
 #[durable_object]
 pub struct Room {
@@ -69,10 +71,8 @@ pub struct Room {
     clients: Clients,
     alarm: Alarm,
     limiter: RefCell<Limiter>,
-    /// The idempotency key window, seeded from history on first use.
-    keys: RefCell<Option<Keys>>,
-    /// The bridge link as this wake knows it.
-    link: RefCell<LinkCache>,
+    idempotency: Idempotency,
+    link: BridgeLink,
     /// The registry is to hear of this room after the current event: when
     /// it is not registered, or when its bridge link is gone and it has
     /// messages for the bridge (`announce` paces that).
@@ -80,8 +80,8 @@ pub struct Room {
     announce: Cell<Reannounce>,
     /// A message arrived: the alarm must come by then to consider retiring.
     retire_check: Cell<Option<u64>>,
-    /// The shards it feeds (docs/scaling.md), once the room has any.
-    fanout: RefCell<Option<Fanout>>,
+    /// The shards it feeds.
+    shards: ShardFanout,
 }
 
 impl DurableObject for Room {
@@ -95,17 +95,17 @@ impl DurableObject for Room {
         Room {
             clients: Clients::new(&state, counters.clone()),
             alarm: Alarm::new(state.storage()),
+            link: BridgeLink::new(&state, counters.clone()),
+            shards: ShardFanout::new(&env, counters.clone()),
             state,
             env,
             history: OnceCell::new(),
             counters,
             limiter: RefCell::new(Limiter::default()),
-            keys: RefCell::new(None),
-            link: RefCell::new(LinkCache::Unknown),
+            idempotency: Idempotency::default(),
             register: Cell::new(false),
             announce: Cell::new(Reannounce::default()),
             retire_check: Cell::new(None),
-            fanout: RefCell::new(None),
         }
     }
 
@@ -130,7 +130,9 @@ impl DurableObject for Room {
         message: WebSocketIncomingMessage,
     ) -> Result<()> {
         let result = match self.named_ctx() {
-            Ok(ctx) if self.is_link(&ws) => self.on_link_frame(&ws, message, &ctx),
+            Ok(ctx) if self.link.is_link(&ws) => self
+                .history()
+                .and_then(|history| self.link.on_frame(&ws, message, history, &ctx)),
             Ok(ctx) => self.on_frame(&ws, message, &ctx).await,
             Err(e) => Err(e),
         };
@@ -215,7 +217,11 @@ impl Room {
         if let Ok(history) = self.history() {
             self.counters.flush_if_due(history, now);
         }
-        let due = [self.link_stats_due(now), self.retire_check.take()];
+        let link_stats = self
+            .history()
+            .ok()
+            .and_then(|h| self.link.stats_due(h, now));
+        let due = [link_stats, self.retire_check.take()];
         if let Some(at) = due.into_iter().flatten().min() {
             if let Err(e) = self.alarm.no_later_than(at).await {
                 console_error!("room {}: scheduling the alarm: {e}", self.name_or_unknown());
@@ -224,14 +230,16 @@ impl Room {
         if self.register.replace(false) {
             self.register_now().await;
         }
-        self.fan_out().await;
+        if let Ok(history) = self.history() {
+            self.shards.fan_out(history).await;
+        }
     }
 }
 
 impl Room {
     /// A socket the other side closed or lost.
     fn gone(&self, ws: &WebSocket) {
-        if self.is_link(ws) {
+        if self.link.is_link(ws) {
             self.link_lost(ws);
         } else {
             self.clients.gone(ws);

@@ -14,7 +14,7 @@ impl Room {
     /// big the room is.
     pub(super) fn stats_report(&self, ctx: &Ctx) -> Result<StatsReport> {
         let history = self.history()?;
-        let (shard_clients, shards) = self.shard_clients();
+        let (shard_clients, shards) = self.shards.clients(history);
         Ok(StatsReport {
             room: ctx.room.clone(),
             epoch: history.epoch().unwrap_or_default(),
@@ -28,7 +28,7 @@ impl Room {
     }
 
     pub(super) async fn report_stats(&self, ctx: &Ctx) -> Result<Response> {
-        self.count_shards(ctx).await;
+        self.shards.count(self.history()?, ctx).await;
         let mut report = serde_json::to_value(self.stats_report(ctx)?)?;
         report["alarm"] = self.alarm.next().await?.into();
         reply::json(200, &report)

@@ -18,7 +18,7 @@ impl Room {
         let ctx = self.named_ctx()?;
         let mut next = self.clients.sweep(&ctx)?.next;
         let mut earliest = |at: u64| next = Some(next.map_or(at, |n: u64| n.min(at)));
-        if let Some(at) = self.link_tick(&ctx)? {
+        if let Some(at) = self.link.tick(history, &ctx, &|| self.stats_report(&ctx))? {
             earliest(at);
         }
         let lost = history.trim_age(&ctx.limits, ctx.now, true)?;
@@ -26,13 +26,13 @@ impl Room {
         if !history.registered() && history.head() > 0 {
             self.register.set(true);
         }
-        self.count_shards(&ctx).await;
+        self.shards.count(history, &ctx).await;
         let quiet = Quiet {
-            clients: (self.clients.count() + self.shard_clients().0) as usize,
+            clients: (self.clients.count() + self.shards.clients(history).0) as usize,
             pending: history.pending(),
             last_message_ms: history.last_message_ms()?,
         };
-        if may_retire(quiet, ctx.limits.room_retire_ms, ctx.now) && self.shards_counted() {
+        if may_retire(quiet, ctx.limits.room_retire_ms, ctx.now) && self.shards.counted(history) {
             return self.retire(&ctx).await;
         }
         if quiet.clients == 0 && quiet.pending == 0 {
