@@ -13,7 +13,7 @@ use std::cell::{Cell, RefCell};
 use roomcast_protocol::stats::RoomStats;
 use worker::console_error;
 
-use crate::history::History;
+use crate::store::Store;
 
 /// How often changed counters are written at most.
 const FLUSH_INTERVAL_MS: u64 = 10_000;
@@ -50,15 +50,16 @@ impl Counters {
     /// Takes over the counters a previous wake stored (and the storage
     /// counts they carry), once per wake, adding what this wake counted
     /// before.
-    pub fn load(&self, history: &History) {
+    pub fn load(&self, store: &Store) {
         if self.loaded.replace(true) {
             return;
         }
-        let mut stored: RoomStats = history
+        let mut stored: RoomStats = store
+            .facts()
             .stored_stats()
             .and_then(|json| serde_json::from_str(&json).ok())
             .unwrap_or_default();
-        history.db().restore(stored.storage);
+        store.db().restore(stored.storage);
         if let Some(counted) = self.stats.borrow_mut().take() {
             stored.absorb(&counted);
         }
@@ -66,27 +67,27 @@ impl Counters {
     }
 
     /// A copy with the storage counts as of now.
-    pub fn snapshot(&self, history: &History) -> RoomStats {
-        self.load(history);
+    pub fn snapshot(&self, store: &Store) -> RoomStats {
+        self.load(store);
         let mut stats = self.stats.borrow().clone().unwrap_or_default();
-        stats.storage = history.db().counts();
+        stats.storage = store.db().counts();
         stats
     }
 
-    pub fn flush_if_due(&self, history: &History, now_ms: u64) {
+    pub fn flush_if_due(&self, store: &Store, now_ms: u64) {
         if self.dirty.get() && now_ms >= self.flushed_ms.get() + FLUSH_INTERVAL_MS {
-            self.flush(history, now_ms);
+            self.flush(store, now_ms);
         }
     }
 
     /// Writes the counters now (when changed).
-    pub fn flush(&self, history: &History, now_ms: u64) {
-        if !self.dirty.replace(false) || !history.exists() {
+    pub fn flush(&self, store: &Store, now_ms: u64) {
+        if !self.dirty.replace(false) || !store.exists() {
             return;
         }
         self.flushed_ms.set(now_ms);
-        let json = serde_json::to_string(&self.snapshot(history)).unwrap_or_default();
-        if let Err(e) = history.save_stats(&json) {
+        let json = serde_json::to_string(&self.snapshot(store)).unwrap_or_default();
+        if let Err(e) = store.facts().save_stats(&json) {
             console_error!("could not store the room's counters: {e}");
         }
     }

@@ -17,7 +17,6 @@ mod context;
 mod counters;
 mod headers;
 mod hibernation;
-mod history;
 mod internal;
 mod quota;
 mod registry;
@@ -27,6 +26,7 @@ mod router;
 mod settings;
 mod shard;
 mod storage;
+mod store;
 
 use roomcast_protocol::ErrorCode;
 use worker::{console_error, event, Context, Env, Request, Response, Result};

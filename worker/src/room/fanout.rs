@@ -26,8 +26,8 @@ use worker::{console_warn, Delay, Env, Result};
 
 use crate::context::Ctx;
 use crate::counters::Counters;
-use crate::history::History;
 use crate::internal::{shard_stub, Call, Op};
+use crate::store::Store;
 
 /// Attempts at a batch a shard keeps failing before the room stops trying
 /// until its next message (the shard fills the gap from history then).
@@ -52,8 +52,8 @@ impl ShardFanout {
     /// room has used, each presumed to have had everything up to the head
     /// the room woke with (not what this wake stored since: its first
     /// publish may come before anything asks for the fan-out).
-    pub fn get<'a>(&'a self, history: &History) -> RefMut<'a, Fanout> {
-        let (count, head) = (history.shard_count(), history.woke_at());
+    pub fn get<'a>(&'a self, store: &Store) -> RefMut<'a, Fanout> {
+        let (count, head) = (store.facts().shard_count(), store.woke_at());
         RefMut::map(self.fanout.borrow_mut(), |slot| {
             slot.get_or_insert_with(|| Fanout::woken(count, head))
         })
@@ -65,16 +65,16 @@ impl ShardFanout {
     }
 
     /// Keeps a new message's frame for the shards, if the room has any.
-    pub fn remember(&self, history: &History, seq: u64, frame: String) {
-        let mut fanout = self.get(history);
+    pub fn remember(&self, store: &Store, seq: u64, frame: String) {
+        let mut fanout = self.get(store);
         if !fanout.shards().is_empty() {
             fanout.remember(seq, Rc::from(frame));
         }
     }
 
     /// Connections and shards in use, for `/stats` and for retiring.
-    pub fn clients(&self, history: &History) -> (u64, u64) {
-        let fanout = self.get(history);
+    pub fn clients(&self, store: &Store) -> (u64, u64) {
+        let fanout = self.get(store);
         (fanout.clients(), fanout.in_use())
     }
 
@@ -86,7 +86,7 @@ impl ShardFanout {
     /// placed on.
     pub async fn place(
         &self,
-        history: &History,
+        store: &Store,
         ctx: &Ctx,
         own: u64,
         sub: &str,
@@ -95,37 +95,39 @@ impl ShardFanout {
         if own < size.max(1) {
             return Ok(None);
         }
-        history.create(&ctx.room, &ctx.limits, ctx.settings.config.bridge)?;
-        self.count(history, ctx).await;
+        store.create(&ctx.room, &ctx.limits, ctx.settings.config.bridge)?;
+        self.count(store, ctx).await;
         let now = now_ms();
-        let Placement::Shard(index) = self.get(history).place(own, size, now) else {
+        let Placement::Shard(index) = self.get(store).place(own, size, now) else {
             return Ok(None);
         };
         let conn_id = ids::conn_id();
-        self.get(history)
-            .admit(&conn_id, index, sub, history.head(), now);
-        history.set_shard_count(history.shard_count().max(index + 1))?;
+        self.get(store)
+            .admit(&conn_id, index, sub, store.head(), now);
+        store
+            .facts()
+            .set_shard_count(store.facts().shard_count().max(index + 1))?;
         Ok(Some((index, conn_id)))
     }
 
     /// Whether the room knows how many connections each shard holds.
-    pub fn counted(&self, history: &History) -> bool {
-        self.get(history).counted()
+    pub fn counted(&self, store: &Store) -> bool {
+        self.get(store).counted()
     }
 
     /// Connections the subject holds on shards: what they accepted, and
     /// what the room admitted there in the last moments. A room that woke
     /// asks its shards first.
-    pub async fn open_of(&self, history: &History, ctx: &Ctx, sub: &str) -> usize {
-        if !self.counted(history) {
-            self.count(history, ctx).await;
+    pub async fn open_of(&self, store: &Store, ctx: &Ctx, sub: &str) -> usize {
+        if !self.counted(store) {
+            self.count(store, ctx).await;
         }
-        self.get(history).subject(sub, now_ms()) as usize
+        self.get(store).subject(sub, now_ms()) as usize
     }
 
     /// Asks every shard whose connections this wake does not know.
-    pub async fn count(&self, history: &History, ctx: &Ctx) {
-        let unknown = self.get(history).unlisted();
+    pub async fn count(&self, store: &Store, ctx: &Ctx) {
+        let unknown = self.get(store).unlisted();
         let answers = join_all(
             unknown
                 .iter()
@@ -134,7 +136,7 @@ impl ShardFanout {
         .await;
         for (index, answer) in unknown.into_iter().zip(answers) {
             match answer {
-                Ok(report) => self.take_report(history, index, &report, false),
+                Ok(report) => self.take_report(store, index, &report, false),
                 Err(e) => console_warn!("room {}: shard {index} did not answer: {e}", ctx.room),
             }
         }
@@ -159,8 +161,8 @@ impl ShardFanout {
         Ok(serde_json::from_str(&text)?)
     }
 
-    fn take_report(&self, history: &History, index: u32, report: &ShardReport, batch: bool) {
-        let mut fanout = self.get(history);
+    fn take_report(&self, store: &Store, index: u32, report: &ShardReport, batch: bool) {
+        let mut fanout = self.get(store);
         if batch {
             fanout.delivered(index, report);
         } else {
@@ -170,31 +172,31 @@ impl ShardFanout {
     }
 
     /// Sends every shard what it has not had, each on its own.
-    pub async fn fan_out(&self, history: &History) {
-        let count = self.get(history).shards().len() as u32;
-        let Some(room) = history.name() else {
+    pub async fn fan_out(&self, store: &Store) {
+        let count = self.get(store).shards().len() as u32;
+        let Some(room) = store.facts().name() else {
             return;
         };
         if count == 0 {
             return;
         }
-        join_all((0..count).map(|i| self.fan_out_to(history, &room, i))).await;
+        join_all((0..count).map(|i| self.fan_out_to(store, &room, i))).await;
     }
 
-    async fn fan_out_to(&self, history: &History, room: &str, index: u32) {
+    async fn fan_out_to(&self, store: &Store, room: &str, index: u32) {
         let mut failures = 0;
         loop {
-            let Some(batch) = self.get(history).next_batch(index, history.head()) else {
+            let Some(batch) = self.get(store).next_batch(index, store.head()) else {
                 return;
             };
             let body = batch.encode();
             match self.ask(room, index, Op::Deliver, Some(body)).await {
                 Ok(report) => {
                     failures = 0;
-                    self.take_report(history, index, &report, true);
+                    self.take_report(store, index, &report, true);
                 }
                 Err(e) => {
-                    self.get(history).failed(index);
+                    self.get(store).failed(index);
                     failures += 1;
                     console_warn!(
                         "room {room}: delivering to shard {index} failed ({failures}): {e}"

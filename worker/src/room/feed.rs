@@ -14,7 +14,7 @@ use worker::{Result, WebSocket};
 
 use super::link::BridgeLink;
 use crate::context::Ctx;
-use crate::history::History;
+use crate::store::Store;
 
 /// The most messages beyond the bridge's cursor the link carries at once.
 const WINDOW: u64 = 1000;
@@ -55,14 +55,14 @@ impl Feed {
 impl BridgeLink {
     /// Hands a just-stored message to the link: sent at once when the feed
     /// is caught up and the window open, else fed by [`BridgeLink::pump`].
-    pub fn relay(&self, history: &History, ctx: &Ctx, message: &Message, frame: &str) {
-        self.resolve(history);
+    pub fn relay(&self, store: &Store, ctx: &Ctx, message: &Message, frame: &str) {
+        self.resolve(store);
         let caught_up = {
             let mut cache = self.cache.borrow_mut();
             let LinkCache::Open(feed) = &mut *cache else {
                 return;
             };
-            let cursor = history.cursor();
+            let cursor = store.cursor();
             let open = message.seq.saturating_sub(cursor) <= WINDOW;
             if feed.sent + 1 == message.seq && open {
                 if message.origin != Origin::Kafka {
@@ -83,7 +83,7 @@ impl BridgeLink {
             }
         };
         if !caught_up {
-            if let Err(e) = self.pump(history, ctx) {
+            if let Err(e) = self.pump(store, ctx) {
                 worker::console_warn!("room {}: feeding the bridge link: {e}", ctx.room);
             }
         }
@@ -91,19 +91,19 @@ impl BridgeLink {
 
     /// Sends what the window allows of the messages the feed has not sent
     /// yet, within one turn's byte budget.
-    pub fn pump(&self, history: &History, ctx: &Ctx) -> Result<()> {
-        self.resolve(history);
+    pub fn pump(&self, store: &Store, ctx: &Ctx) -> Result<()> {
+        self.resolve(store);
         let mut cache = self.cache.borrow_mut();
         let LinkCache::Open(feed) = &mut *cache else {
             return Ok(());
         };
         let mut bytes = 0u64;
-        while feed.sent < history.head() && bytes < TURN_BYTES {
-            let room_in_window = (history.cursor() + WINDOW).saturating_sub(feed.sent);
+        while feed.sent < store.head() && bytes < TURN_BYTES {
+            let room_in_window = (store.cursor() + WINDOW).saturating_sub(feed.sent);
             if room_in_window == 0 {
                 break;
             }
-            let page = history.after(&ctx.room, feed.sent, room_in_window, true)?;
+            let page = store.after(&ctx.room, feed.sent, room_in_window, true)?;
             for message in &page.messages {
                 let frame = ServerFrame::Message(Cow::Borrowed(message)).to_json();
                 bytes += frame.len() as u64;
@@ -119,11 +119,11 @@ impl BridgeLink {
     /// Moves the cursor over what the link only skipped (messages from
     /// Kafka) once everything it sent is confirmed: otherwise a room whose
     /// last messages came from Kafka would look pending forever.
-    pub fn skip_confirmed(&self, history: &History) -> Result<()> {
+    pub fn skip_confirmed(&self, store: &Store) -> Result<()> {
         let cache = self.cache.borrow();
         if let LinkCache::Open(feed) = &*cache {
-            if feed.relayed <= history.cursor() && feed.sent > history.cursor() {
-                history.confirm(feed.sent)?;
+            if feed.relayed <= store.cursor() && feed.sent > store.cursor() {
+                store.confirm(feed.sent)?;
             }
         }
         Ok(())

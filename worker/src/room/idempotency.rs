@@ -12,7 +12,7 @@ use roomcast_protocol::dedupe::{Keys, Verdict};
 use roomcast_protocol::wire::{Draft, Message, Origin};
 use worker::Result;
 
-use crate::history::History;
+use crate::store::Store;
 
 /// The owner of the ids the bridge publishes under, whatever the subject
 /// of the bridge token in use: every bridge instance may retry any record.
@@ -31,7 +31,7 @@ impl Idempotency {
     /// owner holds refuses the whole batch, and its id is returned.
     pub fn duplicates(
         &self,
-        history: &History,
+        store: &Store,
         drafts: &[Draft],
         owner: &str,
         bridge: bool,
@@ -39,7 +39,7 @@ impl Idempotency {
         if drafts.iter().all(|d| d.id.is_none() && d.kafka.is_none()) {
             return Ok(Ok(vec![None; drafts.len()]));
         }
-        self.seed(history)?;
+        self.seed(store)?;
         let keys = self.keys.borrow();
         let mut duplicates = Vec::with_capacity(drafts.len());
         for draft in drafts {
@@ -49,7 +49,8 @@ impl Idempotency {
             };
             let consumed_before = bridge
                 && draft.kafka.as_ref().is_some_and(|p| {
-                    history
+                    store
+                        .facts()
                         .inbound_offset(&p.partition_key())
                         .is_some_and(|stored| p.offset <= stored)
                 });
@@ -66,12 +67,12 @@ impl Idempotency {
     }
 
     /// Loads the ids of the stored messages into the window, once per wake.
-    fn seed(&self, history: &History) -> Result<()> {
+    fn seed(&self, store: &Store) -> Result<()> {
         if self.keys.borrow().is_some() {
             return Ok(());
         }
         let mut keys = Keys::default();
-        for row in history.keys()? {
+        for row in store.keys()? {
             let owner = if row.origin == Origin::Kafka.as_str() {
                 BRIDGE_OWNER
             } else {

@@ -52,8 +52,8 @@ impl Room {
             return refusal;
         }
         let own = self.clients.count();
-        let history = self.history()?;
-        if let Some((index, conn_id)) = self.shards.place(history, ctx, own, &identity.sub).await? {
+        let store = self.store()?;
+        if let Some((index, conn_id)) = self.shards.place(store, ctx, own, &identity.sub).await? {
             return shard_redirect(index, &conn_id);
         }
         if let Some(refusal) = self.replay_budget(ctx, &identity.sub, since) {
@@ -87,8 +87,8 @@ impl Room {
     /// this room, on the room and its shards.
     pub(super) async fn connection_limit(&self, ctx: &Ctx, sub: &str) -> Option<Result<Response>> {
         let limit = ctx.limits.max_connections_per_subject;
-        let on_shards = match self.history() {
-            Ok(history) => self.shards.open_of(history, ctx, sub).await,
+        let on_shards = match self.store() {
+            Ok(store) => self.shards.open_of(store, ctx, sub).await,
             Err(e) => return Some(Err(e)),
         };
         let open = on_shards + self.clients.open(&subject_tag(sub)).len();
@@ -126,18 +126,18 @@ impl Room {
         since: Option<u64>,
         epoch: Option<&str>,
     ) -> Result<Greeting> {
-        let history = self.history()?;
-        history.create(&ctx.room, &ctx.limits, ctx.settings.config.bridge)?;
-        let room_epoch = history.epoch().unwrap_or_default();
+        let store = self.store()?;
+        store.create(&ctx.room, &ctx.limits, ctx.settings.config.bridge)?;
+        let room_epoch = store.facts().epoch().unwrap_or_default();
         let resume = plan_resume(
             since,
             epoch,
             &room_epoch,
-            history.retained(&ctx.limits, ctx.now)?,
+            store.retained(&ctx.limits, ctx.now)?,
         );
         let replay = match resume.replay_after {
             Some(after) => {
-                let (count, bytes) = history.size_after(after, MAX_REPLAY)?;
+                let (count, bytes) = store.size_after(after, MAX_REPLAY)?;
                 Some(replay_route(after, count, bytes.unwrap_or(u64::MAX)))
             }
             None => None,
@@ -145,7 +145,7 @@ impl Room {
         if since.is_some() {
             self.counters.with(|s| s.reconnects_total += 1);
         }
-        let head = history.head();
+        let head = store.head();
         let welcome = Welcome {
             room: ctx.room.clone(),
             conn_id: session.conn_id.clone(),
@@ -186,10 +186,10 @@ impl Room {
         head: u64,
         mut send: impl FnMut(u64, &str) -> Result<()>,
     ) -> Result<()> {
-        let history = self.history()?;
+        let store = self.store()?;
         let mut from = after;
         while from < head {
-            let page = history.after(&ctx.room, from, MAX_PAGE.min(head - from), false)?;
+            let page = store.after(&ctx.room, from, MAX_PAGE.min(head - from), false)?;
             from = page.through;
             for message in &page.messages {
                 send(

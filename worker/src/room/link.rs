@@ -39,7 +39,7 @@ use crate::bridge_token;
 use crate::clients::send_error;
 use crate::context::Ctx;
 use crate::counters::Counters;
-use crate::history::History;
+use crate::store::Store;
 
 /// Tag of bridge links among the room's sockets.
 const LINK_TAG: &str = "bridge";
@@ -113,7 +113,7 @@ impl BridgeLink {
     }
 
     /// Finds the open link after a wake, once.
-    pub fn resolve(&self, history: &History) {
+    pub fn resolve(&self, store: &Store) {
         if !matches!(*self.cache.borrow(), LinkCache::Unknown) {
             return;
         }
@@ -121,7 +121,7 @@ impl BridgeLink {
             .links()
             .into_iter()
             .next()
-            .map(|(ws, _)| Feed::at(ws, history.cursor()));
+            .map(|(ws, _)| Feed::at(ws, store.cursor()));
         *self.cache.borrow_mut() = found.map_or(LinkCache::None, LinkCache::Open);
     }
 
@@ -147,7 +147,7 @@ impl BridgeLink {
         &self,
         ws: &WebSocket,
         message: WebSocketIncomingMessage,
-        history: &History,
+        store: &Store,
         ctx: &Ctx,
     ) -> Result<()> {
         let text = match message {
@@ -166,9 +166,9 @@ impl BridgeLink {
         };
         match parse_bridge_frame(&text) {
             Ok(BridgeFrame::BridgeAck { seq }) => {
-                history.confirm(seq)?;
-                self.skip_confirmed(history)?;
-                self.pump(history, ctx)
+                store.confirm(seq)?;
+                self.skip_confirmed(store)?;
+                self.pump(store, ctx)
             }
             Ok(BridgeFrame::Auth { token }) => self.refresh(ws, &token, ctx),
             Err(rejection) => send_error(ws, rejection.code, &rejection.message, None),
@@ -189,16 +189,12 @@ impl BridgeLink {
     }
 
     /// Sends the counters to the link if they changed since the last time.
-    fn send_stats(
-        &self,
-        history: &History,
-        report: &dyn Fn() -> Result<StatsReport>,
-    ) -> Result<()> {
-        if !self.stats_stale(history) {
+    fn send_stats(&self, store: &Store, report: &dyn Fn() -> Result<StatsReport>) -> Result<()> {
+        if !self.stats_stale(store) {
             return Ok(());
         }
-        self.skip_confirmed(history)?;
-        let version = self.stats_version(history);
+        self.skip_confirmed(store)?;
+        let version = self.stats_version(store);
         let frame = ServerFrame::Stats(Cow::Owned(report()?)).to_json();
         if let LinkCache::Open(feed) = &mut *self.cache.borrow_mut() {
             feed.ws.send_with_str(&frame)?;
@@ -209,8 +205,8 @@ impl BridgeLink {
 
     /// What a `stats` frame reports changes with: the counters, and the
     /// cursor (a `bridge_ack` moves the cursor and `pending`, no counter).
-    fn stats_version(&self, history: &History) -> (u64, u64) {
-        (self.counters.version(), history.cursor())
+    fn stats_version(&self, store: &Store) -> (u64, u64) {
+        (self.counters.version(), store.cursor())
     }
 
     /// The alarm's part for links: closes those whose token expired, sends
@@ -218,11 +214,11 @@ impl BridgeLink {
     /// deadline is.
     pub fn tick(
         &self,
-        history: &History,
+        store: &Store,
         ctx: &Ctx,
         report: &dyn Fn() -> Result<StatsReport>,
     ) -> Result<Option<u64>> {
-        self.resolve(history);
+        self.resolve(store);
         let mut next = None;
         for (ws, mut link) in self.links() {
             let close_at = bridge_token::close_at_ms(link.exp, &ctx.settings);
@@ -231,15 +227,15 @@ impl BridgeLink {
                 continue;
             }
             let stats_due = link.last_stats_ms + STATS_INTERVAL_MS;
-            if ctx.now >= stats_due && self.stats_stale(history) {
-                self.send_stats(history, report)?;
+            if ctx.now >= stats_due && self.stats_stale(store) {
+                self.send_stats(store, report)?;
                 link.last_stats_ms = ctx.now;
                 self.keep(&ws, &link)?;
             }
-            self.pump(history, ctx)?;
+            self.pump(store, ctx)?;
             // An idle linked room sleeps until its link's token needs
             // checking; new counters bring the next stats tick forward.
-            let due = if self.stats_stale(history) {
+            let due = if self.stats_stale(store) {
                 close_at.min(link.last_stats_ms + STATS_INTERVAL_MS)
             } else {
                 close_at
@@ -250,14 +246,14 @@ impl BridgeLink {
     }
 
     /// When new counters should reach the link, if they should.
-    pub fn stats_due(&self, history: &History, now_ms: u64) -> Option<u64> {
-        self.stats_stale(history)
+    pub fn stats_due(&self, store: &Store, now_ms: u64) -> Option<u64> {
+        self.stats_stale(store)
             .then_some(now_ms + STATS_INTERVAL_MS)
     }
 
     /// Whether the open link's last `stats` frame is out of date.
-    fn stats_stale(&self, history: &History) -> bool {
-        let version = self.stats_version(history);
+    fn stats_stale(&self, store: &Store) -> bool {
+        let version = self.stats_version(store);
         matches!(&*self.cache.borrow(), LinkCache::Open(feed) if feed.stats_version != Some(version))
     }
 
@@ -312,9 +308,9 @@ impl Room {
                 "the room link needs ?instance=<id>",
             );
         };
-        let history = self.history()?;
-        history.create(&ctx.room, &ctx.limits, true)?;
-        history.mark_bridged()?;
+        let store = self.store()?;
+        store.create(&ctx.room, &ctx.limits, true)?;
+        store.mark_bridged()?;
         let pair = WebSocketPair::new()?;
         let link = Link {
             instance,
@@ -322,12 +318,12 @@ impl Room {
             last_stats_ms: ctx.now,
             closed: false,
         };
-        self.link.accept(&pair.server, &link, history.cursor())?;
+        self.link.accept(&pair.server, &link, store.cursor())?;
         let welcome = Welcome {
             room: ctx.room.clone(),
             conn_id: ids::conn_id(),
-            epoch: history.epoch().unwrap_or_default(),
-            head: history.head(),
+            epoch: store.facts().epoch().unwrap_or_default(),
+            head: store.head(),
             recovered: true,
             heartbeat_ms: ctx.limits.heartbeat_ms,
             max_message_bytes: ctx.limits.max_message_bytes,
@@ -336,14 +332,14 @@ impl Room {
                 burst: ctx.limits.rate_burst,
             },
             exp: identity.exp,
-            cursor: Some(history.cursor()),
+            cursor: Some(store.cursor()),
             catch_up: None,
         };
         pair.server
             .send_with_str(ServerFrame::Welcome(Cow::Borrowed(&welcome)).to_json())?;
         self.announce.set(Reannounce::default());
-        self.link.pump(history, ctx)?;
-        self.link.send_stats(history, &|| self.stats_report(ctx))?;
+        self.link.pump(store, ctx)?;
+        self.link.send_stats(store, &|| self.stats_report(ctx))?;
         let close_at = bridge_token::close_at_ms(link.exp, &ctx.settings);
         self.alarm
             .no_later_than(close_at.min(ctx.now + STATS_INTERVAL_MS))
@@ -356,7 +352,7 @@ impl Room {
     /// away), its owner links the room again when the registry announces it.
     pub(super) fn link_lost(&self, ws: &WebSocket) {
         self.link.gone(ws);
-        if self.history().is_ok_and(|h| h.pending() > 0) && !self.link.is_open() {
+        if self.store().is_ok_and(|h| h.pending() > 0) && !self.link.is_open() {
             self.reannounce(now_ms());
         }
     }

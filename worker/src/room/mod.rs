@@ -6,7 +6,7 @@
 //! It uses the WebSocket Hibernation API, so an idle room is evicted from
 //! memory while its clients stay connected: what must survive lives in
 //! socket attachments (the sessions, the bridge link's state) and in
-//! SQLite ([`History`]); what may be rebuilt lives in memory (rate buckets,
+//! SQLite ([`Store`]); what may be rebuilt lives in memory (rate buckets,
 //! the idempotency key window, the last frame of each connection, counters
 //! between flushes). Timers run from the Durable Object alarm, which also
 //! works while hibernating.
@@ -53,10 +53,10 @@ use crate::alarm::Alarm;
 use crate::clients::{self, Clients};
 use crate::context::Ctx;
 use crate::counters::Counters;
-use crate::history::History;
 use crate::reply;
 use crate::settings;
 use crate::storage::Db;
+use crate::store::Store;
 
 use fanout::ShardFanout;
 use idempotency::Idempotency;
@@ -66,7 +66,7 @@ use link::BridgeLink;
 pub struct Room {
     state: State,
     env: Env,
-    history: OnceCell<History>,
+    store: OnceCell<Store>,
     counters: Rc<Counters>,
     clients: Clients,
     alarm: Alarm,
@@ -99,7 +99,7 @@ impl DurableObject for Room {
             shards: ShardFanout::new(&env, counters.clone()),
             state,
             env,
-            history: OnceCell::new(),
+            store: OnceCell::new(),
             counters,
             limiter: RefCell::new(Limiter::default()),
             idempotency: Idempotency::default(),
@@ -131,8 +131,8 @@ impl DurableObject for Room {
     ) -> Result<()> {
         let result = match self.named_ctx() {
             Ok(ctx) if self.link.is_link(&ws) => self
-                .history()
-                .and_then(|history| self.link.on_frame(&ws, message, history, &ctx)),
+                .store()
+                .and_then(|store| self.link.on_frame(&ws, message, store, &ctx)),
             Ok(ctx) => self.on_frame(&ws, message, &ctx).await,
             Err(e) => Err(e),
         };
@@ -179,33 +179,34 @@ impl DurableObject for Room {
 }
 
 impl Room {
-    fn history(&self) -> Result<&History> {
-        if let Some(history) = self.history.get() {
-            return Ok(history);
+    fn store(&self) -> Result<&Store> {
+        if let Some(store) = self.store.get() {
+            return Ok(store);
         }
-        let history = History::open(
+        let store = Store::open(
             Db::new(self.state.storage().sql()),
             &settings::load(&self.env)
                 .map_err(worker::Error::RustError)?
                 .config,
         )?;
-        Ok(self.history.get_or_init(|| history))
+        Ok(self.store.get_or_init(|| store))
     }
 
     /// The context of an event that names no room (a frame, the alarm):
     /// the room's name is the one its first write stored.
     fn named_ctx(&self) -> Result<Ctx> {
         let name = self
-            .history()?
+            .store()?
+            .facts()
             .name()
             .ok_or_else(|| worker::Error::RustError("room has no name yet".into()))?;
         Ctx::of(&self.env, &name)
     }
 
     fn name_or_unknown(&self) -> String {
-        self.history()
+        self.store()
             .ok()
-            .and_then(History::name)
+            .and_then(|store| store.facts().name())
             .unwrap_or_else(|| "<unnamed>".into())
     }
 
@@ -214,13 +215,10 @@ impl Room {
     /// this room, and the room's shards when they have something coming.
     async fn after_event(&self) {
         let now = now_ms();
-        if let Ok(history) = self.history() {
-            self.counters.flush_if_due(history, now);
+        if let Ok(store) = self.store() {
+            self.counters.flush_if_due(store, now);
         }
-        let link_stats = self
-            .history()
-            .ok()
-            .and_then(|h| self.link.stats_due(h, now));
+        let link_stats = self.store().ok().and_then(|h| self.link.stats_due(h, now));
         let due = [link_stats, self.retire_check.take()];
         if let Some(at) = due.into_iter().flatten().min() {
             if let Err(e) = self.alarm.no_later_than(at).await {
@@ -230,8 +228,8 @@ impl Room {
         if self.register.replace(false) {
             self.register_now().await;
         }
-        if let Ok(history) = self.history() {
-            self.shards.fan_out(history).await;
+        if let Ok(store) = self.store() {
+            self.shards.fan_out(store).await;
         }
     }
 }

@@ -110,9 +110,9 @@ impl Room {
                 return Ok(Err(Refusal::ReservedId(id.to_owned())));
             }
         }
-        let history = self.history()?;
+        let store = self.store()?;
         let duplicates = match self.idempotency.duplicates(
-            history,
+            store,
             &drafts,
             publisher.owner(),
             publisher.bridge,
@@ -126,7 +126,7 @@ impl Room {
                 .borrow_mut()
                 .count_unlimited(fresh, &ctx.limits, ctx.now);
         }
-        history.create(&ctx.room, &ctx.limits, ctx.settings.config.bridge)?;
+        store.create(&ctx.room, &ctx.limits, ctx.settings.config.bridge)?;
         let mut receipts = Vec::with_capacity(drafts.len());
         let mut messages: Vec<Message> = Vec::with_capacity(drafts.len());
         let mut offsets: Vec<KafkaPosition> = Vec::new();
@@ -145,7 +145,7 @@ impl Room {
                 });
                 continue;
             }
-            let seq = history.next_seq() + messages.len() as u64;
+            let seq = store.next_seq() + messages.len() as u64;
             let message = message(ctx, draft, seq, publisher);
             receipts.push(Receipt {
                 id: message.id.clone(),
@@ -154,9 +154,11 @@ impl Room {
             });
             messages.push(message);
         }
-        let lost = self.store(ctx, &messages, publisher.owner())?;
+        let lost = self.append(ctx, &messages, publisher.owner())?;
         for position in &offsets {
-            history.set_inbound_offset(&position.partition_key(), position.offset)?;
+            store
+                .facts()
+                .set_inbound_offset(&position.partition_key(), position.offset)?;
         }
         for message in &messages {
             self.broadcast(ctx, message);
@@ -188,8 +190,8 @@ impl Room {
     /// Writes the new messages and remembers their ids (once the window is
     /// loaded; until then the stored rows are the record). Returns what the
     /// write dropped from a full outbox.
-    fn store(&self, ctx: &Ctx, messages: &[Message], owner: &str) -> Result<Lost> {
-        let lost = self.history()?.append(messages, &ctx.limits)?;
+    fn append(&self, ctx: &Ctx, messages: &[Message], owner: &str) -> Result<Lost> {
+        let lost = self.store()?.append(messages, &ctx.limits)?;
         self.idempotency.record(messages, owner);
         Ok(lost)
     }
@@ -199,9 +201,9 @@ impl Room {
     pub(super) fn broadcast(&self, ctx: &Ctx, message: &Message) {
         let frame = ServerFrame::Message(Cow::Borrowed(message)).to_json();
         self.clients.broadcast(&frame);
-        if let Ok(history) = self.history() {
-            self.link.relay(history, ctx, message, &frame);
-            self.shards.remember(history, message.seq, frame);
+        if let Ok(store) = self.store() {
+            self.link.relay(store, ctx, message, &frame);
+            self.shards.remember(store, message.seq, frame);
         }
     }
 
@@ -221,15 +223,15 @@ impl Room {
                 s.message(origin);
             }
         });
-        let history = self.history()?;
+        let store = self.store()?;
         let mut lost = dropped;
         if lost.run.is_none() {
-            lost = history.trim_age(&ctx.limits, ctx.now, false)?;
+            lost = store.trim_age(&ctx.limits, ctx.now, false)?;
         }
         self.count_lost(ctx, lost);
-        if !history.registered() {
+        if !store.facts().registered() {
             self.register.set(true);
-        } else if origin != Origin::Kafka && history.bridged() && !self.link.is_open() {
+        } else if origin != Origin::Kafka && store.bridged() && !self.link.is_open() {
             self.reannounce(ctx.now);
         }
         self.retire_check

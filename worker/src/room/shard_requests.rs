@@ -32,18 +32,18 @@ impl Room {
         let request: JoinRequest = serde_json::from_str(&req.text().await?)?;
         // Admitted when it was placed; a client that took longer than the
         // grace to get here is admitted again, if it still may be.
-        let history = self.history()?;
+        let store = self.store()?;
         let placed = self
             .shards
-            .get(history)
+            .get(store)
             .connections()
             .holds(&request.conn_id, request.shard);
         if !placed {
             if let Some(refusal) = self.connection_limit(ctx, &identity.sub).await {
                 return refusal;
             }
-            let head = history.head();
-            self.shards.get(history).admit(
+            let head = store.head();
+            self.shards.get(store).admit(
                 &request.conn_id,
                 request.shard,
                 &identity.sub,
@@ -52,7 +52,7 @@ impl Room {
             );
         }
         if let Some(refusal) = self.replay_budget(ctx, &identity.sub, request.since) {
-            self.shards.get(history).left(&request.conn_id);
+            self.shards.get(store).left(&request.conn_id);
             return refusal;
         }
         let session = roomcast_protocol::session::Session::new(request.conn_id, identity, ctx.now);
@@ -69,7 +69,7 @@ impl Room {
         let headers = Headers::new();
         let sent = self
             .shards
-            .get(history)
+            .get(store)
             .shards()
             .get(request.shard as usize)
             .and_then(|s| s.sent);
@@ -84,7 +84,7 @@ impl Room {
     pub(super) async fn forward_from_shard(&self, mut req: Request, ctx: &Ctx) -> Result<Response> {
         let forward: Forward = serde_json::from_str(&req.text().await?)?;
         {
-            let mut fanout = self.shards.get(self.history()?);
+            let mut fanout = self.shards.get(self.store()?);
             for conn_id in &forward.joins {
                 fanout.confirmed(conn_id);
             }
@@ -131,7 +131,7 @@ impl Room {
         let (Ok(after), Ok(until)) = (bound("after"), bound("until")) else {
             return reply::error(ErrorCode::BadRequest, "a gap is ?after=<seq>&until=<seq>");
         };
-        let page = self.history()?.after(
+        let page = self.store()?.after(
             &ctx.room,
             after,
             until.saturating_sub(after).min(MAX_PAGE),

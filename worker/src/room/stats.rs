@@ -13,22 +13,22 @@ impl Room {
     /// storage but what was loaded on wake: `/stats` costs the same however
     /// big the room is.
     pub(super) fn stats_report(&self, ctx: &Ctx) -> Result<StatsReport> {
-        let history = self.history()?;
-        let (shard_clients, shards) = self.shards.clients(history);
+        let store = self.store()?;
+        let (shard_clients, shards) = self.shards.clients(store);
         Ok(StatsReport {
             room: ctx.room.clone(),
-            epoch: history.epoch().unwrap_or_default(),
-            head: history.head(),
+            epoch: store.facts().epoch().unwrap_or_default(),
+            head: store.head(),
             connections: self.clients.count() + shard_clients,
             shards,
-            cursor: history.cursor(),
-            pending: history.pending(),
-            counters: self.counters.snapshot(history),
+            cursor: store.cursor(),
+            pending: store.pending(),
+            counters: self.counters.snapshot(store),
         })
     }
 
     pub(super) async fn report_stats(&self, ctx: &Ctx) -> Result<Response> {
-        self.shards.count(self.history()?, ctx).await;
+        self.shards.count(self.store()?, ctx).await;
         let mut report = serde_json::to_value(self.stats_report(ctx)?)?;
         report["alarm"] = self.alarm.next().await?.into();
         reply::json(200, &report)

@@ -10,29 +10,29 @@ use super::Room;
 
 impl Room {
     pub(super) async fn sweep(&self) -> Result<()> {
-        let history = self.history()?;
-        if !history.exists() {
+        let store = self.store()?;
+        if !store.exists() {
             // An alarm left over from before the storage was deleted.
             return self.alarm.set(None).await;
         }
         let ctx = self.named_ctx()?;
         let mut next = self.clients.sweep(&ctx)?.next;
         let mut earliest = |at: u64| next = Some(next.map_or(at, |n: u64| n.min(at)));
-        if let Some(at) = self.link.tick(history, &ctx, &|| self.stats_report(&ctx))? {
+        if let Some(at) = self.link.tick(store, &ctx, &|| self.stats_report(&ctx))? {
             earliest(at);
         }
-        let lost = history.trim_age(&ctx.limits, ctx.now, true)?;
+        let lost = store.trim_age(&ctx.limits, ctx.now, true)?;
         self.count_lost(&ctx, lost);
-        if !history.registered() && history.head() > 0 {
+        if !store.facts().registered() && store.head() > 0 {
             self.register.set(true);
         }
-        self.shards.count(history, &ctx).await;
+        self.shards.count(store, &ctx).await;
         let quiet = Quiet {
-            clients: (self.clients.count() + self.shards.clients(history).0) as usize,
-            pending: history.pending(),
-            last_message_ms: history.last_message_ms()?,
+            clients: (self.clients.count() + self.shards.clients(store).0) as usize,
+            pending: store.pending(),
+            last_message_ms: store.last_message_ms()?,
         };
-        if may_retire(quiet, ctx.limits.room_retire_ms, ctx.now) && self.shards.counted(history) {
+        if may_retire(quiet, ctx.limits.room_retire_ms, ctx.now) && self.shards.counted(store) {
             return self.retire(&ctx).await;
         }
         if quiet.clients == 0 && quiet.pending == 0 {
