@@ -1,5 +1,6 @@
 //! Requests between the objects of one room: its sequencer (the room's own
-//! object) and its shards (docs/scaling.md), plus the names that reach them.
+//! object, [`crate::room`]) and its shards ([`crate::shard`],
+//! docs/scaling.md), and the names that reach them.
 //!
 //! They are plain `fetch`es between Durable Objects, never sockets: only a
 //! socket an object accepted can hibernate, and both sides here hold
@@ -11,20 +12,12 @@ use roomcast_protocol::auth::Identity;
 use roomcast_protocol::shard::shard_name;
 use worker::{Env, Headers, Method, Request, RequestInit, Response, Result, Stub};
 
-use crate::room::{IDENTITY_HEADER, ROOM_HEADER};
+use crate::headers::{IDENTITY_HEADER, OP_HEADER, ROOM_HEADER, SHARD_HEADER};
 
-/// The Durable Object namespace of rooms and their shards (see `wrangler.toml`).
+/// The Durable Object namespace of rooms' own objects (see `wrangler.toml`).
 pub const ROOMS_BINDING: &str = "ROOMS";
-/// The shard a request is for (router → shard, sequencer → shard), and the
-/// shard a join is placed on (the sequencer's answer to the router).
-pub const SHARD_HEADER: &str = "x-roomcast-shard";
-/// The connection a join placed on a shard is admitted under (the
-/// sequencer's answer to the router, then the router to the shard).
-pub const CONN_HEADER: &str = "x-roomcast-conn";
-/// The internal operation a request asks for.
-pub const OP_HEADER: &str = "x-roomcast-op";
-/// The last seq the sequencer confirmed delivered to a joining shard.
-pub const SENT_HEADER: &str = "x-roomcast-sent";
+/// The namespace of their shards.
+pub const SHARDS_BINDING: &str = "SHARDS";
 
 /// What one object of a room asks another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +61,9 @@ pub fn room_stub(env: &Env, room: &str) -> Result<Stub> {
 
 /// Shard `index` of `room`.
 pub fn shard_stub(env: &Env, room: &str, index: u32) -> Result<Stub> {
-    room_stub(env, &shard_name(room, index))
+    env.durable_object(SHARDS_BINDING)?
+        .id_from_name(&shard_name(room, index))?
+        .get_stub()
 }
 
 /// One internal request.

@@ -1,4 +1,5 @@
-//! roomcast's edge worker: the HTTP router, the `Room` Durable Object, the
+//! roomcast's edge worker: the HTTP router, the `Room` Durable Object and
+//! the `Shard`s that hold the sockets of rooms too big for one object, the
 //! `Registry` that assigns rooms to bridge instances, and the `Quota` of
 //! each subject across rooms.
 //!
@@ -11,8 +12,11 @@
 mod alarm;
 mod attachment;
 mod bridge_token;
+mod clients;
+mod context;
+mod counters;
+mod headers;
 mod hibernation;
-mod history;
 mod internal;
 mod quota;
 mod registry;
@@ -20,7 +24,9 @@ mod reply;
 mod room;
 mod router;
 mod settings;
+mod shard;
 mod storage;
+mod store;
 
 use roomcast_protocol::ErrorCode;
 use worker::{console_error, event, Context, Env, Request, Response, Result};
@@ -28,6 +34,7 @@ use worker::{console_error, event, Context, Env, Request, Response, Result};
 pub use quota::Quota;
 pub use registry::Registry;
 pub use room::Room;
+pub use shard::Shard;
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {

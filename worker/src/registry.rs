@@ -35,8 +35,8 @@ use worker::{
 use crate::alarm;
 use crate::attachment::Attachment;
 use crate::bridge_token;
+use crate::headers::IDENTITY_HEADER;
 use crate::reply;
-use crate::room::IDENTITY_HEADER;
 use crate::settings::{self, Settings};
 use crate::storage::Db;
 

@@ -17,15 +17,12 @@ use roomcast_protocol::clock::now_ms;
 use roomcast_protocol::ErrorCode;
 use worker::{Env, Headers, Method, Request, RequestInit, Response, Stub};
 
-use crate::internal::{self, CONN_HEADER, SHARD_HEADER};
+use crate::headers::{CONN_HEADER, IDENTITY_HEADER, INTERNAL_PREFIX, ROOM_HEADER, SHARD_HEADER};
+use crate::internal;
 use crate::registry;
 use crate::reply;
-use crate::room::{IDENTITY_HEADER, ROOM_HEADER};
 use crate::settings::{self, Settings};
 
-/// Prefix of the headers between the router and the objects, which a
-/// client's request never carries through.
-const INTERNAL_HEADERS: &str = "x-roomcast-";
 /// The static-assets binding serving `public/`.
 const ASSETS_BINDING: &str = "ASSETS";
 
@@ -218,7 +215,7 @@ impl Inner {
     ) -> Result<Inner, Failure> {
         let headers = Headers::new();
         for (name, value) in req.headers().entries() {
-            if !name.starts_with(INTERNAL_HEADERS) {
+            if !name.starts_with(INTERNAL_PREFIX) {
                 headers.append(&name, &value)?;
             }
         }

@@ -12,7 +12,9 @@ use roomcast_protocol::history::TURN_BYTES;
 use roomcast_protocol::wire::{Message, Origin, ServerFrame};
 use worker::{Result, WebSocket};
 
-use super::{Ctx, Room};
+use super::link::BridgeLink;
+use crate::context::Ctx;
+use crate::store::Store;
 
 /// The most messages beyond the bridge's cursor the link carries at once.
 const WINDOW: u64 = 1000;
@@ -34,7 +36,7 @@ pub(super) struct Feed {
     sent: u64,
     /// The highest seq actually sent.
     relayed: u64,
-    /// What the last `stats` frame reported (see `Room::stats_version`).
+    /// What the last `stats` frame reported (see `BridgeLink::stats_version`).
     pub(super) stats_version: Option<(u64, u64)>,
 }
 
@@ -50,24 +52,17 @@ impl Feed {
     }
 }
 
-impl Room {
-    /// Whether a bridge link is open, as far as this wake resolved it.
-    pub(super) fn link_open(&self) -> bool {
-        matches!(*self.link.borrow(), LinkCache::Open(_))
-    }
-
+impl BridgeLink {
     /// Hands a just-stored message to the link: sent at once when the feed
-    /// is caught up and the window open, else fed by [`Room::pump`].
-    pub(super) fn relay(&self, ctx: &Ctx, message: &Message, frame: &str) {
-        if self.resolve_link().is_err() {
-            return;
-        }
+    /// is caught up and the window open, else fed by [`BridgeLink::pump`].
+    pub fn relay(&self, store: &Store, ctx: &Ctx, message: &Message, frame: &str) {
+        self.resolve(store);
         let caught_up = {
-            let mut cache = self.link.borrow_mut();
+            let mut cache = self.cache.borrow_mut();
             let LinkCache::Open(feed) = &mut *cache else {
                 return;
             };
-            let cursor = self.history().map(|h| h.cursor()).unwrap_or(0);
+            let cursor = store.cursor();
             let open = message.seq.saturating_sub(cursor) <= WINDOW;
             if feed.sent + 1 == message.seq && open {
                 if message.origin != Origin::Kafka {
@@ -88,7 +83,7 @@ impl Room {
             }
         };
         if !caught_up {
-            if let Err(e) = self.pump(ctx) {
+            if let Err(e) = self.pump(store, ctx) {
                 worker::console_warn!("room {}: feeding the bridge link: {e}", ctx.room);
             }
         }
@@ -96,20 +91,19 @@ impl Room {
 
     /// Sends what the window allows of the messages the feed has not sent
     /// yet, within one turn's byte budget.
-    pub(super) fn pump(&self, ctx: &Ctx) -> Result<()> {
-        self.resolve_link()?;
-        let history = self.history()?;
-        let mut cache = self.link.borrow_mut();
+    pub fn pump(&self, store: &Store, ctx: &Ctx) -> Result<()> {
+        self.resolve(store);
+        let mut cache = self.cache.borrow_mut();
         let LinkCache::Open(feed) = &mut *cache else {
             return Ok(());
         };
         let mut bytes = 0u64;
-        while feed.sent < history.head() && bytes < TURN_BYTES {
-            let room_in_window = (history.cursor() + WINDOW).saturating_sub(feed.sent);
+        while feed.sent < store.head() && bytes < TURN_BYTES {
+            let room_in_window = (store.cursor() + WINDOW).saturating_sub(feed.sent);
             if room_in_window == 0 {
                 break;
             }
-            let page = history.after(&ctx.room, feed.sent, room_in_window, true)?;
+            let page = store.after(&ctx.room, feed.sent, room_in_window, true)?;
             for message in &page.messages {
                 let frame = ServerFrame::Message(Cow::Borrowed(message)).to_json();
                 bytes += frame.len() as u64;
@@ -125,12 +119,11 @@ impl Room {
     /// Moves the cursor over what the link only skipped (messages from
     /// Kafka) once everything it sent is confirmed: otherwise a room whose
     /// last messages came from Kafka would look pending forever.
-    pub(super) fn skip_confirmed(&self) -> Result<()> {
-        let history = self.history()?;
-        let cache = self.link.borrow();
+    pub fn skip_confirmed(&self, store: &Store) -> Result<()> {
+        let cache = self.cache.borrow();
         if let LinkCache::Open(feed) = &*cache {
-            if feed.relayed <= history.cursor() && feed.sent > history.cursor() {
-                history.confirm(feed.sent)?;
+            if feed.relayed <= store.cursor() && feed.sent > store.cursor() {
+                store.confirm(feed.sent)?;
             }
         }
         Ok(())

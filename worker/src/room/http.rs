@@ -13,7 +13,8 @@ use roomcast_protocol::ErrorCode;
 use worker::{Request, Response, Result};
 
 use super::publish::{Publisher, Refusal};
-use super::{Ctx, Room};
+use super::Room;
+use crate::context::Ctx;
 use crate::reply;
 
 impl Room {
@@ -107,13 +108,13 @@ impl Room {
                 return self.http_refusal(&refusal);
             }
         }
-        let history = self.history()?;
-        let retained = history.retained(&ctx.limits, ctx.now)?;
+        let store = self.store()?;
+        let retained = store.retained(&ctx.limits, ctx.now)?;
         let floor = retained.oldest.map_or(retained.head, |oldest| oldest - 1);
-        let read = history.after(&ctx.room, page.since.max(floor), page.limit, false)?;
+        let read = store.after(&ctx.room, page.since.max(floor), page.limit, false)?;
         let body = HistoryPage {
             room: ctx.room.clone(),
-            epoch: history.epoch().unwrap_or_default(),
+            epoch: store.facts().epoch().unwrap_or_default(),
             head: retained.head,
             truncated: !read.messages.is_empty() && read.through < retained.head,
             messages: read.messages,

@@ -7,25 +7,23 @@
 //! slip in between; it is bounded ([`replay_route`]): a resume that would
 //! replay more than one turn may carry is told to page through HTTP
 //! instead (`welcome.catch_up`). A shard's client gets the same welcome and
-//! replay, built here and carried by the shard ([`super::shard`]).
+//! replay, built here and carried by the shard ([`crate::shard`]).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use roomcast_protocol::admission::answer_subprotocol;
 use roomcast_protocol::auth::Identity;
-use roomcast_protocol::history::{
-    parse_u64, plan_resume, replay_route, Replay, MAX_PAGE, MAX_REPLAY,
-};
+use roomcast_protocol::history::{plan_resume, replay_route, Replay, MAX_PAGE, MAX_REPLAY};
 use roomcast_protocol::ids::{self, subject_tag};
 use roomcast_protocol::session::Session;
 use roomcast_protocol::wire::{CatchUp, RateInfo, ServerFrame, Welcome};
 use roomcast_protocol::ErrorCode;
-use worker::{Headers, Request, Response, Result, WebSocket, WebSocketPair};
+use worker::{Headers, Request, Response, Result, WebSocketPair};
 
-use super::{Ctx, Room, CLIENT_TAG};
-use crate::attachment::Attachment;
-use crate::internal::{CONN_HEADER, SHARD_HEADER};
+use super::Room;
+use crate::clients;
+use crate::context::Ctx;
+use crate::headers::{CONN_HEADER, SHARD_HEADER};
 use crate::reply;
 
 /// What a joining connection is told first, and what it is replayed.
@@ -43,9 +41,9 @@ impl Room {
         identity: Identity,
         query: &HashMap<String, String>,
     ) -> Result<Response> {
-        let since = match since(query) {
+        let since = match clients::since(query) {
             Ok(since) => since,
-            Err(refusal) => return refusal,
+            Err(message) => return reply::error(ErrorCode::BadRequest, &message),
         };
         if let Some(refusal) = self.creation_refused(ctx, &identity).await? {
             return Ok(refusal);
@@ -53,7 +51,9 @@ impl Room {
         if let Some(refusal) = self.connection_limit(ctx, &identity.sub).await {
             return refusal;
         }
-        if let Some((index, conn_id)) = self.placement(ctx, &identity.sub).await? {
+        let own = self.clients.count();
+        let store = self.store()?;
+        if let Some((index, conn_id)) = self.shards.place(store, ctx, own, &identity.sub).await? {
             return shard_redirect(index, &conn_id);
         }
         if let Some(refusal) = self.replay_budget(ctx, &identity.sub, since) {
@@ -64,9 +64,12 @@ impl Room {
         let epoch = query.get("epoch").map(String::as_str);
         let greeting = self.greet(ctx, &session, since, epoch)?;
         let pair = WebSocketPair::new()?;
-        self.state
-            .accept_websocket_with_tags(&pair.server, &[CLIENT_TAG, &subject_tag(&session.sub)]);
-        self.keep(&pair.server, &session)?;
+        self.clients.accept(
+            &pair.server,
+            &session,
+            &[&subject_tag(&session.sub)],
+            ctx.now,
+        )?;
         pair.server
             .send_with_str(ServerFrame::Welcome(Cow::Borrowed(&greeting.welcome)).to_json())?;
         if let Some(after) = greeting.replay_after {
@@ -74,32 +77,21 @@ impl Room {
                 pair.server.send_with_str(frame)
             })?;
         }
-        self.opened(req, ctx, &session, pair.client).await
-    }
-
-    /// Counts an accepted client socket in, sets the alarm for its first
-    /// deadline, and answers the upgrade with `client`.
-    pub(super) async fn opened(
-        &self,
-        req: &Request,
-        ctx: &Ctx,
-        session: &Session,
-        client: WebSocket,
-    ) -> Result<Response> {
-        self.count_client(1);
-        self.seen
-            .borrow_mut()
-            .insert(session.conn_id.clone(), ctx.now);
-        self.alarm_no_later_than(session.next_deadline(0, &ctx.timing()))
+        self.alarm
+            .no_later_than(session.next_deadline(0, &ctx.timing()))
             .await?;
-        with_subprotocol(Response::from_websocket(client)?, req)
+        clients::upgraded(req, pair.client)
     }
 
     /// The refusal of a subject that holds its limit of connections to
     /// this room, on the room and its shards.
     pub(super) async fn connection_limit(&self, ctx: &Ctx, sub: &str) -> Option<Result<Response>> {
         let limit = ctx.limits.max_connections_per_subject;
-        let open = self.open_on_shards(ctx, sub).await + self.open_of(&subject_tag(sub));
+        let on_shards = match self.store() {
+            Ok(store) => self.shards.open_of(store, ctx, sub).await,
+            Err(e) => return Some(Err(e)),
+        };
+        let open = on_shards + self.clients.open(&subject_tag(sub)).len();
         if open < limit as usize {
             return None;
         }
@@ -125,15 +117,6 @@ impl Room {
         Some(self.http_refusal(&refusal))
     }
 
-    /// Connections `tag`'s subject holds open here.
-    fn open_of(&self, tag: &str) -> usize {
-        self.state
-            .get_websockets_with_tag(tag)
-            .iter()
-            .filter(|ws| Session::load(ws).ok().flatten().is_some_and(|s| !s.closed))
-            .count()
-    }
-
     /// Creates the room if needed (the epoch handed out in `welcome` must
     /// be the one its messages will carry) and decides the resume.
     pub(super) fn greet(
@@ -143,18 +126,18 @@ impl Room {
         since: Option<u64>,
         epoch: Option<&str>,
     ) -> Result<Greeting> {
-        let history = self.history()?;
-        history.create(&ctx.room, &ctx.limits, ctx.settings.config.bridge)?;
-        let room_epoch = history.epoch().unwrap_or_default();
+        let store = self.store()?;
+        store.create(&ctx.room, &ctx.limits, ctx.settings.config.bridge)?;
+        let room_epoch = store.facts().epoch().unwrap_or_default();
         let resume = plan_resume(
             since,
             epoch,
             &room_epoch,
-            history.retained(&ctx.limits, ctx.now)?,
+            store.retained(&ctx.limits, ctx.now)?,
         );
         let replay = match resume.replay_after {
             Some(after) => {
-                let (count, bytes) = history.size_after(after, MAX_REPLAY)?;
+                let (count, bytes) = store.size_after(after, MAX_REPLAY)?;
                 Some(replay_route(after, count, bytes.unwrap_or(u64::MAX)))
             }
             None => None,
@@ -162,7 +145,7 @@ impl Room {
         if since.is_some() {
             self.counters.with(|s| s.reconnects_total += 1);
         }
-        let head = history.head();
+        let head = store.head();
         let welcome = Welcome {
             room: ctx.room.clone(),
             conn_id: session.conn_id.clone(),
@@ -203,10 +186,10 @@ impl Room {
         head: u64,
         mut send: impl FnMut(u64, &str) -> Result<()>,
     ) -> Result<()> {
-        let history = self.history()?;
+        let store = self.store()?;
         let mut from = after;
         while from < head {
-            let page = history.after(&ctx.room, from, MAX_PAGE.min(head - from), false)?;
+            let page = store.after(&ctx.room, from, MAX_PAGE.min(head - from), false)?;
             from = page.through;
             for message in &page.messages {
                 send(
@@ -221,18 +204,6 @@ impl Room {
     }
 }
 
-/// The `since` a join asks for, or its refusal.
-pub(super) fn since(
-    query: &HashMap<String, String>,
-) -> std::result::Result<Option<u64>, Result<Response>> {
-    match query.get("since") {
-        None => Ok(None),
-        Some(s) => parse_u64("since", Some(s), 0)
-            .map(Some)
-            .map_err(|message| reply::error(ErrorCode::BadRequest, &message)),
-    }
-}
-
 /// Tells the router to take the join to shard `index`, as connection
 /// `conn_id`; no client sees it.
 fn shard_redirect(index: u32, conn_id: &str) -> Result<Response> {
@@ -240,17 +211,4 @@ fn shard_redirect(index: u32, conn_id: &str) -> Result<Response> {
     headers.set(SHARD_HEADER, &index.to_string())?;
     headers.set(CONN_HEADER, conn_id)?;
     Ok(Response::empty()?.with_status(204).with_headers(headers))
-}
-
-/// Answers the subprotocol the client offered (never its token).
-fn with_subprotocol(response: Response, req: &Request) -> Result<Response> {
-    let offered = req.headers().get("sec-websocket-protocol")?;
-    match answer_subprotocol(offered.as_deref()) {
-        Some(protocol) => {
-            let headers = Headers::new();
-            headers.set("sec-websocket-protocol", &protocol)?;
-            Ok(response.with_headers(headers))
-        }
-        None => Ok(response),
-    }
 }

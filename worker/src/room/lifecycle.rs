@@ -16,8 +16,8 @@ use roomcast_protocol::wire::Registration;
 use roomcast_protocol::ErrorCode;
 use worker::{console_error, Response, Result};
 
-use super::feed::LinkCache;
-use super::{Ctx, Room};
+use super::Room;
+use crate::context::Ctx;
 use crate::{quota, registry, reply};
 
 /// How soon a failed registration is tried again.
@@ -29,16 +29,16 @@ impl Room {
     /// retries.
     pub(super) async fn register_now(&self) {
         let result = async {
-            let history = self.history()?;
-            let Some(room) = history.name() else {
+            let store = self.store()?;
+            let Some(room) = store.facts().name() else {
                 return Ok(());
             };
             let registration = Registration {
                 room,
-                pending: history.pending(),
+                pending: store.pending(),
             };
             registry::register(&self.env, &registration).await?;
-            history.set_registered(true)
+            store.facts().set_registered(true)
         }
         .await;
         if let Err(e) = result {
@@ -46,7 +46,7 @@ impl Room {
                 "room {}: could not register with the registry: {e}",
                 self.name_or_unknown()
             );
-            if let Err(e) = self.alarm_no_later_than(now_ms() + REGISTER_RETRY_MS).await {
+            if let Err(e) = self.alarm.no_later_than(now_ms() + REGISTER_RETRY_MS).await {
                 console_error!(
                     "room {}: could not schedule a retry: {e}",
                     self.name_or_unknown()
@@ -64,7 +64,7 @@ impl Room {
         ctx: &Ctx,
         identity: &Identity,
     ) -> Result<Option<Response>> {
-        if identity.rights.bridge || self.history()?.exists() {
+        if identity.rights.bridge || self.store()?.exists() {
             return Ok(None);
         }
         let Some(retry_after_ms) = quota::create_room(&self.env, &identity.sub).await? else {
@@ -94,33 +94,33 @@ impl Room {
 
     /// Retires the room; deletes its storage when its history has aged out.
     pub(super) async fn retire(&self, ctx: &Ctx) -> Result<()> {
-        self.retire_links()?;
-        let history = self.history()?;
-        if history.registered() {
+        self.link.retire()?;
+        let store = self.store()?;
+        if store.facts().registered() {
             // Marked first: a message that arrives while the registry is
             // being told registers the room again after its own turn.
-            history.set_registered(false)?;
+            store.facts().set_registered(false)?;
             registry::retire(&self.env, &ctx.room).await?;
         }
         // The await above let other events in: retire only if it still may.
         let quiet = Quiet {
-            clients: (self.clients() + self.shard_clients().0) as usize,
-            pending: history.pending(),
-            last_message_ms: history.last_message_ms()?,
+            clients: (self.clients.count() + self.shards.clients(store).0) as usize,
+            pending: store.pending(),
+            last_message_ms: store.last_message_ms()?,
         };
         let now = now_ms();
         if !may_retire(quiet, ctx.limits.room_retire_ms, now) {
             return Ok(());
         }
-        history.trim_age(&ctx.limits, now, true)?;
-        match history.oldest_ts()? {
+        store.trim_age(&ctx.limits, now, true)?;
+        match store.oldest_ts()? {
             Some(oldest) => {
                 // The history outlives the room's activity: one last alarm,
                 // when it has aged out, deletes it.
-                self.counters.flush(history, now);
+                self.counters.flush(store, now);
                 let gone_at =
                     oldest.saturating_add(ctx.limits.history_ttl_secs.saturating_mul(1000));
-                self.set_alarm(Some(gone_at)).await
+                self.alarm.set(Some(gone_at)).await
             }
             None => self.delete_storage().await,
         }
@@ -129,14 +129,12 @@ impl Room {
     /// Deletes everything the room stored; the next message starts it
     /// afresh under a new epoch.
     async fn delete_storage(&self) -> Result<()> {
-        let storage = self.state.storage();
-        storage.delete_alarm().await?;
-        storage.delete_all().await?;
-        self.alarm_at.set(Some(None));
-        self.history()?.forget();
-        *self.keys.borrow_mut() = None;
-        *self.link.borrow_mut() = LinkCache::None;
-        *self.fanout.borrow_mut() = None;
+        self.alarm.set(None).await?;
+        self.state.storage().delete_all().await?;
+        self.store()?.forget();
+        self.idempotency.forget();
+        self.link.forget();
+        self.shards.forget();
         self.announce.set(Reannounce::default());
         self.counters.reset();
         Ok(())

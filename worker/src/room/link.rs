@@ -5,27 +5,41 @@
 //! instance taking over a room never races the previous one. The link is fed
 //! every message after the bridge's cursor that did not come from Kafka, in
 //! order, through a window ([`super::feed`]). `bridge_ack` moves the cursor
-//! (which is what lets the room trim) and opens the window again. A link's token is held to its expiry like a client's: the bridge
-//! refreshes it with `auth` ([`crate::bridge_token`]), or the alarm closes
-//! the link (4001). Counters go out when they changed, at most every
-//! [`STATS_INTERVAL_MS`]. A room that retires closes its link with 4010.
+//! (which is what lets the room trim) and opens the window again. A link's
+//! token is held to its expiry like a client's: the bridge refreshes it with
+//! `auth` ([`crate::bridge_token`]), or the alarm closes the link (4001).
+//! Counters go out when they changed, at most every [`STATS_INTERVAL_MS`].
+//! A room that retires closes its link with 4010.
+//!
+//! [`BridgeLink`] is the room's link as one value: it reads the room's
+//! history and is handed the room's `stats` report when it needs one, and
+//! knows nothing else of the room.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use roomcast_protocol::auth::Identity;
+use roomcast_protocol::clock::now_ms;
 use roomcast_protocol::ids;
 use roomcast_protocol::lifecycle::Reannounce;
+use roomcast_protocol::stats::StatsReport;
 use roomcast_protocol::wire::{parse_bridge_frame, BridgeFrame, RateInfo, ServerFrame, Welcome};
 use roomcast_protocol::{CloseCode, ErrorCode};
 use serde::{Deserialize, Serialize};
-use worker::{Response, Result, WebSocket, WebSocketIncomingMessage, WebSocketPair};
+use wasm_bindgen::{JsCast, JsValue};
+use worker::worker_sys::DurableObjectState;
+use worker::{Response, Result, State, WebSocket, WebSocketIncomingMessage, WebSocketPair};
 
 use super::feed::{Feed, LinkCache};
-use super::frames::send_error;
-use super::{Ctx, Room};
+use super::Room;
 use crate::attachment::Attachment;
 use crate::bridge_token;
+use crate::clients::send_error;
+use crate::context::Ctx;
+use crate::counters::Counters;
+use crate::store::Store;
 
 /// Tag of bridge links among the room's sockets.
 const LINK_TAG: &str = "bridge";
@@ -45,14 +59,42 @@ struct Link {
 
 impl Attachment for Link {}
 
-impl Room {
-    pub(super) fn is_link(&self, ws: &WebSocket) -> bool {
-        if let LinkCache::Open(feed) = &*self.link.borrow() {
+/// The room's bridge link.
+pub(super) struct BridgeLink {
+    /// The room's own handle on its sockets.
+    state: State,
+    counters: Rc<Counters>,
+    pub(super) cache: RefCell<LinkCache>,
+}
+
+impl BridgeLink {
+    pub fn new(state: &State, counters: Rc<Counters>) -> BridgeLink {
+        BridgeLink {
+            state: State::from(
+                JsValue::clone(state.as_raw()).unchecked_into::<DurableObjectState>(),
+            ),
+            counters,
+            cache: RefCell::new(LinkCache::Unknown),
+        }
+    }
+
+    pub fn is_link(&self, ws: &WebSocket) -> bool {
+        if let LinkCache::Open(feed) = &*self.cache.borrow() {
             if feed.ws.as_ref() == ws.as_ref() {
                 return true;
             }
         }
         self.state.get_tags(ws).iter().any(|t| t == LINK_TAG)
+    }
+
+    /// Whether a link is open, as far as this wake resolved it.
+    pub fn is_open(&self) -> bool {
+        matches!(*self.cache.borrow(), LinkCache::Open(_))
+    }
+
+    /// Forgets the link (the room's storage was deleted).
+    pub fn forget(&self) {
+        *self.cache.borrow_mut() = LinkCache::None;
     }
 
     /// Open links with their state (at most one, unless one is being superseded).
@@ -71,84 +113,41 @@ impl Room {
     }
 
     /// Finds the open link after a wake, once.
-    pub(super) fn resolve_link(&self) -> Result<()> {
-        if !matches!(*self.link.borrow(), LinkCache::Unknown) {
-            return Ok(());
+    pub fn resolve(&self, store: &Store) {
+        if !matches!(*self.cache.borrow(), LinkCache::Unknown) {
+            return;
         }
-        let cursor = self.history()?.cursor();
         let found = self
             .links()
             .into_iter()
             .next()
-            .map(|(ws, _)| Feed::at(ws, cursor));
-        *self.link.borrow_mut() = found.map_or(LinkCache::None, LinkCache::Open);
+            .map(|(ws, _)| Feed::at(ws, store.cursor()));
+        *self.cache.borrow_mut() = found.map_or(LinkCache::None, LinkCache::Open);
+    }
+
+    /// Takes a new link in, superseding any older one.
+    fn accept(&self, ws: &WebSocket, link: &Link, cursor: u64) -> Result<()> {
+        for (old_ws, old) in self.links() {
+            self.close(&old_ws, old, CloseCode::Superseded)?;
+        }
+        self.state.accept_websocket_with_tags(ws, &[LINK_TAG]);
+        self.keep(ws, link)?;
+        *self.cache.borrow_mut() = LinkCache::Open(Feed::at(ws.clone(), cursor));
         Ok(())
     }
 
-    /// Accepts a bridge link, superseding any older one.
-    pub(super) async fn link(
-        &self,
-        ctx: &Ctx,
-        identity: Identity,
-        query: &HashMap<String, String>,
-    ) -> Result<Response> {
-        if !identity.rights.bridge {
-            return crate::reply::error(ErrorCode::Forbidden, "room links need the bridge's token");
-        }
-        let Some(instance) = query.get("instance").filter(|i| !i.is_empty()).cloned() else {
-            return crate::reply::error(
-                ErrorCode::BadRequest,
-                "the room link needs ?instance=<id>",
-            );
-        };
-        for (ws, old) in self.links() {
-            self.close_link(&ws, old, CloseCode::Superseded)?;
-        }
-        let history = self.history()?;
-        history.create(&ctx.room, &ctx.limits, true)?;
-        history.mark_bridged()?;
-        let pair = WebSocketPair::new()?;
-        self.state
-            .accept_websocket_with_tags(&pair.server, &[LINK_TAG]);
-        let link = Link {
-            instance,
-            exp: identity.exp,
-            last_stats_ms: ctx.now,
-            closed: false,
-        };
-        self.keep(&pair.server, &link)?;
-        let welcome = Welcome {
-            room: ctx.room.clone(),
-            conn_id: ids::conn_id(),
-            epoch: history.epoch().unwrap_or_default(),
-            head: history.head(),
-            recovered: true,
-            heartbeat_ms: ctx.limits.heartbeat_ms,
-            max_message_bytes: ctx.limits.max_message_bytes,
-            rate: RateInfo {
-                per_sec: ctx.limits.rate_per_sec,
-                burst: ctx.limits.rate_burst,
-            },
-            exp: identity.exp,
-            cursor: Some(history.cursor()),
-            catch_up: None,
-        };
-        pair.server
-            .send_with_str(ServerFrame::Welcome(Cow::Borrowed(&welcome)).to_json())?;
-        *self.link.borrow_mut() = LinkCache::Open(Feed::at(pair.server.clone(), history.cursor()));
-        self.announce.set(Reannounce::default());
-        self.pump(ctx)?;
-        self.send_stats(ctx)?;
-        let close_at = bridge_token::close_at_ms(link.exp, &ctx.settings);
-        self.alarm_no_later_than(close_at.min(ctx.now + STATS_INTERVAL_MS))
-            .await?;
-        Response::from_websocket(pair.client)
+    /// Saves a link's state, counted as the clients' sessions are.
+    fn keep(&self, ws: &WebSocket, link: &Link) -> Result<()> {
+        self.counters.with(|s| s.attachment_writes += 1);
+        link.save(ws)
     }
 
-    pub(super) fn on_link_frame(
+    /// A frame from the bridge.
+    pub fn on_frame(
         &self,
         ws: &WebSocket,
         message: WebSocketIncomingMessage,
+        store: &Store,
         ctx: &Ctx,
     ) -> Result<()> {
         let text = match message {
@@ -167,12 +166,11 @@ impl Room {
         };
         match parse_bridge_frame(&text) {
             Ok(BridgeFrame::BridgeAck { seq }) => {
-                let history = self.history()?;
-                history.confirm(seq)?;
-                self.skip_confirmed()?;
-                self.pump(ctx)
+                store.confirm(seq)?;
+                self.skip_confirmed(store)?;
+                self.pump(store, ctx)
             }
-            Ok(BridgeFrame::Auth { token }) => self.refresh_link(ws, &token, ctx),
+            Ok(BridgeFrame::Auth { token }) => self.refresh(ws, &token, ctx),
             Err(rejection) => send_error(ws, rejection.code, &rejection.message, None),
         }
     }
@@ -180,7 +178,7 @@ impl Room {
     /// Moves the link's expiry to that of a fresh bridge token. No alarm is
     /// needed for the later deadline: the one already set for the old
     /// deadline comes first, and its sweep reads the new expiry.
-    fn refresh_link(&self, ws: &WebSocket, token: &str, ctx: &Ctx) -> Result<()> {
+    fn refresh(&self, ws: &WebSocket, token: &str, ctx: &Ctx) -> Result<()> {
         let Some(mut link) = Link::load(ws)?.filter(|l| !l.closed) else {
             return Ok(());
         };
@@ -191,14 +189,14 @@ impl Room {
     }
 
     /// Sends the counters to the link if they changed since the last time.
-    fn send_stats(&self, ctx: &Ctx) -> Result<()> {
-        if !self.link_stats_stale() {
+    fn send_stats(&self, store: &Store, report: &dyn Fn() -> Result<StatsReport>) -> Result<()> {
+        if !self.stats_stale(store) {
             return Ok(());
         }
-        self.skip_confirmed()?;
-        let version = self.stats_version();
-        let frame = ServerFrame::Stats(Cow::Owned(self.stats_report(ctx)?)).to_json();
-        if let LinkCache::Open(feed) = &mut *self.link.borrow_mut() {
+        self.skip_confirmed(store)?;
+        let version = self.stats_version(store);
+        let frame = ServerFrame::Stats(Cow::Owned(report()?)).to_json();
+        if let LinkCache::Open(feed) = &mut *self.cache.borrow_mut() {
             feed.ws.send_with_str(&frame)?;
             feed.stats_version = Some(version);
         }
@@ -207,33 +205,37 @@ impl Room {
 
     /// What a `stats` frame reports changes with: the counters, and the
     /// cursor (a `bridge_ack` moves the cursor and `pending`, no counter).
-    fn stats_version(&self) -> (u64, u64) {
-        let cursor = self.history().map_or(0, |h| h.cursor());
-        (self.counters.version(), cursor)
+    fn stats_version(&self, store: &Store) -> (u64, u64) {
+        (self.counters.version(), store.cursor())
     }
 
     /// The alarm's part for links: closes those whose token expired, sends
     /// changed counters to the open one; returns when the next link
     /// deadline is.
-    pub(super) fn link_tick(&self, ctx: &Ctx) -> Result<Option<u64>> {
-        self.resolve_link()?;
+    pub fn tick(
+        &self,
+        store: &Store,
+        ctx: &Ctx,
+        report: &dyn Fn() -> Result<StatsReport>,
+    ) -> Result<Option<u64>> {
+        self.resolve(store);
         let mut next = None;
         for (ws, mut link) in self.links() {
             let close_at = bridge_token::close_at_ms(link.exp, &ctx.settings);
             if ctx.now >= close_at {
-                self.close_link(&ws, link, CloseCode::TokenExpired)?;
+                self.close(&ws, link, CloseCode::TokenExpired)?;
                 continue;
             }
             let stats_due = link.last_stats_ms + STATS_INTERVAL_MS;
-            if ctx.now >= stats_due && self.link_stats_stale() {
-                self.send_stats(ctx)?;
+            if ctx.now >= stats_due && self.stats_stale(store) {
+                self.send_stats(store, report)?;
                 link.last_stats_ms = ctx.now;
                 self.keep(&ws, &link)?;
             }
-            self.pump(ctx)?;
+            self.pump(store, ctx)?;
             // An idle linked room sleeps until its link's token needs
             // checking; new counters bring the next stats tick forward.
-            let due = if self.link_stats_stale() {
+            let due = if self.stats_stale(store) {
                 close_at.min(link.last_stats_ms + STATS_INTERVAL_MS)
             } else {
                 close_at
@@ -244,37 +246,37 @@ impl Room {
     }
 
     /// When new counters should reach the link, if they should.
-    pub(super) fn link_stats_due(&self, now_ms: u64) -> Option<u64> {
-        self.link_stats_stale()
+    pub fn stats_due(&self, store: &Store, now_ms: u64) -> Option<u64> {
+        self.stats_stale(store)
             .then_some(now_ms + STATS_INTERVAL_MS)
     }
 
     /// Whether the open link's last `stats` frame is out of date.
-    fn link_stats_stale(&self) -> bool {
-        let version = self.stats_version();
-        matches!(&*self.link.borrow(), LinkCache::Open(feed) if feed.stats_version != Some(version))
+    fn stats_stale(&self, store: &Store) -> bool {
+        let version = self.stats_version(store);
+        matches!(&*self.cache.borrow(), LinkCache::Open(feed) if feed.stats_version != Some(version))
     }
 
     /// Closes the link because the room retires.
-    pub(super) fn retire_links(&self) -> Result<()> {
+    pub fn retire(&self) -> Result<()> {
         for (ws, link) in self.links() {
-            self.close_link(&ws, link, CloseCode::Retired)?;
+            self.close(&ws, link, CloseCode::Retired)?;
         }
         Ok(())
     }
 
-    fn close_link(&self, ws: &WebSocket, mut link: Link, code: CloseCode) -> Result<()> {
+    fn close(&self, ws: &WebSocket, mut link: Link, code: CloseCode) -> Result<()> {
         link.closed = true;
         self.keep(ws, &link)?;
-        self.link_gone(ws);
+        self.gone(ws);
         // The socket may already be closing from the other side.
         let _ = ws.close(Some(code.code()), Some(code.reason()));
         Ok(())
     }
 
     /// The link is gone (closed by the room or by the bridge).
-    pub(super) fn link_gone(&self, ws: &WebSocket) {
-        let mut cache = self.link.borrow_mut();
+    pub fn gone(&self, ws: &WebSocket) {
+        let mut cache = self.cache.borrow_mut();
         let gone = match &*cache {
             LinkCache::Open(feed) => feed.ws.as_ref() == ws.as_ref(),
             _ => false,
@@ -285,6 +287,73 @@ impl Room {
             // Another link is open: nothing to forget.
         } else {
             *cache = LinkCache::Unknown;
+        }
+    }
+}
+
+impl Room {
+    /// Accepts a bridge link, superseding any older one.
+    pub(super) async fn accept_link(
+        &self,
+        ctx: &Ctx,
+        identity: Identity,
+        query: &HashMap<String, String>,
+    ) -> Result<Response> {
+        if !identity.rights.bridge {
+            return crate::reply::error(ErrorCode::Forbidden, "room links need the bridge's token");
+        }
+        let Some(instance) = query.get("instance").filter(|i| !i.is_empty()).cloned() else {
+            return crate::reply::error(
+                ErrorCode::BadRequest,
+                "the room link needs ?instance=<id>",
+            );
+        };
+        let store = self.store()?;
+        store.create(&ctx.room, &ctx.limits, true)?;
+        store.mark_bridged()?;
+        let pair = WebSocketPair::new()?;
+        let link = Link {
+            instance,
+            exp: identity.exp,
+            last_stats_ms: ctx.now,
+            closed: false,
+        };
+        self.link.accept(&pair.server, &link, store.cursor())?;
+        let welcome = Welcome {
+            room: ctx.room.clone(),
+            conn_id: ids::conn_id(),
+            epoch: store.facts().epoch().unwrap_or_default(),
+            head: store.head(),
+            recovered: true,
+            heartbeat_ms: ctx.limits.heartbeat_ms,
+            max_message_bytes: ctx.limits.max_message_bytes,
+            rate: RateInfo {
+                per_sec: ctx.limits.rate_per_sec,
+                burst: ctx.limits.rate_burst,
+            },
+            exp: identity.exp,
+            cursor: Some(store.cursor()),
+            catch_up: None,
+        };
+        pair.server
+            .send_with_str(ServerFrame::Welcome(Cow::Borrowed(&welcome)).to_json())?;
+        self.announce.set(Reannounce::default());
+        self.link.pump(store, ctx)?;
+        self.link.send_stats(store, &|| self.stats_report(ctx))?;
+        let close_at = bridge_token::close_at_ms(link.exp, &ctx.settings);
+        self.alarm
+            .no_later_than(close_at.min(ctx.now + STATS_INTERVAL_MS))
+            .await?;
+        Response::from_websocket(pair.client)
+    }
+
+    /// The bridge closed the link or lost it. If it let go with messages
+    /// still to relay (an idle close racing a publish, a bridge that went
+    /// away), its owner links the room again when the registry announces it.
+    pub(super) fn link_lost(&self, ws: &WebSocket) {
+        self.link.gone(ws);
+        if self.store().is_ok_and(|h| h.pending() > 0) && !self.link.is_open() {
+            self.reannounce(now_ms());
         }
     }
 }

@@ -9,7 +9,6 @@
 
 use std::borrow::Cow;
 
-use roomcast_protocol::dedupe::{Keys, Verdict};
 use roomcast_protocol::ids::{self, reserved_for_bridge};
 use roomcast_protocol::rate::Admission;
 use roomcast_protocol::ring::Lost;
@@ -17,11 +16,9 @@ use roomcast_protocol::wire::{Draft, KafkaPosition, Message, Origin, Receipt, Se
 use roomcast_protocol::ErrorCode;
 use worker::{console_warn, Result};
 
-use super::{Ctx, Room};
-
-/// The owner of the ids the bridge publishes under, whatever the subject
-/// of the bridge token in use: every bridge instance may retry any record.
-const BRIDGE_OWNER: &str = "\u{0}bridge";
+use super::idempotency::BRIDGE_OWNER;
+use super::Room;
+use crate::context::Ctx;
 
 /// Who publishes.
 pub(super) struct Publisher<'a> {
@@ -113,7 +110,13 @@ impl Room {
                 return Ok(Err(Refusal::ReservedId(id.to_owned())));
             }
         }
-        let duplicates = match self.duplicates(&drafts, publisher)? {
+        let store = self.store()?;
+        let duplicates = match self.idempotency.duplicates(
+            store,
+            &drafts,
+            publisher.owner(),
+            publisher.bridge,
+        )? {
             Ok(duplicates) => duplicates,
             Err(id) => return Ok(Err(Refusal::Conflict(id))),
         };
@@ -123,8 +126,7 @@ impl Room {
                 .borrow_mut()
                 .count_unlimited(fresh, &ctx.limits, ctx.now);
         }
-        let history = self.history()?;
-        history.create(&ctx.room, &ctx.limits, ctx.settings.config.bridge)?;
+        store.create(&ctx.room, &ctx.limits, ctx.settings.config.bridge)?;
         let mut receipts = Vec::with_capacity(drafts.len());
         let mut messages: Vec<Message> = Vec::with_capacity(drafts.len());
         let mut offsets: Vec<KafkaPosition> = Vec::new();
@@ -143,7 +145,7 @@ impl Room {
                 });
                 continue;
             }
-            let seq = history.next_seq() + messages.len() as u64;
+            let seq = store.next_seq() + messages.len() as u64;
             let message = message(ctx, draft, seq, publisher);
             receipts.push(Receipt {
                 id: message.id.clone(),
@@ -152,74 +154,17 @@ impl Room {
             });
             messages.push(message);
         }
-        let lost = self.store(ctx, &messages, publisher.owner())?;
+        let lost = self.append(ctx, &messages, publisher.owner())?;
         for position in &offsets {
-            history.set_inbound_offset(&position.partition_key(), position.offset)?;
+            store
+                .facts()
+                .set_inbound_offset(&position.partition_key(), position.offset)?;
         }
         for message in &messages {
             self.broadcast(ctx, message);
         }
         self.after_publish(ctx, &messages, publisher.origin, lost)?;
         Ok(Ok(receipts))
-    }
-
-    /// For each draft, the seq of the message it repeats, if any: the same
-    /// id from the same owner, or (from the bridge) a Kafka record at or
-    /// below the highest offset the room stored from its partition, whose
-    /// seq is 0 when the room no longer knows it. A draft whose id another
-    /// owner holds refuses the whole batch, and its id is returned.
-    fn duplicates(
-        &self,
-        drafts: &[Draft],
-        publisher: &Publisher<'_>,
-    ) -> Result<std::result::Result<Vec<Option<u64>>, String>> {
-        if drafts.iter().all(|d| d.id.is_none() && d.kafka.is_none()) {
-            return Ok(Ok(vec![None; drafts.len()]));
-        }
-        self.seed_keys()?;
-        let history = self.history()?;
-        let keys = self.keys.borrow();
-        let mut duplicates = Vec::with_capacity(drafts.len());
-        for draft in drafts {
-            let verdict = match (draft.id.as_deref(), keys.as_ref()) {
-                (Some(id), Some(keys)) => keys.check(id, publisher.owner()),
-                _ => Verdict::New,
-            };
-            let consumed_before = publisher.bridge
-                && draft.kafka.as_ref().is_some_and(|p| {
-                    history
-                        .inbound_offset(&p.partition_key())
-                        .is_some_and(|stored| p.offset <= stored)
-                });
-            duplicates.push(match verdict {
-                Verdict::Duplicate { seq } => Some(seq),
-                _ if consumed_before => Some(0),
-                Verdict::New => None,
-                Verdict::Conflict => {
-                    return Ok(Err(draft.id.clone().unwrap_or_default()));
-                }
-            });
-        }
-        Ok(Ok(duplicates))
-    }
-
-    /// Loads the ids of the stored messages into the key window, once per
-    /// wake: the first publish that names an id needs them.
-    fn seed_keys(&self) -> Result<()> {
-        if self.keys.borrow().is_some() {
-            return Ok(());
-        }
-        let mut keys = Keys::default();
-        for row in self.history()?.keys()? {
-            let owner = if row.origin == Origin::Kafka.as_str() {
-                BRIDGE_OWNER
-            } else {
-                row.sender.as_str()
-            };
-            keys.record(&row.id, owner, row.seq);
-        }
-        *self.keys.borrow_mut() = Some(keys);
-        Ok(())
     }
 
     /// `n` tokens of the subject's budget (the bridge's publishes are
@@ -245,13 +190,9 @@ impl Room {
     /// Writes the new messages and remembers their ids (once the window is
     /// loaded; until then the stored rows are the record). Returns what the
     /// write dropped from a full outbox.
-    fn store(&self, ctx: &Ctx, messages: &[Message], owner: &str) -> Result<Lost> {
-        let lost = self.history()?.append(messages, &ctx.limits)?;
-        if let Some(keys) = self.keys.borrow_mut().as_mut() {
-            for message in messages {
-                keys.record(&message.id, owner, message.seq);
-            }
-        }
+    fn append(&self, ctx: &Ctx, messages: &[Message], owner: &str) -> Result<Lost> {
+        let lost = self.store()?.append(messages, &ctx.limits)?;
+        self.idempotency.record(messages, owner);
         Ok(lost)
     }
 
@@ -259,9 +200,11 @@ impl Room {
     /// the room's shards. The frame is serialised once for all of them.
     pub(super) fn broadcast(&self, ctx: &Ctx, message: &Message) {
         let frame = ServerFrame::Message(Cow::Borrowed(message)).to_json();
-        self.send_to_clients(&frame);
-        self.relay(ctx, message, &frame);
-        self.keep_for_shards(message.seq, frame);
+        self.clients.broadcast(&frame);
+        if let Ok(store) = self.store() {
+            self.link.relay(store, ctx, message, &frame);
+            self.shards.remember(store, message.seq, frame);
+        }
     }
 
     /// Counters, trims and registration after new messages.
@@ -280,15 +223,15 @@ impl Room {
                 s.message(origin);
             }
         });
-        let history = self.history()?;
+        let store = self.store()?;
         let mut lost = dropped;
         if lost.run.is_none() {
-            lost = history.trim_age(&ctx.limits, ctx.now, false)?;
+            lost = store.trim_age(&ctx.limits, ctx.now, false)?;
         }
         self.count_lost(ctx, lost);
-        if !history.registered() {
+        if !store.facts().registered() {
             self.register.set(true);
-        } else if origin != Origin::Kafka && history.bridged() && !self.link_open() {
+        } else if origin != Origin::Kafka && store.bridged() && !self.link.is_open() {
             self.reannounce(ctx.now);
         }
         self.retire_check

@@ -1,28 +1,26 @@
-//! A shard's publishes (docs/scaling.md): its clients' `publish` frames go
-//! to the sequencer in arrival order, one request at a time with whatever
-//! queued meanwhile, together with the connections that opened and closed.
-//! Each publisher gets the sequencer's answer as the room itself would give
-//! it: the ack after its message, or the refusal with the same strikes and
-//! closes.
+//! A shard's publishes: its clients' `publish` frames go to the room in
+//! arrival order, one request at a time with whatever queued meanwhile,
+//! together with the connections that opened and closed. Each publisher
+//! gets the room's answer as the room itself would give it: the ack after
+//! its message, or the refusal with the same strikes and closes.
 
 use std::borrow::Cow;
 
 use roomcast_protocol::session::Session;
 use roomcast_protocol::shard::{forward_has_room, Forward, Forwarded, Outcome as Sequenced};
 use roomcast_protocol::wire::{Draft, Rejection, ServerFrame};
-use roomcast_protocol::{CloseCode, ErrorCode};
+use roomcast_protocol::ErrorCode;
 use worker::{console_warn, Result, WebSocket};
 
-use super::frames::{forgive, send_error, Outcome};
-use super::shard::parse_tag;
-use super::{Ctx, Room};
-use crate::attachment::Attachment;
+use super::Shard;
+use crate::clients::{forgive, send_error};
+use crate::context::Ctx;
 use crate::internal::{room_stub, Call, Op};
 
 /// Who to answer about a forwarded publish.
 pub(super) struct Pending {
-    pub ws: WebSocket,
-    pub reference: Option<String>,
+    ws: WebSocket,
+    reference: Option<String>,
 }
 
 /// An ack held until its message is delivered.
@@ -31,8 +29,8 @@ pub(super) struct Ack {
     pub frame: String,
 }
 
-impl Room {
-    /// A client's publish, for the sequencer; answered when it answers.
+impl Shard {
+    /// A client's publish, for the room; answered when it answers.
     pub(super) async fn forward_publish(
         &self,
         ws: &WebSocket,
@@ -43,7 +41,7 @@ impl Room {
     ) {
         let bytes = draft.data.get().len();
         let room = self
-            .with_side(|s| forward_has_room(s.queue.len(), s.queued_bytes, bytes))
+            .with_subscription(|s| forward_has_room(s.queue.len(), s.queued_bytes, bytes))
             .unwrap_or(false);
         if !room {
             self.counters.with(|s| s.reject(ErrorCode::RateLimited));
@@ -60,31 +58,19 @@ impl Room {
             ws: ws.clone(),
             reference,
         };
-        self.with_side(|s| {
+        self.with_subscription(|s| {
             s.queue.push((forwarded, pending));
             s.queued_bytes += bytes;
         });
         self.pump_forward(ctx).await;
     }
 
-    /// A client socket is gone: on a shard, the sequencer counts it out.
-    pub(super) fn shard_left(&self, ws: &WebSocket, conn_id: &str) {
-        if !self.is_shard() {
-            let Some((index, room)) = self.state.get_tags(ws).iter().find_map(|t| parse_tag(t))
-            else {
-                return;
-            };
-            self.become_shard(&room, index);
-        }
-        self.with_side(|s| s.leaves.push(conn_id.to_owned()));
-    }
-
-    /// Sends what queued for the sequencer, one request at a time, until
-    /// nothing is left or the sequencer fails: the joins and leaves it did not take
-    /// wait for the shard's next event rather than being sent again at
-    /// once, which would spin for as long as the sequencer keeps failing.
+    /// Sends what queued for the room, one request at a time, until
+    /// nothing is left or the room fails: the joins and leaves it did not
+    /// take wait for the shard's next event rather than being sent again at
+    /// once, which would spin for as long as the room keeps failing.
     pub(super) async fn pump_forward(&self, ctx: &Ctx) {
-        if self.with_side(|s| std::mem::replace(&mut s.forwarding, true)) != Some(false) {
+        if self.with_subscription(|s| std::mem::replace(&mut s.forwarding, true)) != Some(false) {
             return;
         }
         while let Some((forward, pendings)) = self.next_forward() {
@@ -100,10 +86,10 @@ impl Room {
                 other => {
                     let error = other.err().map(|e| e.to_string()).unwrap_or_default();
                     console_warn!(
-                        "room {}: the sequencer did not take a shard's publishes: {error}",
+                        "room {}: the room did not take a shard's publishes: {error}",
                         ctx.room
                     );
-                    self.with_side(|s| {
+                    self.with_subscription(|s| {
                         s.joins.extend(joins);
                         s.leaves.extend(leaves);
                     });
@@ -120,11 +106,11 @@ impl Room {
             }
             self.catch_up_acks(ctx).await;
         }
-        self.with_side(|s| s.forwarding = false);
+        self.with_subscription(|s| s.forwarding = false);
     }
 
     fn next_forward(&self) -> Option<(Forward, Vec<Pending>)> {
-        self.with_side(|s| {
+        self.with_subscription(|s| {
             if s.queue.is_empty() && s.joins.is_empty() && s.leaves.is_empty() {
                 return None;
             }
@@ -157,7 +143,7 @@ impl Room {
     /// Acks waiting for messages no batch has brought yet: fetch those now
     /// rather than wait for the push.
     async fn catch_up_acks(&self, ctx: &Ctx) {
-        let highest = self.with_side(|s| s.waiting.highest()).flatten();
+        let highest = self.with_subscription(|s| s.waiting.highest()).flatten();
         if let Some(highest) = highest.filter(|h| self.position().is_some_and(|d| d < *h)) {
             if let Err(e) = self.fill(ctx, highest).await {
                 console_warn!("room {}: fetching acked messages: {e}", ctx.room);
@@ -166,7 +152,7 @@ impl Room {
         self.release_acks();
     }
 
-    /// Tells a publisher what the sequencer did with its message.
+    /// Tells a publisher what the room did with its message.
     fn answer(&self, ctx: &Ctx, outcome: Sequenced, pending: Pending) -> Result<()> {
         let Pending { ws, reference } = pending;
         let receipt = match outcome {
@@ -176,11 +162,21 @@ impl Room {
                 message,
                 close,
                 ..
-            } => return self.refused_by_sequencer(ctx, &ws, code, message, close, reference),
+            } => {
+                let Some(mut session) = self.clients.session(&ws)? else {
+                    return Ok(());
+                };
+                let rejection = Rejection::new(code, message).with_ref(reference);
+                let outcome = self.clients.refused(&ws, &mut session, &rejection, close)?;
+                return self
+                    .clients
+                    .settle(&ws, &mut session, outcome, ctx.now, false);
+            }
         };
-        if let Some(mut session) = Session::load(&ws)?.filter(|s| !s.closed) {
+        if let Some(mut session) = self.clients.session(&ws)? {
             let outcome = forgive(&mut session.strikes);
-            self.settle(&ws, &mut session, outcome, ctx.now, false)?;
+            self.clients
+                .settle(&ws, &mut session, outcome, ctx.now, false)?;
         }
         let frame = ServerFrame::Ack {
             reference: reference.as_deref().map(Cow::Borrowed),
@@ -190,37 +186,7 @@ impl Room {
         if receipt.duplicate || self.position().is_some_and(|d| d >= receipt.seq) {
             return ws.send_with_str(&frame);
         }
-        self.with_side(|s| s.waiting.push(receipt.seq, Ack { ws, frame }));
+        self.with_subscription(|s| s.waiting.push(receipt.seq, Ack { ws, frame }));
         Ok(())
-    }
-
-    fn refused_by_sequencer(
-        &self,
-        ctx: &Ctx,
-        ws: &WebSocket,
-        code: ErrorCode,
-        message: String,
-        close: bool,
-        reference: Option<String>,
-    ) -> Result<()> {
-        let Some(mut session) = Session::load(ws)?.filter(|s| !s.closed) else {
-            return Ok(());
-        };
-        let outcome = if code == ErrorCode::RateLimited {
-            self.counters.with(|s| s.reject(code));
-            if close {
-                Outcome::Close(CloseCode::RateLimited)
-            } else {
-                send_error(ws, code, &message, reference.as_deref())?;
-                Outcome::Keep
-            }
-        } else {
-            self.reject(
-                ws,
-                &mut session,
-                &Rejection::new(code, message).with_ref(reference),
-            )?
-        };
-        self.settle(ws, &mut session, outcome, ctx.now, false)
     }
 }

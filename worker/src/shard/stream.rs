@@ -1,31 +1,58 @@
-//! A shard's stream of messages (docs/scaling.md): the batches the
-//! sequencer pushes, delivered once each and in order by [`Stream`], and
-//! what a batch skipped over, fetched from the sequencer before anything
-//! newer. Acks of the shard's own publishers are released here, once their
-//! message is out.
+//! A shard's stream of messages: the batches the room pushes, delivered
+//! once each and in order by [`Stream`], and what a batch skipped over,
+//! fetched from the room before anything newer. What the room no longer
+//! stores cannot be fetched: the shard then closes its clients (1011) and
+//! they resume, told of the gap like any client that fell behind. Acks of
+//! the shard's own publishers are released here, once their message is out.
 //!
 //! [`Stream`]: roomcast_protocol::shard::Stream
 
-use roomcast_protocol::session::Session;
 use roomcast_protocol::shard::{parse_batch, ShardReport, Step};
 use roomcast_protocol::CloseCode;
 use worker::{console_warn, Request, Response, Result};
 
-use super::{Ctx, Room, CLIENT_TAG};
-use crate::attachment::Attachment;
+use super::Shard;
+use crate::clients::CLIENT_TAG;
+use crate::context::Ctx;
 use crate::internal::{room_stub, Call, Op};
 use crate::reply;
 
-impl Room {
-    /// Stored messages after `after` up to `until`, from the sequencer (as
-    /// many as it sends at once).
+impl Shard {
+    /// A batch from the room.
+    pub(super) async fn deliver(&self, mut req: Request, ctx: &Ctx) -> Result<Response> {
+        let text = req.text().await?;
+        let batch = parse_batch(&text).map_err(worker::Error::RustError)?;
+        let mut frames = batch.frames.iter().peekable();
+        while let Some((seq, frame)) = frames.peek() {
+            match self.step(*seq, batch.prev) {
+                Step::Deliver => {
+                    self.clients.broadcast(frame);
+                    frames.next();
+                }
+                Step::Skip => {
+                    frames.next();
+                }
+                Step::Gap { .. } => self.fill(ctx, seq - 1).await?,
+            }
+        }
+        self.release_acks();
+        self.report(false)
+    }
+
+    fn step(&self, seq: u64, prev: Option<u64>) -> Step {
+        self.with_subscription(|s| s.stream.step(seq, prev))
+            .unwrap_or(Step::Skip)
+    }
+
+    /// Stored messages after `after` up to `until`, from the room (as many
+    /// as it sends at once).
     pub(super) async fn fetch_gap(
         &self,
         ctx: &Ctx,
         after: u64,
         until: u64,
     ) -> Result<Vec<(u64, String)>> {
-        let index = self.with_side(|s| s.index).unwrap_or(0);
+        let index = self.with_subscription(|s| s.index).unwrap_or(0);
         let query = format!("?after={after}&until={until}");
         let call = Call {
             op: Op::Gap,
@@ -45,7 +72,7 @@ impl Room {
     }
 
     /// Delivers what the stream misses up to `until`, fetched from the
-    /// sequencer; closes every client if the room no longer has it.
+    /// room; closes every client if the room no longer has it.
     pub(super) async fn fill(&self, ctx: &Ctx, until: u64) -> Result<()> {
         while let Some(delivered) = self.position().filter(|d| *d < until) {
             let frames = self.fetch_gap(ctx, delivered, until).await?;
@@ -58,7 +85,7 @@ impl Room {
             }
             for (seq, frame) in &frames {
                 if self.step(*seq, None) == Step::Deliver {
-                    self.send_to_clients(frame);
+                    self.clients.broadcast(frame);
                 }
             }
         }
@@ -72,45 +99,25 @@ impl Room {
             "room {}: a shard missed messages the room no longer stores; closing its clients so they resume",
             ctx.room
         );
-        for ws in self.state.get_websockets_with_tag(CLIENT_TAG) {
-            if let Ok(Some(mut session)) = Session::load(&ws) {
-                let _ = self.close(&ws, &mut session, CloseCode::Internal, ctx.now);
+        for (ws, mut session) in self.clients.open(CLIENT_TAG) {
+            if let Ok(true) = self
+                .clients
+                .close(&ws, &mut session, CloseCode::Internal, ctx.now)
+            {
+                self.left(session.conn_id);
             }
         }
-        self.with_side(|s| s.stream.start_at(until));
-    }
-
-    /// A batch from the sequencer.
-    pub(super) async fn shard_deliver(&self, mut req: Request, ctx: &Ctx) -> Result<Response> {
-        let text = req.text().await?;
-        let batch = parse_batch(&text).map_err(worker::Error::RustError)?;
-        let mut frames = batch.frames.iter().peekable();
-        while let Some((seq, frame)) = frames.peek() {
-            match self.step(*seq, batch.prev) {
-                Step::Deliver => {
-                    self.send_to_clients(frame);
-                    frames.next();
-                }
-                Step::Skip => {
-                    frames.next();
-                }
-                Step::Gap { .. } => self.fill(ctx, seq - 1).await?,
-            }
-        }
-        self.release_acks();
-        self.shard_report(false)
+        self.with_subscription(|s| s.stream.start_at(until));
     }
 
     /// Where the shard stands, with its counters since the last report;
-    /// with `list`, every connection it holds (for a sequencer that woke).
-    pub(super) fn shard_report(&self, list: bool) -> Result<Response> {
+    /// with `list`, every connection it holds (for a room that woke).
+    pub(super) fn report(&self, list: bool) -> Result<Response> {
         let connections = list.then(|| {
-            self.state
-                .get_websockets_with_tag(CLIENT_TAG)
-                .iter()
-                .filter_map(|ws| Session::load(ws).ok().flatten())
-                .filter(|s| !s.closed)
-                .map(|s| (s.conn_id, s.sub))
+            self.clients
+                .open(CLIENT_TAG)
+                .into_iter()
+                .map(|(_, s)| (s.conn_id, s.sub))
                 .collect()
         });
         let report = ShardReport {
@@ -121,12 +128,13 @@ impl Room {
         reply::json(200, &report)
     }
 
+    /// Sends the acks whose messages the shard's clients now have.
     pub(super) fn release_acks(&self) {
         let Some(delivered) = self.position() else {
             return;
         };
         for ack in self
-            .with_side(|s| s.waiting.due(delivered))
+            .with_subscription(|s| s.waiting.due(delivered))
             .unwrap_or_default()
         {
             // A client gone meanwhile resumes from history.

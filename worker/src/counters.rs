@@ -1,4 +1,5 @@
-//! The room's counters (docs/protocol.md, "Metrics") and its `/stats`.
+//! The counters of a room's object or of one of its shards (docs/protocol.md,
+//! "Metrics"); a shard hands its own to the room with each answer.
 //!
 //! Counters change on nearly every event and matter only in aggregate, so
 //! they live in memory and are written to storage at most every
@@ -9,18 +10,16 @@
 
 use std::cell::{Cell, RefCell};
 
-use roomcast_protocol::stats::{RoomStats, StatsReport};
-use worker::{console_error, Response, Result};
+use roomcast_protocol::stats::RoomStats;
+use worker::console_error;
 
-use super::{Ctx, Room};
-use crate::history::History;
-use crate::reply;
+use crate::store::Store;
 
 /// How often changed counters are written at most.
 const FLUSH_INTERVAL_MS: u64 = 10_000;
 
 #[derive(Default)]
-pub(super) struct Counters {
+pub struct Counters {
     stats: RefCell<Option<RoomStats>>,
     /// The stored counters were taken over in this wake: what is counted
     /// before that (an event counts before it reads storage) is added to
@@ -51,15 +50,16 @@ impl Counters {
     /// Takes over the counters a previous wake stored (and the storage
     /// counts they carry), once per wake, adding what this wake counted
     /// before.
-    pub fn load(&self, history: &History) {
+    pub fn load(&self, store: &Store) {
         if self.loaded.replace(true) {
             return;
         }
-        let mut stored: RoomStats = history
+        let mut stored: RoomStats = store
+            .facts()
             .stored_stats()
             .and_then(|json| serde_json::from_str(&json).ok())
             .unwrap_or_default();
-        history.db().restore(stored.storage);
+        store.db().restore(stored.storage);
         if let Some(counted) = self.stats.borrow_mut().take() {
             stored.absorb(&counted);
         }
@@ -67,27 +67,27 @@ impl Counters {
     }
 
     /// A copy with the storage counts as of now.
-    pub fn snapshot(&self, history: &History) -> RoomStats {
-        self.load(history);
+    pub fn snapshot(&self, store: &Store) -> RoomStats {
+        self.load(store);
         let mut stats = self.stats.borrow().clone().unwrap_or_default();
-        stats.storage = history.db().counts();
+        stats.storage = store.db().counts();
         stats
     }
 
-    pub fn flush_if_due(&self, history: &History, now_ms: u64) {
+    pub fn flush_if_due(&self, store: &Store, now_ms: u64) {
         if self.dirty.get() && now_ms >= self.flushed_ms.get() + FLUSH_INTERVAL_MS {
-            self.flush(history, now_ms);
+            self.flush(store, now_ms);
         }
     }
 
     /// Writes the counters now (when changed).
-    pub fn flush(&self, history: &History, now_ms: u64) {
-        if !self.dirty.replace(false) || !history.exists() {
+    pub fn flush(&self, store: &Store, now_ms: u64) {
+        if !self.dirty.replace(false) || !store.exists() {
             return;
         }
         self.flushed_ms.set(now_ms);
-        let json = serde_json::to_string(&self.snapshot(history)).unwrap_or_default();
-        if let Err(e) = history.save_stats(&json) {
+        let json = serde_json::to_string(&self.snapshot(store)).unwrap_or_default();
+        if let Err(e) = store.facts().save_stats(&json) {
             console_error!("could not store the room's counters: {e}");
         }
     }
@@ -104,48 +104,5 @@ impl Counters {
         *self.stats.borrow_mut() = None;
         self.loaded.set(false);
         self.dirty.set(false);
-    }
-}
-
-impl Room {
-    /// The counters with the room's current state. Reads nothing from
-    /// storage but what was loaded on wake: `/stats` costs the same however
-    /// big the room is.
-    pub(super) fn stats_report(&self, ctx: &Ctx) -> Result<StatsReport> {
-        let history = self.history()?;
-        let (shard_clients, shards) = self.shard_clients();
-        Ok(StatsReport {
-            room: ctx.room.clone(),
-            epoch: history.epoch().unwrap_or_default(),
-            head: history.head(),
-            connections: self.clients() + shard_clients,
-            shards,
-            cursor: history.cursor(),
-            pending: history.pending(),
-            counters: self.counters.snapshot(history),
-        })
-    }
-
-    pub(super) async fn report_stats(&self, ctx: &Ctx) -> Result<Response> {
-        self.count_shards(ctx).await;
-        let mut report = serde_json::to_value(self.stats_report(ctx)?)?;
-        report["alarm"] = self.next_alarm().await?.into();
-        reply::json(200, &report)
-    }
-
-    /// When the alarm fires next, if it is set.
-    async fn next_alarm(&self) -> Result<Option<u64>> {
-        if let Some(known) = self.alarm_at.get() {
-            return Ok(known);
-        }
-        let current = self
-            .state
-            .storage()
-            .get_alarm()
-            .await?
-            .filter(|t| *t >= 0)
-            .map(|t| t as u64);
-        self.alarm_at.set(Some(current));
-        Ok(current)
     }
 }

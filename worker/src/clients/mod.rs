@@ -1,0 +1,200 @@
+//! The client sockets one object holds, on a room's own object and on its
+//! shards alike: accepting them, how many are open, saving their sessions,
+//! sending one frame to all of them, closing them, and what they send
+//! ([`frames`]) and owe ([`deadlines`]).
+//!
+//! A room's object and a shard run their clients' sessions with this same
+//! code (heartbeats, tokens, strikes, timers); what differs is only where a
+//! `publish` goes, which each decides for itself. A session survives
+//! hibernation in its socket's attachment; what may be rebuilt (the count,
+//! the exact time each connection was last heard) lives here in memory.
+
+mod deadlines;
+mod frames;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use roomcast_protocol::admission::answer_subprotocol;
+use roomcast_protocol::clock::now_ms;
+use roomcast_protocol::history::parse_u64;
+use roomcast_protocol::session::Session;
+use roomcast_protocol::CloseCode;
+use wasm_bindgen::{JsCast, JsValue};
+use worker::worker_sys::DurableObjectState;
+use worker::{Headers, Request, Response, Result, State, WebSocket};
+
+use crate::attachment::Attachment;
+use crate::counters::Counters;
+
+pub use frames::{forgive, send_error, Outcome, Step};
+
+/// Tag of client sockets (a room's bridge link gets its own).
+pub const CLIENT_TAG: &str = "client";
+
+pub struct Clients {
+    /// The object's own handle on its sockets.
+    state: State,
+    counters: Rc<Counters>,
+    /// Open client sockets, counted once per wake and kept up to date.
+    count: Cell<Option<u64>>,
+    /// When each connection (by `conn_id`) last sent a frame, exactly; the
+    /// attachments hold it only to a quarter of the idle timeout.
+    seen: RefCell<HashMap<String, u64>>,
+}
+
+impl Clients {
+    pub fn new(state: &State, counters: Rc<Counters>) -> Clients {
+        Clients {
+            state: State::from(
+                JsValue::clone(state.as_raw()).unchecked_into::<DurableObjectState>(),
+            ),
+            counters,
+            count: Cell::new(None),
+            seen: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// Takes a new client socket in, tagged with `tags` besides
+    /// [`CLIENT_TAG`], with its session saved.
+    pub fn accept(&self, ws: &WebSocket, session: &Session, tags: &[&str], now: u64) -> Result<()> {
+        let mut all = vec![CLIENT_TAG];
+        all.extend_from_slice(tags);
+        self.state.accept_websocket_with_tags(ws, &all);
+        self.keep(ws, session)?;
+        let n = self.count();
+        self.count.set(Some(n + 1));
+        self.seen.borrow_mut().insert(session.conn_id.clone(), now);
+        Ok(())
+    }
+
+    /// Saves a socket's state, counted: attachments are written only when
+    /// something that must survive hibernation changed, and `/stats` shows
+    /// how often that is.
+    pub fn keep<A: Attachment>(&self, ws: &WebSocket, state: &A) -> Result<()> {
+        self.counters.with(|s| s.attachment_writes += 1);
+        state.save(ws)
+    }
+
+    /// Open client sockets, counted on first use after a wake.
+    pub fn count(&self) -> u64 {
+        if let Some(n) = self.count.get() {
+            return n;
+        }
+        let n = self.open(CLIENT_TAG).len() as u64;
+        self.count.set(Some(n));
+        n
+    }
+
+    /// The open client sockets tagged `tag`, with their sessions.
+    pub fn open(&self, tag: &str) -> Vec<(WebSocket, Session)> {
+        self.state
+            .get_websockets_with_tag(tag)
+            .into_iter()
+            .filter_map(|ws| {
+                Session::load(&ws)
+                    .ok()
+                    .flatten()
+                    .filter(|s| !s.closed)
+                    .map(|s| (ws, s))
+            })
+            .collect()
+    }
+
+    /// Sends `frame` to every client socket; returns how many took it. A
+    /// socket that is closing can refuse the send; its client will resume
+    /// from history, so nothing is lost.
+    pub fn broadcast(&self, frame: &str) -> u64 {
+        let mut delivered = 0;
+        for ws in self.state.get_websockets_with_tag(CLIENT_TAG) {
+            if ws.send_with_str(frame).is_ok() {
+                delivered += 1;
+            }
+        }
+        self.counters.with(|s| s.deliveries_total += delivered);
+        delivered
+    }
+
+    /// Closes a client connection on the object's initiative, counting its
+    /// lifetime once; `true` when it was open until now.
+    pub fn close(
+        &self,
+        ws: &WebSocket,
+        session: &mut Session,
+        code: CloseCode,
+        now: u64,
+    ) -> Result<bool> {
+        let was_open = self.count_out(session, now);
+        self.keep(ws, &*session)?;
+        // The socket may already be closing from the other side.
+        let _ = ws.close(Some(code.code()), Some(code.reason()));
+        Ok(was_open)
+    }
+
+    /// A client socket the client closed or lost: its lifetime is counted
+    /// unless the object closed it itself. Returns the connection that
+    /// ended, if it had not already.
+    pub fn gone(&self, ws: &WebSocket) -> Option<String> {
+        let mut session = Session::load(ws).ok().flatten()?;
+        if !self.count_out(&mut session, now_ms()) {
+            return None;
+        }
+        let _ = self.keep(ws, &session);
+        Some(session.conn_id)
+    }
+
+    /// Marks a session closed and counts it out, once.
+    fn count_out(&self, session: &mut Session, now: u64) -> bool {
+        if session.closed {
+            return false;
+        }
+        session.closed = true;
+        self.counters
+            .with(|s| s.connection_seconds.observe(session.lifetime_secs(now)));
+        let n = self.count();
+        self.count.set(Some(n.saturating_sub(1)));
+        self.seen.borrow_mut().remove(&session.conn_id);
+        true
+    }
+
+    /// The first of the client sockets' tags that `parse` reads.
+    pub fn find_tag<T>(&self, parse: impl Fn(&str) -> Option<T>) -> Option<T> {
+        self.state
+            .get_websockets_with_tag(CLIENT_TAG)
+            .iter()
+            .find_map(|ws| self.state.get_tags(ws).iter().find_map(|t| parse(t)))
+    }
+}
+
+/// The answer to a WebSocket upgrade that accepted `client`, with the
+/// subprotocol the client offered answered (never its token).
+pub fn upgraded(req: &Request, client: WebSocket) -> Result<Response> {
+    let response = Response::from_websocket(client)?;
+    let offered = req.headers().get("sec-websocket-protocol")?;
+    match answer_subprotocol(offered.as_deref()) {
+        Some(protocol) => {
+            let headers = Headers::new();
+            headers.set("sec-websocket-protocol", &protocol)?;
+            Ok(response.with_headers(headers))
+        }
+        None => Ok(response),
+    }
+}
+
+/// The `since` a join asks for, or what is wrong with it.
+pub fn since(query: &HashMap<String, String>) -> std::result::Result<Option<u64>, String> {
+    query
+        .get("since")
+        .map(|s| parse_u64("since", Some(s), 0))
+        .transpose()
+}
+
+/// The code a socket's close is answered with: the client's own, unless it
+/// is one a server may not echo.
+pub fn echo(code: usize) -> u16 {
+    match code {
+        1000..=1003 | 1007..=1014 | 3000..=4999 => code as u16,
+        _ => CloseCode::Normal.code(),
+    }
+}

@@ -1,0 +1,150 @@
+//! What the room answers its shards ([`crate::shard`]): a join, with the
+//! same admission, resume and welcome as a join here; their clients'
+//! publishes, each taking the one path every message takes; and the stored
+//! messages a shard missed.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use roomcast_protocol::auth::Identity;
+use roomcast_protocol::clock::now_ms;
+use roomcast_protocol::history::{parse_u64, MAX_PAGE};
+use roomcast_protocol::shard::{encode_batch, encode_join_reply, Forward, JoinRequest, Outcome};
+use roomcast_protocol::wire::{Origin, ServerFrame};
+use roomcast_protocol::ErrorCode;
+use worker::{Headers, Request, Response, Result};
+
+use super::publish::Publisher;
+use super::Room;
+use crate::context::Ctx;
+use crate::headers::SENT_HEADER;
+use crate::reply;
+
+impl Room {
+    /// A shard's join: the same admission, resume and welcome as a join
+    /// here; the reply carries the welcome and replay for the shard to send.
+    pub(super) async fn join_from_shard(
+        &self,
+        mut req: Request,
+        ctx: &Ctx,
+        identity: Identity,
+    ) -> Result<Response> {
+        let request: JoinRequest = serde_json::from_str(&req.text().await?)?;
+        // Admitted when it was placed; a client that took longer than the
+        // grace to get here is admitted again, if it still may be.
+        let store = self.store()?;
+        let placed = self
+            .shards
+            .get(store)
+            .connections()
+            .holds(&request.conn_id, request.shard);
+        if !placed {
+            if let Some(refusal) = self.connection_limit(ctx, &identity.sub).await {
+                return refusal;
+            }
+            let head = store.head();
+            self.shards.get(store).admit(
+                &request.conn_id,
+                request.shard,
+                &identity.sub,
+                head,
+                now_ms(),
+            );
+        }
+        if let Some(refusal) = self.replay_budget(ctx, &identity.sub, request.since) {
+            self.shards.get(store).left(&request.conn_id);
+            return refusal;
+        }
+        let session = roomcast_protocol::session::Session::new(request.conn_id, identity, ctx.now);
+        let greeting = self.greet(ctx, &session, request.since, request.epoch.as_deref())?;
+        let mut replay = Vec::new();
+        if let Some(after) = greeting.replay_after {
+            self.replay(ctx, after, greeting.welcome.head, |seq, frame| {
+                replay.push((seq, frame.to_owned()));
+                Ok(())
+            })?;
+        }
+        let welcome = ServerFrame::Welcome(Cow::Borrowed(&greeting.welcome)).to_json();
+        let body = encode_join_reply(&welcome, replay.iter().map(|(seq, f)| (*seq, f.as_str())));
+        let headers = Headers::new();
+        let sent = self
+            .shards
+            .get(store)
+            .shards()
+            .get(request.shard as usize)
+            .and_then(|s| s.sent);
+        if let Some(sent) = sent {
+            headers.set(SENT_HEADER, &sent.to_string())?;
+        }
+        Ok(Response::ok(body)?.with_headers(headers))
+    }
+
+    /// Publishes from a shard's clients, one by one as if sent here, and
+    /// the shard's closed connections.
+    pub(super) async fn forward_from_shard(&self, mut req: Request, ctx: &Ctx) -> Result<Response> {
+        let forward: Forward = serde_json::from_str(&req.text().await?)?;
+        {
+            let mut fanout = self.shards.get(self.store()?);
+            for conn_id in &forward.joins {
+                fanout.confirmed(conn_id);
+            }
+            for conn_id in &forward.leaves {
+                fanout.left(conn_id);
+            }
+        }
+        let mut outcomes = Vec::with_capacity(forward.publishes.len());
+        for forwarded in forward.publishes {
+            let sub = forwarded.sub.clone();
+            let publisher = Publisher {
+                sub: &sub,
+                bridge: forwarded.bridge,
+                origin: Origin::Ws,
+            };
+            outcomes.push(
+                match self.publish(ctx, vec![forwarded.into_draft()], &publisher)? {
+                    Ok(mut receipts) => Outcome::Stored(receipts.remove(0)),
+                    Err(refusal) => {
+                        let (code, message) = refusal.code_and_message();
+                        self.counters.with(|s| s.reject(code));
+                        let (retry_after_ms, close) = refusal.limited();
+                        Outcome::Refused {
+                            code,
+                            message,
+                            retry_after_ms,
+                            close,
+                        }
+                    }
+                },
+            );
+        }
+        reply::json(200, &outcomes)
+    }
+
+    /// Stored messages after `after` up to `until` for a shard that missed
+    /// them; as many as one turn carries (the shard asks again for more).
+    pub(super) fn gap_for_shard(
+        &self,
+        ctx: &Ctx,
+        query: &HashMap<String, String>,
+    ) -> Result<Response> {
+        let bound = |name: &str| parse_u64(name, query.get(name).map(String::as_str), 0);
+        let (Ok(after), Ok(until)) = (bound("after"), bound("until")) else {
+            return reply::error(ErrorCode::BadRequest, "a gap is ?after=<seq>&until=<seq>");
+        };
+        let page = self.store()?.after(
+            &ctx.room,
+            after,
+            until.saturating_sub(after).min(MAX_PAGE),
+            false,
+        )?;
+        let frames: Vec<(u64, String)> = page
+            .messages
+            .iter()
+            .map(|m| (m.seq, ServerFrame::Message(Cow::Borrowed(m)).to_json()))
+            .collect();
+        Response::ok(encode_batch(
+            Some(after),
+            frames.iter().map(|(s, f)| (*s, f.as_str())),
+        ))
+    }
+}

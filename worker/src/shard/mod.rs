@@ -1,0 +1,315 @@
+//! The `Shard` Durable Object (docs/scaling.md): an object that holds client
+//! sockets of a room its own object has no room for, named after the room
+//! and an index ([`shard_name`]). Clients see no difference: the shard runs
+//! their sessions with the room's own code ([`crate::clients`]), and the
+//! room, the sequencer, decides everything about messages.
+//!
+//! - A join asks the room (admission, resume, welcome, replay), brings the
+//!   shard's stream up to the welcome's head, then accepts the socket and
+//!   sends it everything without an `await` in between ([`join`]).
+//! - Publishes go to the room in arrival order, one request at a time with
+//!   whatever queued meanwhile; each is acked once the shard has delivered
+//!   the acked message, as on the room ([`forward`]).
+//! - The room pushes batches; the shard's stream delivers every message
+//!   once, in order, and fetches what it missed from the room before
+//!   anything newer ([`stream`]).
+//!
+//! A shard stores nothing: it knows its room and index from the requests
+//! that reach it, and after a wake from its sockets' tags. What it keeps per
+//! room is a [`Subscription`], apart from what it keeps per object (the
+//! sockets, the alarm, the counters), so that one object could serve the
+//! sockets of several rooms.
+//!
+//! [`shard_name`]: roomcast_protocol::shard::shard_name
+
+mod forward;
+mod join;
+mod stream;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use roomcast_protocol::auth::Identity;
+use roomcast_protocol::rate::Limiter;
+use roomcast_protocol::shard::{Forwarded, Stream, Waiting};
+use roomcast_protocol::{CloseCode, ErrorCode};
+use worker::{
+    console_error, durable_object, DurableObject, Env, Method, Request, Response, Result, State,
+    WebSocket, WebSocketIncomingMessage, WebSocketRequestResponsePair,
+};
+
+use crate::alarm::Alarm;
+use crate::clients::{Clients, Step};
+use crate::context::Ctx;
+use crate::counters::Counters;
+use crate::headers::{IDENTITY_HEADER, OP_HEADER, ROOM_HEADER, SHARD_HEADER};
+use crate::internal::Op;
+use crate::reply;
+
+use forward::{Ack, Pending};
+
+/// Tag prefix naming a shard socket's room and shard: `shard:<index>:<room>`.
+const SHARD_TAG: &str = "shard:";
+
+#[durable_object]
+pub struct Shard {
+    env: Env,
+    counters: Rc<Counters>,
+    clients: Clients,
+    alarm: Alarm,
+    /// Rate budgets here cover token refreshes only: the room draws every
+    /// publish from its own.
+    limiter: RefCell<Limiter>,
+    subscription: RefCell<Option<Subscription>>,
+}
+
+/// What a shard keeps of one room.
+pub struct Subscription {
+    room: String,
+    index: u32,
+    stream: Stream,
+    /// Publishes waiting for the request in flight to finish, and their
+    /// bytes of data ([`roomcast_protocol::shard::forward_has_room`]).
+    queue: Vec<(Forwarded, Pending)>,
+    queued_bytes: usize,
+    /// Connections accepted and closed since the room last heard (by
+    /// `conn_id`), for its per-subject counts.
+    joins: Vec<String>,
+    leaves: Vec<String>,
+    forwarding: bool,
+    waiting: Waiting<Ack>,
+}
+
+impl Subscription {
+    fn new(room: &str, index: u32) -> Subscription {
+        Subscription {
+            room: room.to_owned(),
+            index,
+            stream: Stream::default(),
+            queue: Vec::new(),
+            queued_bytes: 0,
+            joins: Vec::new(),
+            leaves: Vec::new(),
+            forwarding: false,
+            waiting: Waiting::default(),
+        }
+    }
+}
+
+impl DurableObject for Shard {
+    fn new(state: State, env: Env) -> Self {
+        // As on the room: pings answered without waking the shard.
+        if let Ok(pair) = WebSocketRequestResponsePair::new("ping", "pong") {
+            state.set_websocket_auto_response(&pair);
+        }
+        let counters = Rc::new(Counters::default());
+        Shard {
+            clients: Clients::new(&state, counters.clone()),
+            alarm: Alarm::new(state.storage()),
+            env,
+            counters,
+            limiter: RefCell::new(Limiter::default()),
+            subscription: RefCell::new(None),
+        }
+    }
+
+    async fn fetch(&self, req: Request) -> Result<Response> {
+        let result = self.serve(req).await;
+        self.after_event().await;
+        result.or_else(|e| {
+            console_error!("shard of {}: request failed: {e}", self.room_or_unknown());
+            reply::error(
+                ErrorCode::Internal,
+                "the shard failed to handle the request",
+            )
+        })
+    }
+
+    async fn websocket_message(
+        &self,
+        ws: WebSocket,
+        message: WebSocketIncomingMessage,
+    ) -> Result<()> {
+        let result = self.on_frame(&ws, message).await;
+        self.after_event().await;
+        if let Err(e) = result {
+            console_error!("shard of {}: frame failed: {e}", self.room_or_unknown());
+            let _ = ws.close(
+                Some(CloseCode::Internal.code()),
+                Some(CloseCode::Internal.reason()),
+            );
+        }
+        Ok(())
+    }
+
+    async fn websocket_close(
+        &self,
+        ws: WebSocket,
+        code: usize,
+        _reason: String,
+        _was_clean: bool,
+    ) -> Result<()> {
+        self.gone(&ws);
+        let _ = ws.close(Some(crate::clients::echo(code)), Some("closing"));
+        self.after_event().await;
+        Ok(())
+    }
+
+    async fn websocket_error(&self, ws: WebSocket, error: worker::Error) -> Result<()> {
+        console_error!(
+            "shard of {}: websocket error: {error}",
+            self.room_or_unknown()
+        );
+        self.gone(&ws);
+        self.after_event().await;
+        Ok(())
+    }
+
+    async fn alarm(&self) -> Result<Response> {
+        self.alarm.fired();
+        let result = self.sweep().await;
+        self.after_event().await;
+        if let Err(e) = &result {
+            console_error!("shard of {}: sweep failed: {e}", self.room_or_unknown());
+        }
+        result.and_then(|_| Response::ok("swept"))
+    }
+}
+
+impl Shard {
+    /// A request from the router (a client's join) or from the room.
+    async fn serve(&self, req: Request) -> Result<Response> {
+        let headers = req.headers();
+        let room = headers
+            .get(ROOM_HEADER)?
+            .ok_or_else(|| worker::Error::RustError("request without room header".into()))?;
+        let Some(index) = headers.get(SHARD_HEADER)?.and_then(|s| s.parse().ok()) else {
+            return reply::error(ErrorCode::BadRequest, "a shard's request names its shard");
+        };
+        let op = headers.get(OP_HEADER)?.as_deref().and_then(Op::parse);
+        let identity = headers
+            .get(IDENTITY_HEADER)?
+            .as_deref()
+            .and_then(Identity::from_header);
+        self.serve_room(&room, index);
+        let ctx = Ctx::of(&self.env, &room)?;
+        match (op, identity) {
+            (Some(Op::Deliver), _) => self.deliver(req, &ctx).await,
+            (Some(Op::Count), _) => self.report(true),
+            (None, Some(identity))
+                if req.method() == Method::Get && req.path().ends_with("/ws") =>
+            {
+                self.join(&req, &ctx, identity, index).await
+            }
+            (None, None) => reply::error(ErrorCode::Unauthorized, "no identity"),
+            _ => reply::error(ErrorCode::NotFound, "no such shard operation"),
+        }
+    }
+
+    /// A client's frame.
+    async fn on_frame(&self, ws: &WebSocket, message: WebSocketIncomingMessage) -> Result<()> {
+        let Some(ctx) = self.ctx()? else {
+            return Ok(());
+        };
+        let Some(mut session) = self.clients.session(ws)? else {
+            return Ok(());
+        };
+        let seen_stale = self.clients.heard(&mut session, &ctx);
+        let read = self
+            .clients
+            .read(ws, message, &mut session, &ctx, &self.limiter, &self.alarm)
+            .await?;
+        let outcome = match read {
+            Step::Done(outcome) => outcome,
+            Step::Publish { draft, reference } => {
+                // The room answers, and its answer strikes or forgives as
+                // the room's own object would (see `forward`).
+                self.forward_publish(ws, &session, &ctx, draft, reference)
+                    .await;
+                return Ok(());
+            }
+        };
+        self.clients
+            .settle(ws, &mut session, outcome, ctx.now, seen_stale)
+    }
+
+    /// A client socket is gone: the room counts it out.
+    fn gone(&self, ws: &WebSocket) {
+        if let Some(conn_id) = self.clients.gone(ws) {
+            self.left(conn_id);
+        }
+    }
+
+    /// The room hears of a closed connection with the next request to it.
+    fn left(&self, conn_id: String) {
+        if self.room().is_some() {
+            self.with_subscription(|s| s.leaves.push(conn_id));
+        }
+    }
+
+    /// Closes idle and expired connections and sets the alarm for the
+    /// next deadline.
+    async fn sweep(&self) -> Result<()> {
+        let Some(ctx) = self.ctx()? else {
+            return self.alarm.set(None).await;
+        };
+        let swept = self.clients.sweep(&ctx)?;
+        for conn_id in swept.closed {
+            self.left(conn_id);
+        }
+        self.alarm.set(swept.next).await
+    }
+
+    /// Work that follows every event, outside its synchronous turn: the
+    /// publishes and closed connections the room has not heard of.
+    async fn after_event(&self) {
+        if let Ok(Some(ctx)) = self.ctx() {
+            self.pump_forward(&ctx).await;
+        }
+    }
+
+    /// Serves `room` as shard `index` from now on.
+    fn serve_room(&self, room: &str, index: u32) {
+        let mut subscription = self.subscription.borrow_mut();
+        if subscription.is_none() {
+            *subscription = Some(Subscription::new(room, index));
+        }
+    }
+
+    /// The room this object serves, known from the requests that reach it
+    /// or, after a wake, from its sockets' tags; `None` while it holds none.
+    fn room(&self) -> Option<String> {
+        if let Some(s) = self.subscription.borrow().as_ref() {
+            return Some(s.room.clone());
+        }
+        let (index, room) = self.clients.find_tag(parse_tag)?;
+        self.serve_room(&room, index);
+        Some(room)
+    }
+
+    /// The context of an event that names no room (a frame, the alarm).
+    fn ctx(&self) -> Result<Option<Ctx>> {
+        self.room()
+            .map(|room| Ctx::of(&self.env, &room))
+            .transpose()
+    }
+
+    fn room_or_unknown(&self) -> String {
+        self.room().unwrap_or_else(|| "<unknown>".into())
+    }
+
+    fn with_subscription<T>(&self, f: impl FnOnce(&mut Subscription) -> T) -> Option<T> {
+        self.subscription.borrow_mut().as_mut().map(f)
+    }
+
+    /// The last seq delivered to this shard's clients, once known.
+    fn position(&self) -> Option<u64> {
+        self.with_subscription(|s| s.stream.delivered()).flatten()
+    }
+}
+
+/// The shard and room a socket's tag names.
+fn parse_tag(tag: &str) -> Option<(u32, String)> {
+    let (index, room) = tag.strip_prefix(SHARD_TAG)?.split_once(':')?;
+    Some((index.parse().ok()?, room.to_owned()))
+}
