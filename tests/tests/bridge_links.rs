@@ -5,8 +5,13 @@
 //! registry that assigns rooms to bridge instances by rendezvous hashing,
 //! and on both kinds of link the token the bridge refreshes with `auth` and
 //! the 4001 close when it does not.
+//!
+//! Each scenario is a test of its own; those that need the same worker
+//! configuration share one `wrangler dev`, one scenario at a time
+//! (`scenarios/mod.rs` runs them).
 
 use std::collections::BTreeSet;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use roomcast_protocol::assign::owner;
@@ -29,26 +34,38 @@ const ALARM_LATENCY: Duration = Duration::from_millis(1500);
 /// A well-formed W3C traceparent.
 const TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-#[tokio::test]
-async fn bridge_links_end_to_end() {
-    let worker = Worker::start(&[("HISTORY_LIMIT", "5")]).await;
-    let http = Http::default();
-    admission(&worker, &http).await;
-    outbox(&worker, &http).await;
-    held_until_confirmed(&worker, &http).await;
-    registry(&worker, &http).await;
+#[macro_use]
+mod scenarios;
+
+fn main() -> ExitCode {
+    scenarios::main(vec![
+        group!(
+            with_short_history;
+            admission,
+            outbox,
+            held_until_confirmed,
+            registry,
+        ),
+        group!(with_short_tokens; room_link_tokens, registry_link_tokens),
+        group!(with_bridge_on; an_ack_is_reported_in_the_next_stats_frame),
+    ])
 }
 
-#[tokio::test]
-async fn link_tokens_refresh_and_expire() {
+async fn with_short_history() -> Worker {
+    Worker::start(&[("HISTORY_LIMIT", "5")]).await
+}
+
+async fn with_short_tokens() -> Worker {
     let grace = GRACE_MS.to_string();
-    let worker = Worker::start(&[("JWT_LEEWAY_SECS", "0"), ("TOKEN_GRACE_MS", &grace)]).await;
-    let http = Http::default();
-    room_link_tokens(&worker, &http).await;
-    registry_link_tokens(&worker, &http).await;
+    Worker::start(&[("JWT_LEEWAY_SECS", "0"), ("TOKEN_GRACE_MS", &grace)]).await
 }
 
-async fn admission(worker: &Worker, http: &Http) {
+async fn with_bridge_on() -> Worker {
+    Worker::start(&[("BRIDGE", "on")]).await
+}
+
+async fn admission(worker: &Worker) {
+    let http = &Http::default();
     let r = room("link");
     let url = worker.ws_url(&format!("/v1/rooms/{r}/bridge?instance=a"));
     assert_eq!(
@@ -72,15 +89,13 @@ async fn admission(worker: &Worker, http: &Http) {
 
 /// The bridge's `pending` gauge comes from the link's `stats` frames: an
 /// ack that empties the outbox moves no counter, and must still be told.
-#[tokio::test]
-async fn an_ack_is_reported_in_the_next_stats_frame() {
-    let worker = Worker::start(&[("BRIDGE", "on")]).await;
+async fn an_ack_is_reported_in_the_next_stats_frame(worker: &Worker) {
     let http = Http::default();
     let r = room("acked");
     let url = worker.url(&format!("/v1/rooms/{r}/messages"));
     let batch = json!({"messages": [{"data": 1}, {"data": 2}]}).to_string();
     assert_eq!(http.post(&url, &full_token("user"), &batch).await.0, 201);
-    let mut link = Client::connect(&link_url(&worker, &r, "a")).await;
+    let mut link = Client::connect(&link_url(worker, &r, "a")).await;
     link.expect("welcome").await;
     let mut pending = None;
     let mut relayed = 0;
@@ -121,7 +136,8 @@ fn link_url(worker: &Worker, room: &str, instance: &str) -> String {
     ))
 }
 
-async fn outbox(worker: &Worker, http: &Http) {
+async fn outbox(worker: &Worker) {
+    let http = &Http::default();
     let r = room("outbox");
     let user = full_token("user");
     let messages = worker.url(&format!("/v1/rooms/{r}/messages"));
@@ -268,7 +284,8 @@ async fn outbox(worker: &Worker, http: &Http) {
     );
 }
 
-async fn held_until_confirmed(worker: &Worker, http: &Http) {
+async fn held_until_confirmed(worker: &Worker) {
+    let http = &Http::default();
     let r = room("held");
     let user = full_token("user");
     let messages = worker.url(&format!("/v1/rooms/{r}/messages"));
@@ -331,7 +348,8 @@ async fn announced(link: &mut Client) -> BTreeSet<String> {
     }
 }
 
-async fn registry(worker: &Worker, http: &Http) {
+async fn registry(worker: &Worker) {
+    let http = &Http::default();
     assert_eq!(
         Client::refused(&worker.ws_url(&format!(
             "/v1/bridge?instance=x&token={}",
@@ -508,7 +526,8 @@ async fn expires(link: &mut Client, exp: u64) {
     );
 }
 
-async fn room_link_tokens(worker: &Worker, http: &Http) {
+async fn room_link_tokens(worker: &Worker) {
+    let http = &Http::default();
     let (kept_room, lapsed_room) = (room("kept"), room("lapsed"));
     let user = full_token("user");
     let kept_messages = worker.url(&format!("/v1/rooms/{kept_room}/messages"));
@@ -552,7 +571,8 @@ async fn room_link_tokens(worker: &Worker, http: &Http) {
     );
 }
 
-async fn registry_link_tokens(worker: &Worker, http: &Http) {
+async fn registry_link_tokens(worker: &Worker) {
+    let http = &Http::default();
     // A room that, of instances a and b, b relays: it moves to a when b's
     // link expires.
     let moved = std::iter::repeat_with(|| room("moved"))

@@ -2,8 +2,13 @@
 //! turns bounded whatever the history holds, an outbox from the first
 //! message that loses nothing silently, rooms that retire and come back,
 //! and a registry that rebalances thousands of rooms in small turns.
+//!
+//! Each scenario is a test of its own; those that need the same worker
+//! configuration share one `wrangler dev`, one scenario at a time
+//! (`scenarios/mod.rs` runs them).
 
 use std::collections::BTreeSet;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt};
@@ -54,13 +59,55 @@ async fn registry(worker: &Worker, room: Option<&str>) -> Value {
     body
 }
 
-#[tokio::test]
-async fn reads_never_write_and_turns_stay_bounded() {
-    let worker = Worker::start(&vars(&[("HISTORY_LIMIT", "3000")])).await;
+#[macro_use]
+mod scenarios;
+
+fn main() -> ExitCode {
+    scenarios::main(vec![
+        group!(
+            with_long_history;
+            a_room_nobody_wrote_answers_empty_and_stores_nothing,
+            reading_a_long_history_writes_nothing_and_its_resume_is_paged,
+            a_page_stops_at_a_turns_byte_budget,
+        ),
+        group!(
+            with_bridge_on;
+            with_bridge_on_rooms_are_outboxes_and_drops_are_counted
+        ),
+        group!(retiring_after_3_s; a_quiet_room_retires_and_comes_back),
+        group!(retiring_after_1_s; a_room_written_only_over_http_retires),
+        group!(
+            with_room_budget_lifted;
+            the_registry_rebalances_thousands_of_rooms_in_small_turns
+        ),
+    ])
+}
+
+async fn with_long_history() -> Worker {
+    Worker::start(&vars(&[("HISTORY_LIMIT", "3000")])).await
+}
+
+async fn with_bridge_on() -> Worker {
+    Worker::start(&vars(&[("BRIDGE", "on"), ("OUTBOX_LIMIT", "1500")])).await
+}
+
+async fn retiring_after_3_s() -> Worker {
+    Worker::start(&[("ROOM_RETIRE_MS", "3000"), ("HISTORY_TTL_SECS", "1")]).await
+}
+
+async fn retiring_after_1_s() -> Worker {
+    Worker::start(&[("ROOM_RETIRE_MS", "1000"), ("HISTORY_TTL_SECS", "1")]).await
+}
+
+/// One subject creates every room: its room budget is lifted.
+async fn with_room_budget_lifted() -> Worker {
+    Worker::start(&[("ROOM_CREATE_PER_MIN", "100000")]).await
+}
+
+/// A room nobody wrote: empty answers, and nothing stored.
+async fn a_room_nobody_wrote_answers_empty_and_stores_nothing(worker: &Worker) {
     let http = Http::default();
     let reader = full_token("reader");
-
-    // A room nobody wrote: empty answers, and nothing stored.
     let ghost = room("ghost");
     let (status, page) = http
         .get(
@@ -84,10 +131,15 @@ async fn reads_never_write_and_turns_stay_bounded() {
         "{before}"
     );
     assert_eq!(before["storage"]["rows_written"], 0, "{before}");
+}
 
-    // A written room: reading pages writes nothing.
+/// A written room: reading pages writes nothing, and a resume of more than
+/// a turn may replay is sent to HTTP paging.
+async fn reading_a_long_history_writes_nothing_and_its_resume_is_paged(worker: &Worker) {
+    let http = Http::default();
+    let reader = full_token("reader");
     let r = room("bounded");
-    publish_many(&worker, &r, 1200).await;
+    publish_many(worker, &r, 1200).await;
     let written = worker.stats(&r).await["storage"]["rows_written"].clone();
     let (_, page) = http
         .get(
@@ -99,8 +151,8 @@ async fn reads_never_write_and_turns_stay_bounded() {
     assert_eq!(page["truncated"], true);
     assert_eq!(worker.stats(&r).await["storage"]["rows_written"], written);
 
-    // A resume of more than a turn may replay is sent to HTTP paging; live
-    // messages follow on the socket at once.
+    // The resume is sent to HTTP paging; live messages follow on the
+    // socket at once.
     let epoch = page["epoch"].as_str().unwrap();
     let mut client = Client::connect(&worker.ws_url(&format!(
         "/v1/rooms/{r}/ws?token={reader}&since=0&epoch={epoch}"
@@ -128,8 +180,12 @@ async fn reads_never_write_and_turns_stay_bounded() {
         1201,
         "no replay before live"
     );
+}
 
-    // A page stops at a turn's byte budget, whatever the count asked.
+/// A page stops at a turn's byte budget, whatever the count asked.
+async fn a_page_stops_at_a_turns_byte_budget(worker: &Worker) {
+    let http = Http::default();
+    let reader = full_token("reader");
     let big = room("big");
     let url = worker.url(&format!("/v1/rooms/{big}/messages"));
     for _ in 0..10 {
@@ -153,14 +209,12 @@ async fn reads_never_write_and_turns_stay_bounded() {
     assert_eq!(page["truncated"], true);
 }
 
-#[tokio::test]
-async fn with_bridge_on_rooms_are_outboxes_and_drops_are_counted() {
-    let worker = Worker::start(&vars(&[("BRIDGE", "on"), ("OUTBOX_LIMIT", "1500")])).await;
+async fn with_bridge_on_rooms_are_outboxes_and_drops_are_counted(worker: &Worker) {
     let kept = room("outbox");
     let overflowing = room("overflow");
     // No bridge yet: 3 batches of 500 are held past HISTORY_LIMIT (1000).
-    publish_many(&worker, &kept, 1500).await;
-    publish_many(&worker, &overflowing, 2000).await;
+    publish_many(worker, &kept, 1500).await;
+    publish_many(worker, &overflowing, 2000).await;
     assert_eq!(worker.stats(&kept).await["outbox_dropped_total"], 0);
     assert_eq!(
         worker.stats(&overflowing).await["outbox_dropped_total"],
@@ -170,7 +224,7 @@ async fn with_bridge_on_rooms_are_outboxes_and_drops_are_counted() {
 
     let broker = Broker::start().await;
     let events = broker.consumer("roomcast.events");
-    let bridge = BridgeProcess::start(&worker, &broker, "late", &[]).await;
+    let bridge = BridgeProcess::start(worker, &broker, "late", &[]).await;
     let records = collect(&events, Duration::from_secs(120), |got| {
         got.len() >= 1500 + 1500
     })
@@ -199,12 +253,10 @@ async fn with_bridge_on_rooms_are_outboxes_and_drops_are_counted() {
     }
 }
 
-#[tokio::test]
-async fn a_quiet_room_retires_and_comes_back() {
-    let worker = Worker::start(&[("ROOM_RETIRE_MS", "3000"), ("HISTORY_TTL_SECS", "1")]).await;
+async fn a_quiet_room_retires_and_comes_back(worker: &Worker) {
     let broker = Broker::start().await;
     let events = broker.consumer("roomcast.events");
-    let bridge = BridgeProcess::start(&worker, &broker, "retiring", &[]).await;
+    let bridge = BridgeProcess::start(worker, &broker, "retiring", &[]).await;
     let http = Http::default();
     let r = room("retiring");
     let url = worker.url(&format!("/v1/rooms/{r}/messages"));
@@ -217,7 +269,7 @@ async fn a_quiet_room_retires_and_comes_back() {
     let link = format!("roomcast_bridge_link_up{{room=\"{r}\"}}");
     assert_eq!(metric(&bridge.metrics_text().await, &link), Some(1.0));
     let first = worker.stats(&r).await;
-    assert_eq!(registry(&worker, Some(&r)).await["registered"], true);
+    assert_eq!(registry(worker, Some(&r)).await["registered"], true);
 
     // Quiet for ROOM_RETIRE_MS: link closed, series gone, out of the
     // registry, no alarm, storage deleted (its history aged out too).
@@ -235,7 +287,7 @@ async fn a_quiet_room_retires_and_comes_back() {
         !text.contains(&format!("room=\"{r}\"")),
         "series of {r} remain:\n{text}"
     );
-    assert_eq!(registry(&worker, Some(&r)).await["registered"], false);
+    assert_eq!(registry(worker, Some(&r)).await["registered"], false);
     let retired = worker.stats(&r).await;
     assert_eq!(
         (
@@ -263,15 +315,13 @@ async fn a_quiet_room_retires_and_comes_back() {
     assert_eq!(resuming.expect("welcome").await["recovered"], false);
     let again = collect(&events, Duration::from_secs(30), |got| !got.is_empty()).await;
     assert_eq!(header(&again[0], "room").as_deref(), Some(r.as_str()));
-    assert_eq!(registry(&worker, Some(&r)).await["registered"], true);
+    assert_eq!(registry(worker, Some(&r)).await["registered"], true);
 }
 
 /// Every message arms the room's alarm for `ROOM_RETIRE_MS` later, so a
 /// room nobody ever joined, written only over HTTP, retires and deletes its
 /// storage too.
-#[tokio::test]
-async fn a_room_written_only_over_http_retires() {
-    let worker = Worker::start(&[("ROOM_RETIRE_MS", "1000"), ("HISTORY_TTL_SECS", "1")]).await;
+async fn a_room_written_only_over_http_retires(worker: &Worker) {
     let http = Http::default();
     let r = room("http-only");
     let url = worker.url(&format!("/v1/rooms/{r}/messages"));
@@ -308,11 +358,8 @@ async fn announced(link: &mut Client) -> BTreeSet<String> {
     rooms
 }
 
-#[tokio::test]
-async fn the_registry_rebalances_thousands_of_rooms_in_small_turns() {
+async fn the_registry_rebalances_thousands_of_rooms_in_small_turns(worker: &Worker) {
     const ROOMS: usize = 2000;
-    // One subject creates them all: lift its room budget.
-    let worker = Worker::start(&[("ROOM_CREATE_PER_MIN", "100000")]).await;
     let http = Http::default();
     let token = full_token("founder");
     let names: Vec<String> = (0..ROOMS).map(|_| room("many")).collect();
@@ -336,7 +383,7 @@ async fn the_registry_rebalances_thousands_of_rooms_in_small_turns() {
         .await;
     let all: BTreeSet<String> = names.iter().cloned().collect();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while registry(&worker, None).await["rooms"].as_u64() < Some(ROOMS as u64) {
+    while registry(worker, None).await["rooms"].as_u64() < Some(ROOMS as u64) {
         assert!(Instant::now() < deadline, "not every room registered");
         sleep(Duration::from_millis(300)).await;
     }
@@ -352,7 +399,7 @@ async fn the_registry_rebalances_thousands_of_rooms_in_small_turns() {
         announced(&mut a).await.is_superset(&all),
         "a owns every room"
     );
-    let pass = registry(&worker, None).await["rebalance"].clone();
+    let pass = registry(worker, None).await["rebalance"].clone();
     assert_eq!(pass["done"], true, "{pass}");
     assert!(pass["rooms"].as_u64() >= Some(ROOMS as u64), "{pass}");
     assert!(

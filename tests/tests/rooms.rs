@@ -3,10 +3,12 @@
 //! history, idempotency, resume, counters, trace context, the header that
 //! marks roomcast's own errors, and each token algorithm of section 4.
 //!
-//! The scenarios share one `wrangler dev` (each in its own room) because
-//! starting workerd is the slow part; they run in sequence so a failure
-//! points at one scenario.
+//! Each scenario is a test of its own, passing or failing by itself, and
+//! all of them share one `wrangler dev` (each in its own room), because
+//! starting workerd takes longer than most scenarios (`scenarios/mod.rs`
+//! runs them, and says why not as `#[tokio::test]`s).
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
@@ -86,31 +88,41 @@ fn es256_token(kid: &str) -> String {
         .unwrap()
 }
 
-#[tokio::test]
-async fn rooms_end_to_end() {
+#[macro_use]
+mod scenarios;
+
+fn main() -> ExitCode {
+    scenarios::main(vec![group!(
+        start;
+        health,
+        admission,
+        token_sources,
+        algorithms,
+        publish_and_broadcast,
+        bad_frames,
+        refresh,
+        policy_closes,
+        http_publish_and_history,
+        resume,
+        stats,
+        trace_context,
+        error_header,
+    )])
+}
+
+/// The worker every scenario runs on: the JWKS's keys for clients, and one
+/// allowed origin.
+async fn start() -> Worker {
     let keys = jwks();
-    let worker = Worker::start(&[
+    Worker::start(&[
         ("JWT_PUBLIC_KEYS", &keys),
         ("ALLOWED_ORIGINS", "https://app.example"),
     ])
-    .await;
-    let http = Http::default();
-    health(&worker, &http).await;
-    admission(&worker, &http).await;
-    token_sources(&worker).await;
-    algorithms(&worker, &http).await;
-    publish_and_broadcast(&worker).await;
-    bad_frames(&worker).await;
-    refresh(&worker).await;
-    policy_closes(&worker).await;
-    http_publish_and_history(&worker, &http).await;
-    resume(&worker, &http).await;
-    stats(&worker, &http).await;
-    trace_context(&worker, &http).await;
-    error_header(&worker, &http).await;
+    .await
 }
 
-async fn health(worker: &Worker, http: &Http) {
+async fn health(worker: &Worker) {
+    let http = &Http::default();
     let (status, body) = http.get(&worker.url("/healthz"), None).await;
     assert_eq!(status, 200);
     assert_eq!(body["status"], "ok");
@@ -124,7 +136,8 @@ async fn health(worker: &Worker, http: &Http) {
     assert_eq!(post.status().as_u16(), 405, "GET only");
 }
 
-async fn admission(worker: &Worker, http: &Http) {
+async fn admission(worker: &Worker) {
+    let http = &Http::default();
     let t = full_token("alice");
     let r = room("adm");
     assert_error(
@@ -317,7 +330,8 @@ async fn token_sources(worker: &Worker) {
     assert!(welcome["exp"].as_u64().unwrap() > now_ms() / 1000);
 }
 
-async fn algorithms(worker: &Worker, http: &Http) {
+async fn algorithms(worker: &Worker) {
+    let http = &Http::default();
     let r = room("alg");
     let url = worker.url(&format!("/v1/rooms/{r}/messages"));
     let (status, body) = http
@@ -581,7 +595,8 @@ async fn policy_closes(worker: &Worker) {
     assert_eq!(sly.expect_close(Duration::from_secs(10)).await, 1008);
 }
 
-async fn http_publish_and_history(worker: &Worker, http: &Http) {
+async fn http_publish_and_history(worker: &Worker) {
+    let http = &Http::default();
     let r = room("http");
     let t = full_token("frank");
     let url = worker.url(&format!("/v1/rooms/{r}/messages"));
@@ -677,7 +692,8 @@ async fn http_publish_and_history(worker: &Worker, http: &Http) {
     );
 }
 
-async fn resume(worker: &Worker, http: &Http) {
+async fn resume(worker: &Worker) {
+    let http = &Http::default();
     let r = room("resume");
     let t = full_token("gina");
     let base = worker.ws_url(&format!("/v1/rooms/{r}/ws?token={t}"));
@@ -736,7 +752,8 @@ async fn resume(worker: &Worker, http: &Http) {
     assert_eq!(page["epoch"], epoch.as_str());
 }
 
-async fn stats(worker: &Worker, http: &Http) {
+async fn stats(worker: &Worker) {
+    let http = &Http::default();
     let r = room("stats");
     let t = full_token("hank");
     let mut a = Client::connect(&worker.ws_url(&format!("/v1/rooms/{r}/ws?token={t}"))).await;
@@ -785,7 +802,8 @@ async fn stats(worker: &Worker, http: &Http) {
 
 /// A publisher's `traceparent` is stored with its message and comes back
 /// wherever the message does: live, in a replay and in the history.
-async fn trace_context(worker: &Worker, http: &Http) {
+async fn trace_context(worker: &Worker) {
+    let http = &Http::default();
     let r = room("trace");
     let t = full_token("tina");
     let ws = worker.ws_url(&format!("/v1/rooms/{r}/ws?token={t}"));
@@ -873,7 +891,8 @@ async fn trace_context(worker: &Worker, http: &Http) {
 
 /// Every error roomcast answers, from the router or from a room, names its
 /// code in a header too, so a caller can tell it from a proxy's 4xx.
-async fn error_header(worker: &Worker, http: &Http) {
+async fn error_header(worker: &Worker) {
+    let http = &Http::default();
     let ivy = full_token("ivy");
     let t = ivy.as_str();
     let messages = worker.url(&format!("/v1/rooms/{}/messages", room("hdr")));

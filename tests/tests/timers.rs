@@ -3,7 +3,12 @@
 //! expiry notice and close (4001) and the in-band refresh that prevents it,
 //! rate limiting with its 4029 escalation, and resume after history was
 //! trimmed. The sweeps run from the Durable Object alarm, as in production.
+//!
+//! Each scenario is a test of its own on one shared worker, and they run
+//! together: each mostly waits on the room's clocks, so one after another
+//! would take about three times as long (`scenarios/mod.rs` runs them).
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 use roomcast_tests::{full_token, room, token, Client, Frame, Http, Worker};
@@ -12,9 +17,24 @@ use tokio::time::{sleep, Instant};
 
 const IDLE_MS: u64 = 1500;
 
-#[tokio::test]
-async fn timers_end_to_end() {
-    let worker = Worker::start(&[
+#[macro_use]
+mod scenarios;
+
+fn main() -> ExitCode {
+    scenarios::main(vec![group!(
+        start;
+        idle,
+        heartbeat,
+        expiry,
+        refreshed,
+        rate,
+        trimmed,
+    )
+    .together()])
+}
+
+async fn start() -> Worker {
+    Worker::start(&[
         ("IDLE_TIMEOUT_MS", "1500"),
         ("HEARTBEAT_MS", "500"),
         ("TOKEN_GRACE_MS", "300"),
@@ -24,15 +44,7 @@ async fn timers_end_to_end() {
         ("RATE_STRIKES", "2"),
         ("HISTORY_LIMIT", "5"),
     ])
-    .await;
-    tokio::join!(
-        idle(&worker),
-        heartbeat(&worker),
-        expiry(&worker),
-        refreshed(&worker),
-        rate(&worker),
-        trimmed(&worker)
-    );
+    .await
 }
 
 async fn idle(worker: &Worker) {
