@@ -1,13 +1,26 @@
 //! roomcast's edge worker: the HTTP router, the `Room` Durable Object and
 //! the `Shard`s that hold the sockets of rooms too big for one object, the
 //! `Registry` that assigns rooms to bridge instances, and the `Quota` of
-//! each subject across rooms.
+//! each subject across rooms. The rules live in `roomcast-protocol`; this
+//! crate is the glue between them and the Workers runtime.
 //!
-//! Everything here is glue between the Workers runtime and
-//! `roomcast-protocol`, where the rules live. The router authenticates and
-//! admits requests; each room is one Durable Object that owns its sequence,
-//! its history and its WebSockets (on the Hibernation API, so idle rooms cost
-//! nothing).
+//! Follow a message. `router` admits the client (origin, token, rights) and
+//! forwards it to the room's object with the room and identity in
+//! `headers`. In `room`, `dispatch` hands a WebSocket upgrade to `join`,
+//! which accepts the socket into `clients` (the client sockets one object
+//! holds, shared with the shards). A `publish` frame is read by
+//! `clients::frames` and taken by `room::publish`, the one path every
+//! message takes (budget, ids, `room::idempotency`), which writes it to the
+//! `store` (the ring over SQLite, counted by `storage`), broadcasts it to
+//! the room's `clients`, relays it to the bridge's link (`room::link`,
+//! `room::feed`) and keeps it for the room's shards (`room::fanout`). A
+//! shard (`shard`) gets it in a batch (`shard::stream`) and sends it to its
+//! own clients; its clients' publishes go to the room (`shard::forward`),
+//! over `internal` requests. Around them: `context` (what every event
+//! starts from), `alarm` (timers while hibernating), `counters`,
+//! `registry`, `quota`, `settings`, `reply` (the error shape),
+//! `attachment` and `hibernation` (per-socket state and runtime calls),
+//! `bridge_token` (the bridge's tokens on its links).
 
 mod alarm;
 mod attachment;
