@@ -12,7 +12,6 @@ use roomcast_protocol::history::TURN_BYTES;
 use roomcast_protocol::wire::{Message, Origin, ServerFrame};
 use worker::{Result, WebSocket};
 
-use super::link::BridgeLink;
 use crate::context::Ctx;
 use crate::store::Store;
 
@@ -36,7 +35,7 @@ pub(super) struct Feed {
     sent: u64,
     /// The highest seq actually sent.
     relayed: u64,
-    /// What the last `stats` frame reported (see `BridgeLink::stats_version`).
+    /// What the last `stats` frame reported (the counters' version and the cursor).
     pub(super) stats_version: Option<(u64, u64)>,
 }
 
@@ -52,66 +51,51 @@ impl Feed {
     }
 }
 
-impl BridgeLink {
+impl Feed {
     /// Hands a just-stored message to the link: sent at once when the feed
-    /// is caught up and the window open, else fed by [`BridgeLink::pump`].
-    pub fn relay(&self, store: &Store, ctx: &Ctx, message: &Message, frame: &str) {
-        self.resolve(store);
-        let caught_up = {
-            let mut cache = self.cache.borrow_mut();
-            let LinkCache::Open(feed) = &mut *cache else {
-                return;
-            };
-            let cursor = store.cursor();
-            let open = message.seq.saturating_sub(cursor) <= WINDOW;
-            if feed.sent + 1 == message.seq && open {
-                if message.origin != Origin::Kafka {
-                    // A failed send leaves the message above the cursor:
-                    // the next link replays it, so nothing is lost.
-                    if let Err(e) = feed.ws.send_with_str(frame) {
-                        worker::console_warn!(
-                            "room {}: the bridge link refused a frame: {e}",
-                            ctx.room
-                        );
-                    }
-                    feed.relayed = message.seq;
-                }
-                feed.sent = message.seq;
-                true
-            } else {
-                false
-            }
-        };
-        if !caught_up {
-            if let Err(e) = self.pump(store, ctx) {
-                worker::console_warn!("room {}: feeding the bridge link: {e}", ctx.room);
-            }
+    /// is caught up and the window open; `false` when the feed is behind,
+    /// for [`Feed::pump`].
+    pub(super) fn relay(
+        &mut self,
+        store: &Store,
+        ctx: &Ctx,
+        message: &Message,
+        frame: &str,
+    ) -> bool {
+        let open = message.seq.saturating_sub(store.cursor()) <= WINDOW;
+        if self.sent + 1 != message.seq || !open {
+            return false;
         }
+        if message.origin != Origin::Kafka {
+            // A failed send leaves the message above the cursor: the next
+            // link replays it, so nothing is lost.
+            if let Err(e) = self.ws.send_with_str(frame) {
+                worker::console_warn!("room {}: the bridge link refused a frame: {e}", ctx.room);
+            }
+            self.relayed = message.seq;
+        }
+        self.sent = message.seq;
+        true
     }
 
     /// Sends what the window allows of the messages the feed has not sent
     /// yet, within one turn's byte budget.
-    pub fn pump(&self, store: &Store, ctx: &Ctx) -> Result<()> {
-        self.resolve(store);
-        let mut cache = self.cache.borrow_mut();
-        let LinkCache::Open(feed) = &mut *cache else {
-            return Ok(());
-        };
+    pub(super) fn pump(&mut self, store: &Store, ctx: &Ctx) -> Result<()> {
         let mut bytes = 0u64;
-        while feed.sent < store.head() && bytes < TURN_BYTES {
-            let room_in_window = (store.cursor() + WINDOW).saturating_sub(feed.sent);
+        while self.sent < store.head() && bytes < TURN_BYTES {
+            let room_in_window = (store.cursor() + WINDOW).saturating_sub(self.sent);
             if room_in_window == 0 {
                 break;
             }
-            let page = store.after(&ctx.room, feed.sent, room_in_window, true)?;
+            let page = store.after(&ctx.room, self.sent, room_in_window, true)?;
             for message in &page.messages {
                 let frame = ServerFrame::Message(Cow::Borrowed(message)).to_json();
                 bytes += frame.len() as u64;
-                feed.ws.send_with_str(&frame)?;
-                feed.relayed = message.seq;
+                self.ws.send_with_str(&frame)?;
+                self.relayed = message.seq;
             }
             // Kafka's messages in the page were passed over, not sent.
-            feed.sent = page.through;
+            self.sent = page.through;
         }
         Ok(())
     }
@@ -119,12 +103,9 @@ impl BridgeLink {
     /// Moves the cursor over what the link only skipped (messages from
     /// Kafka) once everything it sent is confirmed: otherwise a room whose
     /// last messages came from Kafka would look pending forever.
-    pub fn skip_confirmed(&self, store: &Store) -> Result<()> {
-        let cache = self.cache.borrow();
-        if let LinkCache::Open(feed) = &*cache {
-            if feed.relayed <= store.cursor() && feed.sent > store.cursor() {
-                store.confirm(feed.sent)?;
-            }
+    pub(super) fn skip_confirmed(&self, store: &Store) -> Result<()> {
+        if self.relayed <= store.cursor() && self.sent > store.cursor() {
+            store.confirm(self.sent)?;
         }
         Ok(())
     }

@@ -25,7 +25,9 @@ use roomcast_protocol::clock::now_ms;
 use roomcast_protocol::ids;
 use roomcast_protocol::lifecycle::Reannounce;
 use roomcast_protocol::stats::StatsReport;
-use roomcast_protocol::wire::{parse_bridge_frame, BridgeFrame, RateInfo, ServerFrame, Welcome};
+use roomcast_protocol::wire::{
+    parse_bridge_frame, BridgeFrame, Message, RateInfo, ServerFrame, Welcome,
+};
 use roomcast_protocol::{CloseCode, ErrorCode};
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::{JsCast, JsValue};
@@ -64,7 +66,7 @@ pub(super) struct BridgeLink {
     /// The room's own handle on its sockets.
     state: State,
     counters: Rc<Counters>,
-    pub(super) cache: RefCell<LinkCache>,
+    cache: RefCell<LinkCache>,
 }
 
 impl BridgeLink {
@@ -287,6 +289,39 @@ impl BridgeLink {
             // Another link is open: nothing to forget.
         } else {
             *cache = LinkCache::Unknown;
+        }
+    }
+}
+
+impl BridgeLink {
+    /// Hands a just-stored message to the open link's feed, which pumps
+    /// from the store when it is behind.
+    pub fn relay(&self, store: &Store, ctx: &Ctx, message: &Message, frame: &str) {
+        self.resolve(store);
+        let mut cache = self.cache.borrow_mut();
+        let LinkCache::Open(feed) = &mut *cache else {
+            return;
+        };
+        if !feed.relay(store, ctx, message, frame) {
+            if let Err(e) = feed.pump(store, ctx) {
+                worker::console_warn!("room {}: feeding the bridge link: {e}", ctx.room);
+            }
+        }
+    }
+
+    /// Sends the open link what its window allows.
+    pub fn pump(&self, store: &Store, ctx: &Ctx) -> Result<()> {
+        self.resolve(store);
+        match &mut *self.cache.borrow_mut() {
+            LinkCache::Open(feed) => feed.pump(store, ctx),
+            _ => Ok(()),
+        }
+    }
+
+    fn skip_confirmed(&self, store: &Store) -> Result<()> {
+        match &*self.cache.borrow() {
+            LinkCache::Open(feed) => feed.skip_confirmed(store),
+            _ => Ok(()),
         }
     }
 }

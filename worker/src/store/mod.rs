@@ -14,6 +14,7 @@
 
 mod facts;
 mod reads;
+mod row;
 mod schema;
 mod tables;
 

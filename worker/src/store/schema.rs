@@ -9,7 +9,7 @@ use roomcast_protocol::config::Limits;
 use roomcast_protocol::ring::Ring;
 use worker::Result;
 
-use super::tables::{seq_value, COLUMNS};
+use super::row::{seq_value, COLUMNS};
 use super::{Facts, Store};
 use crate::storage::Db;
 
