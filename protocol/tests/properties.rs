@@ -137,3 +137,29 @@ proptest! {
         }
     }
 }
+
+/// The length limits let through exactly their limit: a `ref` of
+/// `MAX_REF_LEN` bytes and an `id` of `MAX_ID_LEN` bytes are read back
+/// whole, on a socket and over HTTP, and one byte more is refused.
+#[test]
+fn length_limits_are_inclusive() {
+    use roomcast_protocol::wire::{parse_publish_body, MAX_ID_LEN, MAX_REF_LEN};
+    let (reference, id) = ("r".repeat(MAX_REF_LEN), "i".repeat(MAX_ID_LEN));
+    let frame = json!({"type": "publish", "ref": reference, "id": id, "data": 1}).to_string();
+    match parse_client_frame(&frame, 1 << 16) {
+        Ok(ClientFrame::Publish { draft, reference: got }) => {
+            assert_eq!(got.as_deref(), Some(reference.as_str()));
+            assert_eq!(draft.id.as_deref(), Some(id.as_str()));
+        }
+        other => panic!("a frame at both limits is read: {other:?}"),
+    }
+    let over_ref = json!({"type": "publish", "ref": format!("{reference}r"), "data": 1});
+    assert!(parse_client_frame(&over_ref.to_string(), 1 << 16).is_err());
+    let over_id = json!({"type": "publish", "id": format!("{id}i"), "data": 1});
+    assert!(parse_client_frame(&over_id.to_string(), 1 << 16).is_err());
+    let body = json!({"id": id, "data": 1}).to_string();
+    let (drafts, _) = parse_publish_body(&body, 1 << 16).expect("a body at the id limit");
+    assert_eq!(drafts[0].id.as_deref(), Some(id.as_str()));
+    let over = json!({"id": format!("{id}i"), "data": 1}).to_string();
+    assert!(parse_publish_body(&over, 1 << 16).is_err());
+}
