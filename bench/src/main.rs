@@ -11,32 +11,14 @@
 //! machine falls on all alike; the client shares the machine too, which
 //! the CPU tables show.
 
-mod attribution;
-mod bridge;
-mod bridge_memory;
-mod clock;
+mod client;
 mod context;
-mod cpu;
-mod cpuprofile;
-mod direct;
-mod fanout;
-mod footprint;
-mod http;
-mod inspector;
-mod load;
-mod net;
+mod measure;
 mod plan;
-mod probe;
-mod profile;
-mod publisher;
-mod push_poll;
-mod receiver;
-mod recorder;
+mod profiler;
 mod report;
+mod scenario;
 mod server;
-mod shards;
-mod stats;
-mod ws;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -46,11 +28,12 @@ use clap::{Parser, Subcommand};
 use roomcast_tests::broker::tansu_binary;
 use roomcast_tests::repo_root;
 
-use crate::fanout::Shape;
+use crate::measure::stats::Sample;
 use crate::plan::{Part, Plan};
 use crate::report::{number, Measured, Results};
+use crate::scenario::fanout::Shape;
+use crate::scenario::{bridge, fanout, footprint, profile, push_poll, shards};
 use crate::server::{Flavor, Server};
-use crate::stats::Sample;
 
 #[derive(Parser, Debug)]
 #[command(about = "Benchmarks roomcast under wrangler dev against a ladder of JavaScript rooms")]

@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use clap::ValueEnum;
 
-use crate::bridge;
-use crate::fanout::{Shape, Timing};
-use crate::push_poll::{self, Mode};
+use crate::scenario::bridge;
+use crate::scenario::fanout::{Shape, Timing};
+use crate::scenario::push_poll::{self, Mode};
+use crate::scenario::shards;
 use crate::server::Flavor;
-use crate::shards;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Part {

@@ -6,13 +6,13 @@
 
 use std::fmt::Write;
 
-use crate::bridge::BridgeResults;
-use crate::fanout::Capacity;
-use crate::footprint::{Asset, ColdStart};
-use crate::push_poll::{Case, Mode};
+use crate::measure::stats::{Spread, Summary};
+use crate::scenario::bridge::BridgeResults;
+use crate::scenario::fanout::Capacity;
+use crate::scenario::footprint::{Asset, ColdStart};
+use crate::scenario::push_poll::{Case, Mode};
+use crate::scenario::shards::ShardResults;
 use crate::server::Flavor;
-use crate::shards::ShardResults;
-use crate::stats::{Spread, Summary};
 
 /// What one server produced.
 #[derive(Default)]
@@ -96,7 +96,7 @@ pub fn render(results: &Results) -> String {
     }
     if let Some(bridge) = &results.bridge {
         section(&mut out, "4. Bridge: rooms ⇄ Kafka against plain rdkafka");
-        crate::bridge::render(&mut out, bridge);
+        crate::scenario::bridge::render(&mut out, bridge);
     }
     if results.any(|m| m.cold.is_some() || !m.bundle.is_empty()) {
         footprint(&mut out, results);
@@ -106,7 +106,7 @@ pub fn render(results: &Results) -> String {
             &mut out,
             "6. Sharded rooms: one room × N subscribers, roomcast unsharded and sharded",
         );
-        crate::shards::render(&mut out, shards);
+        crate::scenario::shards::render(&mut out, shards);
     }
     let notes: Vec<String> = results
         .notes
@@ -521,7 +521,7 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fanout::Shape;
+    use crate::scenario::fanout::Shape;
 
     #[test]
     fn numbers_keep_three_significant_digits() {
@@ -534,14 +534,14 @@ mod tests {
     }
 
     fn capacity(subscribers: usize, deliveries: f64, cpu_s_per_1k: f64) -> Capacity {
-        let sample = crate::stats::Sample {
+        let sample = crate::measure::stats::Sample {
             p50_ms: 1.0,
             p95_ms: 2.0,
             p99_ms: 3.0,
             delivered_per_sec: deliveries,
             requests_per_delivery: 0.0,
             bytes_per_delivery: 100.0,
-            cpu_per_1k: crate::cpu::CpuTimes {
+            cpu_per_1k: crate::measure::cpu::CpuTimes {
                 runtime: cpu_s_per_1k,
                 ..Default::default()
             },

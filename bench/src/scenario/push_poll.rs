@@ -13,16 +13,16 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio::time::Instant;
 
-use crate::http::HttpConn;
-use crate::load;
-use crate::net::Traffic;
-use crate::probe::Probe;
-use crate::publisher::Publisher;
-use crate::receiver::{Poll, Receivers};
-use crate::recorder::Recorder;
+use crate::client::http::HttpConn;
+use crate::client::load;
+use crate::client::net::Traffic;
+use crate::client::publisher::Publisher;
+use crate::client::receiver::{Poll, Receivers};
+use crate::client::recorder::Recorder;
+use crate::client::ws;
+use crate::measure::probe::Probe;
+use crate::measure::stats::{Sample, Summary};
 use crate::server::Server;
-use crate::stats::{Sample, Summary};
-use crate::ws;
 
 /// The run id of every push/poll run (each has a room of its own).
 const RUN: u32 = 1;

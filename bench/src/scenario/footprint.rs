@@ -13,10 +13,10 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use roomcast_tests::repo_root;
 
-use crate::net::Traffic;
+use crate::client::net::Traffic;
+use crate::client::ws;
+use crate::measure::stats::Spread;
 use crate::server::{Flavor, Server};
-use crate::stats::Spread;
-use crate::ws;
 
 /// A file of the deployed bundle.
 pub struct Asset {

@@ -11,6 +11,8 @@
 //! limits are raised far above the offered load: the benchmarks measure
 //! delivery, not the limiter.
 
+pub mod direct;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -19,8 +21,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use roomcast_tests::{Worker, WorkerSpec};
 
-use crate::cpu::{self, CpuTimes};
-use crate::direct;
+use crate::measure::cpu::{self, CpuTimes};
 
 /// How long `wrangler dev` may take to answer `/healthz`; for roomcast this
 /// includes its build command, a no-op when the bundle is up to date.

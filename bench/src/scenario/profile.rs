@@ -21,10 +21,10 @@ use anyhow::{bail, Context, Result};
 use roomcast_tests::{repo_root, WorkerSpec};
 use serde_json::{json, Value};
 
-use crate::cpuprofile::Profile;
-use crate::fanout::{Fleet, Shape, Timing};
-use crate::inspector::Inspector;
+use crate::profiler::cpuprofile::Profile;
+use crate::profiler::inspector::Inspector;
 use crate::report::number;
+use crate::scenario::fanout::{Fleet, Shape, Timing};
 use crate::server::{self, Flavor, Server};
 
 #[derive(clap::Args, Debug)]

@@ -18,15 +18,15 @@ use futures_util::future::try_join_all;
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::time::{sleep_until, Instant};
 
-use crate::load;
-use crate::net::Traffic;
-use crate::probe::Probe;
-use crate::publisher::Publisher;
-use crate::receiver::Receivers;
-use crate::recorder::Recorder;
+use crate::client::load;
+use crate::client::net::Traffic;
+use crate::client::publisher::Publisher;
+use crate::client::receiver::Receivers;
+use crate::client::recorder::Recorder;
+use crate::client::ws;
+use crate::measure::probe::Probe;
+use crate::measure::stats::{Sample, Summary};
 use crate::server::Server;
-use crate::stats::{Sample, Summary};
-use crate::ws;
 
 /// Deliveries (message × subscriber) the whole fleet keeps in flight when
 /// saturating: enough to keep every stage busy, few enough that the queue
