@@ -19,6 +19,7 @@ mod profiler;
 mod report;
 mod scenario;
 mod server;
+mod table;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -28,10 +29,9 @@ use clap::{Parser, Subcommand};
 use roomcast_tests::broker::tansu_binary;
 use roomcast_tests::repo_root;
 
-use crate::measure::stats::Sample;
+use crate::client::fleet::Shape;
 use crate::plan::{Part, Plan};
-use crate::report::{number, Measured, Results};
-use crate::scenario::fanout::Shape;
+use crate::report::{Measured, Results};
 use crate::scenario::{bridge, fanout, footprint, profile, push_poll, shards};
 use crate::server::{Flavor, Server};
 
@@ -226,22 +226,4 @@ async fn measure(flavors: &[Flavor], plan: &Plan) -> Result<Vec<(Flavor, Measure
         }
     }
     Ok(measured)
-}
-
-/// One line per run on stderr, so a long benchmark shows it is alive.
-pub fn progress(server: &Server, what: &str, sample: &Sample) {
-    let rejected = if sample.rejected > 0 {
-        format!(", {} REJECTED", sample.rejected)
-    } else {
-        String::new()
-    };
-    eprintln!(
-        "[{}] {what}: p50 {} ms, p99 {} ms, {} deliveries/s, CPU s/1k: workerd {}, bench {}{rejected}",
-        server.flavor.label(),
-        number(sample.p50_ms),
-        number(sample.p99_ms),
-        number(sample.delivered_per_sec),
-        number(sample.cpu_per_1k.workerd()),
-        number(sample.cpu_per_1k.bench),
-    );
 }

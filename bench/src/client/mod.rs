@@ -3,9 +3,11 @@
 //! read on the one [`clock`]; [`publisher`] sends them paced or windowed
 //! ([`load`]), [`receiver`] takes them off WebSockets, polls or a Kafka
 //! topic into a [`recorder::Recorder`], and every socket's bytes are
-//! counted ([`net`]) on the way ([`ws`], [`http`]).
+//! counted ([`net`]) on the way ([`ws`], [`http`]). A [`fleet`] is the
+//! publishers and subscribers of K rooms, connected once for many runs.
 
 pub mod clock;
+pub mod fleet;
 pub mod http;
 pub mod load;
 pub mod net;

@@ -6,63 +6,17 @@
 //! its room, so the server runs flat out without an unbounded backlog; the
 //! rate is read over a window after a warm-up. Then latency at half that
 //! rate, open loop, where a healthy system should show its unloaded
-//! latency. The connections are opened once per shape and reused by every
-//! run (a thousand handshakes are slow through the dev server); the run id
-//! in each stamp keeps runs apart.
+//! latency. Each server's connections are a [`Fleet`], opened once per
+//! shape and reused by every run.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::fmt::Write;
 
 use anyhow::{Context, Result};
-use futures_util::future::try_join_all;
-use futures_util::{StreamExt, TryStreamExt};
-use tokio::time::{sleep_until, Instant};
 
-use crate::client::load;
-use crate::client::net::Traffic;
-use crate::client::publisher::Publisher;
-use crate::client::receiver::Receivers;
-use crate::client::recorder::Recorder;
-use crate::client::ws;
-use crate::measure::probe::Probe;
+use crate::client::fleet::{Fleet, Shape, Timing};
 use crate::measure::stats::{Sample, Summary};
-use crate::server::Server;
-
-/// Deliveries (message × subscriber) the whole fleet keeps in flight when
-/// saturating: enough to keep every stage busy, few enough that the queue
-/// stays in the server's memory rather than growing without bound.
-const IN_FLIGHT: u64 = 1024;
-/// Fewest messages a room keeps in flight, so a big room still pipelines.
-const MIN_WINDOW: u64 = 2;
-/// Connections opened at once.
-const CONNECTS: usize = 32;
-/// How long stragglers of a run may take to arrive before the next run.
-const DRAIN: Duration = Duration::from_secs(10);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Shape {
-    pub rooms: usize,
-    pub subscribers: usize,
-}
-
-impl std::fmt::Display for Shape {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} × {}", self.rooms, self.subscribers)
-    }
-}
-
-impl Shape {
-    fn receivers(&self) -> u64 {
-        (self.rooms * self.subscribers) as u64
-    }
-}
-
-#[derive(Clone)]
-pub struct Timing {
-    pub warmup: Duration,
-    pub duration: Duration,
-    pub runs: usize,
-}
+use crate::server::{self, Flavor, Server};
+use crate::table::{cell, number, ratio, Table};
 
 pub struct Capacity {
     pub shape: Shape,
@@ -72,6 +26,14 @@ pub struct Capacity {
     pub half_rate: f64,
     /// Open loop at half the median highest rate.
     pub half: Summary,
+}
+
+/// The capacity of `like`'s shape among `capacities`.
+pub fn find<'a>(
+    capacities: impl IntoIterator<Item = &'a Capacity>,
+    like: &Capacity,
+) -> Option<&'a Capacity> {
+    capacities.into_iter().find(|c| c.shape == like.shape)
 }
 
 /// `shape` on every server; one [`Capacity`] per server, in the order of
@@ -94,7 +56,7 @@ async fn measure_fleets(
     fleets: &mut [Fleet],
     timing: &Timing,
 ) -> Result<Vec<Capacity>> {
-    let shape = fleets.first().map(|f| f.shape).context("no servers")?;
+    let shape = fleets.first().map(Fleet::shape).context("no servers")?;
     let label = format!("{} rooms × {}", shape.rooms, shape.subscribers);
     let mut saturated: Vec<Vec<Sample>> = fleets.iter().map(|_| Vec::new()).collect();
     for run in 1..=timing.runs {
@@ -105,7 +67,7 @@ async fn measure_fleets(
                 .saturate(server, timing)
                 .await
                 .with_context(|| format!("{}: {what}", server.flavor.label()))?;
-            crate::progress(server, &what, &sample);
+            crate::scenario::progress(server, &what, &sample);
             samples.push(sample);
         }
     }
@@ -127,7 +89,7 @@ async fn measure_fleets(
                 .paced(server, rate, timing.duration)
                 .await
                 .with_context(|| format!("{}: {what}", server.flavor.label()))?;
-            crate::progress(server, &what, &sample);
+            crate::scenario::progress(server, &what, &sample);
             samples.push(sample);
         }
     }
@@ -144,168 +106,89 @@ async fn measure_fleets(
         .collect())
 }
 
-/// One publisher and its subscribers per room, connected once and reused by
-/// every run of a shape (and by the profiler and part 6, which grows it).
-pub struct Fleet {
-    shape: Shape,
-    rooms: Vec<String>,
-    recorders: Vec<Arc<Recorder>>,
-    publishers: Vec<Publisher>,
-    receivers: Receivers,
-    traffic: Arc<Traffic>,
-    run: u32,
-}
-
-impl Fleet {
-    pub async fn connect(server: &Server, shape: Shape) -> Result<Fleet> {
-        let mut fleet = Fleet::publishers(server, shape).await?;
-        fleet.grow(server, shape.subscribers).await?;
-        Ok(fleet)
-    }
-
-    /// Fresh rooms with their publishers and no subscribers yet. Publishers
-    /// come first so that in a sharded room (part 6) the publisher is a
-    /// client of the room's own object, the sequencer, as it is in an
-    /// unsharded room: both layouts publish the same way.
-    async fn publishers(server: &Server, shape: Shape) -> Result<Fleet> {
-        let rooms: Vec<String> = (0..shape.rooms)
-            .map(|_| server.fresh_room(&format!("fanout{}", shape.subscribers)))
-            .collect();
-        let publishers = try_join_all(rooms.iter().map(|room| Publisher::connect(server, room)))
-            .await
-            .context("connecting publishers")?;
-        Ok(Fleet {
-            shape: Shape {
-                rooms: shape.rooms,
-                subscribers: 0,
-            },
-            recorders: rooms.iter().map(|_| Recorder::new()).collect(),
-            rooms,
-            publishers,
-            receivers: Receivers::default(),
-            traffic: Traffic::new(),
-            run: 0,
-        })
-    }
-
-    /// Connects subscribers until every room has `subscribers`.
-    pub async fn grow(&mut self, server: &Server, subscribers: usize) -> Result<()> {
-        let have = self.shape.subscribers;
-        if subscribers <= have {
-            return Ok(());
+/// The part's tables for one kind of shape (fan-out, or many rooms): each
+/// server's capacities, the CPU split at max, and roomcast over each rung;
+/// `servers` in [`Flavor::LADDER`] order.
+pub fn render(out: &mut String, servers: &[(Flavor, Vec<&Capacity>)]) {
+    for (flavor, capacities) in servers {
+        let _ = writeln!(out, "**{}**\n", flavor.label());
+        let mut table = Table::new(&[
+            "rooms × subscribers",
+            "max deliveries/s",
+            "workerd CPU s / 1k at max",
+            "half rate, msg/s per room",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "delivered/s at half rate",
+        ]);
+        for c in capacities {
+            table.row(vec![
+                c.shape.to_string(),
+                cell(&c.max.delivered_per_sec),
+                cell(&c.max.cpu_workerd),
+                number(c.half_rate),
+                cell(&c.half.p50_ms),
+                cell(&c.half.p95_ms),
+                cell(&c.half.p99_ms),
+                cell(&c.half.delivered_per_sec),
+            ]);
         }
-        let started = Instant::now();
-        let joins = (0..self.shape.rooms).flat_map(|room| (have..subscribers).map(move |_| room));
-        let sockets: Vec<(usize, ws::Socket)> = futures_util::stream::iter(joins)
-            .map(|room| {
-                let path = server.ws_path(&self.rooms[room]);
-                let traffic = self.traffic.clone();
-                async move {
-                    let socket = ws::connect(server.addr(), &path, traffic).await?;
-                    Ok::<_, anyhow::Error>((room, socket))
-                }
-            })
-            .buffer_unordered(CONNECTS)
-            .try_collect()
-            .await
-            .context("connecting subscribers")?;
-        for (room, socket) in sockets {
-            self.receivers.push(socket, self.recorders[room].clone());
-        }
-        self.shape.subscribers = subscribers;
-        eprintln!(
-            "[{}] {} rooms × {} subscribers connected in {:.1} s",
-            server.flavor.label(),
-            self.shape.rooms,
-            self.shape.subscribers,
-            started.elapsed().as_secs_f64()
-        );
-        Ok(())
+        table.render_into(out);
     }
-
-    /// Subscribers per room.
-    pub fn subscribers(&self) -> usize {
-        self.shape.subscribers
-    }
-
-    /// The rooms' names, in the order of their publishers.
-    pub fn rooms(&self) -> &[String] {
-        &self.rooms
-    }
-
-    /// One closed-loop run; deliveries/s over the window after the warm-up.
-    pub async fn saturate(&mut self, server: &Server, timing: &Timing) -> Result<Sample> {
-        let run = self.begin();
-        let fanout = self.shape.subscribers as u64;
-        let window = (IN_FLIGHT / self.shape.receivers()).max(MIN_WINDOW);
-        let start = Instant::now();
-        let until = start + timing.warmup + timing.duration;
-        let publishing = try_join_all(self.publishers.iter_mut().zip(&self.recorders).map(
-            |(publisher, recorder)| load::windowed(publisher, run, recorder, fanout, window, until),
-        ));
-        let (recorders, traffic) = (&self.recorders, &self.traffic);
-        // The window is a span of time, not a synchronisation point.
-        let measuring = async {
-            sleep_until(start + timing.warmup).await;
-            let probe = Probe::start(server, traffic, recorders)?;
-            sleep_until(until).await;
-            let window = probe.elapsed();
-            probe.finish(server, traffic, recorders, window)
-        };
-        let (published, sample) = tokio::join!(publishing, measuring);
-        self.drain(&published?).await;
-        Ok(self.with_rejections(sample?))
-    }
-
-    /// One open-loop run at `rate` messages/s per room.
-    pub async fn paced(
-        &mut self,
-        server: &Server,
-        rate: f64,
-        duration: Duration,
-    ) -> Result<Sample> {
-        let run = self.begin();
-        let probe = Probe::start(server, &self.traffic, &self.recorders)?;
-        let rooms = self.publishers.len() as f64;
-        let published = try_join_all(self.publishers.iter_mut().enumerate().map(
-            |(k, publisher)| {
-                let phase = Duration::from_secs_f64(k as f64 / rooms / rate);
-                load::paced(publisher, run, rate, duration, phase)
-            },
-        ))
-        .await?;
-        self.drain(&published).await;
-        let sample = probe.finish(server, &self.traffic, &self.recorders, duration)?;
-        Ok(self.with_rejections(sample))
-    }
-
-    fn begin(&mut self) -> u32 {
-        self.run += 1;
-        for recorder in &self.recorders {
-            recorder.begin(self.run);
-        }
-        self.run
-    }
-
-    /// Waits (bounded) until every room's subscribers have every message
-    /// its publisher sent in this run.
-    async fn drain(&self, published: &[u64]) {
-        let deadline = Instant::now() + DRAIN;
-        let fanout = self.shape.subscribers as u64;
-        for (recorder, sent) in self.recorders.iter().zip(published) {
-            recorder.wait_for(sent * fanout, deadline).await;
+    let _ = writeln!(
+        out,
+        "**CPU split at max, s per 1000 deliveries (medians)**\n"
+    );
+    let mut table = Table::new(&[
+        "server",
+        "rooms × subscribers",
+        "workerd runtime",
+        "workerd proxy",
+        "wrangler (node)",
+        "benchmark client",
+    ]);
+    for (flavor, capacities) in servers {
+        for c in capacities {
+            table.row(vec![
+                flavor.label().into(),
+                c.shape.to_string(),
+                number(c.max.cpu_runtime.median),
+                number(c.max.cpu_workerd.median - c.max.cpu_runtime.median),
+                number(c.max.cpu_tooling.median),
+                number(c.max.cpu_bench.median),
+            ]);
         }
     }
-
-    fn with_rejections(&self, mut sample: Sample) -> Sample {
-        sample.rejected = self.publishers.iter().map(|p| p.take_rejected()).sum();
-        sample
-    }
-
-    pub async fn close(self) -> Result<()> {
-        for publisher in self.publishers {
-            publisher.close().await;
+    table.render_into(out);
+    let Some(ours) = server::ours(servers) else {
+        return;
+    };
+    let _ = writeln!(out, "**roomcast / each rung (ratio of medians)**\n");
+    let mut table = Table::new(&[
+        "against",
+        "rooms × subscribers",
+        "max deliveries/s",
+        "runtime CPU / delivery at max",
+        "workerd CPU / delivery at max",
+        "p50 at half rate",
+        "p99 at half rate",
+    ]);
+    for (rung, capacities) in server::rungs(servers) {
+        for o in ours {
+            let Some(b) = find(capacities.iter().copied(), o) else {
+                continue;
+            };
+            table.row(vec![
+                rung.label().into(),
+                o.shape.to_string(),
+                ratio(&o.max.delivered_per_sec, &b.max.delivered_per_sec),
+                ratio(&o.max.cpu_runtime, &b.max.cpu_runtime),
+                ratio(&o.max.cpu_workerd, &b.max.cpu_workerd),
+                ratio(&o.half.p50_ms, &b.half.p50_ms),
+                ratio(&o.half.p99_ms, &b.half.p99_ms),
+            ]);
         }
-        self.receivers.stop().await
     }
+    table.render_into(out);
 }

@@ -37,6 +37,7 @@ use anyhow::{ensure, Context, Result};
 use roomcast_tests::{repo_root, WorkerSpec};
 use serde::Deserialize;
 
+use crate::client::fleet::{Fleet, Shape, Timing};
 use crate::client::http::HttpConn;
 use crate::client::load;
 use crate::client::net::Traffic;
@@ -44,9 +45,8 @@ use crate::measure::stats::{Sample, Spread, Summary};
 use crate::profiler::attribution::Split;
 use crate::profiler::cpuprofile::Profile;
 use crate::profiler::inspector::Inspector;
-use crate::report::{cell, number, ratio, Table};
-use crate::scenario::fanout::{Fleet, Shape, Timing};
 use crate::server::{Flavor, Server};
+use crate::table::{cell, number, ratio, Table};
 
 /// The build that keeps function names, relative to a wrangler
 /// configuration's directory (`make build/profile/worker/shim.mjs`).
@@ -249,13 +249,13 @@ impl Trial {
         match kind {
             Kind::Max => {
                 let sample = self.fleet.saturate(&self.server, &plan.timing).await?;
-                crate::progress(&self.server, &what, &sample);
+                crate::scenario::progress(&self.server, &what, &sample);
                 self.max.push(sample);
             }
             Kind::Paced => {
                 let duration = plan.timing.duration;
                 let sample = self.fleet.paced(&self.server, plan.rate, duration).await?;
-                crate::progress(&self.server, &what, &sample);
+                crate::scenario::progress(&self.server, &what, &sample);
                 self.paced.push(sample);
             }
             Kind::Profiled => {

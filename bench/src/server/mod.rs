@@ -81,6 +81,10 @@ impl Flavor {
         }
     }
 
+    /// The rungs roomcast is compared with, in the order the ratios are
+    /// read: the equivalent durable room first, the bare room last.
+    pub const RUNGS: [Flavor; 3] = [Flavor::Durable, Flavor::Partyserver, Flavor::Bare];
+
     /// A name without spaces, for files and directories.
     pub fn slug(self) -> &'static str {
         match self {
@@ -90,6 +94,26 @@ impl Flavor {
             Flavor::Ours => "roomcast",
         }
     }
+}
+
+/// roomcast's entry of a list with one entry per server.
+pub fn ours<T>(servers: &[(Flavor, T)]) -> Option<&T> {
+    servers
+        .iter()
+        .find(|(f, _)| *f == Flavor::Ours)
+        .map(|(_, t)| t)
+}
+
+/// The entries of the rungs roomcast is compared with, in [`Flavor::RUNGS`]
+/// order.
+pub fn rungs<T>(servers: &[(Flavor, T)]) -> Vec<(Flavor, &T)> {
+    Flavor::RUNGS
+        .into_iter()
+        .filter_map(|rung| {
+            let (_, t) = servers.iter().find(|(f, _)| *f == rung)?;
+            Some((rung, t))
+        })
+        .collect()
 }
 
 /// A running `wrangler dev`; dropping it kills its process group and
