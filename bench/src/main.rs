@@ -11,32 +11,15 @@
 //! machine falls on all alike; the client shares the machine too, which
 //! the CPU tables show.
 
-mod attribution;
-mod bridge;
-mod bridge_memory;
-mod clock;
+mod client;
 mod context;
-mod cpu;
-mod cpuprofile;
-mod direct;
-mod fanout;
-mod footprint;
-mod http;
-mod inspector;
-mod load;
-mod net;
+mod measure;
 mod plan;
-mod probe;
-mod profile;
-mod publisher;
-mod push_poll;
-mod receiver;
-mod recorder;
+mod profiler;
 mod report;
+mod scenario;
 mod server;
-mod shards;
-mod stats;
-mod ws;
+mod table;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -46,11 +29,11 @@ use clap::{Parser, Subcommand};
 use roomcast_tests::broker::tansu_binary;
 use roomcast_tests::repo_root;
 
-use crate::fanout::Shape;
+use crate::client::fleet::Shape;
 use crate::plan::{Part, Plan};
-use crate::report::{number, Measured, Results};
+use crate::report::{Measured, Results};
+use crate::scenario::{bridge, fanout, footprint, profile, push_poll, shards};
 use crate::server::{Flavor, Server};
-use crate::stats::Sample;
 
 #[derive(Parser, Debug)]
 #[command(about = "Benchmarks roomcast under wrangler dev against a ladder of JavaScript rooms")]
@@ -243,22 +226,4 @@ async fn measure(flavors: &[Flavor], plan: &Plan) -> Result<Vec<(Flavor, Measure
         }
     }
     Ok(measured)
-}
-
-/// One line per run on stderr, so a long benchmark shows it is alive.
-pub fn progress(server: &Server, what: &str, sample: &Sample) {
-    let rejected = if sample.rejected > 0 {
-        format!(", {} REJECTED", sample.rejected)
-    } else {
-        String::new()
-    };
-    eprintln!(
-        "[{}] {what}: p50 {} ms, p99 {} ms, {} deliveries/s, CPU s/1k: workerd {}, bench {}{rejected}",
-        server.flavor.label(),
-        number(sample.p50_ms),
-        number(sample.p99_ms),
-        number(sample.delivered_per_sec),
-        number(sample.cpu_per_1k.workerd()),
-        number(sample.cpu_per_1k.bench),
-    );
 }

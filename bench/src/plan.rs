@@ -1,22 +1,22 @@
 //! What an invocation measures. The quick set (`make bench`) keeps every
 //! server part but offers fewer rates, one poll interval and three
 //! fan-outs (1, 10, 100) in 2 s runs, so that four servers finish in about
-//! six minutes on two cores, plus sharded rooms (roomcast alone) at the
-//! subscriber counts the issue asks for, up to 5000, in a few more; the
-//! full set (`make bench FULL=1`) has every rate, interval and fan-out (1
-//! to 1000) in 5 s runs, longer profiles of the sharded rooms, and the
-//! bridge. `--parts` narrows either.
+//! six minutes on two cores, plus sharded rooms (roomcast alone) at 1000,
+//! 2500 and 5000 subscribers in a few more; the full set (`make bench
+//! FULL=1`) has every rate, interval and fan-out (1 to 1000) in 5 s runs,
+//! longer profiles of the sharded rooms, and the bridge. `--parts` narrows
+//! either.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::ValueEnum;
 
-use crate::bridge;
-use crate::fanout::{Shape, Timing};
-use crate::push_poll::{self, Mode};
+use crate::client::fleet::{Shape, Timing};
+use crate::scenario::bridge;
+use crate::scenario::push_poll::{self, Mode};
+use crate::scenario::shards;
 use crate::server::Flavor;
-use crate::shards;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Part {

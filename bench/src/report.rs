@@ -1,18 +1,20 @@
-//! The markdown the benchmark prints: the ladder first (every rung's
-//! medians side by side, and roomcast over each rung), then one table per
-//! part and server, the CPU split, the ratios roomcast / each rung, and the
-//! context a reader needs to trust the figures (machine, load, mode).
-//! Cells are `median [min–max]` over runs.
+//! The markdown the benchmark prints, assembled from what each scenario
+//! measured: the context a reader needs to trust the figures (machine,
+//! load, mode), the ladder (every rung's medians of the headline figures
+//! side by side, and roomcast over each rung), then each part's section as
+//! the scenario renders it, and notes. Cells are `median [min–max]` over
+//! runs.
 
 use std::fmt::Write;
 
-use crate::bridge::BridgeResults;
-use crate::fanout::Capacity;
-use crate::footprint::{Asset, ColdStart};
-use crate::push_poll::{Case, Mode};
-use crate::server::Flavor;
-use crate::shards::ShardResults;
-use crate::stats::{Spread, Summary};
+use crate::measure::stats::Summary;
+use crate::scenario::bridge::{self, BridgeResults};
+use crate::scenario::fanout::{self, Capacity};
+use crate::scenario::footprint::{self, Asset, ColdStart};
+use crate::scenario::push_poll::{self, Case, Mode};
+use crate::scenario::shards::{self, ShardResults};
+use crate::server::{self, Flavor};
+use crate::table::{number, section, times, Table};
 
 /// What one server produced.
 #[derive(Default)]
@@ -26,17 +28,11 @@ pub struct Measured {
 
 impl Measured {
     fn push(&self, rate: u32, mode: Mode) -> Option<&Summary> {
-        self.push_poll
-            .iter()
-            .find(|c| c.rate == rate && c.mode == mode)
-            .map(|c| &c.summary)
+        push_poll::find(&self.push_poll, rate, mode)
     }
 
     fn capacity(&self, like: &Capacity) -> Option<&Capacity> {
-        self.fanout
-            .iter()
-            .chain(&self.rooms)
-            .find(|c| c.shape == like.shape)
+        fanout::find(self.fanout.iter().chain(&self.rooms), like)
     }
 }
 
@@ -50,27 +46,13 @@ pub struct Results {
 }
 
 impl Results {
-    fn ours(&self) -> Option<&Measured> {
-        self.servers
-            .iter()
-            .find(|(f, _)| *f == Flavor::Ours)
-            .map(|(_, m)| m)
-    }
-
-    /// The rungs roomcast is compared with, in the order the ratios are
-    /// read: the equivalent durable room first, the bare room last.
-    fn rungs(&self) -> Vec<(Flavor, &Measured)> {
-        [Flavor::Durable, Flavor::Partyserver, Flavor::Bare]
-            .into_iter()
-            .filter_map(|rung| {
-                let (_, m) = self.servers.iter().find(|(f, _)| *f == rung)?;
-                Some((rung, m))
-            })
-            .collect()
-    }
-
     fn any(&self, has: impl Fn(&Measured) -> bool) -> bool {
         self.servers.iter().any(|(_, m)| has(m))
+    }
+
+    /// What `pick` reads from each server, in [`Flavor::LADDER`] order.
+    fn each<'a, T>(&'a self, pick: impl Fn(&'a Measured) -> T) -> Vec<(Flavor, T)> {
+        self.servers.iter().map(|(f, m)| (*f, pick(m))).collect()
     }
 }
 
@@ -84,29 +66,39 @@ pub fn render(results: &Results) -> String {
     table.render_into(&mut out);
     ladder(&mut out, results);
     if results.any(|m| !m.push_poll.is_empty()) {
-        push_poll(&mut out, results);
+        section(
+            &mut out,
+            "1. Push against poll: one publisher, 10 subscribers, one room",
+        );
+        push_poll::render(&mut out, &results.each(|m| m.push_poll.as_slice()));
     }
     if results.any(|m| !m.fanout.is_empty()) {
         section(&mut out, "2. Fan-out: one room, N subscribers");
-        capacity(&mut out, results, |m| m.fanout.iter().collect());
+        fanout::render(&mut out, &results.each(|m| m.fanout.iter().collect()));
     }
     if results.any(|m| m.rooms.is_some()) {
         section(&mut out, "3. Many rooms: 100 rooms × 10 subscribers");
-        capacity(&mut out, results, |m| m.rooms.iter().collect());
+        fanout::render(&mut out, &results.each(|m| m.rooms.iter().collect()));
     }
-    if let Some(bridge) = &results.bridge {
+    if let Some(results) = &results.bridge {
         section(&mut out, "4. Bridge: rooms ⇄ Kafka against plain rdkafka");
-        crate::bridge::render(&mut out, bridge);
+        bridge::render(&mut out, results);
     }
     if results.any(|m| m.cold.is_some() || !m.bundle.is_empty()) {
-        footprint(&mut out, results);
+        section(&mut out, "5. Footprint");
+        let cold: Vec<(Flavor, &ColdStart)> = results
+            .servers
+            .iter()
+            .filter_map(|(f, m)| Some((*f, m.cold.as_ref()?)))
+            .collect();
+        footprint::render(&mut out, &results.each(|m| m.bundle.as_slice()), &cold);
     }
-    if let Some(shards) = &results.shards {
+    if let Some(results) = &results.shards {
         section(
             &mut out,
             "6. Sharded rooms: one room × N subscribers, roomcast unsharded and sharded",
         );
-        crate::shards::render(&mut out, shards);
+        shards::render(&mut out, results);
     }
     let notes: Vec<String> = results
         .notes
@@ -126,13 +118,13 @@ pub fn render(results: &Results) -> String {
 /// One figure of the ladder: a row label and how to read it from a server.
 type Figure<'a> = (String, Box<dyn Fn(&Measured) -> Option<f64> + 'a>);
 
-/// The summary the issue asks for: every rung's median of each headline
+/// The headline figures: every rung's median of each headline
 /// figure, and roomcast's over each rung's. CPU is the runtime's (the
 /// workerd that runs the Durable Objects, what production would run) at
 /// the highest rate: per publish (× the subscribers of a room) and per
 /// delivery.
 fn ladder(out: &mut String, results: &Results) {
-    let Some(ours) = results.ours() else {
+    let Some(ours) = server::ours(&results.servers) else {
         return;
     };
     let mut figures: Vec<Figure> = Vec::new();
@@ -170,7 +162,7 @@ fn ladder(out: &mut String, results: &Results) {
         return;
     }
     section(out, "Ladder");
-    let rungs = results.rungs();
+    let rungs = server::rungs(&results.servers);
     let mut headers = vec!["figure".to_owned()];
     headers.extend(results.servers.iter().map(|(f, _)| f.label().to_owned()));
     headers.extend(
@@ -224,324 +216,20 @@ fn rejections(results: &Results) -> Vec<String> {
     notes
 }
 
-fn push_poll(out: &mut String, results: &Results) {
-    section(
-        out,
-        "1. Push against poll: one publisher, 10 subscribers, one room",
-    );
-    for (flavor, measured) in &results.servers {
-        let _ = writeln!(out, "**{}**\n", flavor.label());
-        let mut table = Table::new(&[
-            "rate msg/s",
-            "receive by",
-            "p50 ms",
-            "p95 ms",
-            "p99 ms",
-            "delivered/s",
-            "HTTP req / delivery",
-            "bytes / delivery",
-            "workerd CPU s / 1k deliveries",
-        ]);
-        for case in &measured.push_poll {
-            let s = &case.summary;
-            table.row(vec![
-                case.rate.to_string(),
-                case.mode.label(),
-                cell(&s.p50_ms),
-                cell(&s.p95_ms),
-                cell(&s.p99_ms),
-                cell(&s.delivered_per_sec),
-                cell(&s.requests_per_delivery),
-                cell(&s.bytes_per_delivery),
-                cell(&s.cpu_workerd),
-            ]);
-        }
-        table.render_into(out);
-    }
-    let _ = writeln!(out, "**CPU split, s per 1000 deliveries (medians)**\n");
-    let mut table = Table::new(&[
-        "server",
-        "rate msg/s",
-        "receive by",
-        "workerd runtime",
-        "workerd proxy",
-        "wrangler (node)",
-        "benchmark client",
-    ]);
-    for (flavor, measured) in &results.servers {
-        for case in &measured.push_poll {
-            let s = &case.summary;
-            table.row(vec![
-                flavor.label().into(),
-                case.rate.to_string(),
-                case.mode.label(),
-                number(s.cpu_runtime.median),
-                number(s.cpu_workerd.median - s.cpu_runtime.median),
-                number(s.cpu_tooling.median),
-                number(s.cpu_bench.median),
-            ]);
-        }
-    }
-    table.render_into(out);
-    let Some(ours) = results.ours() else {
-        return;
-    };
-    let _ = writeln!(out, "**roomcast / each rung (ratio of medians)**\n");
-    let mut table = Table::new(&[
-        "against",
-        "rate msg/s",
-        "receive by",
-        "p50",
-        "p99",
-        "delivered/s",
-        "bytes / delivery",
-        "runtime CPU / delivery",
-        "workerd CPU / delivery",
-    ]);
-    for (rung, measured) in results.rungs() {
-        for case in &ours.push_poll {
-            let Some(b) = measured.push(case.rate, case.mode) else {
-                continue;
-            };
-            let o = &case.summary;
-            table.row(vec![
-                rung.label().into(),
-                case.rate.to_string(),
-                case.mode.label(),
-                ratio(&o.p50_ms, &b.p50_ms),
-                ratio(&o.p99_ms, &b.p99_ms),
-                ratio(&o.delivered_per_sec, &b.delivered_per_sec),
-                ratio(&o.bytes_per_delivery, &b.bytes_per_delivery),
-                ratio(&o.cpu_runtime, &b.cpu_runtime),
-                ratio(&o.cpu_workerd, &b.cpu_workerd),
-            ]);
-        }
-    }
-    table.render_into(out);
-}
-
-fn capacity(out: &mut String, results: &Results, pick: fn(&Measured) -> Vec<&Capacity>) {
-    for (flavor, measured) in &results.servers {
-        let _ = writeln!(out, "**{}**\n", flavor.label());
-        let mut table = Table::new(&[
-            "rooms × subscribers",
-            "max deliveries/s",
-            "workerd CPU s / 1k at max",
-            "half rate, msg/s per room",
-            "p50 ms",
-            "p95 ms",
-            "p99 ms",
-            "delivered/s at half rate",
-        ]);
-        for c in pick(measured) {
-            table.row(vec![
-                c.shape.to_string(),
-                cell(&c.max.delivered_per_sec),
-                cell(&c.max.cpu_workerd),
-                number(c.half_rate),
-                cell(&c.half.p50_ms),
-                cell(&c.half.p95_ms),
-                cell(&c.half.p99_ms),
-                cell(&c.half.delivered_per_sec),
-            ]);
-        }
-        table.render_into(out);
-    }
-    let _ = writeln!(
-        out,
-        "**CPU split at max, s per 1000 deliveries (medians)**\n"
-    );
-    let mut table = Table::new(&[
-        "server",
-        "rooms × subscribers",
-        "workerd runtime",
-        "workerd proxy",
-        "wrangler (node)",
-        "benchmark client",
-    ]);
-    for (flavor, measured) in &results.servers {
-        for c in pick(measured) {
-            table.row(vec![
-                flavor.label().into(),
-                c.shape.to_string(),
-                number(c.max.cpu_runtime.median),
-                number(c.max.cpu_workerd.median - c.max.cpu_runtime.median),
-                number(c.max.cpu_tooling.median),
-                number(c.max.cpu_bench.median),
-            ]);
-        }
-    }
-    table.render_into(out);
-    let Some(ours) = results.ours() else {
-        return;
-    };
-    let _ = writeln!(out, "**roomcast / each rung (ratio of medians)**\n");
-    let mut table = Table::new(&[
-        "against",
-        "rooms × subscribers",
-        "max deliveries/s",
-        "runtime CPU / delivery at max",
-        "workerd CPU / delivery at max",
-        "p50 at half rate",
-        "p99 at half rate",
-    ]);
-    for (rung, measured) in results.rungs() {
-        for o in pick(ours) {
-            let Some(b) = measured.capacity(o) else {
-                continue;
-            };
-            table.row(vec![
-                rung.label().into(),
-                o.shape.to_string(),
-                ratio(&o.max.delivered_per_sec, &b.max.delivered_per_sec),
-                ratio(&o.max.cpu_runtime, &b.max.cpu_runtime),
-                ratio(&o.max.cpu_workerd, &b.max.cpu_workerd),
-                ratio(&o.half.p50_ms, &b.half.p50_ms),
-                ratio(&o.half.p99_ms, &b.half.p99_ms),
-            ]);
-        }
-    }
-    table.render_into(out);
-}
-
-fn footprint(out: &mut String, results: &Results) {
-    section(out, "5. Footprint");
-    let mut table = Table::new(&["server", "file", "bytes", "gzip -9 bytes"]);
-    for (flavor, measured) in &results.servers {
-        let mut total = (0, 0);
-        for asset in &measured.bundle {
-            table.row(vec![
-                flavor.label().into(),
-                asset.path.display().to_string(),
-                asset.bytes.to_string(),
-                asset.gzipped.to_string(),
-            ]);
-            total = (total.0 + asset.bytes, total.1 + asset.gzipped);
-        }
-        table.row(vec![
-            flavor.label().into(),
-            "**total**".into(),
-            total.0.to_string(),
-            total.1.to_string(),
-        ]);
-    }
-    table.render_into(out);
-    let mut table = Table::new(&[
-        "server",
-        "first connect, fresh room (ms)",
-        "second connect, running room (ms)",
-    ]);
-    for (flavor, measured) in &results.servers {
-        if let Some(cold) = &measured.cold {
-            table.row(vec![
-                flavor.label().into(),
-                cell(&cold.cold_ms),
-                cell(&cold.warm_ms),
-            ]);
-        }
-    }
-    table.render_into(out);
-}
-
-fn section(out: &mut String, title: &str) {
-    let _ = writeln!(out, "### {title}\n");
-}
-
-/// `median [min–max]`.
-pub fn cell(spread: &Spread) -> String {
-    if spread.median.is_nan() {
-        return "–".into();
-    }
-    format!(
-        "{} [{}–{}]",
-        number(spread.median),
-        number(spread.min),
-        number(spread.max)
-    )
-}
-
-/// The ratio of medians, e.g. `1.23×`.
-pub fn ratio(ours: &Spread, rung: &Spread) -> String {
-    times(ours.ratio(rung))
-}
-
-/// `1.23×`, or `–` when there is no ratio.
-fn times(r: f64) -> String {
-    if r.is_finite() {
-        format!("{}×", number(r))
-    } else {
-        "–".into()
-    }
-}
-
-/// About three significant digits, no exponent.
-pub fn number(x: f64) -> String {
-    if !x.is_finite() {
-        return "–".into();
-    }
-    let magnitude = x.abs();
-    let decimals = if magnitude >= 100.0 || magnitude == 0.0 {
-        0
-    } else {
-        (2.0 - magnitude.log10().floor()).max(0.0) as usize
-    };
-    format!("{x:.decimals$}")
-}
-
-/// A markdown table.
-pub struct Table {
-    headers: Vec<String>,
-    rows: Vec<Vec<String>>,
-}
-
-impl Table {
-    pub fn new(headers: &[&str]) -> Table {
-        Table {
-            headers: headers.iter().map(|h| h.to_string()).collect(),
-            rows: Vec::new(),
-        }
-    }
-
-    pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
-    }
-
-    pub fn render_into(&self, out: &mut String) {
-        let line = |cells: &[String]| format!("| {} |", cells.join(" | "));
-        let _ = writeln!(out, "{}", line(&self.headers));
-        let rule: Vec<String> = self.headers.iter().map(|_| "---".into()).collect();
-        let _ = writeln!(out, "{}", line(&rule));
-        for row in &self.rows {
-            let _ = writeln!(out, "{}", line(row));
-        }
-        out.push('\n');
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fanout::Shape;
-
-    #[test]
-    fn numbers_keep_three_significant_digits() {
-        assert_eq!(number(1234.4), "1234");
-        assert_eq!(number(12.345), "12.3");
-        assert_eq!(number(1.2345), "1.23");
-        assert_eq!(number(0.012345), "0.0123");
-        assert_eq!(number(0.0), "0");
-        assert_eq!(number(f64::NAN), "–");
-    }
+    use crate::client::fleet::Shape;
 
     fn capacity(subscribers: usize, deliveries: f64, cpu_s_per_1k: f64) -> Capacity {
-        let sample = crate::stats::Sample {
+        let sample = crate::measure::stats::Sample {
             p50_ms: 1.0,
             p95_ms: 2.0,
             p99_ms: 3.0,
             delivered_per_sec: deliveries,
             requests_per_delivery: 0.0,
             bytes_per_delivery: 100.0,
-            cpu_per_1k: crate::cpu::CpuTimes {
+            cpu_per_1k: crate::measure::cpu::CpuTimes {
                 runtime: cpu_s_per_1k,
                 ..Default::default()
             },

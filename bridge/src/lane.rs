@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use roomcast_protocol::clock::now_ms;
-use roomcast_protocol::wire::{KafkaPosition, MAX_BATCH};
+use roomcast_protocol::draft::KafkaPosition;
+use roomcast_protocol::wire::MAX_BATCH;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};

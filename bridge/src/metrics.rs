@@ -394,8 +394,8 @@ fn render_rooms(text: &mut String, rooms: &BTreeMap<String, StatsReport>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use roomcast_protocol::draft::Origin;
     use roomcast_protocol::stats::RoomStats;
-    use roomcast_protocol::wire::Origin;
 
     #[test]
     fn renders_every_spec_name() {

@@ -454,7 +454,7 @@ mod tests {
     use crate::fake_worker::{self, FakeWorker, FromBridge, Owner, Spec, STEP};
     use crate::limits::InFlightBytes;
     use crate::memory::{Held, MemorySink};
-    use roomcast_protocol::wire::Origin;
+    use roomcast_protocol::draft::Origin;
     use serde_json::value::RawValue;
 
     fn message(seq: u64, data: &str) -> Message {

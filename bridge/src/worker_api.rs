@@ -17,7 +17,8 @@ use futures_util::future::BoxFuture;
 use reqwest::header::{HeaderMap, LOCATION, RETRY_AFTER};
 use reqwest::redirect;
 use reqwest::Url;
-use roomcast_protocol::wire::{KafkaPosition, ERROR_HEADER};
+use roomcast_protocol::draft::KafkaPosition;
+use roomcast_protocol::wire::ERROR_HEADER;
 use serde::Serialize;
 use serde_json::value::RawValue;
 

@@ -20,9 +20,9 @@ use std::borrow::Cow;
 use libfuzzer_sys::fuzz_target;
 use roomcast_fuzz::indent;
 use roomcast_fuzz::json::{self, Gen};
+use roomcast_protocol::draft::Origin;
 use roomcast_protocol::wire::{
-    parse_server_frame, CatchUp, Message, Origin, RateInfo, Receipt, Registration, ServerFrame,
-    Welcome,
+    parse_server_frame, CatchUp, Message, RateInfo, Receipt, Registration, ServerFrame, Welcome,
 };
 use roomcast_protocol::ErrorCode;
 use serde_json::value::RawValue;

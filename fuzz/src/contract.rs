@@ -10,12 +10,13 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
+use roomcast_protocol::draft::{Draft, Origin};
 use roomcast_protocol::policy::MAX_DEPTH;
 use roomcast_protocol::shard::{encode_batch, encode_join_reply, parse_batch, parse_join_reply};
 use roomcast_protocol::trace::is_traceparent;
 use roomcast_protocol::wire::{
-    error_body, parse_client_frame, parse_server_frame, ClientFrame, Draft, Message, Origin,
-    Rejection, ServerFrame, MAX_ID_LEN, MAX_REF_LEN,
+    error_body, parse_client_frame, parse_server_frame, ClientFrame, Message, Rejection,
+    ServerFrame, MAX_ID_LEN, MAX_REF_LEN,
 };
 use roomcast_protocol::ErrorCode;
 use serde_json::value::RawValue;

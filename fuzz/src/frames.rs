@@ -8,8 +8,9 @@
 //! up to 500), and a flaw just past them, so a parser that measures in the
 //! wrong unit or refuses what it should take is caught both ways.
 
+use roomcast_protocol::draft::{Draft, KafkaPosition};
 use roomcast_protocol::policy::MAX_DEPTH;
-use roomcast_protocol::wire::{Draft, KafkaPosition, MAX_BATCH, MAX_ID_LEN, MAX_REF_LEN};
+use roomcast_protocol::wire::{MAX_BATCH, MAX_ID_LEN, MAX_REF_LEN};
 
 use crate::json::{self, Gen, Json};
 

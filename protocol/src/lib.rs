@@ -10,6 +10,7 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod dedupe;
+pub mod draft;
 pub mod error;
 pub mod history;
 pub mod ids;

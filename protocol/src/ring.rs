@@ -16,7 +16,8 @@
 //! meets a hole, and the run's shape is two ranges of numbers that need no
 //! read to keep up to date: a publish costs its own rows and nothing else.
 
-use crate::wire::{Message, Origin};
+use crate::draft::Origin;
+use crate::wire::Message;
 
 /// The storage a [`Ring`] runs over: two tables of messages keyed by seq,
 /// the ring addressed by slot (`seq % capacity`).

@@ -19,10 +19,11 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::draft::Draft;
 use crate::error::ErrorCode;
 use crate::history::TURN_BYTES;
 use crate::stats::RoomStats;
-use crate::wire::{Draft, Receipt};
+use crate::wire::Receipt;
 
 /// Default of `ROOM_SHARD_SIZE`: client sockets per object.
 pub const DEFAULT_SHARD_SIZE: u64 = 5000;

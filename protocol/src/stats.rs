@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::draft::Origin;
 use crate::error::ErrorCode;
-use crate::wire::Origin;
 
 /// Upper bounds (seconds) of the connection-lifetime histogram buckets.
 pub const CONNECTION_SECONDS_BUCKETS: [f64; 10] = [

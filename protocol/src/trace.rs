@@ -10,7 +10,7 @@
 //! Over HTTP the trace context may also come as the request's `traceparent`
 //! header ([`inherit`]), which is how HTTP clients that trace send it anyway.
 
-use crate::wire::Draft;
+use crate::draft::Draft;
 
 /// Length of a version-00 `traceparent`: `00-<32 hex>-<16 hex>-<2 hex>`.
 const LEN: usize = 55;

@@ -10,6 +10,9 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+// The worker still names these `wire::Draft`, `wire::Origin` and
+// `wire::KafkaPosition`.
+pub use crate::draft::{Draft, KafkaPosition, Origin};
 use crate::error::ErrorCode;
 use crate::policy::{self, SizeCheck, MAX_DEPTH};
 use crate::stats::StatsReport;
@@ -20,31 +23,6 @@ pub const MAX_REF_LEN: usize = 64;
 pub const MAX_ID_LEN: usize = 128;
 /// Most messages in one batch `POST`.
 pub const MAX_BATCH: usize = 500;
-
-/// Where a message entered the system.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Origin {
-    Ws,
-    Http,
-    Kafka,
-}
-
-impl Origin {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Origin::Ws => "ws",
-            Origin::Http => "http",
-            Origin::Kafka => "kafka",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Origin> {
-        [Origin::Ws, Origin::Http, Origin::Kafka]
-            .into_iter()
-            .find(|o| o.as_str() == s)
-    }
-}
 
 /// A rejected frame or body: the code, a human message and the client's `ref`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,37 +47,6 @@ impl Rejection {
     pub fn with_ref(mut self, reference: Option<String>) -> Rejection {
         self.reference = reference;
         self
-    }
-}
-
-/// One message to publish, from a `publish` frame or an HTTP body.
-#[derive(Debug, Clone)]
-pub struct Draft {
-    /// The JSON payload, validated and compact (no whitespace between tokens).
-    pub data: Box<RawValue>,
-    /// The publisher's idempotency key.
-    pub id: Option<String>,
-    /// The publisher's W3C `traceparent`, carried with the message.
-    pub trace: Option<String>,
-    /// Where the bridge consumed it (HTTP messages of the bridge's token
-    /// only): the room remembers the highest offset it stored per
-    /// topic-partition, so a record consumed again is a duplicate however
-    /// long ago it was stored.
-    pub kafka: Option<KafkaPosition>,
-}
-
-/// A record's place in its Kafka topic.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KafkaPosition {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-}
-
-impl KafkaPosition {
-    /// The topic-partition, as one key.
-    pub fn partition_key(&self) -> String {
-        format!("{}:{}", self.topic, self.partition)
     }
 }
 

@@ -11,9 +11,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
+use roomcast_protocol::draft::Origin;
 use roomcast_protocol::history::{trim_ceiling, Outbox};
 use roomcast_protocol::ring::{slots, Lost, Ring, Run, Shape, Tables};
-use roomcast_protocol::wire::{Message, Origin};
+use roomcast_protocol::wire::Message;
 use serde_json::value::RawValue;
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;

@@ -8,7 +8,7 @@
 //! `ROOM_SHARD_SIZE` = [`Plan::shard_size`], where the room's own object,
 //! the sequencer, holds that many clients and shards of the same class hold
 //! the rest. Clients connect to the runtime directly, past wrangler's proxy
-//! ([`crate::direct`]: the proxy cannot hold 5000 WebSockets here), and the
+//! ([`crate::server::direct`]: the proxy cannot hold 5000 WebSockets here), and the
 //! runtime's `Network` inspector domain is turned off
 //! ([`Inspector::disable_network`]: every request between the room's
 //! objects would cost wrangler a request of its own). Each server gets a
@@ -21,7 +21,7 @@
 //! - open loop at one rate for every N and layout: latency, deliveries and
 //!   the runtime's CPU per publish;
 //! - the same open loop with the isolate's CPU profiler on: the sequencer's
-//!   and the shards' CPU per publish ([`crate::attribution`]), which
+//!   and the shards' CPU per publish ([`crate::profiler::attribution`]), which
 //!   process CPU cannot separate, every object running in one isolate.
 //!
 //! That one isolate is also why sharding cannot raise deliveries/s under
@@ -37,16 +37,16 @@ use anyhow::{ensure, Context, Result};
 use roomcast_tests::{repo_root, WorkerSpec};
 use serde::Deserialize;
 
-use crate::attribution::Split;
-use crate::cpuprofile::Profile;
-use crate::fanout::{Fleet, Shape, Timing};
-use crate::http::HttpConn;
-use crate::inspector::Inspector;
-use crate::load;
-use crate::net::Traffic;
-use crate::report::{cell, number, ratio, Table};
+use crate::client::fleet::{Fleet, Shape, Timing};
+use crate::client::http::HttpConn;
+use crate::client::load;
+use crate::client::net::Traffic;
+use crate::measure::stats::{Sample, Spread, Summary};
+use crate::profiler::attribution::Split;
+use crate::profiler::cpuprofile::Profile;
+use crate::profiler::inspector::Inspector;
 use crate::server::{Flavor, Server};
-use crate::stats::{Sample, Spread, Summary};
+use crate::table::{cell, number, ratio, Table};
 
 /// The build that keeps function names, relative to a wrangler
 /// configuration's directory (`make build/profile/worker/shim.mjs`).
@@ -249,13 +249,13 @@ impl Trial {
         match kind {
             Kind::Max => {
                 let sample = self.fleet.saturate(&self.server, &plan.timing).await?;
-                crate::progress(&self.server, &what, &sample);
+                crate::scenario::progress(&self.server, &what, &sample);
                 self.max.push(sample);
             }
             Kind::Paced => {
                 let duration = plan.timing.duration;
                 let sample = self.fleet.paced(&self.server, plan.rate, duration).await?;
-                crate::progress(&self.server, &what, &sample);
+                crate::scenario::progress(&self.server, &what, &sample);
                 self.paced.push(sample);
             }
             Kind::Profiled => {

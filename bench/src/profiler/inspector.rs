@@ -21,8 +21,8 @@ use tokio::time::{timeout, Duration};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::http::HttpConn;
-use crate::net::Traffic;
+use crate::client::http::HttpConn;
+use crate::client::net::Traffic;
 
 /// How long one call may take; `Profiler.stop` serialises the whole profile.
 const CALL: Duration = Duration::from_secs(60);

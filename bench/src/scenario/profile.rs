@@ -21,11 +21,11 @@ use anyhow::{bail, Context, Result};
 use roomcast_tests::{repo_root, WorkerSpec};
 use serde_json::{json, Value};
 
-use crate::cpuprofile::Profile;
-use crate::fanout::{Fleet, Shape, Timing};
-use crate::inspector::Inspector;
-use crate::report::number;
+use crate::client::fleet::{Fleet, Shape, Timing};
+use crate::profiler::cpuprofile::Profile;
+use crate::profiler::inspector::Inspector;
 use crate::server::{self, Flavor, Server};
+use crate::table::number;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

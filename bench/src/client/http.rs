@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use crate::net::{Counted, Traffic};
+use crate::client::net::{Counted, Traffic};
 
 /// How long connecting or one request may take.
 const STEP: Duration = Duration::from_secs(10);

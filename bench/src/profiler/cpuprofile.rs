@@ -24,7 +24,7 @@ use std::hash::Hash;
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
-use crate::report::{number, Table};
+use crate::table::{number, Table};
 
 #[derive(Deserialize)]
 pub struct Profile {

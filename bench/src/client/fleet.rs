@@ -1,14 +1,15 @@
-//! Parts 2 and 3, capacity: K rooms with N subscribers each (fan-out is one
-//! room; "many rooms" is 100 rooms of 10), one publisher per room.
+//! A fleet of load clients: K rooms, each with one publisher and N
+//! subscribers, connected once and reused by every run of a shape (a
+//! thousand handshakes are slow through the dev server); the run id in each
+//! stamp keeps runs apart. The fan-out and many-rooms parts measure with it,
+//! the sharded rooms part grows it from the smallest N to the largest, and
+//! the profiler loads its room with it.
 //!
-//! First the highest sustained deliveries/s: each publisher runs closed
-//! loop, keeping a bounded number of messages not yet delivered to all of
-//! its room, so the server runs flat out without an unbounded backlog; the
-//! rate is read over a window after a warm-up. Then latency at half that
-//! rate, open loop, where a healthy system should show its unloaded
-//! latency. The connections are opened once per shape and reused by every
-//! run (a thousand handshakes are slow through the dev server); the run id
-//! in each stamp keeps runs apart.
+//! A run is closed loop ([`Fleet::saturate`]: each publisher keeps a bounded
+//! number of messages not yet delivered to all of its room, so the server
+//! runs flat out without an unbounded backlog; the rate is read over a
+//! window after a warm-up) or open loop ([`Fleet::paced`]: a fixed rate per
+//! room).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,15 +19,15 @@ use futures_util::future::try_join_all;
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::time::{sleep_until, Instant};
 
-use crate::load;
-use crate::net::Traffic;
-use crate::probe::Probe;
-use crate::publisher::Publisher;
-use crate::receiver::Receivers;
-use crate::recorder::Recorder;
+use crate::client::load;
+use crate::client::net::Traffic;
+use crate::client::publisher::Publisher;
+use crate::client::receiver::Receivers;
+use crate::client::recorder::Recorder;
+use crate::client::ws;
+use crate::measure::probe::Probe;
+use crate::measure::stats::Sample;
 use crate::server::Server;
-use crate::stats::{Sample, Summary};
-use crate::ws;
 
 /// Deliveries (message × subscriber) the whole fleet keeps in flight when
 /// saturating: enough to keep every stage busy, few enough that the queue
@@ -39,6 +40,7 @@ const CONNECTS: usize = 32;
 /// How long stragglers of a run may take to arrive before the next run.
 const DRAIN: Duration = Duration::from_secs(10);
 
+/// K rooms × N subscribers each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shape {
     pub rooms: usize,
@@ -52,96 +54,18 @@ impl std::fmt::Display for Shape {
 }
 
 impl Shape {
-    fn receivers(&self) -> u64 {
+    /// Subscribers over all rooms.
+    pub fn receivers(&self) -> u64 {
         (self.rooms * self.subscribers) as u64
     }
 }
 
+/// How long a run lasts, and how many make a figure.
 #[derive(Clone)]
 pub struct Timing {
     pub warmup: Duration,
     pub duration: Duration,
     pub runs: usize,
-}
-
-pub struct Capacity {
-    pub shape: Shape,
-    /// Closed loop: the highest sustained deliveries/s.
-    pub max: Summary,
-    /// Messages/s per room of the half-rate runs.
-    pub half_rate: f64,
-    /// Open loop at half the median highest rate.
-    pub half: Summary,
-}
-
-/// `shape` on every server; one [`Capacity`] per server, in the order of
-/// `servers`. Every server's fleet is connected first and the runs then
-/// alternate between servers, so that each sees the same background load.
-pub async fn measure(servers: &[Server], shape: Shape, timing: &Timing) -> Result<Vec<Capacity>> {
-    let mut fleets = Vec::new();
-    for server in servers {
-        fleets.push(Fleet::connect(server, shape).await?);
-    }
-    let measured = measure_fleets(servers, &mut fleets, timing).await;
-    for fleet in fleets {
-        fleet.close().await?;
-    }
-    measured
-}
-
-async fn measure_fleets(
-    servers: &[Server],
-    fleets: &mut [Fleet],
-    timing: &Timing,
-) -> Result<Vec<Capacity>> {
-    let shape = fleets.first().map(|f| f.shape).context("no servers")?;
-    let label = format!("{} rooms × {}", shape.rooms, shape.subscribers);
-    let mut saturated: Vec<Vec<Sample>> = fleets.iter().map(|_| Vec::new()).collect();
-    for run in 1..=timing.runs {
-        for ((server, fleet), samples) in servers.iter().zip(fleets.iter_mut()).zip(&mut saturated)
-        {
-            let what = format!("{label} max run {run}");
-            let sample = fleet
-                .saturate(server, timing)
-                .await
-                .with_context(|| format!("{}: {what}", server.flavor.label()))?;
-            crate::progress(server, &what, &sample);
-            samples.push(sample);
-        }
-    }
-    let max: Vec<Summary> = saturated.iter().map(|s| Summary::of(s)).collect();
-    let half_rates: Vec<f64> = max
-        .iter()
-        .map(|m| m.delivered_per_sec.median / shape.receivers() as f64 / 2.0)
-        .collect();
-    let mut half: Vec<Vec<Sample>> = fleets.iter().map(|_| Vec::new()).collect();
-    for run in 1..=timing.runs {
-        for (((server, fleet), samples), &rate) in servers
-            .iter()
-            .zip(fleets.iter_mut())
-            .zip(&mut half)
-            .zip(&half_rates)
-        {
-            let what = format!("{label} half rate run {run}");
-            let sample = fleet
-                .paced(server, rate, timing.duration)
-                .await
-                .with_context(|| format!("{}: {what}", server.flavor.label()))?;
-            crate::progress(server, &what, &sample);
-            samples.push(sample);
-        }
-    }
-    Ok(max
-        .into_iter()
-        .zip(half_rates)
-        .zip(&half)
-        .map(|((max, half_rate), half)| Capacity {
-            shape,
-            max,
-            half_rate,
-            half: Summary::of(half),
-        })
-        .collect())
 }
 
 /// One publisher and its subscribers per room, connected once and reused by
@@ -221,6 +145,11 @@ impl Fleet {
             started.elapsed().as_secs_f64()
         );
         Ok(())
+    }
+
+    /// Rooms, and subscribers per room.
+    pub fn shape(&self) -> Shape {
+        self.shape
     }
 
     /// Subscribers per room.

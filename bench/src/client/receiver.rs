@@ -20,10 +20,10 @@ use tokio::task::JoinSet;
 use tokio::time::{interval_at, timeout, Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::clock;
-use crate::http::HttpConn;
-use crate::recorder::{Recorder, Stamp};
-use crate::ws::{self, Incoming, Socket};
+use crate::client::clock;
+use crate::client::http::HttpConn;
+use crate::client::recorder::{Recorder, Stamp};
+use crate::client::ws::{self, Incoming, Socket};
 
 /// How often a subscriber sends the text `ping` (the room closes
 /// connections silent for 90 s; some scenarios hold them that long).

@@ -16,9 +16,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio::time::timeout;
 
-use crate::cpu::{self, Role};
-use crate::http::HttpConn;
-use crate::net::Traffic;
+use crate::client::http::HttpConn;
+use crate::client::net::Traffic;
+use crate::measure::cpu::{self, Role};
 
 /// How long a listening socket may take to answer `/healthz` (the runtime's
 /// other sockets, its inspector and debug port, may never answer).

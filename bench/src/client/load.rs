@@ -20,8 +20,8 @@ use std::time::Duration;
 use anyhow::Result;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
-use crate::clock;
-use crate::recorder::{Recorder, Stamp};
+use crate::client::clock;
+use crate::client::recorder::{Recorder, Stamp};
 
 /// Something that publishes stamps.
 pub trait Outlet {

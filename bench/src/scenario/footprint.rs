@@ -13,10 +13,11 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use roomcast_tests::repo_root;
 
-use crate::net::Traffic;
+use crate::client::net::Traffic;
+use crate::client::ws;
+use crate::measure::stats::Spread;
 use crate::server::{Flavor, Server};
-use crate::stats::Spread;
-use crate::ws;
+use crate::table::{cell, Table};
 
 /// A file of the deployed bundle.
 pub struct Asset {
@@ -125,4 +126,42 @@ async fn connect_twice(server: &Server) -> Result<(f64, f64)> {
     ws::close(first).await;
     ws::close(second).await;
     Ok((cold, warm))
+}
+
+/// The part's tables: each server's bundle, then its connect times;
+/// `bundles` and `cold` in [`Flavor::LADDER`] order.
+pub fn render(out: &mut String, bundles: &[(Flavor, &[Asset])], cold: &[(Flavor, &ColdStart)]) {
+    let mut table = Table::new(&["server", "file", "bytes", "gzip -9 bytes"]);
+    for (flavor, assets) in bundles {
+        let mut total = (0, 0);
+        for asset in assets.iter() {
+            table.row(vec![
+                flavor.label().into(),
+                asset.path.display().to_string(),
+                asset.bytes.to_string(),
+                asset.gzipped.to_string(),
+            ]);
+            total = (total.0 + asset.bytes, total.1 + asset.gzipped);
+        }
+        table.row(vec![
+            flavor.label().into(),
+            "**total**".into(),
+            total.0.to_string(),
+            total.1.to_string(),
+        ]);
+    }
+    table.render_into(out);
+    let mut table = Table::new(&[
+        "server",
+        "first connect, fresh room (ms)",
+        "second connect, running room (ms)",
+    ]);
+    for (flavor, cold) in cold {
+        table.row(vec![
+            flavor.label().into(),
+            cell(&cold.cold_ms),
+            cell(&cold.warm_ms),
+        ]);
+    }
+    table.render_into(out);
 }

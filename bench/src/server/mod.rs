@@ -11,6 +11,8 @@
 //! limits are raised far above the offered load: the benchmarks measure
 //! delivery, not the limiter.
 
+pub mod direct;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -19,8 +21,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use roomcast_tests::{Worker, WorkerSpec};
 
-use crate::cpu::{self, CpuTimes};
-use crate::direct;
+use crate::measure::cpu::{self, CpuTimes};
 
 /// How long `wrangler dev` may take to answer `/healthz`; for roomcast this
 /// includes its build command, a no-op when the bundle is up to date.
@@ -80,6 +81,10 @@ impl Flavor {
         }
     }
 
+    /// The rungs roomcast is compared with, in the order the ratios are
+    /// read: the equivalent durable room first, the bare room last.
+    pub const RUNGS: [Flavor; 3] = [Flavor::Durable, Flavor::Partyserver, Flavor::Bare];
+
     /// A name without spaces, for files and directories.
     pub fn slug(self) -> &'static str {
         match self {
@@ -89,6 +94,26 @@ impl Flavor {
             Flavor::Ours => "roomcast",
         }
     }
+}
+
+/// roomcast's entry of a list with one entry per server.
+pub fn ours<T>(servers: &[(Flavor, T)]) -> Option<&T> {
+    servers
+        .iter()
+        .find(|(f, _)| *f == Flavor::Ours)
+        .map(|(_, t)| t)
+}
+
+/// The entries of the rungs roomcast is compared with, in [`Flavor::RUNGS`]
+/// order.
+pub fn rungs<T>(servers: &[(Flavor, T)]) -> Vec<(Flavor, &T)> {
+    Flavor::RUNGS
+        .into_iter()
+        .filter_map(|rung| {
+            let (_, t) = servers.iter().find(|(f, _)| *f == rung)?;
+            Some((rung, t))
+        })
+        .collect()
 }
 
 /// A running `wrangler dev`; dropping it kills its process group and

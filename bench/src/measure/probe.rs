@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use crate::cpu::CpuTimes;
-use crate::net::Traffic;
-use crate::recorder::Recorder;
+use crate::client::net::Traffic;
+use crate::client::recorder::Recorder;
+use crate::measure::cpu::CpuTimes;
+use crate::measure::stats::{percentile_ms, Sample};
 use crate::server::Server;
-use crate::stats::{percentile_ms, Sample};
 
 pub struct Probe {
     started: Instant,

@@ -26,7 +26,7 @@ pub struct CpuTimes {
 }
 
 impl CpuTimes {
-    /// Both workerd processes: what the brief calls worker CPU.
+    /// Both workerd processes: the tables' "workerd CPU".
     pub fn workerd(&self) -> f64 {
         self.runtime + self.proxy
     }

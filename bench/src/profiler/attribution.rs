@@ -26,7 +26,7 @@
 
 use std::ops::Div;
 
-use crate::cpuprofile::Profile;
+use crate::profiler::cpuprofile::Profile;
 
 /// Where the room's functions live.
 const ROOM: &str = "roomcast_worker::room::";

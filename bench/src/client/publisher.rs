@@ -1,4 +1,4 @@
-//! The WebSocket publisher of a room: an [`Outlet`] for [`crate::load`].
+//! The WebSocket publisher of a room: an [`Outlet`] for [`crate::client::load`].
 //!
 //! The server answers every publish with an ack and echoes the message to
 //! the publisher too; a reader task drains both so they never back up into
@@ -18,11 +18,11 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::load::Outlet;
-use crate::net::Traffic;
-use crate::recorder::Stamp;
+use crate::client::load::Outlet;
+use crate::client::net::Traffic;
+use crate::client::recorder::Stamp;
+use crate::client::ws::{self, Incoming, Socket};
 use crate::server::Server;
-use crate::ws::{self, Incoming, Socket};
 
 /// How long one send may block before the run fails.
 const SEND: Duration = Duration::from_secs(30);

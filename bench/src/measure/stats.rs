@@ -5,7 +5,7 @@
 //! run holds at most a few hundred thousand), so p99 of a run is an
 //! observed latency, not an interpolation.
 
-use crate::cpu::CpuTimes;
+use crate::measure::cpu::CpuTimes;
 
 /// One run's figures. A figure the run could not observe is NaN.
 #[derive(Debug, Clone, Copy)]

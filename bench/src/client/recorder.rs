@@ -1,7 +1,7 @@
 //! What the receivers of one room saw during one run.
 //!
 //! Every published `data` is a [`Stamp`]: the run it belongs to, its index
-//! and its scheduled send time on [`crate::clock`]. Receivers (WebSocket
+//! and its scheduled send time on [`crate::client::clock`]. Receivers (WebSocket
 //! subscribers, pollers, Kafka consumers) hand each stamp to the room's
 //! [`Recorder`], which keeps the latency and counts the delivery. Stamps of
 //! another run are ignored, so connections can be reused across runs
@@ -21,7 +21,7 @@ pub struct Stamp {
     pub r: u32,
     /// Index of the message within the run, per publisher.
     pub i: u64,
-    /// Scheduled send time, µs on [`crate::clock`]. Scheduled rather than
+    /// Scheduled send time, µs on [`crate::client::clock`]. Scheduled rather than
     /// actual, so a publisher that falls behind shows up as latency instead
     /// of hiding it (coordinated omission).
     pub t: u64,

@@ -14,10 +14,10 @@ use futures_util::stream::{self, StreamExt, TryStreamExt};
 use roomcast_tests::BridgeProcess;
 use tokio::time::{sleep, Instant};
 
-use crate::clock;
-use crate::load::Outlet;
-use crate::publisher::Publisher;
-use crate::recorder::Stamp;
+use crate::client::clock;
+use crate::client::load::Outlet;
+use crate::client::publisher::Publisher;
+use crate::client::recorder::Stamp;
 use crate::server::Server;
 
 /// Rooms created at once: enough to go fast, few enough for one room each turn.

@@ -28,19 +28,19 @@ use roomcast_tests::broker::tansu_binary;
 use roomcast_tests::{repo_root, BridgeCommand, Broker};
 use tokio::time::{sleep_until, Instant};
 
-use crate::bridge_memory::{self, Memory};
-use crate::clock;
-use crate::fanout::Timing;
-use crate::load::{self, Outlet};
-use crate::net::Traffic;
-use crate::probe::Probe;
-use crate::publisher::Publisher;
-use crate::receiver::{Receivers, RecordShape};
-use crate::recorder::{Recorder, Stamp};
-use crate::report::{cell, number, Table};
+use crate::client::clock;
+use crate::client::fleet::Timing;
+use crate::client::load::{self, Outlet};
+use crate::client::net::Traffic;
+use crate::client::publisher::Publisher;
+use crate::client::receiver::{Receivers, RecordShape};
+use crate::client::recorder::{Recorder, Stamp};
+use crate::client::ws;
+use crate::measure::probe::Probe;
+use crate::measure::stats::{Sample, Summary};
+use crate::scenario::bridge_memory::{self, Memory};
 use crate::server::{Flavor, Server};
-use crate::stats::{Sample, Summary};
-use crate::ws;
+use crate::table::{cell, number, ratio, Table};
 
 const EVENTS: &str = "roomcast.events";
 const INBOUND: &str = "roomcast.inbound";
@@ -174,7 +174,7 @@ async fn measure(
     for _ in 0..timing.runs {
         run += 1;
         let sample = saturate(server, outlet, recorder, run, timing).await?;
-        crate::progress(server, &format!("bridge {name} max"), &sample);
+        crate::scenario::progress(server, &format!("bridge {name} max"), &sample);
         max.push(sample);
     }
     let mut latency = Vec::new();
@@ -187,7 +187,7 @@ async fn measure(
         let sent = load::paced(outlet, run, plan.rate, timing.duration, Duration::ZERO).await?;
         recorder.wait_for(sent, Instant::now() + DRAIN).await;
         let sample = probe.finish(server, &traffic, &recorders, timing.duration)?;
-        crate::progress(
+        crate::scenario::progress(
             server,
             &format!("bridge {name} at {} msg/s", plan.rate),
             &sample,
@@ -340,7 +340,7 @@ pub fn render(out: &mut String, results: &BridgeResults) {
             cell(&path.latency.p50_ms),
             cell(&path.latency.p95_ms),
             cell(&path.latency.p99_ms),
-            crate::report::ratio(&path.max.delivered_per_sec, &plain.max.delivered_per_sec),
+            ratio(&path.max.delivered_per_sec, &plain.max.delivered_per_sec),
             number(path.latency.p50_ms.median - plain.latency.p50_ms.median),
             number(path.latency.p99_ms.median - plain.latency.p99_ms.median),
         ]);

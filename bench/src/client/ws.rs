@@ -23,8 +23,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::net::{Counted, Traffic};
-use crate::recorder::Stamp;
+use crate::client::net::{Counted, Traffic};
+use crate::client::recorder::Stamp;
 
 pub type Socket = WebSocketStream<Counted<TcpStream>>;
 
