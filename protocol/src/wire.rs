@@ -10,9 +10,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-// The worker still names these `wire::Draft`, `wire::Origin` and
-// `wire::KafkaPosition`.
-pub use crate::draft::{Draft, KafkaPosition, Origin};
+use crate::draft::{Draft, Origin};
 use crate::error::ErrorCode;
 use crate::policy::{self, SizeCheck, MAX_DEPTH};
 use crate::stats::StatsReport;

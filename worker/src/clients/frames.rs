@@ -12,10 +12,11 @@
 use std::borrow::Cow;
 use std::cell::RefCell;
 
+use roomcast_protocol::draft::Draft;
 use roomcast_protocol::policy::Strikes;
 use roomcast_protocol::rate::{Admission, Limiter};
 use roomcast_protocol::session::Session;
-use roomcast_protocol::wire::{parse_client_frame, ClientFrame, Draft, Rejection, ServerFrame};
+use roomcast_protocol::wire::{parse_client_frame, ClientFrame, Rejection, ServerFrame};
 use roomcast_protocol::{CloseCode, ErrorCode};
 use worker::{Result, WebSocket, WebSocketIncomingMessage};
 

@@ -10,7 +10,7 @@
 //! the exact time each connection was last heard) lives here in memory.
 
 mod deadlines;
-mod frames;
+pub mod frames;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -27,8 +27,6 @@ use worker::{Headers, Request, Response, Result, State, WebSocket};
 
 use crate::attachment::Attachment;
 use crate::counters::Counters;
-
-pub use frames::{forgive, send_error, Outcome, Step};
 
 /// Tag of client sockets (a room's bridge link gets its own).
 pub const CLIENT_TAG: &str = "client";

@@ -8,8 +8,9 @@
 
 use std::borrow::Cow;
 
+use roomcast_protocol::draft::Origin;
 use roomcast_protocol::history::TURN_BYTES;
-use roomcast_protocol::wire::{Message, Origin, ServerFrame};
+use roomcast_protocol::wire::{Message, ServerFrame};
 use worker::{Result, WebSocket};
 
 use crate::context::Ctx;

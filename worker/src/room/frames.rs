@@ -4,13 +4,14 @@
 
 use std::borrow::Cow;
 
+use roomcast_protocol::draft::{Draft, Origin};
 use roomcast_protocol::session::Session;
-use roomcast_protocol::wire::{Draft, Origin, Rejection, ServerFrame};
+use roomcast_protocol::wire::{Rejection, ServerFrame};
 use worker::{Result, WebSocket, WebSocketIncomingMessage};
 
 use super::publish::Publisher;
 use super::Room;
-use crate::clients::{forgive, Outcome, Step};
+use crate::clients::frames::{forgive, Outcome, Step};
 use crate::context::Ctx;
 
 impl Room {

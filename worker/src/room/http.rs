@@ -6,9 +6,10 @@
 use std::collections::HashMap;
 
 use roomcast_protocol::auth::Identity;
+use roomcast_protocol::draft::Origin;
 use roomcast_protocol::history::Page;
 use roomcast_protocol::trace::inherit;
-use roomcast_protocol::wire::{parse_publish_body, HistoryPage, Origin};
+use roomcast_protocol::wire::{parse_publish_body, HistoryPage};
 use roomcast_protocol::ErrorCode;
 use worker::{Request, Response, Result};
 

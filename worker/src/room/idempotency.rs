@@ -9,7 +9,8 @@
 use std::cell::RefCell;
 
 use roomcast_protocol::dedupe::{Keys, Verdict};
-use roomcast_protocol::wire::{Draft, Message, Origin};
+use roomcast_protocol::draft::{Draft, Origin};
+use roomcast_protocol::wire::Message;
 use worker::Result;
 
 use crate::store::Store;

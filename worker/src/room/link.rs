@@ -17,28 +17,20 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 
-use roomcast_protocol::auth::Identity;
-use roomcast_protocol::clock::now_ms;
-use roomcast_protocol::ids;
-use roomcast_protocol::lifecycle::Reannounce;
 use roomcast_protocol::stats::StatsReport;
-use roomcast_protocol::wire::{
-    parse_bridge_frame, BridgeFrame, Message, RateInfo, ServerFrame, Welcome,
-};
+use roomcast_protocol::wire::{parse_bridge_frame, BridgeFrame, Message, ServerFrame};
 use roomcast_protocol::{CloseCode, ErrorCode};
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::{JsCast, JsValue};
 use worker::worker_sys::DurableObjectState;
-use worker::{Response, Result, State, WebSocket, WebSocketIncomingMessage, WebSocketPair};
+use worker::{Result, State, WebSocket, WebSocketIncomingMessage};
 
 use super::feed::{Feed, LinkCache};
-use super::Room;
 use crate::attachment::Attachment;
 use crate::bridge_token;
-use crate::clients::send_error;
+use crate::clients::frames::send_error;
 use crate::context::Ctx;
 use crate::counters::Counters;
 use crate::store::Store;
@@ -127,15 +119,31 @@ impl BridgeLink {
         *self.cache.borrow_mut() = found.map_or(LinkCache::None, LinkCache::Open);
     }
 
-    /// Takes a new link in, superseding any older one.
-    fn accept(&self, ws: &WebSocket, link: &Link, cursor: u64) -> Result<()> {
+    /// Takes a new link of bridge `instance` in, superseding any older
+    /// one, with its token's expiry `exp`; returns when the alarm must
+    /// first look at it.
+    pub fn accept(
+        &self,
+        ws: &WebSocket,
+        instance: String,
+        exp: u64,
+        store: &Store,
+        ctx: &Ctx,
+    ) -> Result<u64> {
         for (old_ws, old) in self.links() {
             self.close(&old_ws, old, CloseCode::Superseded)?;
         }
+        let link = Link {
+            instance,
+            exp,
+            last_stats_ms: ctx.now,
+            closed: false,
+        };
         self.state.accept_websocket_with_tags(ws, &[LINK_TAG]);
-        self.keep(ws, link)?;
-        *self.cache.borrow_mut() = LinkCache::Open(Feed::at(ws.clone(), cursor));
-        Ok(())
+        self.keep(ws, &link)?;
+        *self.cache.borrow_mut() = LinkCache::Open(Feed::at(ws.clone(), store.cursor()));
+        let close_at = bridge_token::close_at_ms(exp, &ctx.settings);
+        Ok(close_at.min(ctx.now + STATS_INTERVAL_MS))
     }
 
     /// Saves a link's state, counted as the clients' sessions are.
@@ -191,7 +199,11 @@ impl BridgeLink {
     }
 
     /// Sends the counters to the link if they changed since the last time.
-    fn send_stats(&self, store: &Store, report: &dyn Fn() -> Result<StatsReport>) -> Result<()> {
+    pub fn send_stats(
+        &self,
+        store: &Store,
+        report: &dyn Fn() -> Result<StatsReport>,
+    ) -> Result<()> {
         if !self.stats_stale(store) {
             return Ok(());
         }
@@ -322,73 +334,6 @@ impl BridgeLink {
         match &*self.cache.borrow() {
             LinkCache::Open(feed) => feed.skip_confirmed(store),
             _ => Ok(()),
-        }
-    }
-}
-
-impl Room {
-    /// Accepts a bridge link, superseding any older one.
-    pub(super) async fn accept_link(
-        &self,
-        ctx: &Ctx,
-        identity: Identity,
-        query: &HashMap<String, String>,
-    ) -> Result<Response> {
-        if !identity.rights.bridge {
-            return crate::reply::error(ErrorCode::Forbidden, "room links need the bridge's token");
-        }
-        let Some(instance) = query.get("instance").filter(|i| !i.is_empty()).cloned() else {
-            return crate::reply::error(
-                ErrorCode::BadRequest,
-                "the room link needs ?instance=<id>",
-            );
-        };
-        let store = self.store()?;
-        store.create(&ctx.room, &ctx.limits, true)?;
-        store.mark_bridged()?;
-        let pair = WebSocketPair::new()?;
-        let link = Link {
-            instance,
-            exp: identity.exp,
-            last_stats_ms: ctx.now,
-            closed: false,
-        };
-        self.link.accept(&pair.server, &link, store.cursor())?;
-        let welcome = Welcome {
-            room: ctx.room.clone(),
-            conn_id: ids::conn_id(),
-            epoch: store.facts().epoch().unwrap_or_default(),
-            head: store.head(),
-            recovered: true,
-            heartbeat_ms: ctx.limits.heartbeat_ms,
-            max_message_bytes: ctx.limits.max_message_bytes,
-            rate: RateInfo {
-                per_sec: ctx.limits.rate_per_sec,
-                burst: ctx.limits.rate_burst,
-            },
-            exp: identity.exp,
-            cursor: Some(store.cursor()),
-            catch_up: None,
-        };
-        pair.server
-            .send_with_str(ServerFrame::Welcome(Cow::Borrowed(&welcome)).to_json())?;
-        self.announce.set(Reannounce::default());
-        self.link.pump(store, ctx)?;
-        self.link.send_stats(store, &|| self.stats_report(ctx))?;
-        let close_at = bridge_token::close_at_ms(link.exp, &ctx.settings);
-        self.alarm
-            .no_later_than(close_at.min(ctx.now + STATS_INTERVAL_MS))
-            .await?;
-        Response::from_websocket(pair.client)
-    }
-
-    /// The bridge closed the link or lost it. If it let go with messages
-    /// still to relay (an idle close racing a publish, a bridge that went
-    /// away), its owner links the room again when the registry announces it.
-    pub(super) fn link_lost(&self, ws: &WebSocket) {
-        self.link.gone(ws);
-        if self.store().is_ok_and(|h| h.pending() > 0) && !self.link.is_open() {
-            self.reannounce(now_ms());
         }
     }
 }

@@ -32,6 +32,7 @@ mod idempotency;
 mod join;
 mod lifecycle;
 mod link;
+mod link_upgrade;
 mod publish;
 mod shard_requests;
 mod stats;

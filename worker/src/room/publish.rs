@@ -9,10 +9,11 @@
 
 use std::borrow::Cow;
 
+use roomcast_protocol::draft::{Draft, KafkaPosition, Origin};
 use roomcast_protocol::ids::{self, reserved_for_bridge};
 use roomcast_protocol::rate::Admission;
 use roomcast_protocol::ring::Lost;
-use roomcast_protocol::wire::{Draft, KafkaPosition, Message, Origin, Receipt, ServerFrame};
+use roomcast_protocol::wire::{Message, Receipt, ServerFrame};
 use roomcast_protocol::ErrorCode;
 use worker::{console_warn, Result};
 

@@ -8,9 +8,10 @@ use std::collections::HashMap;
 
 use roomcast_protocol::auth::Identity;
 use roomcast_protocol::clock::now_ms;
+use roomcast_protocol::draft::Origin;
 use roomcast_protocol::history::{parse_u64, MAX_PAGE};
 use roomcast_protocol::shard::{encode_batch, encode_join_reply, Forward, JoinRequest, Outcome};
-use roomcast_protocol::wire::{Origin, ServerFrame};
+use roomcast_protocol::wire::ServerFrame;
 use roomcast_protocol::ErrorCode;
 use worker::{Headers, Request, Response, Result};
 

@@ -6,28 +6,18 @@
 
 use std::borrow::Cow;
 
+use roomcast_protocol::draft::Draft;
 use roomcast_protocol::session::Session;
 use roomcast_protocol::shard::{forward_has_room, Forward, Forwarded, Outcome as Sequenced};
-use roomcast_protocol::wire::{Draft, Rejection, ServerFrame};
+use roomcast_protocol::wire::{Rejection, ServerFrame};
 use roomcast_protocol::ErrorCode;
 use worker::{console_warn, Result, WebSocket};
 
+use super::subscription::{Ack, Pending};
 use super::Shard;
-use crate::clients::{forgive, send_error};
+use crate::clients::frames::{forgive, send_error};
 use crate::context::Ctx;
 use crate::internal::{room_stub, Call, Op};
-
-/// Who to answer about a forwarded publish.
-pub(super) struct Pending {
-    ws: WebSocket,
-    reference: Option<String>,
-}
-
-/// An ack held until its message is delivered.
-pub(super) struct Ack {
-    pub ws: WebSocket,
-    pub frame: String,
-}
 
 impl Shard {
     /// A client's publish, for the room; answered when it answers.

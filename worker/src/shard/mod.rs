@@ -25,13 +25,13 @@
 mod forward;
 mod join;
 mod stream;
+mod subscription;
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
 use roomcast_protocol::auth::Identity;
 use roomcast_protocol::rate::Limiter;
-use roomcast_protocol::shard::{Forwarded, Stream, Waiting};
 use roomcast_protocol::{CloseCode, ErrorCode};
 use worker::{
     console_error, durable_object, DurableObject, Env, Method, Request, Response, Result, State,
@@ -39,14 +39,15 @@ use worker::{
 };
 
 use crate::alarm::Alarm;
-use crate::clients::{Clients, Step};
+use crate::clients::frames::Step;
+use crate::clients::Clients;
 use crate::context::Ctx;
 use crate::counters::Counters;
 use crate::headers::{IDENTITY_HEADER, OP_HEADER, ROOM_HEADER, SHARD_HEADER};
 use crate::internal::Op;
 use crate::reply;
 
-use forward::{Ack, Pending};
+use subscription::Subscription;
 
 /// Tag prefix naming a shard socket's room and shard: `shard:<index>:<room>`.
 const SHARD_TAG: &str = "shard:";
@@ -61,39 +62,6 @@ pub struct Shard {
     /// publish from its own.
     limiter: RefCell<Limiter>,
     subscription: RefCell<Option<Subscription>>,
-}
-
-/// What a shard keeps of one room.
-pub struct Subscription {
-    room: String,
-    index: u32,
-    stream: Stream,
-    /// Publishes waiting for the request in flight to finish, and their
-    /// bytes of data ([`roomcast_protocol::shard::forward_has_room`]).
-    queue: Vec<(Forwarded, Pending)>,
-    queued_bytes: usize,
-    /// Connections accepted and closed since the room last heard (by
-    /// `conn_id`), for its per-subject counts.
-    joins: Vec<String>,
-    leaves: Vec<String>,
-    forwarding: bool,
-    waiting: Waiting<Ack>,
-}
-
-impl Subscription {
-    fn new(room: &str, index: u32) -> Subscription {
-        Subscription {
-            room: room.to_owned(),
-            index,
-            stream: Stream::default(),
-            queue: Vec::new(),
-            queued_bytes: 0,
-            joins: Vec::new(),
-            leaves: Vec::new(),
-            forwarding: false,
-            waiting: Waiting::default(),
-        }
-    }
 }
 
 impl DurableObject for Shard {

@@ -32,6 +32,7 @@ use worker::Result;
 use crate::storage::Db;
 
 pub use facts::Facts;
+use row::{seq_value, COLUMNS};
 use schema::{migrate, RING_MIGRATION, SCHEMA};
 use tables::{Count, SqlTables};
 
@@ -82,6 +83,35 @@ impl Store {
             }
         }
         Ok(store)
+    }
+
+    /// Moves an older release's log of messages into the ring (the newest
+    /// `HISTORY_LIMIT`) and the outbox (older ones the bridge still needs,
+    /// from wherever they came, so the history stays contiguous).
+    fn adopt_legacy(&self, limits: &Limits) -> Result<()> {
+        let legacy = self.bounds("SELECT MIN(seq) AS lo, MAX(seq) AS hi FROM legacy")?;
+        let (head, cursor, bridged) = {
+            let ring = self.ring.borrow();
+            let head = ring.head().max(legacy.map_or(0, |r| r.hi));
+            (head, ring.cursor(), ring.bridged())
+        };
+        let capacity = limits.history_limit.max(1);
+        let floor = head.saturating_sub(capacity);
+        self.db.run(
+            &format!("INSERT INTO ring (slot, {COLUMNS}) SELECT seq % ?, {COLUMNS} FROM legacy WHERE seq > ?"),
+            vec![seq_value(capacity), seq_value(floor)],
+        )?;
+        if bridged {
+            self.db.run(
+                &format!("INSERT INTO outbox ({COLUMNS}) SELECT {COLUMNS} FROM legacy WHERE seq <= ? AND seq > ?"),
+                vec![seq_value(floor), seq_value(cursor)],
+            )?;
+        }
+        self.db.run("DROP TABLE legacy", vec![])?;
+        self.facts.set("ring", &capacity.to_string())?;
+        let shape = self.measure(capacity, head, cursor, bridged)?;
+        *self.ring.borrow_mut() = Ring::from_shape(shape);
+        Ok(())
     }
 
     /// Reads the facts and measures the ring, once per wake.

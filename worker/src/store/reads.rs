@@ -7,9 +7,10 @@
 //! what is stored; no statement sorts. Reads write nothing: a room that was
 //! never written has no tables at all.
 
+use roomcast_protocol::draft::Origin;
 use roomcast_protocol::history::TURN_BYTES;
 use roomcast_protocol::ring::{slots, Reading};
-use roomcast_protocol::wire::{Message, Origin};
+use roomcast_protocol::wire::Message;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use worker::{Result, SqlStorageValue};

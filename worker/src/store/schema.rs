@@ -2,15 +2,12 @@
 //! brought to this release's: the first release's tables ([`SCHEMA`]),
 //! then every change since, in order ([`MIGRATIONS`]), and the log of
 //! messages that releases before the ring kept, moved into the ring and
-//! the outbox ([`Store::adopt_legacy`]). Each table's definition is written
+//! the outbox (`Store::adopt_legacy`). Each table's definition is written
 //! here once.
 
-use roomcast_protocol::config::Limits;
-use roomcast_protocol::ring::Ring;
 use worker::Result;
 
-use super::row::{seq_value, COLUMNS};
-use super::{Facts, Store};
+use super::facts::Facts;
 use crate::storage::Db;
 
 /// The tables as the first release created them (schema version 0).
@@ -93,35 +90,4 @@ pub(super) fn migrate(db: &Db, facts: &Facts) -> Result<usize> {
     }
     facts.set("schema", &MIGRATIONS.len().to_string())?;
     Ok(applied)
-}
-
-impl Store {
-    /// Moves an older release's log of messages into the ring (the newest
-    /// `HISTORY_LIMIT`) and the outbox (older ones the bridge still needs,
-    /// from wherever they came, so the history stays contiguous).
-    pub(super) fn adopt_legacy(&self, limits: &Limits) -> Result<()> {
-        let legacy = self.bounds("SELECT MIN(seq) AS lo, MAX(seq) AS hi FROM legacy")?;
-        let (head, cursor, bridged) = {
-            let ring = self.ring.borrow();
-            let head = ring.head().max(legacy.map_or(0, |r| r.hi));
-            (head, ring.cursor(), ring.bridged())
-        };
-        let capacity = limits.history_limit.max(1);
-        let floor = head.saturating_sub(capacity);
-        self.db.run(
-            &format!("INSERT INTO ring (slot, {COLUMNS}) SELECT seq % ?, {COLUMNS} FROM legacy WHERE seq > ?"),
-            vec![seq_value(capacity), seq_value(floor)],
-        )?;
-        if bridged {
-            self.db.run(
-                &format!("INSERT INTO outbox ({COLUMNS}) SELECT {COLUMNS} FROM legacy WHERE seq <= ? AND seq > ?"),
-                vec![seq_value(floor), seq_value(cursor)],
-            )?;
-        }
-        self.db.run("DROP TABLE legacy", vec![])?;
-        self.facts.set("ring", &capacity.to_string())?;
-        let shape = self.measure(capacity, head, cursor, bridged)?;
-        *self.ring.borrow_mut() = Ring::from_shape(shape);
-        Ok(())
-    }
 }
