@@ -147,7 +147,10 @@ fn length_limits_are_inclusive() {
     let (reference, id) = ("r".repeat(MAX_REF_LEN), "i".repeat(MAX_ID_LEN));
     let frame = json!({"type": "publish", "ref": reference, "id": id, "data": 1}).to_string();
     match parse_client_frame(&frame, 1 << 16) {
-        Ok(ClientFrame::Publish { draft, reference: got }) => {
+        Ok(ClientFrame::Publish {
+            draft,
+            reference: got,
+        }) => {
             assert_eq!(got.as_deref(), Some(reference.as_str()));
             assert_eq!(draft.id.as_deref(), Some(id.as_str()));
         }
