@@ -48,7 +48,7 @@ fuzz_target!(|bytes: &[u8]| {
                 let over = text.len() > max;
                 assert_eq!(rejection.code == ErrorCode::TooLarge, over, "{rejection:?}");
                 assert_eq!(
-                    rejection.fatal,
+                    rejection.close.is_some(),
                     text.len() > max * FAR_OVER_FACTOR,
                     "{rejection:?}"
                 );
@@ -77,7 +77,7 @@ fn read_as_written(written: &Written, text: &str, max: usize, g: &mut Gen) {
         match result {
             Err(rejection) => {
                 assert_eq!(rejection.code, ErrorCode::TooLarge, "{text}");
-                assert_eq!(rejection.fatal, fatal, "{text}");
+                assert_eq!(rejection.close.is_some(), fatal, "{text}");
                 // The publisher learns which frame it was, unless it is so
                 // large that the room does not read it at all.
                 let echoed = if fatal { None } else { written.echoed_ref() };
@@ -101,7 +101,7 @@ fn read_as_written(written: &Written, text: &str, max: usize, g: &mut Gen) {
         }
         (Reading::Refused(flaw), Err(rejection)) => {
             assert_eq!(rejection.code, ErrorCode::BadFormat, "{flaw:?}: {text}");
-            assert!(!rejection.fatal, "{flaw:?}: {text}");
+            assert!(rejection.close.is_none(), "{flaw:?}: {text}");
             assert_eq!(
                 rejection.reference,
                 written.echoed_ref(),

@@ -1,6 +1,6 @@
 //! The promises every parser of untrusted input keeps, as assertions.
 //!
-//! A refusal must become an answer: the worker turns a [`Rejection`] into an
+//! A refusal must become an answer: the worker turns a [`Refusal`] into an
 //! `error` frame (WebSocket) or an `{"error":{...}}` body (HTTP), so both are
 //! built here and read back as a client reads them. An accepted message must
 //! fit the limits and survive the trip to every reader: the room broadcasts
@@ -15,10 +15,10 @@ use roomcast_protocol::policy::MAX_DEPTH;
 use roomcast_protocol::shard::{encode_batch, encode_join_reply, parse_batch, parse_join_reply};
 use roomcast_protocol::trace::is_traceparent;
 use roomcast_protocol::wire::{
-    error_body, parse_client_frame, parse_server_frame, ClientFrame, Message, Rejection,
-    ServerFrame, MAX_ID_LEN, MAX_REF_LEN,
+    error_body, parse_client_frame, parse_server_frame, ClientFrame, Message, ServerFrame,
+    MAX_ID_LEN, MAX_REF_LEN,
 };
-use roomcast_protocol::ErrorCode;
+use roomcast_protocol::{ErrorCode, Refusal};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
@@ -27,7 +27,7 @@ use crate::json::Gen;
 
 /// A refused frame or body: one of the codes a parser may give, and an answer
 /// on both transports.
-pub fn refused(rejection: &Rejection) {
+pub fn refused(rejection: &Refusal) {
     assert!(
         matches!(rejection.code, ErrorCode::BadFormat | ErrorCode::TooLarge),
         "a parser answered {:?}",

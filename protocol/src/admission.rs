@@ -8,7 +8,7 @@
 //! target), the same on the edge and natively.
 
 use crate::config::{Config, QueryTokens};
-use crate::error::ErrorCode;
+use crate::error::{ErrorCode, Refusal};
 use crate::rights::Rights;
 use crate::room::RoomName;
 use crate::wire::ERROR_HEADER;
@@ -18,9 +18,6 @@ pub const SUBPROTOCOL: &str = "roomcast.v1";
 /// The prefix of the subprotocol that carries a token (browsers cannot set
 /// headers on a WebSocket).
 pub const BEARER_PROTOCOL: &str = "bearer.";
-
-/// A refusal: the code and a message for the caller.
-pub type Refusal = (ErrorCode, String);
 
 /// Response headers as (name, value) pairs.
 pub type HeaderList = Vec<(&'static str, String)>;
@@ -321,7 +318,7 @@ pub fn answer_subprotocol(protocols: Option<&str>) -> Option<String> {
 }
 
 fn refusal(code: ErrorCode, message: &str) -> Refusal {
-    (code, message.to_owned())
+    Refusal::new(code, message)
 }
 
 #[cfg(test)]
@@ -365,7 +362,7 @@ mod tests {
         );
         assert_eq!(route("GET", "/v1/bridge"), Ok(Route::RegistryLink));
         assert_eq!(route("GET", "/index.html"), Ok(Route::Assets));
-        let code = |m, p| route(m, p).unwrap_err().0;
+        let code = |m, p| route(m, p).unwrap_err().code;
         assert_eq!(code("GET", "/v1/rooms/.a/ws"), ErrorCode::BadRoom);
         assert_eq!(code("PUT", "/v1/rooms/a/ws"), ErrorCode::MethodNotAllowed);
         assert_eq!(code("GET", "/v1/rooms/a/nope"), ErrorCode::NotFound);
@@ -405,11 +402,11 @@ mod tests {
             Ok("p".into())
         );
         assert_eq!(token(None, None, Some("q"), on), Ok("q".into()));
-        let (code, message) = token(None, Some("chat"), None, on).unwrap_err();
+        let Refusal { code, message, .. } = token(None, Some("chat"), None, on).unwrap_err();
         assert_eq!(code, ErrorCode::Unauthorized);
         assert!(message.contains("?token="), "{message}");
         assert_eq!(
-            token(None, Some("bearer.p"), None, on).unwrap_err().0,
+            token(None, Some("bearer.p"), None, on).unwrap_err().code,
             ErrorCode::BadRequest,
             "a lone bearer offer would have its token echoed"
         );
@@ -419,14 +416,15 @@ mod tests {
     fn query_tokens_off_refuses_any_url_token() {
         let off = QueryTokens::Off;
         for with_header in [None, Some("Bearer h")] {
-            let (code, message) = token(with_header, None, Some("q"), off).unwrap_err();
+            let Refusal { code, message, .. } =
+                token(with_header, None, Some("q"), off).unwrap_err();
             assert_eq!(code, ErrorCode::Unauthorized);
             for hint in ["QUERY_TOKENS", "Authorization: Bearer", "bearer.<jwt>"] {
                 assert!(message.contains(hint), "{hint} in {message}");
             }
         }
         assert_eq!(
-            token(None, None, Some(""), off).unwrap_err().0,
+            token(None, None, Some(""), off).unwrap_err().code,
             ErrorCode::Unauthorized
         );
         assert_eq!(token(Some("Bearer h"), None, None, off), Ok("h".into()));
@@ -434,7 +432,9 @@ mod tests {
             token(None, Some("roomcast.v1, bearer.p"), None, off),
             Ok("p".into())
         );
-        let (_, missing) = token(None, None, None, off).unwrap_err();
+        let Refusal {
+            message: missing, ..
+        } = token(None, None, None, off).unwrap_err();
         assert!(!missing.contains("?token="), "{missing}");
     }
 
@@ -475,16 +475,16 @@ mod tests {
         );
         // The route's own refusals answer a preflight for what it cannot do.
         assert_eq!(
-            preflight("/v1/rooms/a/stats", "POST").unwrap_err().0,
+            preflight("/v1/rooms/a/stats", "POST").unwrap_err().code,
             ErrorCode::MethodNotAllowed
         );
         assert_eq!(
-            preflight("/v1/rooms/.a/messages", "GET").unwrap_err().0,
+            preflight("/v1/rooms/.a/messages", "GET").unwrap_err().code,
             ErrorCode::BadRoom
         );
         // WebSocket routes and the assets take no preflight: a plain OPTIONS.
         assert_eq!(
-            preflight("/v1/rooms/a/ws", "GET").unwrap_err().0,
+            preflight("/v1/rooms/a/ws", "GET").unwrap_err().code,
             ErrorCode::MethodNotAllowed
         );
         assert_eq!(
@@ -494,11 +494,11 @@ mod tests {
         // Without Origin or Access-Control-Request-Method it is no preflight.
         let plain = |origin, asked| ask("OPTIONS", "/v1/rooms/a/messages", origin, asked);
         assert_eq!(
-            plain(None, Some("GET")).unwrap_err().0,
+            plain(None, Some("GET")).unwrap_err().code,
             ErrorCode::MethodNotAllowed
         );
         assert_eq!(
-            plain(page, None).unwrap_err().0,
+            plain(page, None).unwrap_err().code,
             ErrorCode::MethodNotAllowed
         );
         assert_eq!(
@@ -548,7 +548,7 @@ mod tests {
         let refused = cors_headers(Some(page), &narrow);
         assert_eq!(refused, vec![("vary", "Origin".to_owned())]);
         assert_eq!(
-            check_origin(Some(page), &narrow).unwrap_err().0,
+            check_origin(Some(page), &narrow).unwrap_err().code,
             ErrorCode::BadOrigin
         );
         assert_eq!(

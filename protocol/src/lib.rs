@@ -27,5 +27,5 @@ pub mod stats;
 pub mod trace;
 pub mod wire;
 
-pub use error::{CloseCode, ErrorCode};
+pub use error::{CloseCode, ErrorCode, Refusal};
 pub use room::RoomName;

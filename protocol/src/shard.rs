@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::draft::Draft;
-use crate::error::ErrorCode;
+use crate::error::Refusal;
 use crate::history::TURN_BYTES;
 use crate::stats::RoomStats;
 use crate::wire::Receipt;
@@ -332,14 +332,7 @@ pub struct Forward {
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Stored(Receipt),
-    Refused {
-        code: ErrorCode,
-        message: String,
-        /// Over the rate budget: when to try again, and whether the
-        /// connection has earned its close.
-        retry_after_ms: Option<u64>,
-        close: bool,
-    },
+    Refused(Refusal),
 }
 
 /// The sequencer's view of one shard.
@@ -1133,12 +1126,7 @@ mod tests {
         let draft = back.publishes.into_iter().next().unwrap().into_draft();
         assert_eq!(draft.data.get(), "{\"x\":[1]}");
         assert_eq!(draft.id.as_deref(), Some("k"));
-        let outcome = Outcome::Refused {
-            code: ErrorCode::RateLimited,
-            message: "slow".into(),
-            retry_after_ms: Some(10),
-            close: false,
-        };
+        let outcome = Outcome::Refused(Refusal::rate_limited(10, true));
         let json = serde_json::to_string(&outcome).unwrap();
         assert_eq!(serde_json::from_str::<Outcome>(&json).unwrap(), outcome);
     }

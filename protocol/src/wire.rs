@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::draft::{Draft, Origin};
-use crate::error::ErrorCode;
+use crate::error::{CloseCode, ErrorCode, Refusal};
 use crate::policy::{self, SizeCheck, MAX_DEPTH};
 use crate::stats::StatsReport;
 use crate::trace::is_traceparent;
@@ -21,32 +21,6 @@ pub const MAX_REF_LEN: usize = 64;
 pub const MAX_ID_LEN: usize = 128;
 /// Most messages in one batch `POST`.
 pub const MAX_BATCH: usize = 500;
-
-/// A rejected frame or body: the code, a human message and the client's `ref`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    pub code: ErrorCode,
-    pub message: String,
-    pub reference: Option<String>,
-    /// The frame was so far over the size limit that the connection closes (1009).
-    pub fatal: bool,
-}
-
-impl Rejection {
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Rejection {
-        Rejection {
-            code,
-            message: message.into(),
-            reference: None,
-            fatal: false,
-        }
-    }
-
-    pub fn with_ref(mut self, reference: Option<String>) -> Rejection {
-        self.reference = reference;
-        self
-    }
-}
 
 /// A parsed client frame.
 #[derive(Debug, Clone)]
@@ -91,7 +65,7 @@ fn present<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<&'de RawVal
 
 impl<'a> Fields<'a> {
     /// Reads a JSON object's fields; `what` names it in errors.
-    fn read(text: &'a str, what: &str) -> Result<Fields<'a>, Rejection> {
+    fn read(text: &'a str, what: &str) -> Result<Fields<'a>, Refusal> {
         serde_json::from_str(text).map_err(|e| {
             let object = text.trim_start().starts_with('{');
             let json = serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok();
@@ -100,7 +74,7 @@ impl<'a> Fields<'a> {
             } else {
                 format!("{what} is not JSON: {e}")
             };
-            Rejection::new(ErrorCode::BadFormat, message)
+            Refusal::new(ErrorCode::BadFormat, message)
         })
     }
 
@@ -128,22 +102,22 @@ fn optional_string(
     raw: Option<&RawValue>,
     ok: impl Fn(&str) -> bool,
     wrong: impl FnOnce() -> String,
-) -> Result<Option<String>, Rejection> {
+) -> Result<Option<String>, Refusal> {
     match raw {
         None => Ok(None),
         Some(raw) => match string(raw) {
             Some(text) if ok(&text) => Ok(Some(text.into_owned())),
-            _ => Err(Rejection::new(ErrorCode::BadFormat, wrong())),
+            _ => Err(Refusal::new(ErrorCode::BadFormat, wrong())),
         },
     }
 }
 
 /// Parses one text frame under the size limit `max_bytes`.
-pub fn parse_client_frame(text: &str, max_bytes: usize) -> Result<ClientFrame, Rejection> {
+pub fn parse_client_frame(text: &str, max_bytes: usize) -> Result<ClientFrame, Refusal> {
     if let Err(rejection) = check_size(text.len(), max_bytes) {
         // Reading a frame up to four times the limit for its `ref` is
         // bounded, and lets the publisher tell which of its frames it was.
-        let reference = if rejection.fatal {
+        let reference = if rejection.close.is_some() {
             None
         } else {
             Fields::read(text, "a frame")
@@ -155,9 +129,9 @@ pub fn parse_client_frame(text: &str, max_bytes: usize) -> Result<ClientFrame, R
     let fields = Fields::read(text, "a frame")?;
     let reference = fields.reference_for_errors();
     let kind = match fields.kind {
-        None => Err(Rejection::new(ErrorCode::BadFormat, "frame has no type")),
+        None => Err(Refusal::new(ErrorCode::BadFormat, "frame has no type")),
         Some(raw) => {
-            string(raw).ok_or_else(|| Rejection::new(ErrorCode::BadFormat, "type must be a string"))
+            string(raw).ok_or_else(|| Refusal::new(ErrorCode::BadFormat, "type must be a string"))
         }
     };
     let parsed = kind.and_then(|kind| match kind.as_ref() {
@@ -166,12 +140,12 @@ pub fn parse_client_frame(text: &str, max_bytes: usize) -> Result<ClientFrame, R
             Some(token) => Ok(ClientFrame::Auth {
                 token: token.into_owned(),
             }),
-            None => Err(Rejection::new(
+            None => Err(Refusal::new(
                 ErrorCode::BadFormat,
                 "auth needs a string token",
             )),
         },
-        other => Err(Rejection::new(
+        other => Err(Refusal::new(
             ErrorCode::BadFormat,
             format!("unknown frame type {other:?}"),
         )),
@@ -179,7 +153,7 @@ pub fn parse_client_frame(text: &str, max_bytes: usize) -> Result<ClientFrame, R
     parsed.map_err(|r| r.with_ref(reference))
 }
 
-fn parse_publish(fields: &Fields<'_>) -> Result<ClientFrame, Rejection> {
+fn parse_publish(fields: &Fields<'_>) -> Result<ClientFrame, Refusal> {
     let reference = optional_string(
         fields.reference,
         |r| r.len() <= MAX_REF_LEN,
@@ -193,7 +167,7 @@ fn parse_publish(fields: &Fields<'_>) -> Result<ClientFrame, Rejection> {
 /// message. `data` is kept as the publisher wrote it but for the whitespace
 /// between its tokens ([`policy::compact`]); its nesting is measured by
 /// scanning the text, never by building a tree of it.
-fn parse_draft(fields: &Fields<'_>) -> Result<Draft, Rejection> {
+fn parse_draft(fields: &Fields<'_>) -> Result<Draft, Refusal> {
     let id = optional_string(
         fields.id,
         |id| !id.is_empty() && id.len() <= MAX_ID_LEN,
@@ -204,15 +178,15 @@ fn parse_draft(fields: &Fields<'_>) -> Result<Draft, Rejection> {
     })?;
     let data = fields
         .data
-        .ok_or_else(|| Rejection::new(ErrorCode::BadFormat, "publish needs data"))?;
+        .ok_or_else(|| Refusal::new(ErrorCode::BadFormat, "publish needs data"))?;
     if policy::depth(data.get()) > MAX_DEPTH {
-        return Err(Rejection::new(
+        return Err(Refusal::new(
             ErrorCode::BadFormat,
             format!("data is nested deeper than {MAX_DEPTH} levels"),
         ));
     }
     if !policy::portable(data.get()) {
-        return Err(Rejection::new(
+        return Err(Refusal::new(
             ErrorCode::BadFormat,
             "data must read the same in every JSON reader: numbers within double range, no unpaired surrogate escapes",
         ));
@@ -221,7 +195,7 @@ fn parse_draft(fields: &Fields<'_>) -> Result<Draft, Rejection> {
         Cow::Borrowed(_) => data.to_owned(),
         // Removing whitespace between tokens leaves valid JSON.
         Cow::Owned(compact) => RawValue::from_string(compact)
-            .map_err(|e| Rejection::new(ErrorCode::BadFormat, format!("data: {e}")))?,
+            .map_err(|e| Refusal::new(ErrorCode::BadFormat, format!("data: {e}")))?,
     };
     Ok(Draft {
         data,
@@ -231,12 +205,12 @@ fn parse_draft(fields: &Fields<'_>) -> Result<Draft, Rejection> {
     })
 }
 
-fn check_size(len: usize, max_bytes: usize) -> Result<(), Rejection> {
+fn check_size(len: usize, max_bytes: usize) -> Result<(), Refusal> {
     match policy::check_size(len, max_bytes) {
         SizeCheck::Ok => Ok(()),
-        over => Err(Rejection {
-            fatal: over == SizeCheck::FarTooLarge,
-            ..Rejection::new(
+        over => Err(Refusal {
+            close: (over == SizeCheck::FarTooLarge).then_some(CloseCode::TooBig),
+            ..Refusal::new(
                 ErrorCode::TooLarge,
                 format!("{len} bytes is over the limit of {max_bytes}"),
             )
@@ -246,7 +220,7 @@ fn check_size(len: usize, max_bytes: usize) -> Result<(), Rejection> {
 
 /// Parses the body of `POST /v1/rooms/{room}/messages`: `{"data","id"?}` or
 /// `{"messages":[...]}`. Returns the drafts and whether it was the batch form.
-pub fn parse_publish_body(body: &str, max_bytes: usize) -> Result<(Vec<Draft>, bool), Rejection> {
+pub fn parse_publish_body(body: &str, max_bytes: usize) -> Result<(Vec<Draft>, bool), Refusal> {
     let fields = Fields::read(body, "the body")?;
     let Some(messages) = fields.messages else {
         return Ok((vec![parse_http_draft(&fields, max_bytes)?], false));
@@ -255,7 +229,7 @@ pub fn parse_publish_body(body: &str, max_bytes: usize) -> Result<(Vec<Draft>, b
         .ok()
         .filter(|items: &Vec<&RawValue>| !items.is_empty() && items.len() <= MAX_BATCH)
         .ok_or_else(|| {
-            Rejection::new(
+            Refusal::new(
                 ErrorCode::BadFormat,
                 format!("messages must be a list of 1 to {MAX_BATCH} messages"),
             )
@@ -266,7 +240,7 @@ pub fn parse_publish_body(body: &str, max_bytes: usize) -> Result<(Vec<Draft>, b
         .map(|(i, item)| {
             Fields::read(item.get(), "each message")
                 .and_then(|fields| parse_http_draft(&fields, max_bytes))
-                .map_err(|r| Rejection {
+                .map_err(|r| Refusal {
                     message: format!("messages[{i}]: {}", r.message),
                     ..r
                 })
@@ -275,12 +249,12 @@ pub fn parse_publish_body(body: &str, max_bytes: usize) -> Result<(Vec<Draft>, b
     Ok((drafts, true))
 }
 
-fn parse_http_draft(fields: &Fields<'_>, max_bytes: usize) -> Result<Draft, Rejection> {
+fn parse_http_draft(fields: &Fields<'_>, max_bytes: usize) -> Result<Draft, Refusal> {
     let mut draft = parse_draft(fields)?;
     check_size(draft.data.get().len(), max_bytes)?;
     if let Some(raw) = fields.kafka.filter(|raw| raw.get() != "null") {
         draft.kafka = Some(serde_json::from_str(raw.get()).map_err(|_| {
-            Rejection::new(
+            Refusal::new(
                 ErrorCode::BadFormat,
                 "kafka must be {\"topic\":string,\"partition\":int,\"offset\":int}",
             )
@@ -494,9 +468,9 @@ impl BridgeFrame {
 }
 
 /// Parses one text frame from a bridge link.
-pub fn parse_bridge_frame(text: &str) -> Result<BridgeFrame, Rejection> {
+pub fn parse_bridge_frame(text: &str) -> Result<BridgeFrame, Refusal> {
     serde_json::from_str(text).map_err(|e| {
-        Rejection::new(
+        Refusal::new(
             ErrorCode::BadFormat,
             format!("expected {{\"type\":\"bridge_ack\",\"seq\":N}} or {{\"type\":\"auth\",\"token\":\"...\"}}: {e}"),
         )
@@ -537,7 +511,7 @@ mod tests {
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
-    fn parse(v: Value) -> Result<ClientFrame, Rejection> {
+    fn parse(v: Value) -> Result<ClientFrame, Refusal> {
         parse_client_frame(&v.to_string(), 1000)
     }
 
@@ -691,7 +665,7 @@ mod tests {
     fn size_limits() {
         let text = json!({"type":"publish","data":"x".repeat(200),"ref":"big"}).to_string();
         let r = parse_client_frame(&text, 100).unwrap_err();
-        assert_eq!((r.code, r.fatal), (ErrorCode::TooLarge, false));
+        assert_eq!((r.code, r.close), (ErrorCode::TooLarge, None));
         assert_eq!(
             r.reference.as_deref(),
             Some("big"),
@@ -706,11 +680,14 @@ mod tests {
         // Over four times the limit the frame is not read: no ref, and the
         // connection closes.
         let r = parse_client_frame(&text, text.len() / policy::FAR_OVER_FACTOR - 1).unwrap_err();
-        assert_eq!((r.code, r.fatal), (ErrorCode::TooLarge, true));
+        assert_eq!(
+            (r.code, r.close),
+            (ErrorCode::TooLarge, Some(CloseCode::TooBig))
+        );
         assert_eq!(r.reference, None);
         let r =
             parse_client_frame(&text, text.len().div_ceil(policy::FAR_OVER_FACTOR)).unwrap_err();
-        assert_eq!((r.fatal, r.reference.as_deref()), (false, Some("big")));
+        assert_eq!((r.close, r.reference.as_deref()), (None, Some("big")));
     }
 
     #[test]

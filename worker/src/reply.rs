@@ -4,7 +4,7 @@
 //! tell roomcast's own refusals from a proxy's.
 
 use roomcast_protocol::wire::{error_body, ERROR_HEADER};
-use roomcast_protocol::ErrorCode;
+use roomcast_protocol::{ErrorCode, Refusal};
 use serde::Serialize;
 use worker::{Headers, Response, Result};
 
@@ -48,20 +48,19 @@ pub fn with_headers(response: Response, extra: &[(&str, String)]) -> Result<Resp
 
 /// The error response for `code`.
 pub fn error(code: ErrorCode, message: &str) -> Result<Response> {
-    error_with(code, message, json_headers())
+    refusal(&Refusal::new(code, message))
 }
 
-/// `429 rate_limited`, with when to try again.
-pub fn rate_limited(message: &str, retry_after_secs: u64) -> Result<Response> {
+/// The answer to a refusal: its code's status and body, and `Retry-After`
+/// when it says when to try again.
+pub fn refusal(refusal: &Refusal) -> Result<Response> {
     let headers = json_headers();
-    let _ = headers.set("retry-after", &retry_after_secs.to_string());
-    error_with(ErrorCode::RateLimited, message, headers)
-}
-
-fn error_with(code: ErrorCode, message: &str, headers: Headers) -> Result<Response> {
+    if let Some(secs) = refusal.retry_after_secs() {
+        let _ = headers.set("retry-after", &secs.to_string());
+    }
     // Error codes are fixed ASCII names, always a valid header value.
-    let _ = headers.set(ERROR_HEADER, code.as_str());
-    Ok(Response::ok(error_body(code, message))?
-        .with_status(code.http_status())
+    let _ = headers.set(ERROR_HEADER, refusal.code.as_str());
+    Ok(Response::ok(error_body(refusal.code, &refusal.message))?
+        .with_status(refusal.code.http_status())
         .with_headers(headers))
 }

@@ -11,10 +11,10 @@
 use std::rc::Rc;
 
 use futures_util::StreamExt;
-use roomcast_protocol::admission::{self, Asked, Refusal, Route};
+use roomcast_protocol::admission::{self, Asked, Route};
 use roomcast_protocol::auth::Identity;
 use roomcast_protocol::clock::now_ms;
-use roomcast_protocol::ErrorCode;
+use roomcast_protocol::{ErrorCode, Refusal};
 use worker::{Env, Headers, Method, Request, RequestInit, Response, Stub};
 
 use crate::headers::{CONN_HEADER, IDENTITY_HEADER, INTERNAL_PREFIX, ROOM_HEADER, SHARD_HEADER};
@@ -52,7 +52,7 @@ impl From<serde_json::Error> for Failure {
 }
 
 fn refused(code: ErrorCode, message: impl Into<String>) -> Failure {
-    Failure::Refused((code, message.into()))
+    Failure::Refused(Refusal::new(code, message))
 }
 
 pub async fn handle(req: Request, env: Env) -> worker::Result<Response> {
@@ -69,7 +69,7 @@ pub async fn handle(req: Request, env: Env) -> worker::Result<Response> {
     let api = !matches!(asked, Ok(Asked::Request(Route::Assets)));
     let response = match dispatch(req, &env, asked).await {
         Ok(response) => response,
-        Err(Failure::Refused((code, message))) => reply::error(code, &message)?,
+        Err(Failure::Refused(refusal)) => reply::refusal(&refusal)?,
         Err(Failure::Runtime(e)) => return Err(e),
     };
     // A WebSocket handshake's answer is not read by a page (and cannot be

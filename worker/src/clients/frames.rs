@@ -16,8 +16,8 @@ use roomcast_protocol::draft::Draft;
 use roomcast_protocol::policy::Strikes;
 use roomcast_protocol::rate::{Admission, Limiter};
 use roomcast_protocol::session::Session;
-use roomcast_protocol::wire::{parse_client_frame, ClientFrame, Rejection, ServerFrame};
-use roomcast_protocol::{CloseCode, ErrorCode};
+use roomcast_protocol::wire::{parse_client_frame, ClientFrame, ServerFrame};
+use roomcast_protocol::{CloseCode, ErrorCode, Refusal};
 use worker::{Result, WebSocket, WebSocketIncomingMessage};
 
 use super::Clients;
@@ -91,22 +91,22 @@ impl Clients {
             }
             WebSocketIncomingMessage::String(text) => text,
             WebSocketIncomingMessage::Binary(_) => {
-                let rejection = Rejection::new(
+                let refusal = Refusal::new(
                     ErrorCode::BadFormat,
                     "binary frames are not supported; send JSON text",
                 );
-                return self.reject(ws, session, &rejection).map(Step::Done);
+                return self.reject(ws, session, &refusal).map(Step::Done);
             }
         };
         let outcome = match parse_client_frame(&text, ctx.limits.max_message_bytes) {
             Ok(ClientFrame::Publish { draft, reference }) => {
                 if !session.rights.can_publish(&ctx.room) {
-                    let rejection = Rejection::new(
+                    let refusal = Refusal::new(
                         ErrorCode::Forbidden,
                         "this token may not publish to this room",
                     )
                     .with_ref(reference);
-                    self.reject(ws, session, &rejection)?
+                    self.reject(ws, session, &refusal)?
                 } else {
                     return Ok(Step::Publish { draft, reference });
                 }
@@ -115,7 +115,7 @@ impl Clients {
                 self.refresh(ws, session, ctx, &token, limiter, alarm)
                     .await?
             }
-            Err(rejection) => self.reject(ws, session, &rejection)?,
+            Err(refusal) => self.reject(ws, session, &refusal)?,
         };
         Ok(Step::Done(outcome))
     }
@@ -155,12 +155,8 @@ impl Clients {
             .admit(&session.sub, 1, &ctx.limits, ctx.now);
         if admission != Admission::Accepted {
             let close = matches!(admission, Admission::Close { .. });
-            return self.refused(
-                ws,
-                session,
-                &Rejection::new(ErrorCode::RateLimited, "slow down: over the rate limit"),
-                close,
-            );
+            let retry_after_ms = admission.retry_after_ms().unwrap_or(0);
+            return self.refused(ws, session, &Refusal::rate_limited(retry_after_ms, close));
         }
         let identity = match ctx.settings.verifier.verify(token, ctx.now) {
             Ok(identity) => identity,
@@ -168,7 +164,7 @@ impl Clients {
                 return self.reject(
                     ws,
                     session,
-                    &Rejection::new(ErrorCode::BadToken, e.to_string()),
+                    &Refusal::new(ErrorCode::BadToken, e.to_string()),
                 )
             }
         };
@@ -176,7 +172,7 @@ impl Clients {
             return self.reject(
                 ws,
                 session,
-                &Rejection::new(ErrorCode::BadToken, "token is for another subject"),
+                &Refusal::new(ErrorCode::BadToken, "token is for another subject"),
             );
         }
         if !identity.rights.can_subscribe(&ctx.room) {
@@ -201,21 +197,20 @@ impl Clients {
         &self,
         ws: &WebSocket,
         session: &mut Session,
-        rejection: &Rejection,
-        close: bool,
+        refusal: &Refusal,
     ) -> Result<Outcome> {
-        if rejection.code != ErrorCode::RateLimited {
-            return self.reject(ws, session, rejection);
+        if refusal.code != ErrorCode::RateLimited {
+            return self.reject(ws, session, refusal);
         }
-        self.counters.with(|s| s.reject(rejection.code));
-        if close {
-            return Ok(Outcome::Close(CloseCode::RateLimited));
+        self.counters.with(|s| s.reject(refusal.code));
+        if let Some(close) = refusal.close {
+            return Ok(Outcome::Close(close));
         }
         send_error(
             ws,
-            rejection.code,
-            &rejection.message,
-            rejection.reference.as_deref(),
+            refusal.code,
+            &refusal.message,
+            refusal.reference.as_deref(),
         )?;
         Ok(Outcome::Keep)
     }
@@ -226,17 +221,17 @@ impl Clients {
         &self,
         ws: &WebSocket,
         session: &mut Session,
-        rejection: &Rejection,
+        refusal: &Refusal,
     ) -> Result<Outcome> {
-        self.counters.with(|s| s.reject(rejection.code));
+        self.counters.with(|s| s.reject(refusal.code));
         send_error(
             ws,
-            rejection.code,
-            &rejection.message,
-            rejection.reference.as_deref(),
+            refusal.code,
+            &refusal.message,
+            refusal.reference.as_deref(),
         )?;
-        if rejection.fatal {
-            return Ok(Outcome::Close(CloseCode::TooBig));
+        if let Some(close) = refusal.close {
+            return Ok(Outcome::Close(close));
         }
         Ok(if session.strikes.violation() {
             Outcome::Close(CloseCode::PolicyViolation)

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 use roomcast_protocol::draft::{Draft, Origin};
 use roomcast_protocol::session::Session;
-use roomcast_protocol::wire::{Rejection, ServerFrame};
+use roomcast_protocol::wire::ServerFrame;
 use worker::{Result, WebSocket, WebSocketIncomingMessage};
 
 use super::publish::Publisher;
@@ -55,10 +55,9 @@ impl Room {
         let receipts = match self.publish(ctx, vec![draft], &publisher)? {
             Ok(receipts) => receipts,
             Err(refusal) => {
-                let (code, message) = refusal.code_and_message();
-                let (_, close) = refusal.limited();
-                let rejection = Rejection::new(code, message).with_ref(reference);
-                return self.clients.refused(ws, session, &rejection, close);
+                return self
+                    .clients
+                    .refused(ws, session, &refusal.with_ref(reference))
             }
         };
         for receipt in &receipts {

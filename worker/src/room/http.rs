@@ -10,10 +10,10 @@ use roomcast_protocol::draft::Origin;
 use roomcast_protocol::history::Page;
 use roomcast_protocol::trace::inherit;
 use roomcast_protocol::wire::{parse_publish_body, HistoryPage};
-use roomcast_protocol::ErrorCode;
+use roomcast_protocol::{ErrorCode, Refusal};
 use worker::{Request, Response, Result};
 
-use super::publish::{Publisher, Refusal};
+use super::publish::Publisher;
 use super::Room;
 use crate::context::Ctx;
 use crate::reply;
@@ -78,15 +78,10 @@ impl Room {
         }
     }
 
+    /// Answers a refused request, counted.
     pub(super) fn http_refusal(&self, refusal: &Refusal) -> Result<Response> {
-        let (code, message) = refusal.code_and_message();
-        self.counters.with(|s| s.reject(code));
-        match refusal {
-            Refusal::Limited { retry_after_ms, .. } => {
-                reply::rate_limited(&message, retry_after_ms.div_ceil(1000).max(1))
-            }
-            _ => reply::error(code, &message),
-        }
+        self.counters.with(|s| s.reject(refusal.code));
+        reply::refusal(refusal)
     }
 
     /// A page of history. It costs its reader a token of its budget, as a

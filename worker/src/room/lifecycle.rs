@@ -13,7 +13,7 @@ use roomcast_protocol::auth::Identity;
 use roomcast_protocol::clock::now_ms;
 use roomcast_protocol::lifecycle::{may_retire, Quiet, Reannounce};
 use roomcast_protocol::wire::Registration;
-use roomcast_protocol::ErrorCode;
+use roomcast_protocol::{ErrorCode, Refusal};
 use worker::{console_error, Response, Result};
 
 use super::Room;
@@ -72,12 +72,15 @@ impl Room {
         };
         self.counters.with(|s| s.reject(ErrorCode::RateLimited));
         let per_min = ctx.settings.config.room_create_per_min;
-        reply::rate_limited(
-            &format!(
-                "this subject creates rooms faster than {per_min} a minute (ROOM_CREATE_PER_MIN)"
-            ),
-            retry_after_ms.div_ceil(1000).max(1),
-        )
+        reply::refusal(&Refusal {
+            retry_after_ms: Some(retry_after_ms),
+            ..Refusal::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "this subject creates rooms faster than {per_min} a minute (ROOM_CREATE_PER_MIN)"
+                ),
+            )
+        })
         .map(Some)
     }
 

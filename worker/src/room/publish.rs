@@ -14,7 +14,7 @@ use roomcast_protocol::ids::{self, reserved_for_bridge};
 use roomcast_protocol::rate::Admission;
 use roomcast_protocol::ring::Lost;
 use roomcast_protocol::wire::{Message, Receipt, ServerFrame};
-use roomcast_protocol::ErrorCode;
+use roomcast_protocol::{ErrorCode, Refusal};
 use worker::{console_warn, Result};
 
 use super::idempotency::BRIDGE_OWNER;
@@ -30,18 +30,6 @@ pub(super) struct Publisher<'a> {
     pub origin: Origin,
 }
 
-/// Why a publish was refused; nothing of it was stored.
-#[derive(Debug)]
-pub(super) enum Refusal {
-    /// Over the subject's budget; `close` when it kept sending over it for
-    /// `RATE_STRIKES` seconds.
-    Limited { retry_after_ms: u64, close: bool },
-    /// An id of the form the bridge gives Kafka records, from anyone else.
-    ReservedId(String),
-    /// Another subject already used this id in the room.
-    Conflict(String),
-}
-
 impl Publisher<'_> {
     /// Whom the ids this publisher names belong to.
     fn owner(&self) -> &str {
@@ -49,40 +37,6 @@ impl Publisher<'_> {
             BRIDGE_OWNER
         } else {
             self.sub
-        }
-    }
-}
-
-impl Refusal {
-    /// When to try again and whether the connection has earned its close,
-    /// for a refusal over the rate budget.
-    pub fn limited(&self) -> (Option<u64>, bool) {
-        match self {
-            Refusal::Limited {
-                retry_after_ms,
-                close,
-            } => (Some(*retry_after_ms), *close),
-            _ => (None, false),
-        }
-    }
-
-    pub fn code_and_message(&self) -> (ErrorCode, String) {
-        match self {
-            Refusal::Limited { .. } => (
-                ErrorCode::RateLimited,
-                "slow down: over the rate limit".into(),
-            ),
-            Refusal::ReservedId(id) => (
-                ErrorCode::Forbidden,
-                format!(
-                    "id {id:?}: ids starting with {:?} are the bridge's",
-                    ids::BRIDGE_ID_PREFIX
-                ),
-            ),
-            Refusal::Conflict(id) => (
-                ErrorCode::IdConflict,
-                format!("id {id:?} is already another publisher's in this room"),
-            ),
         }
     }
 }
@@ -108,7 +62,13 @@ impl Room {
                 .filter_map(|d| d.id.as_deref())
                 .find(|id| reserved_for_bridge(id))
             {
-                return Ok(Err(Refusal::ReservedId(id.to_owned())));
+                return Ok(Err(Refusal::new(
+                    ErrorCode::Forbidden,
+                    format!(
+                        "id {id:?}: ids starting with {:?} are the bridge's",
+                        ids::BRIDGE_ID_PREFIX
+                    ),
+                )));
             }
         }
         let store = self.store()?;
@@ -119,7 +79,12 @@ impl Room {
             publisher.bridge,
         )? {
             Ok(duplicates) => duplicates,
-            Err(id) => return Ok(Err(Refusal::Conflict(id))),
+            Err(id) => {
+                return Ok(Err(Refusal::new(
+                    ErrorCode::IdConflict,
+                    format!("id {id:?} is already another publisher's in this room"),
+                )))
+            }
         };
         if publisher.bridge {
             let fresh = duplicates.iter().filter(|d| d.is_none()).count() as u32;
@@ -177,14 +142,10 @@ impl Room {
             .admit(sub, n, &ctx.limits, ctx.now)
         {
             Admission::Accepted => Ok(()),
-            Admission::Limited { retry_after_ms } => Err(Refusal::Limited {
-                retry_after_ms,
-                close: false,
-            }),
-            Admission::Close { retry_after_ms } => Err(Refusal::Limited {
-                retry_after_ms,
-                close: true,
-            }),
+            Admission::Limited { retry_after_ms } => {
+                Err(Refusal::rate_limited(retry_after_ms, false))
+            }
+            Admission::Close { retry_after_ms } => Err(Refusal::rate_limited(retry_after_ms, true)),
         }
     }
 

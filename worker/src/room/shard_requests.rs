@@ -105,15 +105,8 @@ impl Room {
                 match self.publish(ctx, vec![forwarded.into_draft()], &publisher)? {
                     Ok(mut receipts) => Outcome::Stored(receipts.remove(0)),
                     Err(refusal) => {
-                        let (code, message) = refusal.code_and_message();
-                        self.counters.with(|s| s.reject(code));
-                        let (retry_after_ms, close) = refusal.limited();
-                        Outcome::Refused {
-                            code,
-                            message,
-                            retry_after_ms,
-                            close,
-                        }
+                        self.counters.with(|s| s.reject(refusal.code));
+                        Outcome::Refused(refusal)
                     }
                 },
             );

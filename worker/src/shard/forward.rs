@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use roomcast_protocol::draft::Draft;
 use roomcast_protocol::session::Session;
 use roomcast_protocol::shard::{forward_has_room, Forward, Forwarded, Outcome as Sequenced};
-use roomcast_protocol::wire::{Rejection, ServerFrame};
+use roomcast_protocol::wire::ServerFrame;
 use roomcast_protocol::ErrorCode;
 use worker::{console_warn, Result, WebSocket};
 
@@ -147,17 +147,12 @@ impl Shard {
         let Pending { ws, reference } = pending;
         let receipt = match outcome {
             Sequenced::Stored(receipt) => receipt,
-            Sequenced::Refused {
-                code,
-                message,
-                close,
-                ..
-            } => {
+            Sequenced::Refused(refusal) => {
                 let Some(mut session) = self.clients.session(&ws)? else {
                     return Ok(());
                 };
-                let rejection = Rejection::new(code, message).with_ref(reference);
-                let outcome = self.clients.refused(&ws, &mut session, &rejection, close)?;
+                let refusal = refusal.with_ref(reference);
+                let outcome = self.clients.refused(&ws, &mut session, &refusal)?;
                 return self
                     .clients
                     .settle(&ws, &mut session, outcome, ctx.now, false);
