@@ -112,8 +112,7 @@ test: lint test-unit test-wasm test-fuzz test-e2e test-js
 COUNTED = scripts/test-counts.sh run
 
 # Crates whose modules may not import each other in a circle
-# (scripts/import-cycles.py names the files and what ties them). The worker
-# joins this list once `scripts/import-cycles.py worker` passes.
+# (scripts/import-cycles.py names the files and what ties them).
 CYCLE_CHECK_CRATES := protocol bridge bench fuzz worker
 
 lint: bootstrap

@@ -1,4 +1,4 @@
-//! The bridge's command line (docs/protocol.md, "Configuration"). Every flag can also be set by
+//! The bridge's command line (docs/bridge.md, "Flags and environment"). Every flag can also be set by
 //! an environment variable `ROOMCAST_<NAME>`, which is how container and
 //! systemd deployments configure it.
 

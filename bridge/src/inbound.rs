@@ -1,4 +1,4 @@
-//! Broker → rooms (docs/protocol.md, "Kafka mapping"): takes records from the [`Source`], sends
+//! Broker → rooms (docs/bridge.md, "Kafka mapping"): takes records from the [`Source`], sends
 //! each to its room's [`Lane`], and commits a partition's position once
 //! every record before it is in its room or in the dead-letter topic.
 //!

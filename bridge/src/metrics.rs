@@ -1,4 +1,4 @@
-//! Prometheus metrics (docs/protocol.md, "Metrics") and the health flags behind `/healthz`.
+//! Prometheus metrics (docs/bridge.md, "Metrics") and the health flags behind `/healthz`.
 //!
 //! The bridge's own series live in a `prometheus` registry. The rooms' series
 //! are the rooms' cumulative counters as they arrive on the links (`stats`
@@ -17,7 +17,7 @@ use prometheus::{
 use roomcast_protocol::stats::StatsReport;
 
 /// Every series name the bridge exports, which dashboards and alerts may
-/// query (docs/protocol.md, "Metrics").
+/// query (docs/bridge.md, "Metrics").
 pub const METRIC_NAMES: [&str; 19] = [
     "roomcast_room_connections",
     "roomcast_room_shards",
@@ -247,7 +247,7 @@ fn family(text: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
-/// The room series of docs/protocol.md, "Metrics", from the rooms' own counters.
+/// The room series of docs/bridge.md, "Metrics", from the rooms' own counters.
 fn render_rooms(text: &mut String, rooms: &BTreeMap<String, StatsReport>) {
     family(
         text,

@@ -1,5 +1,5 @@
 //! Room → broker: one task per room this instance relays, holding the room
-//! link (docs/protocol.md, "Bridge links") and handing every message to the [`Sink`].
+//! link (docs/internals.md, "Bridge links") and handing every message to the [`Sink`].
 //!
 //! Deliveries are awaited in seq order, and `bridge_ack` only ever names a
 //! seq whose message, and every one before it, the broker stored, or, when
@@ -8,7 +8,7 @@
 //! on the next link: duplicates are possible, gaps are not, and no message
 //! can stall its room's relay forever.
 //!
-//! What a link may hold is bounded (docs/protocol.md, "Running"): a message
+//! What a link may hold is bounded (docs/bridge.md, "Links and shutdown"): a message
 //! goes to the broker only once its bytes fit in the instance's shared
 //! in-flight bound, and until then the link reads nothing more (the room's
 //! feed window keeps the rest); every open waits its turn among the

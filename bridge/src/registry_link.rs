@@ -1,4 +1,4 @@
-//! The registry link (docs/protocol.md, "Bridge links"): learns which rooms this instance owns
+//! The registry link (docs/internals.md, "Bridge links"): learns which rooms this instance owns
 //! and hands them to [`room_tasks`], which keeps a room link task for each
 //! (up to `--max-links`).
 //!

@@ -1,4 +1,4 @@
-//! The room tasks of this instance (docs/protocol.md, "Running"): one per
+//! The room tasks of this instance (docs/bridge.md, "Links and shutdown"): one per
 //! room it relays, at most `--max-links` at once.
 //!
 //! Every room task holds its room's link (or is opening it), and a link

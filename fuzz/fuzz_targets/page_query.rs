@@ -34,19 +34,21 @@ fuzz_target!(|bytes: &[u8]| {
             let wanted = expect(limit, DEFAULT_PAGE).map(|l| l.clamp(1, MAX_PAGE));
             assert_eq!(Some(page.limit), wanted, "{limit:?}");
         }
-        Err(message) => {
+        Err(refusal) => {
             assert!(
                 expect(since, 0).is_none() || expect(limit, DEFAULT_PAGE).is_none(),
-                "refused {since:?} {limit:?}: {message}"
+                "refused {since:?} {limit:?}: {refusal:?}"
             );
-            contract::http_error(ErrorCode::BadRequest, &message);
+            assert_eq!(refusal.code, ErrorCode::BadRequest, "{refusal:?}");
+            contract::http_error(refusal.code, &refusal.message);
         }
     }
     match parse_u64("since", since, 0) {
         Ok(value) => assert_eq!(Some(value), expect(since, 0), "{since:?}"),
-        Err(message) => {
-            assert!(expect(since, 0).is_none(), "refused {since:?}: {message}");
-            contract::http_error(ErrorCode::BadRequest, &message);
+        Err(refusal) => {
+            assert!(expect(since, 0).is_none(), "refused {since:?}: {refusal:?}");
+            assert_eq!(refusal.code, ErrorCode::BadRequest, "{refusal:?}");
+            contract::http_error(refusal.code, &refusal.message);
         }
     }
 
@@ -59,7 +61,7 @@ fuzz_target!(|bytes: &[u8]| {
     };
     match Page::parse(since_text.as_deref(), limit_text.as_deref()) {
         Ok(page) => assert_eq!(page, wanted, "{since_text:?} {limit_text:?}"),
-        Err(message) => panic!("refused {since_text:?} {limit_text:?}: {message}"),
+        Err(refusal) => panic!("refused {since_text:?} {limit_text:?}: {refusal:?}"),
     }
 });
 

@@ -4,7 +4,7 @@
 //! - as the frame's text: refused with `bad_format`, or read into a frame
 //!   that writes back to the same frame;
 //! - as the choices that write a `bridge_ack` or `auth` frame by the grammar
-//!   (docs/protocol.md, "Bridge links"; keys in any order, escapes,
+//!   (docs/internals.md, "Bridge links"; keys in any order, escapes,
 //!   whitespace, fields no reader knows): read as written, or, with one
 //!   flaw (a missing, negative, fractional or quoted `seq`, a token that is
 //!   not a string, an unknown type), refused with `bad_format`.

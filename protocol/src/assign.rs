@@ -1,5 +1,5 @@
 //! Which bridge instance relays which room: rendezvous (highest random
-//! weight) hashing (docs/protocol.md, "Bridge links").
+//! weight) hashing (docs/internals.md, "Registry link").
 //!
 //! Every instance scores every room and the highest score wins, so all
 //! parties agree without coordination, and when an instance joins or leaves

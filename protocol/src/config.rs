@@ -32,7 +32,7 @@ pub struct Limits {
     /// last message before it retires.
     pub room_retire_ms: u64,
     /// Client sockets one object of the room holds; past it, connections go
-    /// to the room's shards (docs/scaling.md).
+    /// to the room's shards (docs/internals.md, "Sharding").
     pub room_shard_size: u64,
 }
 

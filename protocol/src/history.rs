@@ -11,6 +11,8 @@
 //! `GET /messages` stops there, a resume that would replay more is told to
 //! page through HTTP instead, and the bridge link is fed in windows.
 
+use crate::error::{ErrorCode, Refusal};
+
 /// Default and maximum page size of `GET /messages`.
 pub const DEFAULT_PAGE: u64 = 100;
 pub const MAX_PAGE: u64 = 1000;
@@ -102,7 +104,7 @@ pub fn count_floor(head: u64, limit: u64) -> u64 {
     head.saturating_sub(limit)
 }
 
-/// What the bridge still needs from a room's history (docs/protocol.md, "Bridge links"): the
+/// What the bridge still needs from a room's history (docs/internals.md, "The outbox"): the
 /// room is the outbox, so rows above the bridge's cursor stay, up to a cap
 /// that keeps a room whose bridge is gone for good from growing forever.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,7 +157,7 @@ pub struct Page {
 
 impl Page {
     /// Parses the query values; `limit` is clamped to [`MAX_PAGE`] and at least 1.
-    pub fn parse(since: Option<&str>, limit: Option<&str>) -> Result<Page, String> {
+    pub fn parse(since: Option<&str>, limit: Option<&str>) -> Result<Page, Refusal> {
         let since = parse_u64("since", since, 0)?;
         let limit = parse_u64("limit", limit, DEFAULT_PAGE)?.clamp(1, MAX_PAGE);
         Ok(Page { since, limit })
@@ -163,12 +165,15 @@ impl Page {
 }
 
 /// Parses an optional non-negative integer query value.
-pub fn parse_u64(name: &str, value: Option<&str>, default: u64) -> Result<u64, String> {
+pub fn parse_u64(name: &str, value: Option<&str>, default: u64) -> Result<u64, Refusal> {
     match value {
         None | Some("") => Ok(default),
-        Some(v) => v
-            .parse()
-            .map_err(|_| format!("{name} must be a non-negative integer, got {v:?}")),
+        Some(v) => v.parse().map_err(|_| {
+            Refusal::new(
+                ErrorCode::BadRequest,
+                format!("{name} must be a non-negative integer, got {v:?}"),
+            )
+        }),
     }
 }
 

@@ -1,4 +1,4 @@
-//! A room's stored history (docs/protocol.md, "History and resume"): a
+//! A room's stored history (docs/internals.md, "The ring"): a
 //! ring of `HISTORY_LIMIT` slots, and an outbox for what the bridge has not
 //! confirmed when the ring moves past it.
 //!

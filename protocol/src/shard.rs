@@ -1,4 +1,4 @@
-//! Rooms bigger than one Durable Object (docs/scaling.md): the room's own
+//! Rooms bigger than one Durable Object (docs/internals.md, "Sharding"): the room's own
 //! object stays its single sequencer (seq, epoch, history, idempotency,
 //! budgets, the Kafka outbox), and shard objects of the same room hold the
 //! client sockets it has no room for. This is the part of that which needs

@@ -1,4 +1,4 @@
-//! A room's counters (docs/protocol.md, "Metrics"), as served by `GET /stats`
+//! A room's counters (docs/protocol.md, "Stats"), as served by `GET /stats`
 //! and sent to the bridge.
 //!
 //! The room persists them as one JSON document so they survive hibernation and
@@ -170,7 +170,7 @@ pub struct StatsReport {
     pub head: u64,
     /// Open client connections, on the room and all its shards.
     pub connections: u64,
-    /// Shard objects holding connections of this room (docs/scaling.md).
+    /// Shard objects holding connections of this room (docs/internals.md, "Sharding").
     #[serde(default)]
     pub shards: u64,
     /// Highest seq the bridge confirmed to Kafka.

@@ -264,7 +264,7 @@ fn parse_http_draft(fields: &Fields<'_>, max_bytes: usize) -> Result<Draft, Refu
 }
 
 /// A stored, broadcast message: the `message` frame without `type`, and the
-/// value of the Kafka record (docs/protocol.md, "Kafka mapping").
+/// value of the Kafka record (docs/bridge.md, "Kafka mapping").
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Message {
     pub room: String,
@@ -449,7 +449,7 @@ pub fn parse_server_frame(text: &str) -> Result<ServerFrame<'static>, serde_json
     })
 }
 
-/// A frame from the bridge on a room link or the registry link (docs/protocol.md,
+/// A frame from the bridge on a room link or the registry link (docs/internals.md,
 /// "Bridge links"), written by the bridge and read by the worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

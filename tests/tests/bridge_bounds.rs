@@ -1,5 +1,5 @@
 //! End to end, what one bridge instance may spend and whom it trusts
-//! (docs/protocol.md, "Running", "TLS and Kafka properties",
+//! (docs/bridge.md, "Links and shutdown", "TLS and Kafka properties",
 //! "`/metrics` and `/healthz`"): more rooms than `--max-links` all reach
 //! Kafka while the links never exceed the cap; an idle link closes and the
 //! room's next message comes over a new one; a link opened by someone else

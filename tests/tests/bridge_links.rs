@@ -1,4 +1,4 @@
-//! End to end, the worker's side of the bridge (docs/protocol.md, "Bridge links"): the room
+//! End to end, the worker's side of the bridge (docs/internals.md, "Bridge links"): the room
 //! link's welcome and cursor, the replay of everything not from Kafka, live
 //! relay, `bridge_ack`, supersession (4009), Kafka-origin publishes through
 //! the batch API, history held for the bridge until it confirms, the

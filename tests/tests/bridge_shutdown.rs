@@ -1,4 +1,4 @@
-//! End to end, the bridge's SIGTERM (docs/protocol.md, "Running"): with
+//! End to end, the bridge's SIGTERM (docs/bridge.md, "Links and shutdown"): with
 //! messages in flight both ways, the drain delivers them, moves the room's
 //! cursor to what Kafka stored and commits the inbound offsets of what the
 //! rooms stored, and the process exits within 30 s; nothing is lost, which

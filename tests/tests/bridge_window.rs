@@ -1,4 +1,4 @@
-//! End to end, the window of the bridge's room link (docs/protocol.md,
+//! End to end, the window of the bridge's room link (docs/internals.md,
 //! "Room link", "Bounded turns"): the room sends at most the messages up to
 //! `cursor + 1000`, and at most about 4 MiB per step; each `bridge_ack`
 //! opens the window again. The link is opened as the bridge opens it, by a

@@ -1,5 +1,5 @@
 //! End to end, what the bridge writes when the dead-letter topic refuses a
-//! dead letter (docs/protocol.md, "Dead letters"): the record without its
+//! dead letter (docs/bridge.md, "Dead letters"): the record without its
 //! value and with `value-dropped: <reason>`, in both directions; and when
 //! even that is refused, a `dead_letter_refused` count and a log line,
 //! while the relay goes on.

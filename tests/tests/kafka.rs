@@ -1,5 +1,5 @@
 //! End to end through a real Kafka-protocol broker (tansu, its own process):
-//! room → Kafka with the key, value and headers of docs/protocol.md, "Kafka mapping" (the
+//! room → Kafka with the key, value and headers of docs/bridge.md, "Kafka mapping" (the
 //! publisher's `traceparent` included); Kafka → rooms with idempotency keys
 //! and trace context; nothing from Kafka echoed back; bad records
 //! in the dead-letter topic while good ones keep flowing; the bridge's

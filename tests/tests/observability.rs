@@ -1,6 +1,6 @@
 //! The observability pack in `deploy/`, checked without running anything:
 //! the dashboard is valid Grafana JSON whose every panel queries something,
-//! it charts every series of docs/protocol.md, "Metrics", and the dashboard and alert
+//! it charts every series of docs/bridge.md, "Metrics", and the dashboard and alert
 //! rules name only those series. (`kafka.rs` holds the same names against a
 //! running bridge's `/metrics`.)
 

@@ -1,4 +1,4 @@
-//! End to end: a room bigger than one Durable Object (docs/scaling.md). With
+//! End to end: a room bigger than one Durable Object (docs/internals.md, "Sharding"). With
 //! a small `ROOM_SHARD_SIZE`, clients spread over the room and its shards;
 //! every one of them must get every message once, in seq order, whichever
 //! object the publisher and the subscriber are on; resume must work on a

@@ -1,5 +1,5 @@
 //! The counters of a room's object or of one of its shards (docs/protocol.md,
-//! "Metrics"); a shard hands its own to the room with each answer.
+//! "Stats"); a shard hands its own to the room with each answer.
 //!
 //! Counters change on nearly every event and matter only in aggregate, so
 //! they live in memory and are written to storage at most every

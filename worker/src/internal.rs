@@ -1,6 +1,6 @@
 //! Requests between the objects of one room: its sequencer (the room's own
 //! object, [`crate::room`]) and its shards ([`crate::shard`],
-//! docs/scaling.md), and the names that reach them.
+//! docs/internals.md, "Sharding"), and the names that reach them.
 //!
 //! They are plain `fetch`es between Durable Objects, never sockets: only a
 //! socket an object accepted can hibernate, and both sides here hold

@@ -1,6 +1,6 @@
 //! The `Registry` Durable Object: the one place that knows every room that
-//! needs relaying, and which bridge instance relays it (docs/protocol.md,
-//! "Bridge links").
+//! needs relaying, and which bridge instance relays it (docs/internals.md,
+//! "The registry").
 //!
 //! Rooms register once per lifecycle event: on their first message (and the
 //! first after they retired) and when they retire; never per message.

@@ -145,7 +145,7 @@ async fn admit_and_forward(
     let inner = Inner::new(req, route, &identity, settings.config.max_body_bytes).await?;
     let response = inner.send(&stub).await?;
     // A room that holds all the connections it may places a join on one of
-    // its shards (docs/scaling.md); the client sees only the shard's answer.
+    // its shards (docs/internals.md, "Sharding"); the client sees only the shard's answer.
     let shard = response.headers().get(SHARD_HEADER)?;
     match (route, shard) {
         (Route::Room { room, .. }, Some(index)) if route.upgrade() => {

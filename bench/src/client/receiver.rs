@@ -124,7 +124,7 @@ pub struct Poll {
 pub enum RecordShape {
     /// The value is the stamp (plain producer, bridge inbound).
     Stamp,
-    /// The value is a room message whose `data` is the stamp (docs/protocol.md, "Kafka mapping").
+    /// The value is a room message whose `data` is the stamp (docs/bridge.md, "Kafka mapping").
     Event,
 }
 

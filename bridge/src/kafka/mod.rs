@@ -1,4 +1,4 @@
-//! Kafka as the bridge's broker (docs/protocol.md, "Kafka mapping"): how each client is
+//! Kafka as the bridge's broker (docs/bridge.md, "Kafka mapping"): how each client is
 //! configured, topic creation, and the reachability probe behind `/healthz`.
 //! The relay talks to Kafka only through [`sink::KafkaSink`] and
 //! [`source::KafkaSource`], the two halves of `crate::broker`'s seam.

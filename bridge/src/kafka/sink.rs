@@ -1,5 +1,5 @@
 //! Room messages into Kafka: the events topic with the key, value and
-//! headers of docs/protocol.md, "Kafka mapping", and the dead-letter topic.
+//! headers of docs/bridge.md, "Kafka mapping", and the dead-letter topic.
 //!
 //! Each message's delivery report says whether Kafka stored it. A refusal
 //! that retrying cannot fix (too large, invalid, against a policy) is

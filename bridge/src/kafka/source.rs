@@ -1,4 +1,4 @@
-//! Records for rooms from the inbound topic, in the consumer group (docs/protocol.md,
+//! Records for rooms from the inbound topic, in the consumer group (docs/bridge.md,
 //! "Kafka mapping").
 //!
 //! A record's idempotency key is its `message-id` header, or

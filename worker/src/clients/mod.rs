@@ -20,7 +20,7 @@ use roomcast_protocol::admission::answer_subprotocol;
 use roomcast_protocol::clock::now_ms;
 use roomcast_protocol::history::parse_u64;
 use roomcast_protocol::session::Session;
-use roomcast_protocol::CloseCode;
+use roomcast_protocol::{CloseCode, Refusal};
 use wasm_bindgen::{JsCast, JsValue};
 use worker::worker_sys::DurableObjectState;
 use worker::{Headers, Request, Response, Result, State, WebSocket};
@@ -181,7 +181,7 @@ pub fn upgraded(req: &Request, client: WebSocket) -> Result<Response> {
 }
 
 /// The `since` a join asks for, or what is wrong with it.
-pub fn since(query: &HashMap<String, String>) -> std::result::Result<Option<u64>, String> {
+pub fn since(query: &HashMap<String, String>) -> std::result::Result<Option<u64>, Refusal> {
     query
         .get("since")
         .map(|s| parse_u64("since", Some(s), 0))

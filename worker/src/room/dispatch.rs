@@ -1,6 +1,6 @@
 //! What a request to a room's object asks for: a client's, admitted by the
 //! router (room name and identity in internal headers), or one from one of
-//! its shards (an internal operation, docs/scaling.md).
+//! its shards (an internal operation, docs/internals.md, "Sharding").
 
 use std::collections::HashMap;
 
@@ -9,7 +9,7 @@ use roomcast_protocol::auth::Identity;
 use roomcast_protocol::ErrorCode;
 use worker::{Method, Request, Response, Result};
 
-use super::Room;
+use super::{shard_requests, Room};
 use crate::context::Ctx;
 use crate::headers::{IDENTITY_HEADER, OP_HEADER, ROOM_HEADER};
 use crate::internal::Op;
@@ -33,7 +33,7 @@ impl Room {
         match (op, identity) {
             (Some(Op::Join), Some(identity)) => self.join_from_shard(req, &ctx, identity).await,
             (Some(Op::Forward), _) => self.forward_from_shard(req, &ctx).await,
-            (Some(Op::Gap), _) => self.gap_for_shard(&ctx, &query),
+            (Some(Op::Gap), _) => shard_requests::gap(self.store()?, &ctx, &query),
             (Some(Op::Deliver | Op::Count), _) => {
                 reply::error(ErrorCode::NotFound, "a room is not a shard")
             }

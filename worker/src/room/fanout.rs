@@ -1,4 +1,4 @@
-//! The room's shards ([`crate::shard`], docs/scaling.md) as the room sees
+//! The room's shards ([`crate::shard`], docs/internals.md, "Sharding") as the room sees
 //! them: where a connection goes once the room holds `ROOM_SHARD_SIZE`, how
 //! many connections each holds, and the fan-out that sends every shard the
 //! room's new messages.

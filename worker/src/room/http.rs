@@ -97,7 +97,7 @@ impl Room {
             query.get("limit").map(String::as_str),
         ) {
             Ok(page) => page,
-            Err(message) => return reply::error(ErrorCode::BadRequest, &message),
+            Err(refusal) => return reply::refusal(&refusal),
         };
         if !identity.rights.bridge {
             if let Err(refusal) = self.admit(ctx, &identity.sub, 1) {

@@ -43,7 +43,7 @@ impl Room {
     ) -> Result<Response> {
         let since = match clients::since(query) {
             Ok(since) => since,
-            Err(message) => return reply::error(ErrorCode::BadRequest, &message),
+            Err(refusal) => return reply::refusal(&refusal),
         };
         if let Some(refusal) = self.creation_refused(ctx, &identity).await? {
             return Ok(refusal);

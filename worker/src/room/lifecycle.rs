@@ -1,4 +1,4 @@
-//! A room's life with the registry (docs/protocol.md, "Bridge links"): it
+//! A room's life with the registry (docs/internals.md, "Retirement"): it
 //! registers on its first message (and on the first after it retired), and
 //! retires when it has gone quiet ([`roomcast_protocol::lifecycle`]):
 //! bridge link closed (4010), out of the registry, alarm stopped, and once

@@ -1,4 +1,4 @@
-//! The bridge's room link (docs/protocol.md, "Bridge links"): the room as a
+//! The bridge's room link (docs/internals.md, "Bridge links"): the room as a
 //! durable outbox.
 //!
 //! One link per room; a newer one supersedes the older (4009), so a bridge

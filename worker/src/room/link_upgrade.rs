@@ -1,4 +1,4 @@
-//! The room's side of its bridge link (docs/protocol.md, "Bridge links"):
+//! The room's side of its bridge link (docs/internals.md, "Bridge links"):
 //! the upgrade that opens a link, answered with the room's `welcome` and
 //! what the link has not had, and a link the bridge let go.
 

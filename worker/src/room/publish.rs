@@ -20,6 +20,7 @@ use worker::{console_warn, Result};
 use super::idempotency::BRIDGE_OWNER;
 use super::Room;
 use crate::context::Ctx;
+use crate::counters::Counters;
 
 /// Who publishes.
 pub(super) struct Publisher<'a> {
@@ -120,7 +121,9 @@ impl Room {
             });
             messages.push(message);
         }
-        let lost = self.append(ctx, &messages, publisher.owner())?;
+        let lost = store.append(&messages, &ctx.limits)?;
+        // Once the window is loaded; until then the stored rows are the record.
+        self.idempotency.record(&messages, publisher.owner());
         for position in &offsets {
             store
                 .facts()
@@ -147,15 +150,6 @@ impl Room {
             }
             Admission::Close { retry_after_ms } => Err(Refusal::rate_limited(retry_after_ms, true)),
         }
-    }
-
-    /// Writes the new messages and remembers their ids (once the window is
-    /// loaded; until then the stored rows are the record). Returns what the
-    /// write dropped from a full outbox.
-    fn append(&self, ctx: &Ctx, messages: &[Message], owner: &str) -> Result<Lost> {
-        let lost = self.store()?.append(messages, &ctx.limits)?;
-        self.idempotency.record(messages, owner);
-        Ok(lost)
     }
 
     /// Sends a stored message to every client, to the bridge link and to
@@ -190,7 +184,7 @@ impl Room {
         if lost.run.is_none() {
             lost = store.trim_age(&ctx.limits, ctx.now, false)?;
         }
-        self.count_lost(ctx, lost);
+        count_lost(&self.counters, ctx, lost);
         if !store.facts().registered() {
             self.register.set(true);
         } else if origin != Origin::Kafka && store.bridged() && !self.link.is_open() {
@@ -200,22 +194,21 @@ impl Room {
             .set(Some(ctx.now.saturating_add(ctx.limits.room_retire_ms)));
         Ok(())
     }
+}
 
-    /// Counts and logs messages the bridge never had that storage let go.
-    pub(super) fn count_lost(&self, ctx: &Ctx, lost: Lost) {
-        let Some(run) = lost.run else {
-            return;
-        };
-        self.counters
-            .with(|s| s.outbox_dropped_total += lost.relayable);
-        console_warn!(
-            "room {}: dropped {} messages the bridge never confirmed (seq {}..={}): the outbox is over OUTBOX_LIMIT",
-            ctx.room,
-            lost.relayable,
-            run.lo,
-            run.hi
-        );
-    }
+/// Counts and logs messages the bridge never had that storage let go.
+pub(super) fn count_lost(counters: &Counters, ctx: &Ctx, lost: Lost) {
+    let Some(run) = lost.run else {
+        return;
+    };
+    counters.with(|s| s.outbox_dropped_total += lost.relayable);
+    console_warn!(
+        "room {}: dropped {} messages the bridge never confirmed (seq {}..={}): the outbox is over OUTBOX_LIMIT",
+        ctx.room,
+        lost.relayable,
+        run.lo,
+        run.hi
+    );
 }
 
 /// A new message from `draft` as message `seq`.

@@ -20,6 +20,7 @@ use super::Room;
 use crate::context::Ctx;
 use crate::headers::SENT_HEADER;
 use crate::reply;
+use crate::store::Store;
 
 impl Room {
     /// A shard's join: the same admission, resume and welcome as a join
@@ -113,32 +114,28 @@ impl Room {
         }
         reply::json(200, &outcomes)
     }
+}
 
-    /// Stored messages after `after` up to `until` for a shard that missed
-    /// them; as many as one turn carries (the shard asks again for more).
-    pub(super) fn gap_for_shard(
-        &self,
-        ctx: &Ctx,
-        query: &HashMap<String, String>,
-    ) -> Result<Response> {
-        let bound = |name: &str| parse_u64(name, query.get(name).map(String::as_str), 0);
-        let (Ok(after), Ok(until)) = (bound("after"), bound("until")) else {
-            return reply::error(ErrorCode::BadRequest, "a gap is ?after=<seq>&until=<seq>");
-        };
-        let page = self.store()?.after(
-            &ctx.room,
-            after,
-            until.saturating_sub(after).min(MAX_PAGE),
-            false,
-        )?;
-        let frames: Vec<(u64, String)> = page
-            .messages
-            .iter()
-            .map(|m| (m.seq, ServerFrame::Message(Cow::Borrowed(m)).to_json()))
-            .collect();
-        Response::ok(encode_batch(
-            Some(after),
-            frames.iter().map(|(s, f)| (*s, f.as_str())),
-        ))
-    }
+/// Stored messages after `after` up to `until` for a shard that missed
+/// them; as many as one turn carries (the shard asks again for more).
+pub(super) fn gap(store: &Store, ctx: &Ctx, query: &HashMap<String, String>) -> Result<Response> {
+    let bound = |name: &str| parse_u64(name, query.get(name).map(String::as_str), 0);
+    let (Ok(after), Ok(until)) = (bound("after"), bound("until")) else {
+        return reply::error(ErrorCode::BadRequest, "a gap is ?after=<seq>&until=<seq>");
+    };
+    let page = store.after(
+        &ctx.room,
+        after,
+        until.saturating_sub(after).min(MAX_PAGE),
+        false,
+    )?;
+    let frames: Vec<(u64, String)> = page
+        .messages
+        .iter()
+        .map(|m| (m.seq, ServerFrame::Message(Cow::Borrowed(m)).to_json()))
+        .collect();
+    Response::ok(encode_batch(
+        Some(after),
+        frames.iter().map(|(s, f)| (*s, f.as_str())),
+    ))
 }

@@ -6,6 +6,7 @@
 use roomcast_protocol::lifecycle::{may_retire, retire_at, Quiet};
 use worker::Result;
 
+use super::publish::count_lost;
 use super::Room;
 
 impl Room {
@@ -22,7 +23,7 @@ impl Room {
             earliest(at);
         }
         let lost = store.trim_age(&ctx.limits, ctx.now, true)?;
-        self.count_lost(&ctx, lost);
+        count_lost(&self.counters, &ctx, lost);
         if !store.facts().registered() && store.head() > 0 {
             self.register.set(true);
         }

@@ -7,7 +7,6 @@ use roomcast_protocol::auth::Identity;
 use roomcast_protocol::ids::subject_tag;
 use roomcast_protocol::session::Session;
 use roomcast_protocol::shard::{parse_join_reply, JoinRequest};
-use roomcast_protocol::ErrorCode;
 use serde::Deserialize;
 use worker::{Request, Response, Result, WebSocketPair};
 
@@ -38,7 +37,7 @@ impl Shard {
             .collect();
         let since = match clients::since(&query) {
             Ok(since) => since,
-            Err(message) => return reply::error(ErrorCode::BadRequest, &message),
+            Err(refusal) => return reply::refusal(&refusal),
         };
         let Some(conn_id) = req.headers().get(CONN_HEADER)? else {
             return Err(worker::Error::RustError(

@@ -1,4 +1,4 @@
-//! The `Shard` Durable Object (docs/scaling.md): an object that holds client
+//! The `Shard` Durable Object (docs/internals.md, "Sharding"): an object that holds client
 //! sockets of a room its own object has no room for, named after the room
 //! and an index ([`shard_name`]). Clients see no difference: the shard runs
 //! their sessions with the room's own code ([`crate::clients`]), and the
