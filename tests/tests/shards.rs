@@ -988,6 +988,40 @@ async fn refusals_cost_their_budget_on_the_room_and_on_a_shard() {
     assert_eq!(on_shard, on_room);
 }
 
+/// Each refusal is counted once in the room's `/stats`, wherever its
+/// publisher is: a shard counts what it answers its clients (and hands its
+/// counters to the room with its next answer), the room does not count it
+/// again.
+#[tokio::test]
+async fn refusals_on_a_shard_are_counted_once() {
+    let mut vars = vars("1");
+    vars.push((
+        "ROOM_POLICIES",
+        r#"[{"match":"sharded-counted.*","rate_burst":3,"rate_per_sec":1}]"#,
+    ));
+    let worker = Worker::start(&vars).await;
+    let r = room("sharded-counted");
+    let (mut here, _) = join(&worker, &r, "here").await;
+    let (mut there, _) = join(&worker, &r, "there").await;
+    assert_eq!(worker.stats(&r).await["shards"], 1);
+    // Three forbidden ids and two over the budget on each side.
+    let on_room = answers(&mut here, 4, "kafka:x-").await;
+    let on_shard = answers(&mut there, 4, "kafka:x-").await;
+    assert_eq!(on_shard, on_room);
+    // The sentinel's batch brings the shard's counters to the room before
+    // the publish is answered.
+    post_sentinel(&worker, &r).await;
+    let stats = worker.stats(&r).await;
+    assert_eq!(
+        (
+            &stats["rejects_total"]["forbidden"],
+            &stats["rejects_total"]["rate_limited"]
+        ),
+        (&json!(6), &json!(4)),
+        "{stats}"
+    );
+}
+
 #[tokio::test]
 async fn a_subject_holds_only_the_shard_connections_it_has() {
     let mut vars = vars("1");

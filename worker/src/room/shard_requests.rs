@@ -105,10 +105,8 @@ impl Room {
             outcomes.push(
                 match self.publish(ctx, vec![forwarded.into_draft()], &publisher)? {
                     Ok(mut receipts) => Outcome::Stored(receipts.remove(0)),
-                    Err(refusal) => {
-                        self.counters.with(|s| s.reject(refusal.code));
-                        Outcome::Refused(refusal)
-                    }
+                    // Counted by the shard, which answers its client.
+                    Err(refusal) => Outcome::Refused(refusal),
                 },
             );
         }
