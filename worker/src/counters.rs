@@ -11,8 +11,9 @@
 use std::cell::{Cell, RefCell};
 
 use roomcast_protocol::stats::RoomStats;
-use worker::console_error;
+use worker::{console_error, WebSocket};
 
+use crate::attachment::Attachment;
 use crate::store::Store;
 
 /// How often changed counters are written at most.
@@ -41,6 +42,14 @@ impl Counters {
         self.dirty.set(true);
         self.version.set(self.version.get() + 1);
         f(stats)
+    }
+
+    /// Saves a socket's state, counted: attachments are written only when
+    /// something that must survive hibernation changed, and `/stats` shows
+    /// how often that is.
+    pub fn save<A: Attachment>(&self, ws: &WebSocket, state: &A) -> worker::Result<()> {
+        self.with(|s| s.attachment_writes += 1);
+        state.save(ws)
     }
 
     pub fn version(&self) -> u64 {

@@ -19,6 +19,15 @@ extern "C" {
     ) -> Option<js_sys::Date>;
 }
 
+/// A second handle on an object's state, for a component that holds the
+/// object's sockets itself (workers-rs hands the object one `State`, which
+/// does not clone).
+pub fn handle(state: &State) -> State {
+    State::from(
+        JsValue::clone(state.as_raw()).unchecked_into::<worker::worker_sys::DurableObjectState>(),
+    )
+}
+
 /// When the runtime last auto-responded to a `ping` on `ws`, in ms since the epoch.
 pub fn last_auto_response_ms(state: &State, ws: &WebSocket) -> Option<u64> {
     let raw: &HibernationState = state.as_raw().unchecked_ref();

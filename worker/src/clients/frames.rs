@@ -206,12 +206,7 @@ impl Clients {
         if let Some(close) = refusal.close {
             return Ok(Outcome::Close(close));
         }
-        send_error(
-            ws,
-            refusal.code,
-            &refusal.message,
-            refusal.reference.as_deref(),
-        )?;
+        send_refusal(ws, refusal)?;
         Ok(Outcome::Keep)
     }
 
@@ -224,12 +219,7 @@ impl Clients {
         refusal: &Refusal,
     ) -> Result<Outcome> {
         self.counters.with(|s| s.reject(refusal.code));
-        send_error(
-            ws,
-            refusal.code,
-            &refusal.message,
-            refusal.reference.as_deref(),
-        )?;
+        send_refusal(ws, refusal)?;
         if let Some(close) = refusal.close {
             return Ok(Outcome::Close(close));
         }
@@ -250,6 +240,16 @@ pub fn forgive(strikes: &mut Strikes) -> Outcome {
         strikes.clear();
         Outcome::Save
     }
+}
+
+/// Tells the client of a refusal, with its `ref`.
+fn send_refusal(ws: &WebSocket, refusal: &Refusal) -> Result<()> {
+    send_error(
+        ws,
+        refusal.code,
+        &refusal.message,
+        refusal.reference.as_deref(),
+    )
 }
 
 pub fn send_error(

@@ -21,12 +21,11 @@ use roomcast_protocol::clock::now_ms;
 use roomcast_protocol::history::parse_u64;
 use roomcast_protocol::session::Session;
 use roomcast_protocol::{CloseCode, Refusal};
-use wasm_bindgen::{JsCast, JsValue};
-use worker::worker_sys::DurableObjectState;
 use worker::{Headers, Request, Response, Result, State, WebSocket};
 
 use crate::attachment::Attachment;
 use crate::counters::Counters;
+use crate::hibernation;
 
 /// Tag of client sockets (a room's bridge link gets its own).
 pub const CLIENT_TAG: &str = "client";
@@ -45,9 +44,7 @@ pub struct Clients {
 impl Clients {
     pub fn new(state: &State, counters: Rc<Counters>) -> Clients {
         Clients {
-            state: State::from(
-                JsValue::clone(state.as_raw()).unchecked_into::<DurableObjectState>(),
-            ),
+            state: hibernation::handle(state),
             counters,
             count: Cell::new(None),
             seen: RefCell::new(HashMap::new()),
@@ -71,8 +68,7 @@ impl Clients {
     /// something that must survive hibernation changed, and `/stats` shows
     /// how often that is.
     pub fn keep<A: Attachment>(&self, ws: &WebSocket, state: &A) -> Result<()> {
-        self.counters.with(|s| s.attachment_writes += 1);
-        state.save(ws)
+        self.counters.save(ws, state)
     }
 
     /// Open client sockets, counted on first use after a wake.

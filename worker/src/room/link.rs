@@ -23,8 +23,6 @@ use roomcast_protocol::stats::StatsReport;
 use roomcast_protocol::wire::{parse_bridge_frame, BridgeFrame, Message, ServerFrame};
 use roomcast_protocol::{CloseCode, ErrorCode};
 use serde::{Deserialize, Serialize};
-use wasm_bindgen::{JsCast, JsValue};
-use worker::worker_sys::DurableObjectState;
 use worker::{Result, State, WebSocket, WebSocketIncomingMessage};
 
 use super::feed::{Feed, LinkCache};
@@ -33,6 +31,7 @@ use crate::bridge_token;
 use crate::clients::frames::send_error;
 use crate::context::Ctx;
 use crate::counters::Counters;
+use crate::hibernation;
 use crate::store::Store;
 
 /// Tag of bridge links among the room's sockets.
@@ -64,9 +63,7 @@ pub(super) struct BridgeLink {
 impl BridgeLink {
     pub fn new(state: &State, counters: Rc<Counters>) -> BridgeLink {
         BridgeLink {
-            state: State::from(
-                JsValue::clone(state.as_raw()).unchecked_into::<DurableObjectState>(),
-            ),
+            state: hibernation::handle(state),
             counters,
             cache: RefCell::new(LinkCache::Unknown),
         }
@@ -140,16 +137,10 @@ impl BridgeLink {
             closed: false,
         };
         self.state.accept_websocket_with_tags(ws, &[LINK_TAG]);
-        self.keep(ws, &link)?;
+        self.counters.save(ws, &link)?;
         *self.cache.borrow_mut() = LinkCache::Open(Feed::at(ws.clone(), store.cursor()));
         let close_at = bridge_token::close_at_ms(exp, &ctx.settings);
         Ok(close_at.min(ctx.now + STATS_INTERVAL_MS))
-    }
-
-    /// Saves a link's state, counted as the clients' sessions are.
-    fn keep(&self, ws: &WebSocket, link: &Link) -> Result<()> {
-        self.counters.with(|s| s.attachment_writes += 1);
-        link.save(ws)
     }
 
     /// A frame from the bridge.
@@ -194,7 +185,7 @@ impl BridgeLink {
         };
         bridge_token::refresh(ws, token, &ctx.settings, ctx.now, |exp| {
             link.exp = exp;
-            self.keep(ws, &link)
+            self.counters.save(ws, &link)
         })
     }
 
@@ -244,7 +235,7 @@ impl BridgeLink {
             if ctx.now >= stats_due && self.stats_stale(store) {
                 self.send_stats(store, report)?;
                 link.last_stats_ms = ctx.now;
-                self.keep(&ws, &link)?;
+                self.counters.save(&ws, &link)?;
             }
             self.pump(store, ctx)?;
             // An idle linked room sleeps until its link's token needs
@@ -281,7 +272,7 @@ impl BridgeLink {
 
     fn close(&self, ws: &WebSocket, mut link: Link, code: CloseCode) -> Result<()> {
         link.closed = true;
-        self.keep(ws, &link)?;
+        self.counters.save(ws, &link)?;
         self.gone(ws);
         // The socket may already be closing from the other side.
         let _ = ws.close(Some(code.code()), Some(code.reason()));
