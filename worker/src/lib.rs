@@ -12,10 +12,9 @@
 //! `clients::frames` and taken by `room::publish`, the one path every
 //! message takes (budget, ids, `room::idempotency`), which writes it to the
 //! `store` (the ring over SQLite, counted by `storage`), broadcasts it to
-//! the room's `clients`, relays it to the bridge's link (`room::link`,
-//! `room::feed`) and keeps it for the room's shards (`room::fanout`). A
-//! shard (`shard`) gets it in a batch (`shard::stream`) and sends it to its
-//! own clients; its clients' publishes go to the room (`shard::forward`),
+//! the room's `clients`, relays it to the bridge's link (`room::link`) and
+//! keeps it for the room's shards (`room::fanout`). A shard (`shard`) gets
+//! it in a batch (`shard::stream`) and sends it to its own clients; its clients' publishes go to the room (`shard::forward`),
 //! over `internal` requests. Around them: `context` (what every event
 //! starts from), `alarm` (timers while hibernating), `counters`,
 //! `registry`, `quota`, `settings`, `reply` (the error shape),

@@ -11,7 +11,7 @@ use worker::{Method, Request, Response, Result};
 
 use super::{shard_requests, Room};
 use crate::context::Ctx;
-use crate::headers::{IDENTITY_HEADER, OP_HEADER, ROOM_HEADER};
+use crate::headers::{IDENTITY_HEADER, OP_HEADER, ROOM_HEADER, SHARD_HEADER};
 use crate::internal::Op;
 use crate::reply;
 
@@ -25,6 +25,9 @@ impl Room {
         let query: HashMap<String, String> =
             admission::query(&req.inner().url()).into_owned().collect();
         let op = req.headers().get(OP_HEADER)?.as_deref().and_then(Op::parse);
+        if op.is_none() && req.headers().get(SHARD_HEADER)?.is_some() {
+            return misplaced_join();
+        }
         let identity = req
             .headers()
             .get(IDENTITY_HEADER)?
@@ -62,4 +65,17 @@ impl Room {
             _ => reply::error(ErrorCode::NotFound, "no such room operation"),
         }
     }
+}
+
+/// A join placed on a shard that reached a room's own object. Only a router
+/// of the release before shards were a class of their own sends one (it
+/// named shards in the rooms' namespace), and only while a deploy rolls
+/// out: served, it would start a second room under the room's name, with
+/// its own sequence. Refused, the client reconnects through a current
+/// router.
+fn misplaced_join() -> Result<Response> {
+    reply::error(
+        ErrorCode::Internal,
+        "the worker is being updated; connect again",
+    )
 }

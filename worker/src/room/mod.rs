@@ -13,9 +13,9 @@
 //!
 //! Each event (a request, a frame, a close, the alarm) starts from one
 //! [`Ctx`]. The work is split by concern: `dispatch` (what a request asks),
-//! `join` (WebSocket admission and resume), `frames` (what clients send),
-//! `publish` (the one path every message takes), `http` (the HTTP
-//! surface), `link` and `feed` (the bridge's outbox link), `fanout` and
+//! `join` (WebSocket admission and resume), `publish` (the one path every
+//! message takes, from a client's frame, an HTTP post or the bridge), `http` (the HTTP
+//! surface), `link` (the bridge's outbox link and its feed), `fanout` and
 //! `shard_requests` (the room's shards), `sweep` (the alarm), `lifecycle` (registration and
 //! retirement) and `stats`. The sockets themselves are [`Clients`], shared
 //! with the shards.
@@ -25,8 +25,6 @@
 
 mod dispatch;
 mod fanout;
-mod feed;
-mod frames;
 mod http;
 mod idempotency;
 mod join;
@@ -51,6 +49,7 @@ use worker::{
 };
 
 use crate::alarm::Alarm;
+use crate::clients::frames::Step;
 use crate::clients::{self, Clients};
 use crate::context::Ctx;
 use crate::counters::Counters;
@@ -236,6 +235,32 @@ impl Room {
 }
 
 impl Room {
+    /// A client's frame: read by [`Clients`] the same way as on a shard;
+    /// a `publish` takes the one path every message takes ([`publish`]).
+    async fn on_frame(
+        &self,
+        ws: &WebSocket,
+        message: WebSocketIncomingMessage,
+        ctx: &Ctx,
+    ) -> Result<()> {
+        let Some(mut session) = self.clients.session(ws)? else {
+            return Ok(());
+        };
+        let seen_stale = self.clients.heard(&mut session, ctx);
+        let read = self
+            .clients
+            .read(ws, message, &mut session, ctx, &self.limiter, &self.alarm)
+            .await?;
+        let outcome = match read {
+            Step::Done(outcome) => outcome,
+            Step::Publish { draft, reference } => {
+                self.publish_frame(ws, &mut session, ctx, draft, reference)?
+            }
+        };
+        self.clients
+            .settle(ws, &mut session, outcome, ctx.now, seen_stale)
+    }
+
     /// A socket the other side closed or lost.
     fn gone(&self, ws: &WebSocket) {
         if self.link.is_link(ws) {

@@ -13,12 +13,14 @@ use roomcast_protocol::draft::{Draft, KafkaPosition, Origin};
 use roomcast_protocol::ids::{self, reserved_for_bridge};
 use roomcast_protocol::rate::Admission;
 use roomcast_protocol::ring::Lost;
+use roomcast_protocol::session::Session;
 use roomcast_protocol::wire::{Message, Receipt, ServerFrame};
 use roomcast_protocol::{ErrorCode, Refusal};
-use worker::{console_warn, Result};
+use worker::{console_warn, Result, WebSocket};
 
 use super::idempotency::BRIDGE_OWNER;
 use super::Room;
+use crate::clients::frames::{forgive, Outcome};
 use crate::context::Ctx;
 use crate::counters::Counters;
 
@@ -43,6 +45,41 @@ impl Publisher<'_> {
 }
 
 impl Room {
+    /// A client's `publish` frame: refused with its `ref`, or acked once
+    /// the message is out, so the ack follows the message.
+    pub(super) fn publish_frame(
+        &self,
+        ws: &WebSocket,
+        session: &mut Session,
+        ctx: &Ctx,
+        draft: Draft,
+        reference: Option<String>,
+    ) -> Result<Outcome> {
+        let publisher = Publisher {
+            sub: &session.sub,
+            bridge: session.rights.bridge,
+            origin: Origin::Ws,
+        };
+        let receipts = match self.publish(ctx, vec![draft], &publisher)? {
+            Ok(receipts) => receipts,
+            Err(refusal) => {
+                return self
+                    .clients
+                    .refused(ws, session, &refusal.with_ref(reference))
+            }
+        };
+        for receipt in &receipts {
+            ws.send_with_str(
+                ServerFrame::Ack {
+                    reference: reference.as_deref().map(Cow::Borrowed),
+                    receipt: Cow::Borrowed(receipt),
+                }
+                .to_json(),
+            )?;
+        }
+        Ok(forgive(&mut session.strikes))
+    }
+
     /// Stores `drafts` in order and sends the new ones; a receipt for each.
     ///
     /// The budget is drawn first, before anything else is looked at: a

@@ -14,7 +14,6 @@
 
 mod facts;
 mod reads;
-mod row;
 mod schema;
 mod tables;
 
@@ -32,9 +31,8 @@ use worker::Result;
 use crate::storage::Db;
 
 pub use facts::Facts;
-use row::{seq_value, COLUMNS};
 use schema::{migrate, RING_MIGRATION, SCHEMA};
-use tables::{Count, SqlTables};
+use tables::{seq_value, Count, SqlTables, COLUMNS};
 
 /// How often age trimming runs on the publish path (the alarm runs it too).
 const AGE_TRIM_INTERVAL_MS: u64 = 60_000;

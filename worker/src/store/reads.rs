@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use worker::{Result, SqlStorageValue};
 
-use super::row::{ms_value, seq_value, COLUMNS};
+use super::tables::{ms_value, seq_value, COLUMNS};
 use super::Store;
 
 #[derive(Deserialize)]

@@ -4,15 +4,49 @@
 //! for what the bridge has not confirmed when the ring moves past it. What
 //! goes where is the ring's decision, tested against a model there; every
 //! statement here reads and writes the rows of its key range only.
+//!
+//! A message is a row of seven columns ([`COLUMNS`]) in both tables; its
+//! values are bound as the runtime needs them (every bound value passes
+//! through a JavaScript number).
 
 use roomcast_protocol::ring::{slots, Run, Tables};
 use roomcast_protocol::wire::Message;
 use serde::Deserialize;
 use worker::{Result, SqlStorageValue};
 
-use super::row::{row_values, seq_value, COLUMNS};
 use super::schema::CREATE_RING_NEXT;
 use crate::storage::Db;
+
+/// The columns of a stored message, in the order the tables hold them.
+pub(super) const COLUMNS: &str = "seq, id, ts, sender, origin, data, trace";
+
+/// A timestamp bound no message reaches, and still exact as a JavaScript
+/// number (the runtime passes bound values through JavaScript).
+const NO_CUTOFF: i64 = (1 << 53) - 1;
+
+/// A message's values in [`COLUMNS`] order.
+pub(super) fn row_values(m: &Message) -> [SqlStorageValue; 7] {
+    [
+        seq_value(m.seq),
+        m.id.as_str().into(),
+        ms_value(m.ts),
+        m.sender.as_str().into(),
+        m.origin.as_str().into(),
+        m.data.get().into(),
+        m.trace.as_deref().into(),
+    ]
+}
+
+/// A seq as a bound value; seqs never come near JavaScript's exact limit,
+/// and a client's `since` beyond it reads as "after everything".
+pub(super) fn seq_value(seq: u64) -> SqlStorageValue {
+    (seq.min(NO_CUTOFF as u64) as i64).into()
+}
+
+/// A time in ms as a bound value.
+pub(super) fn ms_value(ms: u64) -> SqlStorageValue {
+    (ms.min(NO_CUTOFF as u64) as i64).into()
+}
 
 /// Rows per INSERT of a batch: seven or eight bound values a row keep a
 /// statement under the runtime's limit of 100 bound parameters.
