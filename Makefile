@@ -28,7 +28,7 @@ export WRANGLER_SEND_METRICS := false
 export CARGO_TERM_COLOR := never
 
 WORKER_BUNDLE  := build/worker/shim.mjs
-WORKER_SOURCES := $(shell find worker/src protocol/src -name '*.rs') worker/Cargo.toml protocol/Cargo.toml Cargo.toml Cargo.lock
+WORKER_SOURCES := $(shell find worker/src protocol/src -name '*.rs') $(wildcard worker/js/*.js) worker/Cargo.toml protocol/Cargo.toml Cargo.toml Cargo.lock
 
 .PHONY: bootstrap bootstrap-test build worker bridge dev token test test-unit test-wasm test-fuzz test-e2e test-js lint fuzz mutants bench profile deploy-check clean
 

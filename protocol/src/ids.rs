@@ -2,18 +2,38 @@
 //!
 //! Message ids are UUIDv7 strings: time-ordered (so logs and Kafka headers
 //! sort usefully) and unique without coordination between rooms. Randomness
-//! comes from `getrandom`, which uses `crypto.getRandomValues` on Workers.
+//! comes from `getrandom`, which uses `crypto.getRandomValues` on Workers,
+//! drawn [`POOL_BYTES`] at a time: there each draw is a call out of Wasm,
+//! which costs more than making the id.
+
+use std::cell::RefCell;
 
 use uuid::Builder;
 
-/// Random bytes from the platform's secure source.
+/// Random bytes drawn from the platform at once: 64 message ids' worth.
+const POOL_BYTES: usize = 640;
+
+thread_local! {
+    /// Random bytes not handed out yet: the pool, and how much of it is used.
+    static POOL: RefCell<([u8; POOL_BYTES], usize)> = const { RefCell::new(([0; POOL_BYTES], POOL_BYTES)) };
+}
+
+/// Random bytes from the platform's secure source, each handed out once.
 ///
 /// Failure means the platform has no entropy source at all, which no caller
 /// can recover from.
 fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut bytes = [0u8; N];
-    getrandom::getrandom(&mut bytes).expect("the platform has no secure random source");
-    bytes
+    const { assert!(N <= POOL_BYTES) };
+    POOL.with_borrow_mut(|(pool, used)| {
+        if *used + N > POOL_BYTES {
+            getrandom::getrandom(pool).expect("the platform has no secure random source");
+            *used = 0;
+        }
+        let mut bytes = [0u8; N];
+        bytes.copy_from_slice(&pool[*used..*used + N]);
+        *used += N;
+        bytes
+    })
 }
 
 /// A UUIDv7 built from a millisecond timestamp and 10 random bytes.
@@ -96,5 +116,16 @@ mod tests {
         assert_ne!(message_id(1), message_id(1));
         assert_ne!(conn_id(), conn_id());
         assert!(epoch().starts_with("e_"));
+    }
+
+    #[test]
+    fn the_pool_hands_out_each_byte_once_and_refills() {
+        // Ten pools' worth of ids of two sizes, so draws straddle refills.
+        let ids: std::collections::HashSet<String> =
+            (0..640).flat_map(|_| [message_id(1), conn_id()]).collect();
+        assert_eq!(ids.len(), 1280);
+        let randoms: std::collections::HashSet<[u8; 10]> =
+            (0..1000).map(|_| random_bytes::<10>()).collect();
+        assert_eq!(randoms.len(), 1000);
     }
 }

@@ -3,24 +3,39 @@
 //! A hibernating Durable Object loses its memory but not its WebSockets, so
 //! whatever a socket needs across events rides on the socket itself. It is
 //! stored as a JSON string, which keeps it well under the runtime's 16 KiB
-//! attachment limit and free of JavaScript number surprises.
+//! attachment limit and free of JavaScript number surprises, and read and
+//! written through `worker/js/sockets.js`, which decodes each socket's once
+//! per wake rather than on every frame.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use wasm_bindgen::prelude::*;
 use worker::{Result, WebSocket};
+
+#[wasm_bindgen(module = "/js/sockets.js")]
+extern "C" {
+    #[wasm_bindgen(js_name = load, catch)]
+    fn js_load(ws: &JsValue) -> std::result::Result<Option<String>, JsValue>;
+
+    #[wasm_bindgen(js_name = save, catch)]
+    fn js_save(ws: &JsValue, json: &str) -> std::result::Result<(), JsValue>;
+}
 
 /// State that lives in a socket's attachment.
 pub trait Attachment: Serialize + DeserializeOwned {
     /// The socket's state, or `None` before any was saved.
     fn load(ws: &WebSocket) -> Result<Option<Self>> {
-        match ws.deserialize_attachment::<String>()? {
+        match js_load(ws.as_ref().as_ref())? {
             Some(json) => Ok(Some(serde_json::from_str(&json)?)),
             None => Ok(None),
         }
     }
 
     fn save(&self, ws: &WebSocket) -> Result<()> {
-        ws.serialize_attachment(serde_json::to_string(self)?)
+        Ok(js_save(
+            ws.as_ref().as_ref(),
+            &serde_json::to_string(self)?,
+        )?)
     }
 }
 

@@ -1,4 +1,5 @@
-//! Runtime calls that workers-rs 0.8.7 does not bind.
+//! Runtime calls that workers-rs 0.8.7 does not bind, or binds at a cost
+//! paid on every frame.
 //!
 //! `ping` frames are answered by the runtime's auto-response without waking
 //! the room, so the only record of them is this timestamp; the idle sweep
@@ -7,6 +8,12 @@
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use worker::{State, WebSocket};
+
+#[wasm_bindgen(module = "/js/sockets.js")]
+extern "C" {
+    #[wasm_bindgen(js_name = hasTag)]
+    fn js_has_tag(state: &JsValue, ws: &JsValue, tag: &str) -> bool;
+}
 
 #[wasm_bindgen]
 extern "C" {
@@ -34,4 +41,11 @@ pub fn last_auto_response_ms(state: &State, ws: &WebSocket) -> Option<u64> {
     let socket: &JsValue = ws.as_ref().as_ref();
     raw.get_web_socket_auto_response_timestamp(socket)
         .map(|d| d.get_time() as u64)
+}
+
+/// Whether `state` accepted `ws` with `tag`: the tags are read once per
+/// wake (`worker/js/sockets.js`), where `State::get_tags` builds them anew
+/// on every call.
+pub fn has_tag(state: &State, ws: &WebSocket, tag: &str) -> bool {
+    js_has_tag(state.as_raw(), ws.as_ref().as_ref(), tag)
 }

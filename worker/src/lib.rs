@@ -8,18 +8,22 @@
 //! forwards it to the room's object with the room and identity in
 //! `headers`. In `room`, `dispatch` hands a WebSocket upgrade to `join`,
 //! which accepts the socket into `clients` (the client sockets one object
-//! holds, shared with the shards). A `publish` frame is read by
-//! `clients::frames` and taken by `room::publish`, the one path every
-//! message takes (budget, ids, `room::idempotency`), which writes it to the
-//! `store` (the ring over SQLite, counted by `storage`), broadcasts it to
-//! the room's `clients`, relays it to the bridge's link (`room::link`) and
-//! keeps it for the room's shards (`room::fanout`). A shard (`shard`) gets
-//! it in a batch (`shard::stream`) and sends it to its own clients; its clients' publishes go to the room (`shard::forward`),
+//! holds, shared with the shards). A `publish` frame reaches the room's
+//! class through `event` (each event run without a future when it never
+//! waits), is read by `clients::frames` and taken by `room::publish`, the
+//! one path every message takes (budget, ids, `room::idempotency`), which
+//! writes it to the `store` (the ring over SQLite, counted by `storage`),
+//! broadcasts it to the room's `clients` with the publisher's ack in one
+//! call out of Wasm (`sends`), relays it to the bridge's link
+//! (`room::link`) and keeps it for the room's shards (`room::fanout`). A
+//! shard (`shard`) gets it in a batch (`shard::stream`) and sends it to its
+//! own clients; its clients' publishes go to the room (`shard::forward`),
 //! over `internal` requests. Around them: `context` (what every event
 //! starts from), `alarm` (timers while hibernating), `counters`,
 //! `registry`, `quota`, `settings`, `reply` (the error shape),
 //! `attachment` and `hibernation` (per-socket state and runtime calls),
-//! `bridge_token` (the bridge's tokens on its links).
+//! `bridge_token` (the bridge's tokens on its links). The JavaScript the
+//! worker carries for its hot calls is in `worker/js/`.
 
 mod alarm;
 mod attachment;
@@ -27,6 +31,7 @@ mod bridge_token;
 mod clients;
 mod context;
 mod counters;
+mod event;
 mod headers;
 mod hibernation;
 mod internal;
@@ -35,6 +40,7 @@ mod registry;
 mod reply;
 mod room;
 mod router;
+mod sends;
 mod settings;
 mod shard;
 mod storage;
@@ -45,8 +51,8 @@ use worker::{console_error, event, Context, Env, Request, Response, Result};
 
 pub use quota::Quota;
 pub use registry::Registry;
-pub use room::Room;
-pub use shard::Shard;
+pub use room::RoomObject;
+pub use shard::ShardObject;
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {

@@ -26,6 +26,7 @@ use worker::{Headers, Request, Response, Result, State, WebSocket};
 use crate::attachment::Attachment;
 use crate::counters::Counters;
 use crate::hibernation;
+use crate::sends;
 
 /// Tag of client sockets (a room's bridge link gets its own).
 pub const CLIENT_TAG: &str = "client";
@@ -96,18 +97,14 @@ impl Clients {
             .collect()
     }
 
-    /// Sends `frame` to every client socket; returns how many took it. A
-    /// socket that is closing can refuse the send; its client will resume
-    /// from history, so nothing is lost.
-    pub fn broadcast(&self, frame: &str) -> u64 {
-        let mut delivered = 0;
-        for ws in self.state.get_websockets_with_tag(CLIENT_TAG) {
-            if ws.send_with_str(frame).is_ok() {
-                delivered += 1;
-            }
-        }
+    /// Sends `frames` (one frame, or [`Frames`](crate::sends::Frames)) to
+    /// every client socket, then `ack`'s frames to its socket, in one call
+    /// ([`sends::broadcast`]); counts the deliveries. A socket that is
+    /// closing can refuse the send; its client will resume from history, so
+    /// nothing is lost.
+    pub fn broadcast(&self, frames: &str, ack: Option<(&WebSocket, &str)>) {
+        let delivered = sends::broadcast(&self.state, CLIENT_TAG, frames, ack);
         self.counters.with(|s| s.deliveries_total += delivered);
-        delivered
     }
 
     /// Closes a client connection on the object's initiative, counting its

@@ -66,6 +66,7 @@ impl Room {
             sub: &identity.sub,
             bridge: identity.rights.bridge,
             origin,
+            ack_to: None,
         };
         let receipts = match self.publish(ctx, drafts, &publisher)? {
             Ok(receipts) => receipts,

@@ -25,6 +25,7 @@ use crate::clients;
 use crate::context::Ctx;
 use crate::headers::{CONN_HEADER, SHARD_HEADER};
 use crate::reply;
+use crate::sends::{self, Frames};
 
 /// What a joining connection is told first, and what it is replayed.
 pub(super) struct Greeting {
@@ -70,13 +71,16 @@ impl Room {
             &[&subject_tag(&session.sub)],
             ctx.now,
         )?;
-        pair.server
-            .send_with_str(ServerFrame::Welcome(Cow::Borrowed(&greeting.welcome)).to_json())?;
+        // The welcome and the replay go out in one call.
+        let mut frames = Frames::default();
+        frames.push(&ServerFrame::Welcome(Cow::Borrowed(&greeting.welcome)).to_json());
         if let Some(after) = greeting.replay_after {
             self.replay(ctx, after, greeting.welcome.head, |_, frame| {
-                pair.server.send_with_str(frame)
+                frames.push(frame);
+                Ok(())
             })?;
         }
+        sends::send_each(&pair.server, &frames)?;
         self.alarm
             .no_later_than(session.next_deadline(0, &ctx.timing()))
             .await?;

@@ -71,12 +71,7 @@ impl BridgeLink {
     }
 
     pub fn is_link(&self, ws: &WebSocket) -> bool {
-        if let LinkCache::Open(feed) = &*self.cache.borrow() {
-            if feed.ws.as_ref() == ws.as_ref() {
-                return true;
-            }
-        }
-        self.state.get_tags(ws).iter().any(|t| t == LINK_TAG)
+        hibernation::has_tag(&self.state, ws, LINK_TAG)
     }
 
     /// Whether a link is open, as far as this wake resolved it.

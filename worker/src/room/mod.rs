@@ -44,8 +44,8 @@ use roomcast_protocol::lifecycle::Reannounce;
 use roomcast_protocol::rate::Limiter;
 use roomcast_protocol::{CloseCode, ErrorCode};
 use worker::{
-    console_error, durable_object, DurableObject, Env, Request, Response, Result, State, WebSocket,
-    WebSocketIncomingMessage, WebSocketRequestResponsePair,
+    console_error, Env, Request, Response, Result, State, WebSocket, WebSocketIncomingMessage,
+    WebSocketRequestResponsePair,
 };
 
 use crate::alarm::Alarm;
@@ -53,6 +53,7 @@ use crate::clients::frames::Step;
 use crate::clients::{self, Clients};
 use crate::context::Ctx;
 use crate::counters::Counters;
+use crate::event::{self, Handlers};
 use crate::reply;
 use crate::settings;
 use crate::storage::Db;
@@ -62,7 +63,7 @@ use fanout::ShardFanout;
 use idempotency::Idempotency;
 use link::BridgeLink;
 
-#[durable_object]
+/// The room's own object (its class is [`RoomObject`]).
 pub struct Room {
     state: State,
     env: Env,
@@ -84,7 +85,9 @@ pub struct Room {
     shards: ShardFanout,
 }
 
-impl DurableObject for Room {
+event::durable_object_class!(RoomObject, Room, Room);
+
+impl Handlers for Room {
     fn new(state: State, env: Env) -> Self {
         // A literal pair is always constructible; without it pings would
         // wake the room, which costs money but breaks nothing.
@@ -118,17 +121,7 @@ impl DurableObject for Room {
         })
     }
 
-    async fn connect(&self, _socket: worker::Socket) -> Result<()> {
-        Err(worker::Error::RustError(
-            "rooms speak HTTP and WebSocket, not raw TCP".into(),
-        ))
-    }
-
-    async fn websocket_message(
-        &self,
-        ws: WebSocket,
-        message: WebSocketIncomingMessage,
-    ) -> Result<()> {
+    async fn message(&self, ws: WebSocket, message: WebSocketIncomingMessage) {
         let result = match self.named_ctx() {
             Ok(ctx) if self.link.is_link(&ws) => self
                 .store()
@@ -144,27 +137,18 @@ impl DurableObject for Room {
                 Some(CloseCode::Internal.reason()),
             );
         }
-        Ok(())
     }
 
-    async fn websocket_close(
-        &self,
-        ws: WebSocket,
-        code: usize,
-        _reason: String,
-        _was_clean: bool,
-    ) -> Result<()> {
+    async fn close(&self, ws: WebSocket, code: usize) {
         self.gone(&ws);
         let _ = ws.close(Some(clients::echo(code)), Some("closing"));
         self.after_event().await;
-        Ok(())
     }
 
-    async fn websocket_error(&self, ws: WebSocket, error: worker::Error) -> Result<()> {
+    async fn error(&self, ws: WebSocket, error: worker::Error) {
         console_error!("room {}: websocket error: {error}", self.name_or_unknown());
         self.gone(&ws);
         self.after_event().await;
-        Ok(())
     }
 
     async fn alarm(&self) -> Result<Response> {

@@ -23,6 +23,7 @@ use super::Room;
 use crate::clients::frames::{forgive, Outcome};
 use crate::context::Ctx;
 use crate::counters::Counters;
+use crate::sends::{self, Frames};
 
 /// Who publishes.
 pub(super) struct Publisher<'a> {
@@ -31,6 +32,30 @@ pub(super) struct Publisher<'a> {
     /// may use the ids the bridge gives Kafka records.
     pub bridge: bool,
     pub origin: Origin,
+    /// Where the receipts go as `ack` frames (a WebSocket publisher's
+    /// socket), sent after the messages in the same call.
+    pub ack_to: Option<AckTo<'a>>,
+}
+
+/// A WebSocket publisher's socket and the `ref` of its frame.
+pub(super) struct AckTo<'a> {
+    pub ws: &'a WebSocket,
+    pub reference: Option<&'a str>,
+}
+
+impl AckTo<'_> {
+    /// The `ack` frame of each receipt.
+    fn frames(&self, receipts: &[Receipt]) -> Frames {
+        let mut frames = Frames::default();
+        for receipt in receipts {
+            let ack = ServerFrame::Ack {
+                reference: self.reference.map(Cow::Borrowed),
+                receipt: Cow::Borrowed(receipt),
+            };
+            frames.push(&ack.to_json());
+        }
+        frames
+    }
 }
 
 impl Publisher<'_> {
@@ -46,7 +71,7 @@ impl Publisher<'_> {
 
 impl Room {
     /// A client's `publish` frame: refused with its `ref`, or acked once
-    /// the message is out, so the ack follows the message.
+    /// the message is out ([`Publisher::ack_to`]).
     pub(super) fn publish_frame(
         &self,
         ws: &WebSocket,
@@ -59,23 +84,15 @@ impl Room {
             sub: &session.sub,
             bridge: session.rights.bridge,
             origin: Origin::Ws,
+            ack_to: Some(AckTo {
+                ws,
+                reference: reference.as_deref(),
+            }),
         };
-        let receipts = match self.publish(ctx, vec![draft], &publisher)? {
-            Ok(receipts) => receipts,
-            Err(refusal) => {
-                return self
-                    .clients
-                    .refused(ws, session, &refusal.with_ref(reference))
-            }
-        };
-        for receipt in &receipts {
-            ws.send_with_str(
-                ServerFrame::Ack {
-                    reference: reference.as_deref().map(Cow::Borrowed),
-                    receipt: Cow::Borrowed(receipt),
-                }
-                .to_json(),
-            )?;
+        if let Err(refusal) = self.publish(ctx, vec![draft], &publisher)? {
+            return self
+                .clients
+                .refused(ws, session, &refusal.with_ref(reference));
         }
         Ok(forgive(&mut session.strikes))
     }
@@ -166,8 +183,14 @@ impl Room {
                 .facts()
                 .set_inbound_offset(&position.partition_key(), position.offset)?;
         }
-        for message in &messages {
-            self.broadcast(ctx, message);
+        let acks = publisher
+            .ack_to
+            .as_ref()
+            .map(|to| (to.ws, to.frames(&receipts)));
+        let ack = acks.as_ref().map(|(ws, frames)| (*ws, &**frames));
+        match ack {
+            Some((ws, frames)) if messages.is_empty() => sends::send_each(ws, frames)?,
+            _ => self.broadcast(ctx, &messages, ack),
         }
         self.after_publish(ctx, &messages, publisher.origin, lost)?;
         Ok(Ok(receipts))
@@ -189,14 +212,27 @@ impl Room {
         }
     }
 
-    /// Sends a stored message to every client, to the bridge link and to
-    /// the room's shards. The frame is serialised once for all of them.
-    pub(super) fn broadcast(&self, ctx: &Ctx, message: &Message) {
-        let frame = ServerFrame::Message(Cow::Borrowed(message)).to_json();
-        self.clients.broadcast(&frame);
+    /// Sends stored messages to every client (then `ack` to its socket), to
+    /// the bridge link and to the room's shards. Each frame is serialised
+    /// once for all of them.
+    fn broadcast(&self, ctx: &Ctx, messages: &[Message], ack: Option<(&WebSocket, &str)>) {
+        let frames: Vec<String> = messages
+            .iter()
+            .map(|m| ServerFrame::Message(Cow::Borrowed(m)).to_json())
+            .collect();
+        match frames.as_slice() {
+            [frame] => self.clients.broadcast(frame, ack),
+            _ => {
+                let mut all = Frames::default();
+                frames.iter().for_each(|frame| all.push(frame));
+                self.clients.broadcast(&all, ack);
+            }
+        }
         if let Ok(store) = self.store() {
-            self.link.relay(store, ctx, message, &frame);
-            self.shards.remember(store, message.seq, frame);
+            for (message, frame) in messages.iter().zip(frames) {
+                self.link.relay(store, ctx, message, &frame);
+                self.shards.remember(store, message.seq, frame);
+            }
         }
     }
 

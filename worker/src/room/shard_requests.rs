@@ -101,6 +101,7 @@ impl Room {
                 sub: &sub,
                 bridge: forwarded.bridge,
                 origin: Origin::Ws,
+                ack_to: None,
             };
             outcomes.push(
                 match self.publish(ctx, vec![forwarded.into_draft()], &publisher)? {

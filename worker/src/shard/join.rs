@@ -16,6 +16,7 @@ use crate::context::Ctx;
 use crate::headers::{CONN_HEADER, SENT_HEADER};
 use crate::internal::{room_stub, Call, Op};
 use crate::reply;
+use crate::sends::{self, Frames};
 
 /// What a shard reads from the room's `welcome`.
 #[derive(Deserialize)]
@@ -93,13 +94,17 @@ impl Shard {
             ],
             ctx.now,
         )?;
-        pair.server.send_with_str(reply.welcome)?;
+        // The welcome, the room's replay and what the stream has since go
+        // out in one call.
+        let mut frames = Frames::default();
+        frames.push(reply.welcome);
         for (_, frame) in &reply.replay {
-            pair.server.send_with_str(frame)?;
+            frames.push(frame);
         }
         for (_, frame) in &extra {
-            pair.server.send_with_str(frame)?;
+            frames.push(frame);
         }
+        sends::send_each(&pair.server, &frames)?;
         self.counters
             .with(|s| s.deliveries_total += (reply.replay.len() + extra.len()) as u64);
         self.with_subscription(|s| {

@@ -34,8 +34,8 @@ use roomcast_protocol::auth::Identity;
 use roomcast_protocol::rate::Limiter;
 use roomcast_protocol::{CloseCode, ErrorCode};
 use worker::{
-    console_error, durable_object, DurableObject, Env, Method, Request, Response, Result, State,
-    WebSocket, WebSocketIncomingMessage, WebSocketRequestResponsePair,
+    console_error, Env, Method, Request, Response, Result, State, WebSocket,
+    WebSocketIncomingMessage, WebSocketRequestResponsePair,
 };
 
 use crate::alarm::Alarm;
@@ -43,6 +43,7 @@ use crate::clients::frames::Step;
 use crate::clients::Clients;
 use crate::context::Ctx;
 use crate::counters::Counters;
+use crate::event::{self, Handlers};
 use crate::headers::{IDENTITY_HEADER, OP_HEADER, ROOM_HEADER, SHARD_HEADER};
 use crate::internal::Op;
 use crate::reply;
@@ -52,7 +53,9 @@ use subscription::Subscription;
 /// Tag prefix naming a shard socket's room and shard: `shard:<index>:<room>`.
 const SHARD_TAG: &str = "shard:";
 
-#[durable_object]
+event::durable_object_class!(ShardObject, Shard, Shard);
+
+/// A shard's object (its class is [`ShardObject`]).
 pub struct Shard {
     env: Env,
     counters: Rc<Counters>,
@@ -64,7 +67,7 @@ pub struct Shard {
     subscription: RefCell<Option<Subscription>>,
 }
 
-impl DurableObject for Shard {
+impl Handlers for Shard {
     fn new(state: State, env: Env) -> Self {
         // As on the room: pings answered without waking the shard.
         if let Ok(pair) = WebSocketRequestResponsePair::new("ping", "pong") {
@@ -93,11 +96,7 @@ impl DurableObject for Shard {
         })
     }
 
-    async fn websocket_message(
-        &self,
-        ws: WebSocket,
-        message: WebSocketIncomingMessage,
-    ) -> Result<()> {
+    async fn message(&self, ws: WebSocket, message: WebSocketIncomingMessage) {
         let result = self.on_frame(&ws, message).await;
         self.after_event().await;
         if let Err(e) = result {
@@ -107,30 +106,21 @@ impl DurableObject for Shard {
                 Some(CloseCode::Internal.reason()),
             );
         }
-        Ok(())
     }
 
-    async fn websocket_close(
-        &self,
-        ws: WebSocket,
-        code: usize,
-        _reason: String,
-        _was_clean: bool,
-    ) -> Result<()> {
+    async fn close(&self, ws: WebSocket, code: usize) {
         self.gone(&ws);
         let _ = ws.close(Some(crate::clients::echo(code)), Some("closing"));
         self.after_event().await;
-        Ok(())
     }
 
-    async fn websocket_error(&self, ws: WebSocket, error: worker::Error) -> Result<()> {
+    async fn error(&self, ws: WebSocket, error: worker::Error) {
         console_error!(
             "shard of {}: websocket error: {error}",
             self.room_or_unknown()
         );
         self.gone(&ws);
         self.after_event().await;
-        Ok(())
     }
 
     async fn alarm(&self) -> Result<Response> {

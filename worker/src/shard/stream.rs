@@ -16,6 +16,7 @@ use crate::clients::CLIENT_TAG;
 use crate::context::Ctx;
 use crate::internal::{room_stub, Call, Op};
 use crate::reply;
+use crate::sends::Frames;
 
 impl Shard {
     /// A batch from the room.
@@ -23,18 +24,25 @@ impl Shard {
         let text = req.text().await?;
         let batch = parse_batch(&text).map_err(worker::Error::RustError)?;
         let mut frames = batch.frames.iter().peekable();
+        // What the stream takes, sent in one call before a gap is filled
+        // and at the end.
+        let mut out = Frames::default();
         while let Some((seq, frame)) = frames.peek() {
             match self.step(*seq, batch.prev) {
                 Step::Deliver => {
-                    self.clients.broadcast(frame);
+                    out.push(frame);
                     frames.next();
                 }
                 Step::Skip => {
                     frames.next();
                 }
-                Step::Gap { .. } => self.fill(ctx, seq - 1).await?,
+                Step::Gap { .. } => {
+                    self.clients.broadcast(&std::mem::take(&mut out), None);
+                    self.fill(ctx, seq - 1).await?;
+                }
             }
         }
+        self.clients.broadcast(&out, None);
         self.release_acks();
         self.report(false)
     }
@@ -83,11 +91,13 @@ impl Shard {
                 self.lost(ctx, until);
                 return Ok(());
             }
+            let mut out = Frames::default();
             for (seq, frame) in &frames {
                 if self.step(*seq, None) == Step::Deliver {
-                    self.clients.broadcast(frame);
+                    out.push(frame);
                 }
             }
+            self.clients.broadcast(&out, None);
         }
         Ok(())
     }

@@ -32,7 +32,7 @@ use crate::storage::Db;
 
 pub use facts::Facts;
 use schema::{migrate, RING_MIGRATION, SCHEMA};
-use tables::{seq_value, Count, SqlTables, COLUMNS};
+use tables::{ring_row, seq_value, Count, RingRow, SqlTables, COLUMNS};
 
 /// How often age trimming runs on the publish path (the alarm runs it too).
 const AGE_TRIM_INTERVAL_MS: u64 = 60_000;
@@ -47,6 +47,8 @@ pub struct Store {
     db: Rc<Db>,
     facts: Facts,
     ring: RefCell<Ring>,
+    /// The statement of every publish ([`tables::ring_row`]).
+    ring_row: RingRow,
     last_age_trim_ms: Cell<u64>,
     /// The head when the room opened its storage in this wake.
     woke_at: Cell<u64>,
@@ -67,6 +69,7 @@ impl Store {
         let db = Rc::new(db);
         let store = Store {
             facts: Facts::new(db.clone(), exist),
+            ring_row: ring_row(&db),
             db,
             ring: RefCell::new(Ring::default()),
             last_age_trim_ms: Cell::new(0),
@@ -185,6 +188,7 @@ impl Store {
     fn tables(&self, capacity: u64) -> SqlTables<'_> {
         SqlTables {
             db: &self.db,
+            ring_row: &self.ring_row,
             capacity,
         }
     }

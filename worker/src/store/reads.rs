@@ -6,6 +6,11 @@
 //! range, a seq range), so what a read costs follows what it returns, never
 //! what is stored; no statement sorts. Reads write nothing: a room that was
 //! never written has no tables at all.
+//!
+//! Rows come back as one JSON array per statement (SQLite's
+//! `json_group_array`), not row by row: each value read through the
+//! runtime's cursor is a call out of Wasm, and a page of a thousand
+//! messages would make seven thousand of them.
 
 use roomcast_protocol::draft::Origin;
 use roomcast_protocol::history::TURN_BYTES;
@@ -17,6 +22,15 @@ use worker::{Result, SqlStorageValue};
 
 use super::tables::{ms_value, seq_value, COLUMNS};
 use super::Store;
+
+/// The most data a page read as one JSON string holds. SQLite here refuses
+/// a string over 2 MB, and a message's data is escaped inside the string
+/// (at most twice its length); a page with more data is read row by row.
+const JSON_PAGE_BYTES: u64 = 512 * 1024;
+
+/// A stored message as one element of the JSON array a read returns.
+const MESSAGE_JSON: &str = "json_object('seq', seq, 'id', id, 'ts', ts, 'sender', sender, \
+     'origin', origin, 'data', data, 'trace', trace)";
 
 #[derive(Deserialize)]
 struct MessageRow {
@@ -124,6 +138,26 @@ impl Store {
         Ok(rows)
     }
 
+    /// The rows of a [`Reading`] as `element` makes each of them, in seq
+    /// order: every statement's rows come as one JSON array. An aggregate
+    /// has no order SQL promises, so the rows are put in order here (they
+    /// arrive in key order, which costs the sort one pass).
+    fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        element: &str,
+        filter: &str,
+        reading: &Reading,
+        seq: impl Fn(&T) -> u64,
+    ) -> Result<Vec<T>> {
+        let columns = format!("json_group_array({element}) AS rows");
+        let mut all = Vec::new();
+        for (query, bindings) in self.reading_statements(&columns, filter, reading) {
+            all.extend(self.db.json_rows(&query, bindings)?);
+        }
+        all.sort_by_key(seq);
+        Ok(all)
+    }
+
     /// How many messages follow `since`, and, when there are at most
     /// `limit`, how many bytes of data they hold (a count needs no read:
     /// the history is contiguous).
@@ -151,6 +185,8 @@ impl Store {
         if !self.facts.exist() {
             return Ok(Vec::new());
         }
+        // Row by row: once per wake, and the outbox can hold more ids than
+        // one JSON string may.
         self.db.rows(
             &format!(
                 "SELECT id, sender, origin, seq FROM ({}) ORDER BY seq",
@@ -178,14 +214,18 @@ impl Store {
         } else {
             ""
         };
-        let Some(reading) = self.within_turn(&reading, filter)? else {
+        let Some((reading, bytes)) = self.within_turn(&reading, filter)? else {
             return Ok(Page {
                 messages: Vec::new(),
                 through: reading.through,
             });
         };
-        let rows: Vec<MessageRow> =
-            self.read_all(self.reading_statements(COLUMNS, filter, &reading))?;
+        let rows: Vec<MessageRow> = if bytes <= JSON_PAGE_BYTES {
+            self.read_json(MESSAGE_JSON, filter, &reading, |r: &MessageRow| r.seq)?
+        } else {
+            // Large messages: the calls per value are few beside the data.
+            self.read_all(self.reading_statements(COLUMNS, filter, &reading))?
+        };
         let messages = rows
             .into_iter()
             .map(|row| to_message(room, row))
@@ -197,29 +237,25 @@ impl Store {
     }
 
     /// `reading` cut where one turn's bytes of data run out: the messages
-    /// until one that starts past [`TURN_BYTES`]; `None` when `filter`
-    /// leaves nothing to read.
-    fn within_turn(&self, reading: &Reading, filter: &str) -> Result<Option<Reading>> {
-        #[derive(Deserialize)]
-        struct Size {
-            seq: u64,
-            bytes: u64,
-        }
-        let sizes: Vec<Size> = self.read_all(self.reading_statements(
-            "seq, octet_length(data) AS bytes",
+    /// until one that starts past [`TURN_BYTES`], with the bytes of data
+    /// they hold; `None` when `filter` leaves nothing to read.
+    fn within_turn(&self, reading: &Reading, filter: &str) -> Result<Option<(Reading, u64)>> {
+        let sizes: Vec<(u64, u64)> = self.read_json(
+            "json_array(seq, octet_length(data))",
             filter,
             reading,
-        ))?;
+            |&(seq, _)| seq,
+        )?;
         let mut before = 0;
         let mut last = None;
-        for size in &sizes {
+        for (seq, bytes) in sizes {
             if before >= TURN_BYTES {
-                return Ok(last.map(|seq| reading.through_at_most(seq)));
+                return Ok(last.map(|seq| (reading.through_at_most(seq), before)));
             }
-            before += size.bytes;
-            last = Some(size.seq);
+            before += bytes;
+            last = Some(seq);
         }
-        Ok(last.map(|_| *reading))
+        Ok(last.map(|_| (*reading, before)))
     }
 
     /// When the oldest stored message was stored.

@@ -12,10 +12,12 @@
 use roomcast_protocol::ring::{slots, Run, Tables};
 use roomcast_protocol::wire::Message;
 use serde::Deserialize;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
 use worker::{Result, SqlStorageValue};
 
 use super::schema::CREATE_RING_NEXT;
-use crate::storage::Db;
+use crate::storage::{Db, HotStatement};
 
 /// The columns of a stored message, in the order the tables hold them.
 pub(super) const COLUMNS: &str = "seq, id, ts, sender, origin, data, trace";
@@ -37,6 +39,12 @@ pub(super) fn row_values(m: &Message) -> [SqlStorageValue; 7] {
     ]
 }
 
+/// A seq (or a time in ms) as [`seq_value`] binds it, for a value bound
+/// from JavaScript.
+fn seq_number(n: u64) -> f64 {
+    n.min(NO_CUTOFF as u64) as f64
+}
+
 /// A seq as a bound value; seqs never come near JavaScript's exact limit,
 /// and a client's `since` beyond it reads as "after everything".
 pub(super) fn seq_value(seq: u64) -> SqlStorageValue {
@@ -46,6 +54,45 @@ pub(super) fn seq_value(seq: u64) -> SqlStorageValue {
 /// A time in ms as a bound value.
 pub(super) fn ms_value(ms: u64) -> SqlStorageValue {
     (ms.min(NO_CUTOFF as u64) as i64).into()
+}
+
+/// The ring's write of the rows `placeholders` holds: a slot's row is
+/// replaced, so a publish writes one row and deletes none.
+fn ring_write(placeholders: &str) -> String {
+    format!(
+        "INSERT INTO ring (slot, {COLUMNS}) VALUES {placeholders} \
+         ON CONFLICT(slot) DO UPDATE SET seq = excluded.seq, id = excluded.id, ts = excluded.ts, \
+         sender = excluded.sender, origin = excluded.origin, data = excluded.data, trace = excluded.trace"
+    )
+}
+
+/// The ring's write of one row, the statement of every publish, made from
+/// JavaScript in one call.
+pub(super) fn ring_row(db: &Db) -> RingRow {
+    db.hot(&ring_write("(?, ?, ?, ?, ?, ?, ?, ?)"))
+        .unchecked_into()
+}
+
+#[wasm_bindgen]
+extern "C" {
+    /// [`ring_row`]'s statement, with its values in the order of `slot,`
+    /// [`COLUMNS`].
+    #[wasm_bindgen(extends = HotStatement)]
+    pub(super) type RingRow;
+
+    #[wasm_bindgen(method, catch)]
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        this: &RingRow,
+        slot: f64,
+        seq: f64,
+        id: &str,
+        ts: f64,
+        sender: &str,
+        origin: &str,
+        data: &str,
+        trace: Option<&str>,
+    ) -> std::result::Result<(), JsValue>;
 }
 
 /// Rows per INSERT of a batch: seven or eight bound values a row keep a
@@ -61,6 +108,7 @@ pub(super) struct Count {
 /// writes the rows of its key range only.
 pub(super) struct SqlTables<'a> {
     pub db: &'a Db,
+    pub ring_row: &'a RingRow,
     pub capacity: u64,
 }
 
@@ -111,6 +159,21 @@ impl Tables for SqlTables<'_> {
     }
 
     fn ring_write(&mut self, messages: &[Message], capacity: u64) -> Result<()> {
+        if let [m] = messages {
+            return self
+                .ring_row
+                .run(
+                    seq_number(m.seq % capacity),
+                    seq_number(m.seq),
+                    &m.id,
+                    seq_number(m.ts),
+                    &m.sender,
+                    m.origin.as_str(),
+                    m.data.get(),
+                    m.trace.as_deref(),
+                )
+                .map_err(worker::Error::from);
+        }
         for chunk in messages.chunks(ROWS_PER_INSERT) {
             let placeholders = vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
             let mut values = Vec::with_capacity(chunk.len() * 8);
@@ -118,14 +181,7 @@ impl Tables for SqlTables<'_> {
                 values.push(seq_value(m.seq % capacity));
                 values.extend(row_values(m));
             }
-            self.db.run(
-                &format!(
-                    "INSERT INTO ring (slot, {COLUMNS}) VALUES {placeholders} \
-                     ON CONFLICT(slot) DO UPDATE SET seq = excluded.seq, id = excluded.id, ts = excluded.ts, \
-                     sender = excluded.sender, origin = excluded.origin, data = excluded.data, trace = excluded.trace"
-                ),
-                values,
-            )?;
+            self.db.run(&ring_write(&placeholders), values)?;
         }
         Ok(())
     }
