@@ -7,6 +7,8 @@
 // after hibernation is a new object and is read afresh.
 const attachments = new WeakMap();
 const tags = new WeakMap();
+const numbers = new WeakMap();
+let lastNumber = 0;
 
 // The socket's attachment (a JSON string), or null before any was saved.
 export function load(ws) {
@@ -31,4 +33,15 @@ export function hasTag(state, ws, tag) {
     tags.set(ws, known);
   }
   return known.includes(tag);
+}
+
+// A number that names the socket for as long as this object holds it in
+// memory, so that Rust can keep what it decoded of the socket by it.
+export function number(ws) {
+  let n = numbers.get(ws);
+  if (n === undefined) {
+    n = ++lastNumber;
+    numbers.set(ws, n);
+  }
+  return n;
 }

@@ -19,6 +19,17 @@ extern "C" {
 
     #[wasm_bindgen(js_name = save, catch)]
     fn js_save(ws: &JsValue, json: &str) -> std::result::Result<(), JsValue>;
+
+    #[wasm_bindgen(js_name = number)]
+    fn js_number(ws: &JsValue) -> f64;
+}
+
+/// A number naming `ws` while this wake of the object holds it: the same
+/// socket object has the same number, and no two sockets share one (a
+/// socket handed over after hibernation is a new object, with a new
+/// number). What is decoded from a socket's attachment is kept by it.
+pub fn socket_number(ws: &WebSocket) -> u64 {
+    js_number(ws.as_ref().as_ref()) as u64
 }
 
 /// State that lives in a socket's attachment.

@@ -4,10 +4,11 @@
 //! object that holds the socket ([`Step::Publish`]), which knows where it
 //! goes.
 //!
-//! A frame reads the connection's [`Session`] from its attachment and writes
-//! it back only when something that must survive hibernation changed (its
-//! token, its strikes, a last-seen time a quarter of the idle timeout old):
-//! a steady stream of publishes writes no attachment at all.
+//! A frame starts from the connection's [`Session`] as its object last read
+//! or wrote it, and writes it to the socket's attachment only when
+//! something that must survive hibernation changed (its token, its strikes,
+//! a last-seen time a quarter of the idle timeout old): a steady stream of
+//! publishes writes no attachment at all.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -22,7 +23,6 @@ use worker::{Result, WebSocket, WebSocketIncomingMessage};
 
 use super::Clients;
 use crate::alarm::Alarm;
-use crate::attachment::Attachment;
 use crate::context::Ctx;
 
 /// What a handled frame asks of the connection.
@@ -48,7 +48,7 @@ pub enum Step {
 impl Clients {
     /// The open session of `ws`; a socket whose state is lost is closed.
     pub fn session(&self, ws: &WebSocket) -> Result<Option<Session>> {
-        let Some(session) = Session::load(ws)? else {
+        let Some(session) = self.load(ws)? else {
             let _ = ws.close(
                 Some(CloseCode::Internal.code()),
                 Some("connection state lost"),

@@ -7,7 +7,8 @@
 //! code (heartbeats, tokens, strikes, timers); what differs is only where a
 //! `publish` goes, which each decides for itself. A session survives
 //! hibernation in its socket's attachment; what may be rebuilt (the count,
-//! the exact time each connection was last heard) lives here in memory.
+//! the exact time each connection was last heard, the sessions decoded
+//! this wake) lives here in memory.
 
 mod deadlines;
 pub mod frames;
@@ -23,7 +24,7 @@ use roomcast_protocol::session::Session;
 use roomcast_protocol::{CloseCode, Refusal};
 use worker::{Headers, Request, Response, Result, State, WebSocket};
 
-use crate::attachment::Attachment;
+use crate::attachment::{socket_number, Attachment};
 use crate::counters::Counters;
 use crate::hibernation;
 use crate::sends;
@@ -40,6 +41,11 @@ pub struct Clients {
     /// When each connection (by `conn_id`) last sent a frame, exactly; the
     /// attachments hold it only to a quarter of the idle timeout.
     seen: RefCell<HashMap<String, u64>>,
+    /// Each socket's session as last read from or written to its
+    /// attachment, by [`socket_number`]: a frame starts from a copy of it
+    /// rather than decoding the attachment again. It holds no more than the
+    /// attachments do, and goes with the socket or the wake.
+    sessions: RefCell<HashMap<u64, Session>>,
 }
 
 impl Clients {
@@ -49,6 +55,7 @@ impl Clients {
             counters,
             count: Cell::new(None),
             seen: RefCell::new(HashMap::new()),
+            sessions: RefCell::new(HashMap::new()),
         }
     }
 
@@ -65,11 +72,29 @@ impl Clients {
         Ok(())
     }
 
-    /// Saves a socket's state, counted: attachments are written only when
-    /// something that must survive hibernation changed, and `/stats` shows
-    /// how often that is.
-    pub fn keep<A: Attachment>(&self, ws: &WebSocket, state: &A) -> Result<()> {
-        self.counters.save(ws, state)
+    /// Saves a connection's session, counted: attachments are written only
+    /// when something that must survive hibernation changed, and `/stats`
+    /// shows how often that is.
+    pub fn keep(&self, ws: &WebSocket, session: &Session) -> Result<()> {
+        self.counters.save(ws, session)?;
+        self.sessions
+            .borrow_mut()
+            .insert(socket_number(ws), session.clone());
+        Ok(())
+    }
+
+    /// The session saved on `ws`, or `None` before any was; decoded from
+    /// the attachment once per wake.
+    fn load(&self, ws: &WebSocket) -> Result<Option<Session>> {
+        let number = socket_number(ws);
+        if let Some(session) = self.sessions.borrow().get(&number) {
+            return Ok(Some(session.clone()));
+        }
+        let loaded = Session::load(ws)?;
+        if let Some(session) = &loaded {
+            self.sessions.borrow_mut().insert(number, session.clone());
+        }
+        Ok(loaded)
     }
 
     /// Open client sockets, counted on first use after a wake.
@@ -88,7 +113,7 @@ impl Clients {
             .get_websockets_with_tag(tag)
             .into_iter()
             .filter_map(|ws| {
-                Session::load(&ws)
+                self.load(&ws)
                     .ok()
                     .flatten()
                     .filter(|s| !s.closed)
@@ -127,12 +152,13 @@ impl Clients {
     /// unless the object closed it itself. Returns the connection that
     /// ended, if it had not already.
     pub fn gone(&self, ws: &WebSocket) -> Option<String> {
-        let mut session = Session::load(ws).ok().flatten()?;
-        if !self.count_out(&mut session, now_ms()) {
-            return None;
+        let mut session = self.load(ws).ok().flatten()?;
+        let ended = self.count_out(&mut session, now_ms());
+        if ended {
+            let _ = self.counters.save(ws, &session);
         }
-        let _ = self.keep(ws, &session);
-        Some(session.conn_id)
+        self.sessions.borrow_mut().remove(&socket_number(ws));
+        ended.then_some(session.conn_id)
     }
 
     /// Marks a session closed and counts it out, once.

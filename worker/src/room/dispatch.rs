@@ -21,7 +21,7 @@ impl Room {
             .headers()
             .get(ROOM_HEADER)?
             .ok_or_else(|| worker::Error::RustError("request without room header".into()))?;
-        let ctx = Ctx::of(&self.env, &room)?;
+        let ctx = self.wake.of(&self.env, &room)?;
         let query: HashMap<String, String> =
             admission::query(&req.inner().url()).into_owned().collect();
         let op = req.headers().get(OP_HEADER)?.as_deref().and_then(Op::parse);

@@ -174,12 +174,12 @@ impl ShardFanout {
     /// Sends every shard what it has not had, each on its own.
     pub async fn fan_out(&self, store: &Store) {
         let count = self.get(store).shards().len() as u32;
-        let Some(room) = store.facts().name() else {
-            return;
-        };
         if count == 0 {
             return;
         }
+        let Some(room) = store.facts().name() else {
+            return;
+        };
         join_all((0..count).map(|i| self.fan_out_to(store, &room, i))).await;
     }
 

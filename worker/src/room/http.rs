@@ -110,7 +110,7 @@ impl Room {
         let floor = retained.oldest.map_or(retained.head, |oldest| oldest - 1);
         let read = store.after(&ctx.room, page.since.max(floor), page.limit, false)?;
         let body = HistoryPage {
-            room: ctx.room.clone(),
+            room: ctx.room.to_string(),
             epoch: store.facts().epoch().unwrap_or_default(),
             head: retained.head,
             truncated: !read.messages.is_empty() && read.through < retained.head,

@@ -151,7 +151,7 @@ impl Room {
         }
         let head = store.head();
         let welcome = Welcome {
-            room: ctx.room.clone(),
+            room: ctx.room.to_string(),
             conn_id: session.conn_id.clone(),
             epoch: room_epoch,
             head,

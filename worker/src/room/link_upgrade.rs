@@ -41,7 +41,7 @@ impl Room {
             .link
             .accept(&pair.server, instance, identity.exp, store, ctx)?;
         let welcome = Welcome {
-            room: ctx.room.clone(),
+            room: ctx.room.to_string(),
             conn_id: ids::conn_id(),
             epoch: store.facts().epoch().unwrap_or_default(),
             head: store.head(),

@@ -51,7 +51,7 @@ use worker::{
 use crate::alarm::Alarm;
 use crate::clients::frames::Step;
 use crate::clients::{self, Clients};
-use crate::context::Ctx;
+use crate::context::{Ctx, WakeCtx};
 use crate::counters::Counters;
 use crate::event::{self, Handlers};
 use crate::reply;
@@ -83,6 +83,8 @@ pub struct Room {
     retire_check: Cell<Option<u64>>,
     /// The shards it feeds.
     shards: ShardFanout,
+    /// The room, settings and limits this wake serves.
+    wake: WakeCtx,
 }
 
 event::durable_object_class!(RoomObject, Room, Room);
@@ -109,12 +111,13 @@ impl Handlers for Room {
             register: Cell::new(false),
             announce: Cell::new(Reannounce::default()),
             retire_check: Cell::new(None),
+            wake: WakeCtx::default(),
         }
     }
 
     async fn fetch(&self, req: Request) -> Result<Response> {
         let result = self.serve(req).await;
-        self.after_event().await;
+        self.after_event(now_ms()).await;
         result.or_else(|e| {
             console_error!("room {}: request failed: {e}", self.name_or_unknown());
             reply::error(ErrorCode::Internal, "the room failed to handle the request")
@@ -122,14 +125,16 @@ impl Handlers for Room {
     }
 
     async fn message(&self, ws: WebSocket, message: WebSocketIncomingMessage) {
-        let result = match self.named_ctx() {
-            Ok(ctx) if self.link.is_link(&ws) => self
-                .store()
-                .and_then(|store| self.link.on_frame(&ws, message, store, &ctx)),
-            Ok(ctx) => self.on_frame(&ws, message, &ctx).await,
-            Err(e) => Err(e),
+        let (result, now) = match self.named_ctx() {
+            Ok(ctx) if self.link.is_link(&ws) => (
+                self.store()
+                    .and_then(|store| self.link.on_frame(&ws, message, store, &ctx)),
+                ctx.now,
+            ),
+            Ok(ctx) => (self.on_frame(&ws, message, &ctx).await, ctx.now),
+            Err(e) => (Err(e), now_ms()),
         };
-        self.after_event().await;
+        self.after_event(now).await;
         if let Err(e) = result {
             console_error!("room {}: frame failed: {e}", self.name_or_unknown());
             let _ = ws.close(
@@ -142,19 +147,19 @@ impl Handlers for Room {
     async fn close(&self, ws: WebSocket, code: usize) {
         self.gone(&ws);
         let _ = ws.close(Some(clients::echo(code)), Some("closing"));
-        self.after_event().await;
+        self.after_event(now_ms()).await;
     }
 
     async fn error(&self, ws: WebSocket, error: worker::Error) {
         console_error!("room {}: websocket error: {error}", self.name_or_unknown());
         self.gone(&ws);
-        self.after_event().await;
+        self.after_event(now_ms()).await;
     }
 
     async fn alarm(&self) -> Result<Response> {
         self.alarm.fired();
         let result = self.sweep().await;
-        self.after_event().await;
+        self.after_event(now_ms()).await;
         if let Err(e) = &result {
             console_error!("room {}: sweep failed: {e}", self.name_or_unknown());
         }
@@ -179,12 +184,15 @@ impl Room {
     /// The context of an event that names no room (a frame, the alarm):
     /// the room's name is the one its first write stored.
     fn named_ctx(&self) -> Result<Ctx> {
+        if let Some(ctx) = self.wake.now() {
+            return Ok(ctx);
+        }
         let name = self
             .store()?
             .facts()
             .name()
             .ok_or_else(|| worker::Error::RustError("room has no name yet".into()))?;
-        Ctx::of(&self.env, &name)
+        self.wake.of(&self.env, &name)
     }
 
     fn name_or_unknown(&self) -> String {
@@ -197,8 +205,9 @@ impl Room {
     /// Work that follows every event, outside its synchronous turn: the
     /// counters when a flush is due, the registry when it must hear of
     /// this room, and the room's shards when they have something coming.
-    async fn after_event(&self) {
-        let now = now_ms();
+    /// `now` is the event's time: what is due after it need not be timed
+    /// closer than the event itself.
+    async fn after_event(&self, now: u64) {
         if let Ok(store) = self.store() {
             self.counters.flush_if_due(store, now);
         }

@@ -287,7 +287,7 @@ pub(super) fn count_lost(counters: &Counters, ctx: &Ctx, lost: Lost) {
 /// A new message from `draft` as message `seq`.
 fn message(ctx: &Ctx, draft: Draft, seq: u64, publisher: &Publisher<'_>) -> Message {
     Message {
-        room: ctx.room.clone(),
+        room: ctx.room.to_string(),
         id: draft.id.unwrap_or_else(|| ids::message_id(ctx.now)),
         seq,
         ts: ctx.now,

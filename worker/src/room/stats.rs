@@ -16,7 +16,7 @@ impl Room {
         let store = self.store()?;
         let (shard_clients, shards) = self.shards.clients(store);
         Ok(StatsReport {
-            room: ctx.room.clone(),
+            room: ctx.room.to_string(),
             epoch: store.facts().epoch().unwrap_or_default(),
             head: store.head(),
             connections: self.clients.count() + shard_clients,

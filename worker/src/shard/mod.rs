@@ -41,7 +41,7 @@ use worker::{
 use crate::alarm::Alarm;
 use crate::clients::frames::Step;
 use crate::clients::Clients;
-use crate::context::Ctx;
+use crate::context::{Ctx, WakeCtx};
 use crate::counters::Counters;
 use crate::event::{self, Handlers};
 use crate::headers::{IDENTITY_HEADER, OP_HEADER, ROOM_HEADER, SHARD_HEADER};
@@ -65,6 +65,8 @@ pub struct Shard {
     /// publish from its own.
     limiter: RefCell<Limiter>,
     subscription: RefCell<Option<Subscription>>,
+    /// The room, settings and limits this wake serves.
+    wake: WakeCtx,
 }
 
 impl Handlers for Shard {
@@ -81,6 +83,7 @@ impl Handlers for Shard {
             counters,
             limiter: RefCell::new(Limiter::default()),
             subscription: RefCell::new(None),
+            wake: WakeCtx::default(),
         }
     }
 
@@ -150,7 +153,7 @@ impl Shard {
             .as_deref()
             .and_then(Identity::from_header);
         self.serve_room(&room, index);
-        let ctx = Ctx::of(&self.env, &room)?;
+        let ctx = self.wake.of(&self.env, &room)?;
         match (op, identity) {
             (Some(Op::Deliver), _) => self.deliver(req, &ctx).await,
             (Some(Op::Count), _) => self.report(true),
@@ -248,7 +251,7 @@ impl Shard {
     /// The context of an event that names no room (a frame, the alarm).
     fn ctx(&self) -> Result<Option<Ctx>> {
         self.room()
-            .map(|room| Ctx::of(&self.env, &room))
+            .map(|room| self.wake.of(&self.env, &room))
             .transpose()
     }
 
