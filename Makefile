@@ -17,6 +17,9 @@ CARGO_FUZZ_VER   := 0.13.2
 CARGO_MUTANTS_VER := 27.1.0
 TOOLS_DIR        := $(HOME)/.cache/roomcast/tools
 CHROMIUM         := /usr/bin/chromium
+# Debian's RabbitMQ: the end-to-end tests start private nodes of it, and
+# `make dev BROKER=amqp` one.
+RABBITMQ         := /usr/lib/rabbitmq/bin/rabbitmq-server
 # wasm-bindgen-cli must match the wasm-bindgen crate exactly: read it from the lock file.
 WASM_BINDGEN_VER := $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/"/, "", $$3); print $$3}' Cargo.lock)
 
@@ -57,10 +60,11 @@ bootstrap-test: bootstrap
 	  && $(TOOLS_DIR)/bin/tansu --version 2>/dev/null | grep -q "$(TANSU_VER)" \
 	  || { cargo install tansu --version "$(TANSU_VER)" --features "$(TANSU_FEATURES)" --locked --root "$(TOOLS_DIR)" --force \
 	       && echo "$(TANSU_VER) $(TANSU_FEATURES)" > $(TOOLS_DIR)/tansu.features; }
-	@# Chromium (the browser test) and socat (the end-to-end tests' TLS terminator
-	@# in front of the broker), from Debian.
+	@# Chromium (the browser test), socat (the end-to-end tests' TLS terminator
+	@# in front of the Kafka broker) and RabbitMQ (the AMQP tests' broker), from Debian.
 	@missing=""; command -v socat >/dev/null || missing="$$missing socat"; \
 	  test -x $(CHROMIUM) || missing="$$missing chromium"; \
+	  test -x $(RABBITMQ) || missing="$$missing rabbitmq-server"; \
 	  test -z "$$missing" || { apt-get update -qq && apt-get install -y -qq $$missing; }
 
 # npm ci only when the lock file changed since the last install.
@@ -87,9 +91,10 @@ $(WORKER_BUNDLE): $(WORKER_SOURCES)
 bridge: bootstrap
 	cargo build --release -p roomcast-bridge
 
-## dev: the worker on 127.0.0.1:8787, the bridge with an embedded Kafka on 127.0.0.1:9092; Ctrl-C stops both
+## dev: the worker on 127.0.0.1:8787, the bridge with an embedded Kafka on 127.0.0.1:9092 [BROKER=amqp: with a local RabbitMQ on 127.0.0.1:5672 instead]; Ctrl-C stops all
+BROKER ?= kafka
 dev: worker bridge .dev.vars
-	@scripts/dev.sh
+	@BROKER=$(BROKER) ROOMCAST_RABBITMQ=$(RABBITMQ) scripts/dev.sh
 
 .dev.vars:
 	@echo "JWT_SECRET=$$(head -c 32 /dev/urandom | base64 | tr -d '/+=')" > $@
@@ -140,7 +145,8 @@ test-fuzz: bootstrap-test
 
 test-e2e: bootstrap-test worker
 	cargo build -p roomcast-bridge
-	ROOMCAST_TANSU=$(TOOLS_DIR)/bin/tansu $(COUNTED) test-e2e cargo test --no-fail-fast -p roomcast-tests -- --test-threads=1
+	ROOMCAST_TANSU=$(TOOLS_DIR)/bin/tansu ROOMCAST_RABBITMQ=$(RABBITMQ) \
+	  $(COUNTED) test-e2e cargo test --no-fail-fast -p roomcast-tests -- --test-threads=1
 
 # node --test gets files, never directories: what it does with a directory
 # changed across Node versions.
@@ -166,7 +172,7 @@ mutants: bootstrap
 # The worker with Rust function names kept, for profiles (rule below).
 PROFILE_BUNDLE := build/profile/worker/shim.mjs
 
-## bench: the ladder (bare JS, durable JS, partyserver, roomcast), push/poll, fan-out, many rooms, footprint [FULL=1: everything, and the bridge]; not part of test (see BENCHMARKS.md)
+## bench: the ladder (bare JS, durable JS, partyserver, roomcast), push/poll, fan-out, many rooms, footprint [FULL=1: everything, and the bridge with Kafka and with RabbitMQ]; not part of test (see BENCHMARKS.md)
 bench: bootstrap-test build $(PROFILE_BUNDLE)
 	cargo build --release -p roomcast-bench
 	target/release/roomcast-bench $(if $(filter 1,$(FULL)),--full) --out target/bench-$(if $(filter 1,$(FULL)),full,quick).md

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # `make dev`: the worker under `wrangler dev` on 127.0.0.1:8787 and the bridge
 # with an embedded Kafka on 127.0.0.1:9092 (metrics on 127.0.0.1:9464).
+# `make dev BROKER=amqp` relays to RabbitMQ instead: a private node of Debian's
+# rabbitmq-server (when installed) on 127.0.0.1:5672, its state in a temp
+# dir, with its own epmd, all stopped with the rest.
 #
 # Each service runs in its own session (setsid), so one signal to its process
 # group reaches wrangler's workerd children too; the exit trap sends it, on
@@ -15,6 +18,10 @@ cd "$(dirname "$0")/.."
 
 WORKER=127.0.0.1:8787
 KAFKA=127.0.0.1:9092
+AMQP=127.0.0.1:5672
+EPMD_PORT=4370
+RABBITMQ=${ROOMCAST_RABBITMQ:-/usr/lib/rabbitmq/bin/rabbitmq-server}
+BROKER=${BROKER:-kafka}
 METRICS=127.0.0.1:9464
 ROOM=chat.lobby
 BRIDGE=target/release/roomcast-bridge
@@ -33,7 +40,9 @@ stop_all() {
   done
   for g in "${groups[@]}"; do kill -KILL -- "-$g" 2>/dev/null || true; done
 }
-trap stop_all EXIT
+# A RabbitMQ node's state (BROKER=amqp) goes with it.
+rabbit=
+trap 'stop_all; [[ -z $rabbit ]] || rm -rf "$rabbit"' EXIT
 trap 'exit 130' INT TERM
 
 # Runs a service in a session of its own with its output prefixed by name.
@@ -62,7 +71,16 @@ wait_healthy() {
   exit 1
 }
 
-for addr in "$WORKER" "$KAFKA" "$METRICS"; do
+case $BROKER in
+  kafka) BROKER_ADDR=$KAFKA ;;
+  amqp)
+    BROKER_ADDR=$AMQP
+    [[ -x $RABBITMQ ]] || { echo "BROKER=amqp needs RabbitMQ: apt-get install rabbitmq-server (or set ROOMCAST_RABBITMQ)" >&2; exit 1; }
+    ;;
+  *) echo "BROKER=$BROKER: use kafka or amqp" >&2; exit 1 ;;
+esac
+
+for addr in "$WORKER" "$BROKER_ADDR" "$METRICS"; do
   port_free "$addr" || { echo "$addr is in use: is another make dev running?" >&2; exit 1; }
 done
 secret=$(sed -n 's/^JWT_SECRET=//p' .dev.vars)
@@ -72,9 +90,34 @@ service worker node_modules/.bin/wrangler dev --ip "${WORKER%:*}" --port "${WORK
   --var QUERY_TOKENS:off
 wait_healthy worker "http://$WORKER/healthz" "${groups[0]}"
 
-service bridge "$BRIDGE" --worker-url "http://$WORKER" --jwt-secret "$secret" --embedded-kafka \
-  --metrics-addr "$METRICS"
-wait_healthy bridge "http://$METRICS/healthz" "${groups[1]}"
+if [[ $BROKER == amqp ]]; then
+  # A private node: its own epmd (in the foreground, in this script's
+  # process groups), ports and state; guest may connect from loopback.
+  rabbit=$(mktemp -d)
+  echo "[].
+" > "$rabbit/enabled_plugins"
+  : > "$rabbit/rabbitmq.conf"
+  service epmd epmd -port "$EPMD_PORT"
+  service rabbitmq env RABBITMQ_NODENAME=roomcast-dev@localhost RABBITMQ_NODE_IP_ADDRESS="${AMQP%:*}" \
+    RABBITMQ_NODE_PORT="${AMQP#*:}" \
+    RABBITMQ_DIST_PORT=25673 ERL_EPMD_PORT="$EPMD_PORT" RABBITMQ_MNESIA_BASE="$rabbit/mnesia" \
+    RABBITMQ_LOG_BASE="$rabbit/log" RABBITMQ_ENABLED_PLUGINS_FILE="$rabbit/enabled_plugins" \
+    RABBITMQ_CONFIG_FILE="$rabbit/rabbitmq" HOME="$rabbit" "$RABBITMQ"
+  for _ in $(seq 240); do
+    (exec 3<>"/dev/tcp/${AMQP%:*}/${AMQP#*:}") 2>/dev/null && break
+    sleep 0.25
+  done
+  service bridge "$BRIDGE" --worker-url "http://$WORKER" --jwt-secret "$secret" --broker amqp \
+    --amqp-url "amqp://$AMQP/%2f" --metrics-addr "$METRICS"
+  watch="rabbitmqadmin is not installed with the server: read roomcast.events by binding a queue to it (any AMQP client)"
+  to_room="publish to exchange roomcast.inbound with routing key $ROOM and a JSON body"
+else
+  service bridge "$BRIDGE" --worker-url "http://$WORKER" --jwt-secret "$secret" --embedded-kafka \
+    --metrics-addr "$METRICS"
+  watch="kcat -b $KAFKA -C -t roomcast.events"
+  to_room="kcat -b $KAFKA -P -t roomcast.inbound -K:     then type lines like  $ROOM:{\"text\":\"hello from kafka\"}"
+fi
+wait_healthy bridge "http://$METRICS/healthz" "${groups[-1]}"
 
 token=$("$BRIDGE" --jwt-secret "$secret" token --sub dev --ttl 12h)
 cat <<INFO
@@ -83,8 +126,9 @@ roomcast is running. Ctrl-C stops everything.
 
   demo page    http://$WORKER/?room=$ROOM#token=$token
   join         ROOMCAST_TOKEN=$token node clients/js/bin/roomcast-join.js http://$WORKER $ROOM
-  watch Kafka  kcat -b $KAFKA -C -t roomcast.events
-  to the room  kcat -b $KAFKA -P -t roomcast.inbound -K:     then type lines like  $ROOM:{"text":"hello from kafka"}
+  broker       $BROKER at $BROKER_ADDR
+  watch it     $watch
+  to the room  $to_room
   metrics      http://$METRICS/metrics   (dashboard: deploy/grafana/roomcast.json)
   more tokens  make token SUB=alice ROOMS='chat.*' PUBLISH='chat.*' TTL=1h
 

@@ -27,12 +27,13 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use roomcast_tests::broker::tansu_binary;
+use roomcast_tests::rabbitmq::rabbitmq_binary;
 use roomcast_tests::repo_root;
 
 use crate::client::fleet::Shape;
 use crate::plan::{Part, Plan};
 use crate::report::{Measured, Results};
-use crate::scenario::{bridge, fanout, footprint, profile, push_poll, shards};
+use crate::scenario::{bridge, bridge_amqp, fanout, footprint, profile, push_poll, shards};
 use crate::server::{Flavor, Server};
 
 #[derive(Parser, Debug)]
@@ -126,20 +127,31 @@ async fn main() -> Result<()> {
                 .context("benchmarking sharded rooms")?,
         )
     };
-    let bridge = if !plan.has(Part::Bridge) {
-        None
-    } else if !tansu_binary().exists() {
-        notes.push(format!(
-            "Bridge part skipped: {} is not installed (`make bootstrap`).",
-            tansu_binary().display()
-        ));
-        None
-    } else {
+    let bridge = if plan.has(Part::Bridge)
+        && installed(&tansu_binary(), "Bridge", "make bootstrap", &mut notes)
+    {
         Some(
             bridge::run(&plan.bridge)
                 .await
                 .context("benchmarking the bridge")?,
         )
+    } else {
+        None
+    };
+    let bridge_amqp = if plan.has(Part::BridgeAmqp)
+        && installed(
+            &rabbitmq_binary(),
+            "RabbitMQ bridge",
+            "make bootstrap-test",
+            &mut notes,
+        ) {
+        Some(
+            bridge_amqp::run(&plan.bridge)
+                .await
+                .context("benchmarking the bridge with RabbitMQ")?,
+        )
+    } else {
+        None
     };
 
     let mut context = context::machine();
@@ -156,6 +168,7 @@ async fn main() -> Result<()> {
         context,
         servers,
         bridge,
+        bridge_amqp,
         shards,
         notes,
     };
@@ -165,6 +178,19 @@ async fn main() -> Result<()> {
         std::fs::write(&path, &markdown).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// Whether the broker a part needs is installed at `path`; if not, a note
+/// says the part was skipped and what installs it.
+fn installed(path: &std::path::Path, part: &str, install: &str, notes: &mut Vec<String>) -> bool {
+    let found = path.exists();
+    if !found {
+        notes.push(format!(
+            "{part} part skipped: {} is not installed (`{install}`).",
+            path.display()
+        ));
+    }
+    found
 }
 
 /// Every server part of `plan` against every server in `flavors`, all

@@ -24,6 +24,8 @@ pub enum Part {
     Fanout,
     Rooms,
     Bridge,
+    /// The bridge with RabbitMQ (part 4b), apart from Kafka's part 4.
+    BridgeAmqp,
     Footprint,
     Shards,
 }
@@ -32,7 +34,7 @@ impl Part {
     /// Whether the part needs the servers under test (the bridge and the
     /// sharded rooms start their own).
     pub fn needs_servers(self) -> bool {
-        !matches!(self, Part::Bridge | Part::Shards)
+        !matches!(self, Part::Bridge | Part::BridgeAmqp | Part::Shards)
     }
 }
 
@@ -108,6 +110,7 @@ impl Plan {
         if full {
             plan.name = "full";
             plan.parts.push(Part::Bridge);
+            plan.parts.push(Part::BridgeAmqp);
             plan.push_poll.rates = vec![10, 100, 1000];
             plan.push_poll.modes = vec![Mode::Push, poll(50), poll(250), poll(1000)];
             plan.fanouts = vec![1, 10, 100, 1000];

@@ -9,6 +9,7 @@ use std::fmt::Write;
 
 use crate::measure::stats::Summary;
 use crate::scenario::bridge::{self, BridgeResults};
+use crate::scenario::bridge_amqp::{self, AmqpResults};
 use crate::scenario::fanout::{self, Capacity};
 use crate::scenario::footprint::{self, Asset, ColdStart};
 use crate::scenario::push_poll::{self, Case, Mode};
@@ -41,6 +42,8 @@ pub struct Results {
     /// Every server that ran, in [`Flavor::LADDER`] order.
     pub servers: Vec<(Flavor, Measured)>,
     pub bridge: Option<BridgeResults>,
+    /// The bridge with RabbitMQ (part 4 too), when RabbitMQ is installed.
+    pub bridge_amqp: Option<AmqpResults>,
     pub shards: Option<ShardResults>,
     pub notes: Vec<String>,
 }
@@ -83,6 +86,10 @@ pub fn render(results: &Results) -> String {
     if let Some(results) = &results.bridge {
         section(&mut out, "4. Bridge: rooms ⇄ Kafka against plain rdkafka");
         bridge::render(&mut out, results);
+    }
+    if let Some(results) = &results.bridge_amqp {
+        section(&mut out, "4b. Bridge: room → RabbitMQ against plain lapin");
+        bridge_amqp::render(&mut out, results);
     }
     if results.any(|m| m.cold.is_some() || !m.bundle.is_empty()) {
         section(&mut out, "5. Footprint");
@@ -260,6 +267,7 @@ mod tests {
                 (Flavor::Ours, with(10000.0, 0.08)),
             ],
             bridge: None,
+            bridge_amqp: None,
             shards: None,
             notes: Vec::new(),
         };

@@ -3,14 +3,51 @@
 //! The relay needs two things from a broker: a [`Sink`] that takes room
 //! messages (and dead letters) and says when each is safely stored, and a
 //! [`Source`] of records for rooms whose positions it commits once they are
-//! in their room. Kafka implements both (`crate::kafka`); the unit tests use
-//! in-memory ones (`crate::memory`). A second broker is one more
-//! implementation of these two traits, not a change to the relay.
+//! in their room ([`Sources`] opens one, again after it failed). Kafka
+//! implements them (`crate::kafka`), and so does RabbitMQ (`crate::amqp`);
+//! the unit tests use in-memory ones (`crate::memory`). A broker is one
+//! more implementation of these traits, not a change to the relay: what
+//! differs between brokers and the relay must know (whether a position
+//! names a record for good) travels with each [`Record`].
 
+use std::fmt;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use roomcast_protocol::wire::Message;
+
+/// Which broker the bridge relays to: `--broker`, the `broker` of
+/// `/healthz` and of the `roomcast_bridge_broker` series, and the
+/// `to_<broker>` relay direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BrokerKind {
+    #[default]
+    Kafka,
+    Amqp,
+}
+
+impl BrokerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BrokerKind::Kafka => "kafka",
+            BrokerKind::Amqp => "amqp",
+        }
+    }
+
+    /// The `direction` label of what the relay stores in this broker.
+    pub fn direction(self) -> &'static str {
+        match self {
+            BrokerKind::Kafka => "to_kafka",
+            BrokerKind::Amqp => "to_amqp",
+        }
+    }
+}
+
+impl fmt::Display for BrokerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Resolves when the broker has acknowledged (or refused) one message.
 pub type Delivery = BoxFuture<'static, Result<(), SinkError>>;
@@ -27,6 +64,22 @@ pub enum SinkError {
     /// relay retries, and the room replays whatever was not acknowledged.
     #[error("unavailable: {0}")]
     Unavailable(String),
+}
+
+/// The headers a room message carries into the broker (docs/bridge.md,
+/// "Kafka mapping" and "RabbitMQ mapping"), as text: `message-id`, `room`,
+/// `seq`, `origin`, and `traceparent` when the publisher sent one.
+pub fn message_headers(message: &Message) -> Vec<(&'static str, String)> {
+    let mut headers = vec![
+        ("message-id", message.id.clone()),
+        ("room", message.room.clone()),
+        ("seq", message.seq.to_string()),
+        ("origin", message.origin.as_str().to_owned()),
+    ];
+    if let Some(trace) = &message.trace {
+        headers.push(("traceparent", trace.clone()));
+    }
+    headers
 }
 
 /// A message or record the relay could not deliver, on its way to the
@@ -68,18 +121,24 @@ impl DeadLetter {
         }
     }
 
-    /// A source record no room took, with its `value` as it came.
+    /// A source record no room took, with its `value` as it came and
+    /// where it came from: a log's topic, partition and offset, or a
+    /// queue (a delivery tag would name nothing once the channel is gone).
     pub fn record(record: &Record, value: Option<&[u8]>, reason: &str) -> DeadLetter {
-        DeadLetter {
-            key: record.key.clone(),
-            value: value.map(<[u8]>::to_vec),
-            headers: vec![
-                ("error", reason.to_owned()),
+        let mut headers = vec![("error", reason.to_owned())];
+        match record.kind {
+            PositionKind::Offset => headers.extend([
                 ("source-topic", record.topic.to_string()),
                 ("source-partition", record.position.partition.to_string()),
                 ("source-offset", record.position.offset.to_string()),
-                ("message-id", record.id.clone()),
-            ],
+            ]),
+            PositionKind::DeliveryTag => headers.push(("source-queue", record.topic.to_string())),
+        }
+        headers.push(("message-id", record.id.clone()));
+        DeadLetter {
+            key: record.key.clone(),
+            value: value.map(<[u8]>::to_vec),
+            headers,
         }
     }
 }
@@ -94,18 +153,35 @@ pub trait Sink: Send + Sync {
     fn dead_letter<'a>(&'a self, letter: &'a DeadLetter) -> BoxFuture<'a, Result<(), SinkError>>;
 }
 
-/// Where a record sits in its source: what gets committed.
+/// Where a record sits in its source: what gets committed. Within one
+/// `partition`, offsets grow in the order the source hands records out,
+/// and committing an offset says every record before it is done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Position {
     pub partition: i32,
     pub offset: i64,
 }
 
+/// What a record's [`Position`] names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PositionKind {
+    /// A place in a log (Kafka's partition and offset): the record keeps
+    /// it for good, so a room can recognise the record by it when it is
+    /// consumed again, and a dead letter can point at it.
+    Offset,
+    /// One delivery on one channel (AMQP's delivery tag, the channel as
+    /// the partition): it orders commits (acks) and nothing else; a record
+    /// delivered again gets a new one.
+    DeliveryTag,
+}
+
 /// One record from the broker, for the room its key names.
 #[derive(Debug, Clone)]
 pub struct Record {
+    /// The topic (Kafka) or queue (AMQP) it came from.
     pub topic: Arc<str>,
     pub position: Position,
+    pub kind: PositionKind,
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     /// The idempotency key the room stores it under, so redelivery after a
@@ -138,5 +214,57 @@ pub trait Source: Send {
     fn commit(&mut self, partition: i32, offset: i64) -> Result<(), SourceError>;
 
     /// Makes the commits so far durable before the source goes away.
-    fn close(&mut self) -> Result<(), SourceError>;
+    fn close(&mut self) -> BoxFuture<'_, Result<(), SourceError>>;
+}
+
+/// Opens the [`Source`] the inbound relay consumes, and a fresh one after
+/// a source failed for good.
+pub trait Sources: Send + Sync {
+    fn open(&self) -> BoxFuture<'_, Result<Box<dyn Source>, SourceError>>;
+
+    /// Where records come from, for the log (no secrets).
+    fn describe(&self) -> String;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(kind: PositionKind) -> Record {
+        Record {
+            topic: "roomcast.inbound".into(),
+            position: Position {
+                partition: 2,
+                offset: 7,
+            },
+            kind,
+            key: Some(b"chat.1".to_vec()),
+            value: None,
+            id: "m-1".into(),
+            trace: None,
+            timestamp_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_dead_letter_points_at_a_log_place_but_only_names_a_queue() {
+        let names =
+            |letter: &DeadLetter| -> Vec<&str> { letter.headers.iter().map(|(k, _)| *k).collect() };
+        let kafka = DeadLetter::record(&record(PositionKind::Offset), Some(b"x"), "too_large");
+        assert_eq!(
+            names(&kafka),
+            [
+                "error",
+                "source-topic",
+                "source-partition",
+                "source-offset",
+                "message-id"
+            ]
+        );
+        assert_eq!(kafka.reason(), "too_large");
+        let amqp = DeadLetter::record(&record(PositionKind::DeliveryTag), None, "bad_format");
+        assert_eq!(names(&amqp), ["error", "source-queue", "message-id"]);
+        assert_eq!(amqp.headers[1].1, "roomcast.inbound");
+        assert_eq!(amqp.key.as_deref(), Some(b"chat.1".as_slice()));
+    }
 }

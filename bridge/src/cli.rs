@@ -7,11 +7,13 @@ use std::path::PathBuf;
 
 use clap::{ArgGroup, Args as ClapArgs, Parser, Subcommand};
 
+use crate::amqp::AmqpUrl;
+use crate::broker::BrokerKind;
 use crate::token::MAX_TTL_SECS;
 
-/// roomcast-bridge relays every room's messages to Kafka and Kafka records
-/// back into rooms, at least once, with a dead-letter topic and Prometheus
-/// metrics.
+/// roomcast-bridge relays every room's messages to Kafka (or RabbitMQ) and
+/// its records back into rooms, at least once, with dead letters and
+/// Prometheus metrics.
 #[derive(Parser, Debug, Clone)]
 #[command(version, about)]
 pub struct Cli {
@@ -118,6 +120,11 @@ pub struct RunArgs {
     #[arg(long, env = "ROOMCAST_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
+    /// The broker rooms are relayed to and from: `kafka` (the --brokers,
+    /// --kafka-* and topic flags) or `amqp`, RabbitMQ (the --amqp-* flags).
+    #[arg(long, env = "ROOMCAST_BROKER", default_value = "kafka", value_parser = parse_broker)]
+    pub broker: BrokerKind,
+
     /// Kafka bootstrap servers, comma-separated.
     #[arg(long, env = "ROOMCAST_BROKERS", default_value = "127.0.0.1:9092")]
     pub brokers: String,
@@ -162,6 +169,66 @@ pub struct RunArgs {
     #[arg(long, env = "ROOMCAST_GROUP_ID", default_value = "roomcast-bridge")]
     pub group_id: String,
 
+    /// RabbitMQ's URL (`--broker amqp`): `amqp://` or `amqps://` (TLS, with
+    /// the platform's roots and --ca-file), user, host, port and vhost
+    /// (`%2f` for `/`), e.g. `amqps://bridge@rabbit:5671/roomcast`. Its
+    /// password never appears in logs or `/healthz`; prefer
+    /// --amqp-password-file to keep it out of the URL.
+    #[arg(
+        long,
+        env = "ROOMCAST_AMQP_URL",
+        hide_env_values = true,
+        default_value = "amqp://127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: AmqpUrl,
+
+    /// A file whose first line is the password of --amqp-url's user, in
+    /// place of any password in the URL.
+    #[arg(long, env = "ROOMCAST_AMQP_PASSWORD_FILE")]
+    pub amqp_password_file: Option<PathBuf>,
+
+    /// Durable topic exchange that receives every room message (routing
+    /// key = room name).
+    #[arg(
+        long,
+        env = "ROOMCAST_AMQP_EVENTS_EXCHANGE",
+        default_value = "roomcast.events"
+    )]
+    pub amqp_events_exchange: String,
+
+    /// Durable quorum queue whose messages are published into rooms; a
+    /// topic exchange of the same name is bound to it with `#`.
+    #[arg(
+        long,
+        env = "ROOMCAST_AMQP_INBOUND_QUEUE",
+        default_value = "roomcast.inbound"
+    )]
+    pub amqp_inbound_queue: String,
+
+    /// Durable fanout exchange for what cannot be delivered, either way
+    /// (also the inbound queue's `x-dead-letter-exchange`).
+    #[arg(
+        long,
+        env = "ROOMCAST_AMQP_DEAD_LETTER_EXCHANGE",
+        default_value = "roomcast.dlx"
+    )]
+    pub amqp_dead_letter_exchange: String,
+
+    /// Durable quorum queue bound to the dead-letter exchange.
+    #[arg(
+        long,
+        env = "ROOMCAST_AMQP_DEAD_LETTER_QUEUE",
+        default_value = "roomcast.dlq"
+    )]
+    pub amqp_dead_letter_queue: String,
+
+    /// Inbound deliveries held unacknowledged at once (basic.qos prefetch):
+    /// acks follow the oldest record not yet in its room, so this is also
+    /// how far other rooms run ahead of a room that keeps failing.
+    #[arg(long, env = "ROOMCAST_AMQP_PREFETCH", default_value = "1000",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub amqp_prefetch: u16,
+
     /// Where `/metrics` and `/healthz` are served. Loopback by default: put
     /// a scraper next to the bridge, or bind a private address deliberately.
     #[arg(long, env = "ROOMCAST_METRICS_ADDR", default_value = "127.0.0.1:9464")]
@@ -198,6 +265,15 @@ pub struct RunArgs {
     /// restarts, and unique per instance.
     #[arg(long, env = "ROOMCAST_INSTANCE_ID")]
     pub instance_id: Option<String>,
+}
+
+/// `kafka` or `amqp`.
+fn parse_broker(text: &str) -> Result<BrokerKind, String> {
+    match text {
+        "kafka" => Ok(BrokerKind::Kafka),
+        "amqp" => Ok(BrokerKind::Amqp),
+        other => Err(format!("{other:?} is no broker; use kafka or amqp")),
+    }
 }
 
 /// A token lifetime: a duration of at most a day.
@@ -318,6 +394,39 @@ mod tests {
         assert_eq!(cli.run.link_opens_per_sec, 50);
         assert_eq!(cli.run.max_in_flight_bytes, 64 << 20);
         assert!(!cli.run.allow_cleartext);
+        assert_eq!(cli.run.broker, BrokerKind::Kafka);
+        assert_eq!(cli.run.amqp_events_exchange, "roomcast.events");
+        assert_eq!(cli.run.amqp_inbound_queue, "roomcast.inbound");
+        assert_eq!(cli.run.amqp_dead_letter_exchange, "roomcast.dlx");
+        assert_eq!(cli.run.amqp_dead_letter_queue, "roomcast.dlq");
+        assert_eq!(cli.run.amqp_prefetch, 1000);
+        assert_eq!(cli.run.amqp_url.to_string(), "amqp://127.0.0.1:5672/%2f");
+    }
+
+    #[test]
+    fn amqp_flags() {
+        let secret = "pw-never-printed";
+        let url = format!("amqps://bridge:{secret}@rabbit:5671/roomcast");
+        let cli = Cli::try_parse_from([
+            "roomcast-bridge",
+            "--broker",
+            "amqp",
+            "--amqp-url",
+            &url,
+            "--amqp-prefetch",
+            "50",
+            "--amqp-inbound-queue",
+            "in",
+        ])
+        .unwrap();
+        assert_eq!(cli.run.broker, BrokerKind::Amqp);
+        assert_eq!(cli.run.amqp_prefetch, 50);
+        assert_eq!(cli.run.amqp_inbound_queue, "in");
+        // The parsed arguments may be logged whole: the password is not in them.
+        assert!(!format!("{cli:?}").contains(secret), "{cli:?}");
+        assert!(Cli::try_parse_from(["roomcast-bridge", "--broker", "rabbit"]).is_err());
+        assert!(Cli::try_parse_from(["roomcast-bridge", "--amqp-prefetch", "0"]).is_err());
+        assert!(Cli::try_parse_from(["roomcast-bridge", "--amqp-url", "rabbit:5672"]).is_err());
     }
 
     #[test]

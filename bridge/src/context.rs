@@ -1,13 +1,12 @@
 //! What every task of the bridge shares: who this instance is, how to reach
-//! the worker (URLs, TLS, the current token) and the broker, and where the
-//! metrics go. Built once at startup by the supervisor and handed to the
+//! the worker (URLs, TLS, the current token) and the broker (Kafka or
+//! RabbitMQ, behind `crate::broker`'s seam), and where the metrics go. Built once at startup by the supervisor and handed to the
 //! tasks; the tasks never reach back into the supervisor.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::broker::Sink;
-use crate::kafka::Kafka;
+use crate::broker::{Sink, Sources};
 use crate::limits::{InFlightBytes, Opens};
 use crate::metrics::Metrics;
 use crate::token::Tokens;
@@ -23,7 +22,9 @@ pub struct Bridge {
     pub tokens: Tokens,
     /// The worker's HTTP API, where inbound records are published.
     pub worker: Arc<WorkerApi>,
-    pub kafka: Kafka,
+    /// Where inbound records come from (the inbound topic's consumer group,
+    /// or the inbound queue).
+    pub sources: Arc<dyn Sources>,
     /// Room messages and dead letters go here.
     pub sink: Arc<dyn Sink>,
     pub metrics: Arc<Metrics>,

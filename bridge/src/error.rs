@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::amqp::config::ConfigError as AmqpConfigError;
 use crate::embedded::EmbeddedError;
 use crate::kafka::config::ConfigError;
 use crate::tls::TlsError;
@@ -44,6 +45,15 @@ pub enum StartError {
     },
     #[error(transparent)]
     Embedded(#[from] EmbeddedError),
+    #[error(transparent)]
+    AmqpConfig(#[from] AmqpConfigError),
+    #[error(
+        "RabbitMQ at {url} presented a certificate that does not verify ({reason}); \
+         if it is signed by a private CA or is a local certificate, pass the CA with --ca-file"
+    )]
+    AmqpCertificate { url: String, reason: String },
+    #[error("--embedded-kafka runs a Kafka broker: it cannot go with --broker amqp")]
+    EmbeddedWithAmqp,
     #[error("binding --metrics-addr {addr}: {source}")]
     Bind {
         addr: SocketAddr,

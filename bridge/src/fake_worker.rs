@@ -283,15 +283,7 @@ pub fn bridge(worker_url: &str, sink: Arc<dyn Sink>, spec: Spec, stop: Stop) -> 
         tls,
         tokens,
         worker,
-        kafka: Kafka {
-            brokers: "127.0.0.1:9".into(),
-            config: KafkaConfig::load(None, &[]).unwrap(),
-            events_topic: "events".into(),
-            inbound_topic: "inbound".into(),
-            dlq_topic: "dlq".into(),
-            group_id: "group".into(),
-            instance: "me".into(),
-        },
+        sources: Arc::new(kafka(&[])),
         sink,
         metrics: Arc::new(Metrics::default()),
         max_links: 10,
@@ -299,4 +291,19 @@ pub fn bridge(worker_url: &str, sink: Arc<dyn Sink>, spec: Spec, stop: Stop) -> 
         opens: Opens::per_sec(1000),
         in_flight: InFlightBytes::new(spec.in_flight),
     })
+}
+
+/// A Kafka client configuration for a broker that is nowhere, with the
+/// client properties `config`.
+pub fn kafka(config: &[&str]) -> Kafka {
+    let config: Vec<String> = config.iter().map(|p| p.to_string()).collect();
+    Kafka {
+        brokers: "127.0.0.1:9".into(),
+        config: KafkaConfig::load(None, &config).unwrap(),
+        events_topic: "events".into(),
+        inbound_topic: "inbound".into(),
+        dlq_topic: "dlq".into(),
+        group_id: "group".into(),
+        instance: "me".into(),
+    }
 }

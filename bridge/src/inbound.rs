@@ -1,4 +1,4 @@
-//! Broker → rooms (docs/bridge.md, "Kafka mapping"): takes records from the [`Source`], sends
+//! Broker → rooms (docs/bridge.md, "Kafka mapping" and "RabbitMQ mapping"): takes records from the [`Source`], sends
 //! each to its room's [`Lane`], and commits a partition's position once
 //! every record before it is in its room or in the dead-letter topic.
 //!
@@ -25,7 +25,6 @@ use crate::backoff::Backoff;
 use crate::broker::{DeadLetter, Record, Source, SourceError};
 use crate::context::Bridge;
 use crate::dlq;
-use crate::kafka::source::KafkaSource;
 use crate::lane::{Finished, Lane, Ready, Shared};
 use crate::offsets::Offsets;
 use crate::stop::Stop;
@@ -37,8 +36,9 @@ const MAX_HELD_BYTES: usize = 64 * 1024 * 1024;
 /// How long a shutdown waits for lanes to finish what they are publishing.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Consumes until stopped; a consumer that hits a fatal error is rebuilt,
-/// and `/healthz` reports the consumer down meanwhile.
+/// Consumes until stopped; a source that fails for good (a fatal consumer
+/// error, a lost connection or channel) is opened again with backoff, and
+/// `/healthz` reports the consumer down meanwhile.
 pub async fn run(bridge: Arc<Bridge>, mut stop: Stop) {
     let shared = Shared {
         rooms: bridge.worker.clone(),
@@ -47,15 +47,19 @@ pub async fn run(bridge: Arc<Bridge>, mut stop: Stop) {
     };
     let mut backoff = Backoff::network();
     loop {
-        match KafkaSource::subscribe(&bridge.kafka) {
+        // Opening first: a source that opens at once (Kafka's) is relayed,
+        // and the relay drains it, even when the stop came first.
+        let opened = tokio::select! {
+            biased;
+            opened = bridge.sources.open() => opened,
+            _ = stop.stopping() => return,
+        };
+        match opened {
             Ok(mut source) => {
+                backoff.reset();
                 bridge.metrics.set_consumer_up(true);
-                info!(
-                    topic = bridge.kafka.inbound_topic,
-                    group = bridge.kafka.group_id,
-                    "consuming"
-                );
-                match relay(&mut source, &shared, stop.clone()).await {
+                info!(from = %bridge.sources.describe(), "consuming");
+                match relay(&mut *source, &shared, stop.clone()).await {
                     Ended::Stopped => return,
                     Ended::Fatal(why) => error!("the consumer failed ({why}); rebuilding it"),
                 }
@@ -238,7 +242,7 @@ impl Dispatcher<'_> {
                 }
             }
         }
-        if let Err(e) = source.close() {
+        if let Err(e) = source.close().await {
             warn!("final commit: {e}");
         }
     }

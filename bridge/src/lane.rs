@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::backoff::Backoff;
-use crate::broker::{DeadLetter, Position, Record, Sink};
+use crate::broker::{DeadLetter, Position, PositionKind, Record, Sink};
 use crate::dlq;
 use crate::metrics::{Metrics, TO_ROOM};
 use crate::stop::Stop;
@@ -46,11 +46,14 @@ impl Ready {
             data: &self.data,
             id: &self.record.id,
             trace: self.record.trace.as_deref(),
-            kafka: KafkaPosition {
+            // Only a log's offset names the record for good; a delivery
+            // tag names one delivery on one channel, and a room that took it
+            // as an offset would refuse the next channel's records as old.
+            kafka: (self.record.kind == PositionKind::Offset).then(|| KafkaPosition {
                 topic: self.record.topic.to_string(),
                 partition: self.record.position.partition,
                 offset: self.record.position.offset,
-            },
+            }),
         }
     }
 
@@ -271,6 +274,7 @@ mod tests {
                 partition: 0,
                 offset: 0,
             },
+            kind: PositionKind::Offset,
             key: Some(b"r".to_vec()),
             value: None,
             id: "kafka:in:0:0".into(),
@@ -289,6 +293,38 @@ mod tests {
         let attempts = rooms.attempts.lock().unwrap();
         assert_eq!(attempts.len(), 2);
         attempts[1] - attempts[0]
+    }
+
+    #[test]
+    fn only_a_log_offset_is_sent_to_the_room_as_a_place() {
+        let ready = |kind| Ready {
+            record: Record {
+                topic: "in".into(),
+                position: Position {
+                    partition: 1,
+                    offset: 9,
+                },
+                kind,
+                key: Some(b"r".to_vec()),
+                value: None,
+                id: "m".into(),
+                trace: None,
+                timestamp_ms: None,
+            },
+            data: RawValue::from_string("1".into()).unwrap(),
+        };
+        let kafka = ready(PositionKind::Offset);
+        assert_eq!(
+            kafka.outgoing().kafka,
+            Some(KafkaPosition {
+                topic: "in".into(),
+                partition: 1,
+                offset: 9
+            })
+        );
+        // A delivery tag told to the room as an offset would make it refuse
+        // the next channel's deliveries 1..9 as already stored.
+        assert_eq!(ready(PositionKind::DeliveryTag).outgoing().kafka, None);
     }
 
     #[tokio::test(start_paused = true)]

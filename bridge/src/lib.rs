@@ -1,20 +1,23 @@
-//! roomcast-bridge: relays every room's messages to Kafka and Kafka records
-//! into rooms, at least once, with a dead-letter topic and Prometheus
-//! metrics.
+//! roomcast-bridge: relays every room's messages to a broker (Kafka, or
+//! RabbitMQ) and the broker's records into rooms, at least once, with dead
+//! letters and Prometheus metrics.
 //!
-//! Follow a message from a room to Kafka: `registry_link` learns the rooms
-//! this instance owns, `outbound` holds each room's `link` and hands its
-//! messages to the `broker::Sink` (Kafka's is `kafka::sink`). The other
-//! way: `inbound` takes records from the `broker::Source` (`kafka::source`)
-//! and gives each to its room's `lane`, which publishes through
-//! `worker_api`; `offsets` decides what may be committed. `dlq` writes what
-//! cannot be delivered. What the room links may spend together is bounded
-//! by `room_tasks` (how many at once) and `limits` (opens per second, bytes
-//! in flight). Around them: `supervisor` (start, task tree,
-//! shutdown), `context` (what the tasks share), `stop` (the shutdown signal
-//! and the one way to wait), `token` and `tls` (credentials and trust for
-//! the worker), `metrics` and `endpoint` (what operators watch).
+//! Follow a message from a room to the broker: `registry_link` learns the
+//! rooms this instance owns, `outbound` holds each room's `link` and hands
+//! its messages to the `broker::Sink` (Kafka's is `kafka::sink`,
+//! RabbitMQ's `amqp::sink`). The other way: `inbound` takes records from
+//! the `broker::Source` (`kafka::source`, `amqp::source`) and gives each to
+//! its room's `lane`, which publishes through `worker_api`; `offsets`
+//! decides what may be committed (a Kafka offset, a RabbitMQ ack). `dlq`
+//! writes what cannot be delivered. What the room links may spend together
+//! is bounded by `room_tasks` (how many at once) and `limits` (opens per
+//! second, bytes in flight). Around them: `supervisor` (start, which
+//! broker, task tree, shutdown), `context` (what the tasks share), `stop`
+//! (the shutdown signal and the one way to wait), `token` and `tls`
+//! (credentials and trust for the worker and RabbitMQ), `metrics` and
+//! `endpoint` (what operators watch).
 
+pub mod amqp;
 pub mod backoff;
 pub mod broker;
 pub mod cli;

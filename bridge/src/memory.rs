@@ -237,8 +237,8 @@ impl Source for MemorySource {
         Ok(())
     }
 
-    fn close(&mut self) -> Result<(), SourceError> {
+    fn close(&mut self) -> BoxFuture<'_, Result<(), SourceError>> {
         self.closed = true;
-        Ok(())
+        futures_util::future::ready(Ok(())).boxed()
     }
 }

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Mutex;
 
 use prometheus::{
@@ -16,9 +16,11 @@ use prometheus::{
 };
 use roomcast_protocol::stats::StatsReport;
 
+use crate::broker::BrokerKind;
+
 /// Every series name the bridge exports, which dashboards and alerts may
 /// query (docs/bridge.md, "Metrics").
-pub const METRIC_NAMES: [&str; 19] = [
+pub const METRIC_NAMES: [&str; 20] = [
     "roomcast_room_connections",
     "roomcast_room_shards",
     "roomcast_room_messages_total",
@@ -38,14 +40,45 @@ pub const METRIC_NAMES: [&str; 19] = [
     "roomcast_bridge_links",
     "roomcast_bridge_links_max",
     "roomcast_bridge_links_waiting",
+    "roomcast_bridge_broker",
 ];
 
-/// Relay directions, the `direction` label.
-pub const TO_KAFKA: &str = "to_kafka";
+/// The relay direction into rooms, the `direction` label (the other way
+/// is `to_<broker>`: [`BrokerKind::direction`]).
 pub const TO_ROOM: &str = "to_room";
+
+/// The broker's part of `/healthz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerHealth {
+    Down = 0,
+    Up = 1,
+    /// Connected, but the broker stopped taking publishes (RabbitMQ's
+    /// connection.blocked: a memory or disk alarm).
+    Blocked = 2,
+}
+
+impl BrokerHealth {
+    fn as_str(self) -> &'static str {
+        match self {
+            BrokerHealth::Down => "down",
+            BrokerHealth::Up => "up",
+            BrokerHealth::Blocked => "blocked",
+        }
+    }
+
+    fn from_u8(value: u8) -> BrokerHealth {
+        match value {
+            1 => BrokerHealth::Up,
+            2 => BrokerHealth::Blocked,
+            _ => BrokerHealth::Down,
+        }
+    }
+}
 
 pub struct Metrics {
     registry: Registry,
+    /// The broker relayed to: the `broker` label and `/healthz`'s name for it.
+    broker: BrokerKind,
     pub link_up: IntGaugeVec,
     pub link_reconnects: IntCounterVec,
     pub outbox_pending: IntGaugeVec,
@@ -65,8 +98,9 @@ pub struct Metrics {
 /// What `/healthz` is made of; every part must be up.
 #[derive(Default)]
 struct Health {
-    /// Kafka answers metadata requests.
-    kafka: AtomicBool,
+    /// The broker answers (Kafka: a metadata request; RabbitMQ: the
+    /// publishing connection is open), as a [`BrokerHealth`].
+    broker: AtomicU8,
     /// The registry link to the worker is open.
     worker: AtomicBool,
     /// The inbound consumer is running (false while it is rebuilt).
@@ -84,7 +118,14 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registr
 }
 
 impl Default for Metrics {
+    /// A Kafka bridge's metrics.
     fn default() -> Self {
+        Metrics::new(BrokerKind::Kafka)
+    }
+}
+
+impl Metrics {
+    pub fn new(broker: BrokerKind) -> Self {
         let registry = Registry::new();
         let gauge = |name: &str, help: &str, labels: &[&str]| {
             register(
@@ -155,18 +196,37 @@ impl Default for Metrics {
                 "Rooms announced to this instance that wait for a link",
             ),
             registry,
+            broker,
             rooms: Mutex::new(BTreeMap::new()),
             health: Health::default(),
         };
-        for direction in [TO_KAFKA, TO_ROOM] {
+        for direction in [broker.direction(), TO_ROOM] {
             metrics.relayed.with_label_values(&[direction]);
             metrics.relay_seconds.with_label_values(&[direction]);
         }
+        // An info series: which broker this instance relays to, joinable
+        // with every other series of the instance.
+        register(
+            &metrics.registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "roomcast_bridge_broker",
+                    "1, labelled with the broker this instance relays to (--broker)",
+                ),
+                &["broker"],
+            )
+            .expect("valid gauge"),
+        )
+        .with_label_values(&[broker.as_str()])
+        .set(1);
         metrics
     }
-}
 
-impl Metrics {
+    /// The `direction` label of what is stored in the broker.
+    pub fn to_broker(&self) -> &'static str {
+        self.broker.direction()
+    }
+
     /// Drops every series of a room whose link this instance no longer
     /// holds (retired, idle, or relayed by another instance).
     pub fn forget_room(&self, room: &str) {
@@ -186,8 +246,8 @@ impl Metrics {
         rooms.insert(report.room.clone(), report);
     }
 
-    pub fn set_kafka_up(&self, up: bool) {
-        self.health.kafka.store(up, Ordering::Relaxed);
+    pub fn set_broker(&self, health: BrokerHealth) {
+        self.health.broker.store(health as u8, Ordering::Relaxed);
     }
 
     pub fn set_worker_up(&self, up: bool) {
@@ -204,23 +264,27 @@ impl Metrics {
         self.health.publish_outage.store(!ok, Ordering::Relaxed);
     }
 
-    /// `(healthy, detail)` for `/healthz`.
+    /// `(healthy, detail)` for `/healthz`: the broker's part is named
+    /// after it (`kafka` or `amqp`), and `broker` says which it is.
     pub fn health(&self) -> (bool, String) {
         let h = &self.health;
+        let broker = BrokerHealth::from_u8(h.broker.load(Ordering::Relaxed));
+        let up = |up: bool| if up { "up" } else { "down" };
         let parts = [
-            ("kafka", h.kafka.load(Ordering::Relaxed)),
-            ("worker", h.worker.load(Ordering::Relaxed)),
-            ("consumer", h.consumer.load(Ordering::Relaxed)),
-            ("publish", !h.publish_outage.load(Ordering::Relaxed)),
+            (self.broker.as_str(), broker.as_str()),
+            ("worker", up(h.worker.load(Ordering::Relaxed))),
+            ("consumer", up(h.consumer.load(Ordering::Relaxed))),
+            ("publish", up(!h.publish_outage.load(Ordering::Relaxed))),
         ];
-        let healthy = parts.iter().all(|(_, up)| *up);
+        let healthy = parts.iter().all(|(_, state)| *state == "up");
         let mut body = serde_json::Map::new();
         body.insert(
             "status".into(),
             (if healthy { "ok" } else { "degraded" }).into(),
         );
-        for (name, up) in parts {
-            body.insert(name.into(), (if up { "up" } else { "down" }).into());
+        body.insert("broker".into(), self.broker.as_str().into());
+        for (name, state) in parts {
+            body.insert(name.into(), state.into());
         }
         (healthy, serde_json::Value::Object(body).to_string())
     }
@@ -438,7 +502,7 @@ mod tests {
     fn health_needs_every_part() {
         let m = Metrics::default();
         assert!(!m.health().0);
-        m.set_kafka_up(true);
+        m.set_broker(BrokerHealth::Up);
         m.set_worker_up(true);
         m.set_consumer_up(true);
         assert!(m.health().0);
@@ -446,5 +510,33 @@ mod tests {
         let (healthy, body) = m.health();
         assert!(!healthy);
         assert!(body.contains(r#""publish":"down""#), "{body}");
+    }
+
+    #[test]
+    fn an_amqp_bridge_names_its_broker_in_health_and_series() {
+        let m = Metrics::new(BrokerKind::Amqp);
+        m.set_worker_up(true);
+        m.set_consumer_up(true);
+        m.set_broker(BrokerHealth::Blocked);
+        let (healthy, body) = m.health();
+        assert!(!healthy, "a blocked connection is not healthy: {body}");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (body["broker"].as_str(), body["amqp"].as_str()),
+            (Some("amqp"), Some("blocked"))
+        );
+        assert!(body.get("kafka").is_none(), "{body}");
+        m.set_broker(BrokerHealth::Up);
+        assert!(m.health().0);
+        let text = m.render();
+        assert!(
+            text.contains(r#"roomcast_bridge_broker{broker="amqp"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"roomcast_bridge_relayed_total{direction="to_amqp"} 0"#),
+            "{text}"
+        );
+        assert!(!text.contains("to_kafka"), "{text}");
     }
 }

@@ -34,7 +34,7 @@ use crate::broker::{DeadLetter, Delivery, Sink, SinkError};
 use crate::context::Bridge;
 use crate::dlq;
 use crate::link::{Link, LinkError};
-use crate::metrics::{Metrics, TO_KAFKA};
+use crate::metrics::Metrics;
 use crate::stop::Stop;
 
 /// How often confirmed progress is acknowledged to the room.
@@ -389,7 +389,7 @@ impl Pending {
                             id = message.id,
                             seq = message.seq,
                             reason,
-                            "Kafka refused the message for good: {detail}"
+                            "the broker refused the message for good: {detail}"
                         );
                         let value = serde_json::to_vec(message).unwrap_or_default();
                         let letter = DeadLetter::message(message, value, &reason);
@@ -407,7 +407,7 @@ impl Pending {
                     Err(SinkError::Unavailable(why)) => {
                         let message = &front.message;
                         return Err(format!(
-                            "Kafka did not take message {} (seq {}): {why}",
+                            "the broker did not take message {} (seq {}): {why}",
                             message.id, message.seq
                         ));
                     }
@@ -430,17 +430,18 @@ impl Pending {
             .expect("confirming the front message");
         let message = done.message;
         if matches!(done.stage, Stage::Delivering(_)) {
-            self.metrics.relayed.with_label_values(&[TO_KAFKA]).inc();
+            let direction = self.metrics.to_broker();
+            self.metrics.relayed.with_label_values(&[direction]).inc();
             let age = now_ms().saturating_sub(message.ts) as f64 / 1000.0;
             self.metrics
                 .relay_seconds
-                .with_label_values(&[TO_KAFKA])
+                .with_label_values(&[direction])
                 .observe(age);
             debug!(
                 room = message.room,
                 id = message.id,
                 seq = message.seq,
-                "delivered to Kafka"
+                "delivered to the broker"
             );
         }
         self.confirmed = Some(message.seq);

@@ -1,8 +1,10 @@
 //! Starting and stopping the bridge: everything that can be wrong with its
 //! configuration is found before any task starts (credentials, TLS, the
-//! worker's certificate, Kafka properties), then the task tree runs
-//! (metrics endpoint, Kafka probe, registry link with its room links, the
-//! inbound relay) until SIGTERM or SIGINT, and drains in order.
+//! worker's certificate, Kafka properties or RabbitMQ's URL and password
+//! file), then the task tree runs (metrics endpoint, broker probe, registry
+//! link with its room links, the inbound relay) until SIGTERM or SIGINT,
+//! and drains in order. This is the one place that knows which broker runs:
+//! it builds the broker's sink and sources and hands the tasks the seam.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,13 +13,16 @@ use roomcast_protocol::signing::SigningKey;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
+use crate::amqp::sink::AmqpSink;
+use crate::amqp::{Amqp, Target};
+use crate::broker::{BrokerKind, Sink, Sources};
 use crate::cli::RunArgs;
 use crate::context::Bridge;
 use crate::error::StartError;
 use crate::kafka::sink::KafkaSink;
 use crate::kafka::{reachable, Kafka, KafkaConfig};
 use crate::limits::{InFlightBytes, Opens};
-use crate::metrics::Metrics;
+use crate::metrics::{BrokerHealth, Metrics};
 use crate::stop::Stop;
 use crate::token::TokenSource;
 use crate::worker_api::{WorkerApi, WorkerUrls};
@@ -25,7 +30,7 @@ use crate::{embedded, endpoint, inbound, registry_link, tls};
 
 /// How long startup waits for Kafka to create missing topics.
 const TOPICS_TIMEOUT: Duration = Duration::from_secs(15);
-/// How often Kafka's reachability is checked for `/healthz`.
+/// How often the broker's reachability is checked for `/healthz`.
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// How long a shutdown may take in all.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -55,7 +60,7 @@ pub async fn run(args: RunArgs) -> Result<(), StartError> {
     check_worker(&worker).await?;
     // `/healthz` answers from here on (503 until everything is up), so an
     // orchestrator sees a bridge that is starting, not a dead one.
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::new(args.broker));
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .map_err(|source| StartError::Bind {
@@ -69,12 +74,81 @@ pub async fn run(args: RunArgs) -> Result<(), StartError> {
         stop.clone(),
     ));
 
+    // Kept alive until the bridge stops.
+    let mut _embedded = None;
+    let (broker, sources): (Broker, Arc<dyn Sources>) = match args.broker {
+        BrokerKind::Kafka => {
+            let kafka = kafka(&args, &instance, &mut _embedded).await?;
+            let sink = KafkaSink::new(kafka.clone()).map_err(|source| StartError::Kafka {
+                client: "producer",
+                source,
+            })?;
+            (Broker::Kafka(Arc::new(sink)), Arc::new(kafka))
+        }
+        BrokerKind::Amqp => {
+            if args.embedded_kafka {
+                return Err(StartError::EmbeddedWithAmqp);
+            }
+            let amqp = Amqp {
+                target: Target::load(&args.amqp_url, args.amqp_password_file.as_deref())?,
+                tls: tls.clone(),
+                events_exchange: args.amqp_events_exchange.clone(),
+                inbound_queue: args.amqp_inbound_queue.clone(),
+                dead_letter_exchange: args.amqp_dead_letter_exchange.clone(),
+                dead_letter_queue: args.amqp_dead_letter_queue.clone(),
+                prefetch: args.amqp_prefetch,
+                instance: instance.clone(),
+            };
+            info!(
+                url = amqp.target.shown(),
+                user = amqp.target.username(),
+                "RabbitMQ"
+            );
+            check_amqp(&amqp).await?;
+            let sink = AmqpSink::new(amqp.clone());
+            (Broker::Amqp(Arc::new(sink)), Arc::new(amqp))
+        }
+    };
+
+    let bridge = Arc::new(Bridge {
+        instance: instance.clone(),
+        urls,
+        tls,
+        tokens,
+        worker,
+        sources,
+        sink: broker.sink(),
+        metrics,
+        max_links: args.max_links as usize,
+        link_idle: Duration::from_secs(args.link_idle),
+        opens: Opens::per_sec(args.link_opens_per_sec),
+        in_flight: InFlightBytes::new(args.max_in_flight_bytes),
+    });
+    info!(instance, worker = args.worker_url, broker = %args.broker, metrics = %args.metrics_addr, "bridge running");
+    let running = tokio::spawn(tasks(bridge, broker, endpoint, stop));
+    tokio::select! {
+        _ = terminate.recv() => info!("SIGTERM: draining"),
+        _ = interrupt.recv() => info!("SIGINT: draining"),
+    }
+    trigger.fire();
+    tokio::time::timeout(SHUTDOWN_TIMEOUT, running)
+        .await
+        .map(|_| ())
+        .map_err(|_| StartError::SlowShutdown(SHUTDOWN_TIMEOUT))
+}
+
+/// Kafka's clients as the flags configure them (the embedded cluster,
+/// started and kept in `embedded`, with `--embedded-kafka`), and the
+/// topics' creation started in the background.
+async fn kafka(
+    args: &RunArgs,
+    instance: &str,
+    embedded: &mut Option<embedded::Embedded>,
+) -> Result<Kafka, StartError> {
     let config = KafkaConfig::load(args.kafka_config_file.as_deref(), &args.kafka_config)?;
     if !config.describe().is_empty() {
         info!(properties = config.describe(), "Kafka client properties");
     }
-    // Kept alive until the bridge stops.
-    let mut _embedded = None;
     let brokers = if args.embedded_kafka {
         let topics = [&args.events_topic, &args.inbound_topic, &args.dlq_topic].map(String::as_str);
         let cluster = embedded::start(&topics).await?;
@@ -84,7 +158,7 @@ pub async fn run(args: RunArgs) -> Result<(), StartError> {
             cluster.bootstrap
         );
         let brokers = cluster.bootstrap.clone();
-        _embedded = Some(cluster);
+        *embedded = Some(cluster);
         brokers
     } else {
         args.brokers.clone()
@@ -96,43 +170,59 @@ pub async fn run(args: RunArgs) -> Result<(), StartError> {
         inbound_topic: args.inbound_topic.clone(),
         dlq_topic: args.dlq_topic.clone(),
         group_id: args.group_id.clone(),
-        instance: instance.clone(),
+        instance: instance.to_owned(),
     };
     if !args.embedded_kafka {
         tokio::spawn(create_topics(kafka.clone()));
     }
-    let sink = Arc::new(
-        KafkaSink::new(kafka.clone()).map_err(|source| StartError::Kafka {
-            client: "producer",
-            source,
-        })?,
-    );
+    Ok(kafka)
+}
 
-    let bridge = Arc::new(Bridge {
-        instance: instance.clone(),
-        urls,
-        tls,
-        tokens,
-        worker,
-        kafka,
-        sink: sink.clone(),
-        metrics,
-        max_links: args.max_links as usize,
-        link_idle: Duration::from_secs(args.link_idle),
-        opens: Opens::per_sec(args.link_opens_per_sec),
-        in_flight: InFlightBytes::new(args.max_in_flight_bytes),
-    });
-    info!(instance, worker = args.worker_url, metrics = %args.metrics_addr, "bridge running");
-    let running = tokio::spawn(tasks(bridge, sink, endpoint, stop));
-    tokio::select! {
-        _ = terminate.recv() => info!("SIGTERM: draining"),
-        _ = interrupt.recv() => info!("SIGINT: draining"),
+/// The broker's own handle, for what the seam does not cover: its health
+/// probe and the last flush on shutdown.
+enum Broker {
+    Kafka(Arc<KafkaSink>),
+    Amqp(Arc<AmqpSink>),
+}
+
+impl Broker {
+    fn sink(&self) -> Arc<dyn Sink> {
+        match self {
+            Broker::Kafka(sink) => sink.clone(),
+            Broker::Amqp(sink) => sink.clone(),
+        }
     }
-    trigger.fire();
-    tokio::time::timeout(SHUTDOWN_TIMEOUT, running)
-        .await
-        .map(|_| ())
-        .map_err(|_| StartError::SlowShutdown(SHUTDOWN_TIMEOUT))
+
+    /// Whether the broker answers now.
+    async fn health(&self) -> BrokerHealth {
+        match self {
+            Broker::Kafka(sink) => {
+                let producer = sink.producer();
+                let up = tokio::task::spawn_blocking(move || reachable(&producer))
+                    .await
+                    .unwrap_or(false);
+                if up {
+                    BrokerHealth::Up
+                } else {
+                    BrokerHealth::Down
+                }
+            }
+            Broker::Amqp(sink) => sink.health().await,
+        }
+    }
+
+    /// Sends what is still queued (Kafka) or waits for the confirms still
+    /// outstanding (RabbitMQ), bounded.
+    async fn finish(&self, timeout: Duration) {
+        match self {
+            Broker::Kafka(sink) => {
+                if let Err(e) = sink.flush(timeout) {
+                    warn!("flushing the producer: {e}");
+                }
+            }
+            Broker::Amqp(sink) => sink.close(timeout).await,
+        }
+    }
 }
 
 /// Where the bridge's token comes from; exactly one source is given (the
@@ -203,6 +293,28 @@ async fn check_worker(worker: &WorkerApi) -> Result<(), StartError> {
     }
 }
 
+/// Reaches RabbitMQ once, as the worker is reached: a certificate that does
+/// not verify stops the bridge here, with the URL; a broker that is merely
+/// down (or refuses the credentials) is waited for, and `/healthz` says so.
+async fn check_amqp(amqp: &Amqp) -> Result<(), StartError> {
+    match amqp.connect("startup check").await {
+        Ok((connection, _channel)) => {
+            let _ = connection.close(200, "checked".into()).await;
+            Ok(())
+        }
+        Err(e) => match tls::certificate_problem(&e) {
+            Some(reason) => Err(StartError::AmqpCertificate {
+                url: amqp.target.shown().to_owned(),
+                reason,
+            }),
+            None => {
+                warn!("RabbitMQ is not reachable yet ({e}); retrying in the background");
+                Ok(())
+            }
+        },
+    }
+}
+
 /// Creates the topics that are missing, in the background: a cluster that is
 /// slow to answer (or refuses the bridge's credentials) must not hold the
 /// bridge's start, and `/healthz` and the log say what is wrong meanwhile.
@@ -214,18 +326,15 @@ async fn create_topics(kafka: Kafka) {
     }
 }
 
-/// The task tree, until `stop`; then the producer's queue is flushed.
+/// The task tree, until `stop`; then the broker's client is flushed.
 async fn tasks(
     bridge: Arc<Bridge>,
-    sink: Arc<KafkaSink>,
+    broker: Broker,
     endpoint: tokio::task::JoinHandle<()>,
     stop: Stop,
 ) {
-    let probe = tokio::spawn(probe_kafka(
-        sink.clone(),
-        bridge.metrics.clone(),
-        stop.clone(),
-    ));
+    let broker = Arc::new(broker);
+    let probe = tokio::spawn(probe(broker.clone(), bridge.metrics.clone(), stop.clone()));
     let rooms = tokio::spawn(registry_link::run(bridge.clone(), stop.clone()));
     let inbound = tokio::spawn(inbound::run(bridge.clone(), stop.clone()));
     for (name, task) in [
@@ -238,19 +347,13 @@ async fn tasks(
             warn!("{name} task failed: {e}");
         }
     }
-    if let Err(e) = sink.flush(Duration::from_secs(10)) {
-        warn!("flushing the producer: {e}");
-    }
+    broker.finish(Duration::from_secs(10)).await;
     info!("bridge stopped");
 }
 
-async fn probe_kafka(sink: Arc<KafkaSink>, metrics: Arc<Metrics>, mut stop: Stop) {
+async fn probe(broker: Arc<Broker>, metrics: Arc<Metrics>, mut stop: Stop) {
     loop {
-        let producer = sink.producer();
-        let up = tokio::task::spawn_blocking(move || reachable(&producer))
-            .await
-            .unwrap_or(false);
-        metrics.set_kafka_up(up);
+        metrics.set_broker(broker.health().await);
         if !stop.sleep(PROBE_INTERVAL).await {
             return;
         }

@@ -125,16 +125,19 @@ fn encode(value: &str) -> String {
 }
 
 /// One message of a batch publish; `data` is the record value, verbatim.
-/// `kafka` is where it was consumed: the room keeps the highest offset it
-/// stored per topic-partition, so a record consumed again after a crash is
-/// a duplicate there however long ago it was stored.
+/// `kafka` is where it was consumed, for a record of a log: the room keeps
+/// the highest offset it stored per topic-partition, so a record consumed
+/// again after a crash is a duplicate there however long ago it was
+/// stored. A queue's delivery names no record for good, so its records go
+/// without one (the room knows them again by `id` alone).
 #[derive(Debug, Serialize)]
 pub struct Outgoing<'a> {
     pub data: &'a RawValue,
     pub id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace: Option<&'a str>,
-    pub kafka: KafkaPosition,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaPosition>,
 }
 
 #[derive(Serialize)]
@@ -326,11 +329,11 @@ mod tests {
             data: &data,
             id: "kafka:in:2:7",
             trace: None,
-            kafka: KafkaPosition {
+            kafka: Some(KafkaPosition {
                 topic: "in".into(),
                 partition: 2,
                 offset: 7,
-            },
+            }),
         }];
         let body = serde_json::to_value(Batch {
             messages: &messages,
@@ -415,11 +418,11 @@ mod tests {
             data: &data,
             id: "a",
             trace: None,
-            kafka: KafkaPosition {
+            kafka: Some(KafkaPosition {
                 topic: "in".into(),
                 partition: 0,
                 offset: 1,
-            },
+            }),
         }];
         match api.publish("r", &batch).await {
             Err(PublishError::Outage(why)) => assert!(

@@ -1,6 +1,8 @@
-//! The Kafka bridge as the suites and the benchmarks run it: the real
-//! `roomcast-bridge` binary against a [`Worker`] and a [`Broker`], with its
-//! `/metrics` and `/healthz` on a loopback port of its own.
+//! The bridge as the suites and the benchmarks run it: the real
+//! `roomcast-bridge` binary against a [`Worker`] and a broker (a Kafka
+//! [`Broker`] or a [`crate::RabbitMq`], each saying its own flags through
+//! [`BridgeBroker`]), with its `/metrics` and `/healthz` on a loopback
+//! port of its own.
 //!
 //! The tests run the debug build with debug logs ([`BridgeProcess::start`]);
 //! the benchmarks run the release build with warnings only, which is all a
@@ -24,6 +26,27 @@ pub enum CaFile {
     Omitted,
 }
 
+/// A broker the bridge can run against: the flags that point it there.
+pub trait BridgeBroker {
+    /// The broker's flags, leaving out those `extra` names itself.
+    fn bridge_args(&self, extra: &[&str]) -> Vec<String>;
+}
+
+impl BridgeBroker for Broker {
+    /// `--brokers`, and the broker's client properties as `--kafka-config`
+    /// unless `extra` gives a `--kafka-config-file`.
+    fn bridge_args(&self, extra: &[&str]) -> Vec<String> {
+        let mut args = vec!["--brokers".to_owned(), self.address.clone()];
+        if !extra.contains(&"--kafka-config-file") {
+            for (name, value) in self.kafka_config() {
+                args.push("--kafka-config".into());
+                args.push(format!("{name}={value}"));
+            }
+        }
+        args
+    }
+}
+
 /// A running `roomcast-bridge`.
 pub struct BridgeProcess {
     pub service: Service,
@@ -35,7 +58,7 @@ impl BridgeProcess {
     /// with `extra` flags, and waits until its `/healthz` answers 200.
     pub async fn start(
         worker: &Worker,
-        broker: &Broker,
+        broker: &dyn BridgeBroker,
         instance: &str,
         extra: &[&str],
     ) -> BridgeProcess {
@@ -46,14 +69,15 @@ impl BridgeProcess {
 
     /// Starts the bridge binary (built by `make test`; `ROOMCAST_BRIDGE_BIN`
     /// overrides) with `--worker-url worker_url` and what `broker` needs
-    /// (`--kafka-config` for TLS), and returns at once, so a test can also
+    /// ([`BridgeBroker::bridge_args`]), and returns at once, so a test can also
     /// watch it fail ([`Service::exited_within`],
     /// [`Service::log_tail`]). Credentials default to `--jwt-secret` and
-    /// Kafka properties to the broker's; `extra` replaces either by naming
-    /// its own (`--jwt-key-file`, `--token-file`, ...; `--kafka-config-file`).
+    /// broker settings to the broker's; `extra` replaces either by naming
+    /// its own (`--jwt-key-file`, `--token-file`, ...; `--kafka-config-file`,
+    /// `--amqp-url`).
     pub fn spawn(
         worker_url: &str,
-        broker: &Broker,
+        broker: &dyn BridgeBroker,
         instance: &str,
         ca: CaFile,
         extra: &[&str],
@@ -109,7 +133,7 @@ impl BridgeCommand {
     pub async fn start(
         &self,
         worker: &Worker,
-        broker: &Broker,
+        broker: &dyn BridgeBroker,
         instance: &str,
         extra: &[&str],
     ) -> BridgeProcess {
@@ -128,7 +152,7 @@ impl BridgeCommand {
     pub fn spawn(
         &self,
         worker_url: &str,
-        broker: &Broker,
+        broker: &dyn BridgeBroker,
         instance: &str,
         ca: CaFile,
         extra: &[&str],
@@ -136,7 +160,7 @@ impl BridgeCommand {
         let metrics = format!("127.0.0.1:{}", free_port());
         let mut cmd = Command::new(&self.binary);
         cmd.args(["--worker-url", worker_url])
-            .args(["--brokers", &broker.address])
+            .args(broker.bridge_args(extra))
             .args(["--metrics-addr", &metrics])
             .args(["--instance-id", instance]);
         let names = |flags: &[&str]| extra.iter().any(|arg| flags.contains(arg));
@@ -145,11 +169,6 @@ impl BridgeCommand {
         }
         if let CaFile::TestCa = ca {
             cmd.arg("--ca-file").arg(ca_file());
-        }
-        if !names(&["--kafka-config-file"]) {
-            for (name, value) in broker.kafka_config() {
-                cmd.args(["--kafka-config", &format!("{name}={value}")]);
-            }
         }
         cmd.args(extra).env("RUST_LOG", self.log_filter);
         let log = fresh_dir("bridge").join(format!("{instance}.log"));

@@ -20,14 +20,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::{Message as _, OwnedMessage};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::net::TcpStream;
-use tokio::time::{sleep, Instant};
 
+use crate::process::wait_listening;
 use crate::tls::{ca_file, server_cert};
 use crate::{free_port, fresh_dir, room, Service};
-
-/// How long tansu and socat may take to accept connections.
-const LISTEN: Duration = Duration::from_secs(30);
 
 /// The SCRAM user [`Broker::start_sasl`] creates.
 pub const SASL_USER: &str = "roomcast-bridge";
@@ -264,17 +260,4 @@ async fn terminate_tls(port: u16, internal: &str) -> Service {
     let terminator = Service::spawn("socat", cmd, fresh_dir("socat").join("socat.log"));
     wait_listening(&format!("127.0.0.1:{port}"), &terminator).await;
     terminator
-}
-
-/// Waits until `address` accepts TCP connections, or panics with `service`'s log.
-async fn wait_listening(address: &str, service: &Service) {
-    let deadline = Instant::now() + LISTEN;
-    while TcpStream::connect(address).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "{address} did not listen within {LISTEN:?}\n{}",
-            service.log_tail()
-        );
-        sleep(Duration::from_millis(100)).await;
-    }
 }

@@ -1,5 +1,6 @@
 //! Harness for the end-to-end tests and the benchmarks: the real worker
-//! under `wrangler dev` (workerd), a real Kafka-protocol broker, the bridge
+//! under `wrangler dev` (workerd), a real Kafka-protocol broker or a real
+//! RabbitMQ node, the bridge
 //! binary, and real HTTP and WebSocket clients on loopback sockets. One
 //! crate starts them for both, so the benchmarks measure the worker the
 //! tests check, started the same way.
@@ -16,16 +17,20 @@
 pub mod bridge;
 pub mod broker;
 pub mod dashboards;
+pub mod deliveries;
 pub mod fault_proxy;
 pub mod process;
+pub mod rabbitmq;
 pub mod records;
+pub mod rooms;
 pub mod tls;
 pub mod worker;
 
-pub use bridge::{bridge_binary, BridgeCommand, BridgeProcess, CaFile};
+pub use bridge::{bridge_binary, BridgeBroker, BridgeCommand, BridgeProcess, CaFile};
 pub use broker::{Broker, SASL_PASSWORD, SASL_USER};
 pub use fault_proxy::FaultProxy;
 pub use process::{wait_http_ok, Service};
+pub use rabbitmq::RabbitMq;
 pub use tls::ca_file;
 pub use worker::{Worker, WorkerSpec};
 

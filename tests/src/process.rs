@@ -107,6 +107,23 @@ impl Drop for Service {
     }
 }
 
+/// How long a broker (tansu, socat, RabbitMQ, epmd) may take to accept
+/// connections once it runs.
+const LISTEN: Duration = Duration::from_secs(30);
+
+/// Waits until `address` accepts TCP connections, or panics with `service`'s log.
+pub async fn wait_listening(address: &str, service: &Service) {
+    let deadline = Instant::now() + LISTEN;
+    while tokio::net::TcpStream::connect(address).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{address} did not listen within {LISTEN:?}\n{}",
+            service.log_tail()
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Polls `url` (HTTP, or HTTPS with the test CA) until it answers 200, or
 /// panics with `service`'s log, at once if `service` exits (a refused flag
 /// fails the test in milliseconds, not after `within`).

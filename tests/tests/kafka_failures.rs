@@ -12,12 +12,12 @@ use std::time::Duration;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::producer::FutureProducer;
 use roomcast_tests::records::{header, produce};
-use roomcast_tests::{full_token, metric, room, BridgeProcess, Broker, Http, Worker};
-use serde_json::{json, Value};
+use roomcast_tests::rooms::{expect_stored_once, publish};
+use roomcast_tests::{metric, room, BridgeProcess, Broker, Http, Worker};
+use serde_json::json;
 use tokio::time::{sleep, Instant};
 
 const TOTAL: u64 = 1000;
-const BATCH: u64 = 25;
 
 /// A worker whose rate limits let this suite's load through: it measures
 /// the bridge, not the limiter.
@@ -62,26 +62,6 @@ async fn expect_every_seq(
     }
 }
 
-/// Publishes `count` messages into `room` over HTTP, a batch at a time.
-async fn publish(worker: &Worker, room: &str, count: u64) {
-    let http = Http::default();
-    let token = full_token("load");
-    for start in (0..count).step_by(BATCH as usize) {
-        let messages: Vec<Value> = (start..(start + BATCH).min(count))
-            .map(|n| json!({"data": n}))
-            .collect();
-        let (status, body) = http
-            .post(
-                &worker.url(&format!("/v1/rooms/{room}/messages")),
-                &token,
-                &json!({"messages": messages}).to_string(),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
-        sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn produce_range(producer: &FutureProducer, room: &str, range: std::ops::Range<u64>) {
     for n in range {
         produce(
@@ -92,40 +72,6 @@ async fn produce_range(producer: &FutureProducer, room: &str, range: std::ops::R
             &[],
         )
         .await;
-    }
-}
-
-/// Waits until `room` holds `count` Kafka-origin messages, and checks each
-/// inbound record is there exactly once.
-async fn expect_inbound_once(worker: &Worker, room: &str, count: u64, wait: Duration) {
-    let http = Http::default();
-    let token = full_token("check");
-    let deadline = Instant::now() + wait;
-    loop {
-        let (_, page) = http
-            .get(
-                &worker.url(&format!("/v1/rooms/{room}/messages?since=0&limit=1000")),
-                Some(&token),
-            )
-            .await;
-        let ns: Vec<u64> = page["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["data"]["n"].as_u64().unwrap())
-            .collect();
-        if ns.len() as u64 >= count {
-            let distinct: BTreeSet<u64> = ns.iter().copied().collect();
-            assert_eq!(ns.len(), distinct.len(), "a record was stored twice");
-            assert_eq!(distinct, (0..count).collect::<BTreeSet<_>>());
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {count} records reached {room}",
-            ns.len()
-        );
-        sleep(Duration::from_millis(300)).await;
     }
 }
 
@@ -157,7 +103,7 @@ async fn a_killed_bridge_loses_nothing() {
         Duration::from_secs(90),
     )
     .await;
-    expect_inbound_once(&worker, &inbound, TOTAL, Duration::from_secs(90)).await;
+    expect_stored_once(&worker, &inbound, TOTAL, Duration::from_secs(90)).await;
     drop(restarted);
 }
 
@@ -206,7 +152,7 @@ async fn a_frozen_broker_loses_nothing() {
         Duration::from_secs(90),
     )
     .await;
-    expect_inbound_once(&worker, &inbound, 300, Duration::from_secs(90)).await;
+    expect_stored_once(&worker, &inbound, 300, Duration::from_secs(90)).await;
 }
 
 /// The rooms whose link is up on `bridge`, from its metrics.

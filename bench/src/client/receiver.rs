@@ -1,5 +1,6 @@
 //! The ways a receiver gets messages: WebSocket push, REST polling of
-//! `GET /messages?since=`, and (for the bridge) consuming a Kafka topic;
+//! `GET /messages?since=`, and (for the bridge) consuming a Kafka topic or
+//! a RabbitMQ queue;
 //! each a task feeding a [`Recorder`], all of one scenario stopped together.
 //!
 //! Receipt time is read before a frame or page is parsed, so the client's
@@ -87,6 +88,20 @@ impl Receivers {
             .spawn(consume(consumer, key, shape, recorder, stop));
     }
 
+    /// Consumes `consumer`'s messages with routing key `key`, whose bodies
+    /// are `shape`.
+    pub fn amqp(
+        &mut self,
+        consumer: lapin::Consumer,
+        key: String,
+        shape: RecordShape,
+        recorder: Arc<Recorder>,
+    ) {
+        let stop = self.stop.subscribe();
+        self.tasks
+            .spawn(consume_amqp(consumer, key, shape, recorder, stop));
+    }
+
     /// Stops every receiver; the first error any of them ended with.
     pub async fn stop(mut self) -> Result<()> {
         let _ = self.stop.send(true);
@@ -119,7 +134,7 @@ pub struct Poll {
     pub phase: Duration,
 }
 
-/// How a Kafka record's value carries the stamp.
+/// How a Kafka record's value (or a RabbitMQ message's body) carries the stamp.
 #[derive(Debug, Clone, Copy)]
 pub enum RecordShape {
     /// The value is the stamp (plain producer, bridge inbound).
@@ -199,28 +214,70 @@ async fn poll_loop(
     }
 }
 
+/// The stamp in `value`, as `shape` carries it.
+fn stamp_of(value: &[u8], shape: RecordShape) -> Result<Stamp> {
+    match shape {
+        RecordShape::Stamp => serde_json::from_slice(value),
+        RecordShape::Event => serde_json::from_slice::<Event>(value).map(|e| e.data),
+    }
+    .with_context(|| format!("record value: {}", String::from_utf8_lossy(value)))
+}
+
+async fn consume_amqp(
+    consumer: lapin::Consumer,
+    key: String,
+    shape: RecordShape,
+    recorder: Arc<Recorder>,
+    stop: watch::Receiver<bool>,
+) -> Result<()> {
+    let received = consumer.map(|delivery| {
+        let delivery = delivery.context("consuming")?;
+        Ok((
+            delivery.routing_key.as_str().as_bytes().to_vec(),
+            delivery.data,
+        ))
+    });
+    record_each(received, key, shape, recorder, stop).await
+}
+
 async fn consume(
     consumer: StreamConsumer,
     key: String,
     shape: RecordShape,
     recorder: Arc<Recorder>,
+    stop: watch::Receiver<bool>,
+) -> Result<()> {
+    let received = consumer.stream().map(|record| {
+        let record = record.context("consuming")?;
+        let key = record.key().unwrap_or_default().to_vec();
+        Ok((key, record.payload().unwrap_or_default().to_vec()))
+    });
+    record_each(received, key, shape, recorder, stop).await
+}
+
+/// Records the stamp of every message of `received` (its key and value)
+/// under `key`, until stopped; the receipt time is read before anything
+/// is parsed.
+async fn record_each(
+    received: impl futures_util::Stream<Item = Result<(Vec<u8>, Vec<u8>)>>,
+    key: String,
+    shape: RecordShape,
+    recorder: Arc<Recorder>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
+    let mut received = std::pin::pin!(received);
     loop {
         tokio::select! {
-            record = consumer.recv() => {
-                let received = clock::now_us();
-                let record = record.context("consuming")?;
-                if record.key() != Some(key.as_bytes()) {
+            next = received.next() => {
+                let at = clock::now_us();
+                let Some(next) = next else {
+                    bail!("the consumer ended");
+                };
+                let (got, value) = next?;
+                if got != key.as_bytes() {
                     continue;
                 }
-                let value = record.payload().unwrap_or_default();
-                let stamp = match shape {
-                    RecordShape::Stamp => serde_json::from_slice(value),
-                    RecordShape::Event => serde_json::from_slice::<Event>(value).map(|e| e.data),
-                }
-                .with_context(|| format!("record value: {}", String::from_utf8_lossy(value)))?;
-                recorder.record(stamp, received);
+                recorder.record(stamp_of(&value, shape)?, at);
             }
             _ = stop.changed() => return Ok(()),
         }

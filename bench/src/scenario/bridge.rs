@@ -45,7 +45,7 @@ use crate::table::{cell, number, ratio, Table};
 const EVENTS: &str = "roomcast.events";
 const INBOUND: &str = "roomcast.inbound";
 const PLAIN: &str = "bench.plain";
-/// Messages in flight when saturating a path.
+/// Messages in flight when saturating a Kafka path.
 const WINDOW: u64 = 20_000;
 /// How long a path may take to carry its first message.
 const PRIME: Duration = Duration::from_secs(120);
@@ -117,7 +117,15 @@ pub async fn run(plan: &Plan) -> Result<BridgeResults> {
         let consumer = consumer(&broker.address, PLAIN)?;
         receivers.kafka(consumer, key.clone(), RecordShape::Stamp, recorder.clone());
         let mut outlet = KafkaOutlet::new(&broker.address, PLAIN, key)?;
-        let result = measure("plain rdkafka", &server, &mut outlet, &recorder, plan).await;
+        let result = measure(
+            "plain rdkafka",
+            &server,
+            &mut outlet,
+            &recorder,
+            plan,
+            WINDOW,
+        )
+        .await;
         receivers.stop().await?;
         result?
     };
@@ -128,7 +136,15 @@ pub async fn run(plan: &Plan) -> Result<BridgeResults> {
         let consumer = consumer(&broker.address, EVENTS)?;
         receivers.kafka(consumer, room.clone(), RecordShape::Event, recorder.clone());
         let mut outlet = Publisher::connect(&server, &room).await?;
-        let result = measure("room → Kafka", &server, &mut outlet, &recorder, plan).await;
+        let result = measure(
+            "room → Kafka",
+            &server,
+            &mut outlet,
+            &recorder,
+            plan,
+            WINDOW,
+        )
+        .await;
         outlet.close().await;
         receivers.stop().await?;
         result?
@@ -140,7 +156,15 @@ pub async fn run(plan: &Plan) -> Result<BridgeResults> {
         let socket = ws::connect(server.addr(), &server.ws_path(&room), Traffic::new()).await?;
         receivers.push(socket, recorder.clone());
         let mut outlet = KafkaOutlet::new(&broker.address, INBOUND, room)?;
-        let result = measure("Kafka → room", &server, &mut outlet, &recorder, plan).await;
+        let result = measure(
+            "Kafka → room",
+            &server,
+            &mut outlet,
+            &recorder,
+            plan,
+            WINDOW,
+        )
+        .await;
         receivers.stop().await?;
         result?
     };
@@ -158,12 +182,13 @@ pub async fn run(plan: &Plan) -> Result<BridgeResults> {
 }
 
 /// Primes the path, then saturates it and paces it `runs` times each.
-async fn measure(
+pub async fn measure(
     name: &'static str,
     server: &Server,
     outlet: &mut impl Outlet,
     recorder: &Arc<Recorder>,
     plan: &Plan,
+    window: u64,
 ) -> Result<PathResult> {
     prime(outlet, recorder)
         .await
@@ -173,7 +198,7 @@ async fn measure(
     let mut max = Vec::new();
     for _ in 0..timing.runs {
         run += 1;
-        let sample = saturate(server, outlet, recorder, run, timing).await?;
+        let sample = saturate(server, outlet, recorder, run, timing, window).await?;
         crate::scenario::progress(server, &format!("bridge {name} max"), &sample);
         max.push(sample);
     }
@@ -207,13 +232,14 @@ async fn saturate(
     recorder: &Arc<Recorder>,
     run: u32,
     timing: &Timing,
+    window: u64,
 ) -> Result<Sample> {
     recorder.begin(run);
     let traffic = Traffic::new();
     let recorders = [recorder.clone()];
     let start = Instant::now();
     let until = start + timing.warmup + timing.duration;
-    let sending = load::windowed(outlet, run, recorder, 1, WINDOW, until);
+    let sending = load::windowed(outlet, run, recorder, 1, window, until);
     // The window is a span of time, not a synchronisation point.
     let measuring = async {
         sleep_until(start + timing.warmup).await;
@@ -316,36 +342,12 @@ fn consumer(brokers: &str, topic: &str) -> Result<StreamConsumer> {
 }
 
 pub fn render(out: &mut String, results: &BridgeResults) {
-    let _ = writeln!(
+    render_paths(
         out,
-        "Broker: {}. Latency runs at {} msg/s.\n",
-        results.broker,
-        number(results.rate)
+        &results.broker,
+        results.rate,
+        &[&results.plain, &results.to_kafka, &results.to_room],
     );
-    let plain = &results.plain;
-    let mut table = Table::new(&[
-        "path",
-        "max msg/s",
-        "p50 ms",
-        "p95 ms",
-        "p99 ms",
-        "throughput / plain",
-        "added p50 ms",
-        "added p99 ms",
-    ]);
-    for path in [&results.plain, &results.to_kafka, &results.to_room] {
-        table.row(vec![
-            path.name.into(),
-            cell(&path.max.delivered_per_sec),
-            cell(&path.latency.p50_ms),
-            cell(&path.latency.p95_ms),
-            cell(&path.latency.p99_ms),
-            ratio(&path.max.delivered_per_sec, &plain.max.delivered_per_sec),
-            number(path.latency.p50_ms.median - plain.latency.p50_ms.median),
-            number(path.latency.p99_ms.median - plain.latency.p99_ms.median),
-        ]);
-    }
-    table.render_into(out);
     let memory = &results.memory;
     let _ = writeln!(out);
     let mut table = Table::new(&["bridge resident memory", "KiB"]);
@@ -358,5 +360,39 @@ pub fn render(out: &mut String, results: &BridgeResults) {
         memory.loaded_kib.to_string(),
     ]);
     table.row(vec!["per room link".into(), number(memory.per_link_kib())]);
+    table.render_into(out);
+}
+
+/// The broker line and one row per path, each against the first (the
+/// plain client's path).
+pub fn render_paths(out: &mut String, broker: &str, rate: f64, paths: &[&PathResult]) {
+    let _ = writeln!(
+        out,
+        "Broker: {broker}. Latency runs at {} msg/s.\n",
+        number(rate)
+    );
+    let plain = paths[0];
+    let mut table = Table::new(&[
+        "path",
+        "max msg/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "throughput / plain",
+        "added p50 ms",
+        "added p99 ms",
+    ]);
+    for path in paths {
+        table.row(vec![
+            path.name.into(),
+            cell(&path.max.delivered_per_sec),
+            cell(&path.latency.p50_ms),
+            cell(&path.latency.p95_ms),
+            cell(&path.latency.p99_ms),
+            ratio(&path.max.delivered_per_sec, &plain.max.delivered_per_sec),
+            number(path.latency.p50_ms.median - plain.latency.p50_ms.median),
+            number(path.latency.p99_ms.median - plain.latency.p99_ms.median),
+        ]);
+    }
     table.render_into(out);
 }

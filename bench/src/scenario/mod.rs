@@ -7,6 +7,7 @@
 //! sharded rooms ([`shards`], 6). Every run prints a [`progress`] line.
 
 pub mod bridge;
+pub mod bridge_amqp;
 pub mod bridge_memory;
 pub mod fanout;
 pub mod footprint;

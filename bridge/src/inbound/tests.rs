@@ -12,9 +12,8 @@ use roomcast_protocol::wire::Message;
 use tokio::sync::Semaphore;
 
 use super::*;
-use crate::broker::{Delivery, Position, Sink, SinkError};
+use crate::broker::{Delivery, Position, PositionKind, Sink, SinkError};
 use crate::fake_worker::{self, Spec};
-use crate::kafka::KafkaConfig;
 use crate::memory::{MemorySink, MemorySource};
 use crate::metrics::{Metrics, TO_ROOM};
 use crate::stop::Trigger;
@@ -124,6 +123,7 @@ fn record(offset: i64, key: Option<&str>, value: &str) -> Record {
             partition: 0,
             offset,
         },
+        kind: PositionKind::Offset,
         key: key.map(|k| k.as_bytes().to_vec()),
         value: Some(value.as_bytes().to_vec()),
         id: format!("kafka:in:0:{offset}"),
@@ -738,8 +738,8 @@ impl Source for Feed {
         Ok(())
     }
 
-    fn close(&mut self) -> Result<(), SourceError> {
-        Ok(())
+    fn close(&mut self) -> BoxFuture<'_, Result<(), SourceError>> {
+        futures_util::future::ready(Ok(())).boxed()
     }
 }
 
@@ -884,8 +884,7 @@ fn bridge(config: &[&str]) -> Arc<Bridge> {
     let sink = Arc::new(MemorySink::refusing_over(usize::MAX));
     let bridge = fake_worker::bridge("http://127.0.0.1:9", sink, Spec::default(), stop);
     let mut bridge = Arc::into_inner(bridge).unwrap();
-    let config: Vec<String> = config.iter().map(|p| p.to_string()).collect();
-    bridge.kafka.config = KafkaConfig::load(None, &config).unwrap();
+    bridge.sources = Arc::new(fake_worker::kafka(config));
     Arc::new(bridge)
 }
 
@@ -912,4 +911,58 @@ async fn the_consumer_is_up_while_relaying_and_rebuilt_until_the_stop() {
         .await
         .expect("a consumer that cannot be built is tried again until the stop");
     assert_eq!(consumer(&broken), "down");
+}
+
+#[tokio::test]
+async fn an_amqp_source_that_cannot_connect_is_opened_again_until_the_stop() {
+    // A "broker" that takes each connection and hangs up at once: every
+    // open fails its handshake, and each attempt shows as an accept.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "amqp://127.0.0.1:{}/%2f",
+        listener.local_addr().unwrap().port()
+    );
+    let accepts = Arc::new(AtomicUsize::new(0));
+    let counted = accepts.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            drop(socket);
+        }
+    });
+    let (_trigger, stop) = Stop::new();
+    let sink = Arc::new(MemorySink::refusing_over(usize::MAX));
+    let bridge = fake_worker::bridge("http://127.0.0.1:9", sink, Spec::default(), stop);
+    let mut bridge = Arc::into_inner(bridge).unwrap();
+    bridge.sources = Arc::new(crate::amqp::Amqp {
+        target: crate::amqp::Target::load(&url.parse().unwrap(), None).unwrap(),
+        tls: crate::tls::client_config(None).unwrap(),
+        events_exchange: "events".into(),
+        inbound_queue: "inbound".into(),
+        dead_letter_exchange: "dlx".into(),
+        dead_letter_queue: "dlq".into(),
+        prefetch: 10,
+        instance: "me".into(),
+    });
+    let bridge = Arc::new(bridge);
+    bridge.metrics.set_consumer_up(true);
+    let (trigger, stop) = Stop::new();
+    let running = tokio::spawn(run(bridge.clone(), stop));
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while accepts.load(Ordering::SeqCst) < 3 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the source was opened again after each failure");
+    let (healthy, health) = bridge.metrics.health();
+    assert!(
+        !healthy && health.contains(r#""consumer":"down""#),
+        "{health}"
+    );
+    trigger.fire();
+    tokio::time::timeout(Duration::from_secs(15), running)
+        .await
+        .expect("a stop ends the retries")
+        .unwrap();
 }

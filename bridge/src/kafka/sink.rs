@@ -22,7 +22,7 @@ use tracing::{error, warn};
 
 use super::Kafka;
 use crate::backoff::Backoff;
-use crate::broker::{DeadLetter, Delivery, Sink, SinkError};
+use crate::broker::{message_headers, DeadLetter, Delivery, Sink, SinkError};
 
 /// How long a dead letter may wait for the broker.
 const DEAD_LETTER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -107,16 +107,8 @@ impl KafkaSink {
                     .boxed()
             }
         };
-        let seq = message.seq.to_string();
-        let mut pairs = vec![
-            ("message-id", message.id.as_str()),
-            ("room", message.room.as_str()),
-            ("seq", seq.as_str()),
-            ("origin", message.origin.as_str()),
-        ];
-        if let Some(trace) = &message.trace {
-            pairs.push(("traceparent", trace.as_str()));
-        }
+        let owned = message_headers(message);
+        let pairs: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let headers = headers(&pairs);
         let mut backoff = Backoff::new(Duration::from_millis(5), Duration::from_millis(500));
         loop {

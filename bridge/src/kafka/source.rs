@@ -18,7 +18,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use roomcast_protocol::trace::is_traceparent;
 
 use super::Kafka;
-use crate::broker::{Position, Record, Source, SourceError};
+use crate::broker::{Position, PositionKind, Record, Source, SourceError, Sources};
 
 /// The consumer, subscribed to the inbound topic.
 pub struct KafkaSource {
@@ -87,6 +87,7 @@ fn record(topic: &Arc<str>, message: &BorrowedMessage<'_>) -> Record {
     Record {
         topic: topic.clone(),
         position,
+        kind: PositionKind::Offset,
         key: message.key().map(<[u8]>::to_vec),
         value: message.payload().map(<[u8]>::to_vec),
         id,
@@ -122,11 +123,28 @@ impl Source for KafkaSource {
         self.send_commits(&[(partition, offset)], CommitMode::Async)
     }
 
-    fn close(&mut self) -> Result<(), SourceError> {
+    fn close(&mut self) -> BoxFuture<'_, Result<(), SourceError>> {
         let all: Vec<(i32, i64)> = self.committed.iter().map(|(p, o)| (*p, *o)).collect();
-        if all.is_empty() {
-            return Ok(());
-        }
-        self.send_commits(&all, CommitMode::Sync)
+        let closed = if all.is_empty() {
+            Ok(())
+        } else {
+            self.send_commits(&all, CommitMode::Sync)
+        };
+        futures_util::future::ready(closed).boxed()
+    }
+}
+
+/// A consumer in the group, subscribed afresh each time the relay asks.
+impl Sources for Kafka {
+    fn open(&self) -> BoxFuture<'_, Result<Box<dyn Source>, SourceError>> {
+        let opened = KafkaSource::subscribe(self).map(|s| Box::new(s) as Box<dyn Source>);
+        futures_util::future::ready(opened).boxed()
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "Kafka topic {} in group {}",
+            self.inbound_topic, self.group_id
+        )
     }
 }
