@@ -100,14 +100,15 @@ dev: worker bridge .dev.vars
 	@echo "JWT_SECRET=$$(head -c 32 /dev/urandom | base64 | tr -d '/+=')" > $@
 	@echo "created .dev.vars with a random JWT_SECRET"
 
-## token: an HS256 token from .dev.vars: make token SUB=alice [ROOMS='*'] [PUBLISH='*'] [TTL=1h]
+## token: an HS256 token from .dev.vars: make token SUB=alice [ROOMS='*'] [PUBLISH='*'] [PRESENCE='*'] [TTL=1h]
 SUB ?= dev
 ROOMS ?= *
 PUBLISH ?= *
+PRESENCE ?= *
 TTL ?= 1h
 token: .dev.vars
 	@cargo run -q -p roomcast-bridge -- --jwt-secret "$$(sed -n 's/^JWT_SECRET=//p' .dev.vars)" \
-	  token --sub "$(SUB)" --rooms '$(ROOMS)' --publish '$(PUBLISH)' --ttl "$(TTL)"
+	  token --sub "$(SUB)" --rooms '$(ROOMS)' --publish '$(PUBLISH)' --presence '$(PRESENCE)' --ttl "$(TTL)"
 
 ## test: every test: formatting, lints, unit and property tests (native and wasm), a short fuzz run, end to end, JS client and browser; each suite must run at least the tests .ci/minimums says
 test: lint test-unit test-wasm test-fuzz test-e2e test-js
@@ -172,7 +173,7 @@ mutants: bootstrap
 # The worker with Rust function names kept, for profiles (rule below).
 PROFILE_BUNDLE := build/profile/worker/shim.mjs
 
-## bench: the ladder (bare JS, durable JS, partyserver, roomcast), push/poll, fan-out, many rooms, footprint [FULL=1: everything, and the bridge with Kafka and with RabbitMQ]; not part of test (see BENCHMARKS.md)
+## bench: the ladder (bare JS, durable JS, partyserver, roomcast), push/poll, fan-out, many rooms, footprint [FULL=1: everything, the bridge with Kafka and with RabbitMQ, and the presence join storm]; not part of test (see BENCHMARKS.md)
 bench: bootstrap-test build $(PROFILE_BUNDLE)
 	cargo build --release -p roomcast-bench
 	target/release/roomcast-bench $(if $(filter 1,$(FULL)),--full) --out target/bench-$(if $(filter 1,$(FULL)),full,quick).md

@@ -2,6 +2,10 @@
  * The demo console: joins a room with the roomcast client and shows what
  * happens: every message with its id, seq, origin, sender and end-to-end
  * latency, the connection state, reconnects and the `recovered` flag.
+ * "Who is here" lists the room's members (a token with the `presence`
+ * right sees them; any token sees the counts), redrawn from
+ * `client.presence` on each of its events, since the view is the truth and
+ * the events only say when it changed.
  *
  * Latency of the page's own messages is measured on one clock, from
  * `publish()` to the message coming back; for everyone else's it is now
@@ -81,6 +85,7 @@ function join(url, room, token) {
   });
   client.addEventListener('error', (e) => log(`error ${e.detail.code}: ${e.detail.message}`, true));
   client.addEventListener('token', (e) => log(`token refreshed, exp ${e.detail.exp}`));
+  watchPresence(client.presence);
   setJoined(true);
 }
 
@@ -90,6 +95,44 @@ function leave() {
   client = null;
   window.roomcast = null;
   setJoined(false);
+}
+
+function watchPresence(presence) {
+  const redraw = () => showMembers(presence);
+  for (const type of ['state', 'join', 'leave', 'update', 'countsOnly']) presence.addEventListener(type, redraw);
+  // The first state's joins are who was already here, not news.
+  let listed = false;
+  presence.addEventListener('state', () => (listed = true));
+  presence.addEventListener('join', (e) => listed && log(`${e.detail.sub} joined`));
+  presence.addEventListener('leave', (e) => listed && log(`${e.detail.sub} left`));
+  presence.addEventListener('countsOnly', (e) =>
+    log(e.detail.countsOnly ? 'presence: the room only counts now' : 'presence: the room lists its members again'),
+  );
+  presence.addEventListener('occupancy', (e) => showOccupancy(e.detail));
+}
+
+function showMembers(presence) {
+  $('presence').dataset.countsOnly = String(presence.countsOnly);
+  $('counts-only').hidden = !presence.countsOnly;
+  const rows = presence.members().map(({ sub, metas }) => {
+    const row = document.createElement('tr');
+    row.dataset.sub = sub;
+    const infos = new Set([...metas.values()].filter((m) => m.info !== undefined).map((m) => infoText(m.info)));
+    row.append(cell('sub', sub), cell('devices', String(metas.size)), cell('info', [...infos].join(', ')));
+    return row;
+  });
+  $('members').replaceChildren(...rows);
+}
+
+/** `info` is any JSON value; a string shows as itself. */
+function infoText(info) {
+  return typeof info === 'string' ? info : JSON.stringify(info);
+}
+
+function showOccupancy(occupancy) {
+  for (const name of ['connections', 'users', 'members']) {
+    $(`occupancy-${name}`).textContent = occupancy ? String(occupancy[name]) : '–';
+  }
 }
 
 function send(data) {
@@ -124,20 +167,26 @@ function showMessage(m) {
   if (started !== undefined) row.classList.add('own');
   const cells = [m.seq, m.id, m.origin, m.sender, `${latency.toFixed(1)} ms`, JSON.stringify(m.data)];
   const classes = ['seq', 'id', 'origin', 'sender', 'latency', 'data'];
-  cells.forEach((text, i) => {
-    const td = document.createElement('td');
-    td.className = classes[i];
-    td.textContent = String(text);
-    row.append(td);
-  });
+  row.append(...cells.map((text, i) => cell(classes[i], String(text))));
   const list = $('messages');
   list.prepend(row);
   while (list.childElementCount > MAX_ROWS) list.lastElementChild.remove();
 }
 
+function cell(className, text) {
+  const td = document.createElement('td');
+  td.className = className;
+  td.textContent = text;
+  return td;
+}
+
 function setJoined(joined) {
   for (const id of ['text', 'send-button', 'burst-button', 'leave-button']) $(id).disabled = !joined;
-  if (!joined) showState({ state: 'idle', reconnects: 0, recovered: false });
+  if (!joined) {
+    showState({ state: 'idle', reconnects: 0, recovered: false });
+    $('members').replaceChildren();
+    showOccupancy(null);
+  }
 }
 
 function log(text, isError = false) {

@@ -119,7 +119,7 @@ else
 fi
 wait_healthy bridge "http://$METRICS/healthz" "${groups[-1]}"
 
-token=$("$BRIDGE" --jwt-secret "$secret" token --sub dev --ttl 12h)
+token=$("$BRIDGE" --jwt-secret "$secret" token --sub dev --presence '*' --ttl 12h)
 cat <<INFO
 
 roomcast is running. Ctrl-C stops everything.

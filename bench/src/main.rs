@@ -33,7 +33,9 @@ use roomcast_tests::repo_root;
 use crate::client::fleet::Shape;
 use crate::plan::{Part, Plan};
 use crate::report::{Measured, Results};
-use crate::scenario::{bridge, bridge_amqp, fanout, footprint, profile, push_poll, shards};
+use crate::scenario::{
+    bridge, bridge_amqp, fanout, footprint, presence, profile, push_poll, shards,
+};
 use crate::server::{Flavor, Server};
 
 #[derive(Parser, Debug)]
@@ -41,7 +43,8 @@ use crate::server::{Flavor, Server};
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Every rate, poll interval and fan-out, longer runs, and the bridge.
+    /// Every rate, poll interval and fan-out, longer runs, the bridge and the
+    /// join storm.
     #[arg(long)]
     full: bool,
     /// Runs behind every figure (reported as median [min–max]).
@@ -70,6 +73,13 @@ struct Cli {
     /// `ROOM_SHARD_SIZE` of the sharded rooms part [default: 1000].
     #[arg(long)]
     shard_size: Option<u64>,
+    /// Clients of the join storm [default: 5000].
+    #[arg(long)]
+    presence_clients: Option<usize>,
+    /// `PRESENCE_MEMBERS_LIMIT` of the join storm's servers [default: 1000;
+    /// with --full also 10000].
+    #[arg(long, value_delimiter = ',')]
+    presence_limits: Vec<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -102,6 +112,12 @@ async fn main() -> Result<()> {
     if let Some(size) = cli.shard_size {
         plan.shards.shard_size = size;
     }
+    if let Some(clients) = cli.presence_clients {
+        plan.presence.clients = clients;
+    }
+    if !cli.presence_limits.is_empty() {
+        plan.presence.members_limits = cli.presence_limits.clone();
+    }
     let started = Instant::now();
     let load_before = context::load_average();
     let mut notes = Vec::new();
@@ -126,6 +142,15 @@ async fn main() -> Result<()> {
                 .await
                 .context("benchmarking sharded rooms")?,
         )
+    };
+    let presence = if plan.has(Part::Presence) && flavors.contains(&Flavor::Ours) {
+        Some(
+            presence::run(&plan.presence)
+                .await
+                .context("benchmarking the join storm")?,
+        )
+    } else {
+        None
     };
     let bridge = if plan.has(Part::Bridge)
         && installed(&tansu_binary(), "Bridge", "make bootstrap", &mut notes)
@@ -170,6 +195,7 @@ async fn main() -> Result<()> {
         bridge,
         bridge_amqp,
         shards,
+        presence,
         notes,
     };
     let markdown = report::render(&results);

@@ -4,8 +4,10 @@
 //! six minutes on two cores, plus sharded rooms (roomcast alone) at 1000,
 //! 2500 and 5000 subscribers in a few more; the full set (`make bench
 //! FULL=1`) has every rate, interval and fan-out (1 to 1000) in 5 s runs,
-//! longer profiles of the sharded rooms, and the bridge. `--parts` narrows
-//! either.
+//! longer profiles of the sharded rooms, the bridge, and a join storm of
+//! 5000 clients with and without presence (counts only at the default
+//! members limit, and full member lists under a limit of 10 000).
+//! `--parts` narrows either.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,6 +16,7 @@ use clap::ValueEnum;
 
 use crate::client::fleet::{Shape, Timing};
 use crate::scenario::bridge;
+use crate::scenario::presence;
 use crate::scenario::push_poll::{self, Mode};
 use crate::scenario::shards;
 use crate::server::Flavor;
@@ -28,13 +31,18 @@ pub enum Part {
     BridgeAmqp,
     Footprint,
     Shards,
+    /// A join storm with and without presence (part 7).
+    Presence,
 }
 
 impl Part {
-    /// Whether the part needs the servers under test (the bridge and the
-    /// sharded rooms start their own).
+    /// Whether the part needs the servers under test (the bridge, the
+    /// sharded rooms and the join storm start their own).
     pub fn needs_servers(self) -> bool {
-        !matches!(self, Part::Bridge | Part::BridgeAmqp | Part::Shards)
+        !matches!(
+            self,
+            Part::Bridge | Part::BridgeAmqp | Part::Shards | Part::Presence
+        )
     }
 }
 
@@ -51,6 +59,7 @@ pub struct Plan {
     pub roomcast_config: PathBuf,
     pub bridge: bridge::Plan,
     pub shards: shards::Plan,
+    pub presence: presence::Plan,
 }
 
 impl Plan {
@@ -103,6 +112,15 @@ impl Plan {
                 state_root: state_root.clone(),
                 config: roomcast_config.clone(),
             },
+            presence: presence::Plan {
+                clients: 5000,
+                // The default limit: 5000 clients make the room counts-only.
+                members_limits: vec![1000],
+                runs,
+                timeout: seconds(60.0),
+                state_root: state_root.clone(),
+                config: roomcast_config.clone(),
+            },
             timing,
             state_root,
             roomcast_config,
@@ -111,6 +129,9 @@ impl Plan {
             plan.name = "full";
             plan.parts.push(Part::Bridge);
             plan.parts.push(Part::BridgeAmqp);
+            plan.parts.push(Part::Presence);
+            // And full member lists and diffs for every client.
+            plan.presence.members_limits.push(10_000);
             plan.push_poll.rates = vec![10, 100, 1000];
             plan.push_poll.modes = vec![Mode::Push, poll(50), poll(250), poll(1000)];
             plan.fanouts = vec![1, 10, 100, 1000];
@@ -145,7 +166,8 @@ impl Plan {
         format!(
             "{}: {} runs per figure; {:.1} s per run ({:.1} s warm-up before capacity windows); \
              push/poll rates {:?} msg/s with {} subscribers, receive by {}; fan-out N = {:?}; \
-             sharded rooms N = {:?} ({:.0} s profiles); parts {:?}; server state in {}",
+             sharded rooms N = {:?} ({:.0} s profiles); join storm of {} clients, members limits \
+             {:?}; parts {:?}; server state in {}",
             self.name,
             self.timing.runs,
             self.timing.duration.as_secs_f64(),
@@ -156,6 +178,8 @@ impl Plan {
             self.fanouts,
             self.shards.subscribers,
             self.shards.profiled.as_secs_f64(),
+            self.presence.clients,
+            self.presence.members_limits,
             self.parts,
             self.state_root.display(),
         )

@@ -12,6 +12,7 @@ use crate::scenario::bridge::{self, BridgeResults};
 use crate::scenario::bridge_amqp::{self, AmqpResults};
 use crate::scenario::fanout::{self, Capacity};
 use crate::scenario::footprint::{self, Asset, ColdStart};
+use crate::scenario::presence::{self, PresenceResults};
 use crate::scenario::push_poll::{self, Case, Mode};
 use crate::scenario::shards::{self, ShardResults};
 use crate::server::{self, Flavor};
@@ -45,6 +46,7 @@ pub struct Results {
     /// The bridge with RabbitMQ (part 4 too), when RabbitMQ is installed.
     pub bridge_amqp: Option<AmqpResults>,
     pub shards: Option<ShardResults>,
+    pub presence: Option<PresenceResults>,
     pub notes: Vec<String>,
 }
 
@@ -106,6 +108,10 @@ pub fn render(results: &Results) -> String {
             "6. Sharded rooms: one room × N subscribers, roomcast unsharded and sharded",
         );
         shards::render(&mut out, results);
+    }
+    if let Some(results) = &results.presence {
+        section(&mut out, "7. Presence: a join storm");
+        presence::render(&mut out, results);
     }
     let notes: Vec<String> = results
         .notes
@@ -269,6 +275,7 @@ mod tests {
             bridge: None,
             bridge_amqp: None,
             shards: None,
+            presence: None,
             notes: Vec::new(),
         };
         let mut out = String::new();

@@ -1,7 +1,8 @@
 //! The seam between the relay and a message broker.
 //!
 //! The relay needs two things from a broker: a [`Sink`] that takes room
-//! messages (and dead letters) and says when each is safely stored, and a
+//! messages, presence events (and dead letters) and says when each is
+//! safely stored, and a
 //! [`Source`] of records for rooms whose positions it commits once they are
 //! in their room ([`Sources`] opens one, again after it failed). Kafka
 //! implements them (`crate::kafka`), and so does RabbitMQ (`crate::amqp`);
@@ -14,7 +15,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
-use roomcast_protocol::wire::Message;
+use roomcast_protocol::wire::{Message, PresenceEvent};
+use serde::Serialize;
+use serde_json::value::RawValue;
 
 /// Which broker the bridge relays to: `--broker`, the `broker` of
 /// `/healthz` and of the `roomcast_bridge_broker` series, and the
@@ -82,6 +85,31 @@ pub fn message_headers(message: &Message) -> Vec<(&'static str, String)> {
     headers
 }
 
+/// The value a presence event is stored under (docs/bridge.md,
+/// "Presence"): the link frame without `type` and `pseq`, which only
+/// number it on one link, with its member lists as the room wrote them.
+pub fn presence_value(event: &PresenceEvent) -> String {
+    #[derive(Serialize)]
+    struct Value<'a> {
+        room: &'a str,
+        at: u64,
+        joins: &'a RawValue,
+        leaves: &'a RawValue,
+        occupancy: &'a RawValue,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        gap: bool,
+    }
+    let value = Value {
+        room: &event.room,
+        at: event.at,
+        joins: &event.joins,
+        leaves: &event.leaves,
+        occupancy: &event.occupancy,
+        gap: event.gap,
+    };
+    serde_json::to_string(&value).expect("a presence value is plain JSON")
+}
+
 /// A message or record the relay could not deliver, on its way to the
 /// dead-letter topic with headers saying why and where it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +149,20 @@ impl DeadLetter {
         }
     }
 
+    /// A presence event the broker refused: keyed and valued as it would
+    /// have been stored, with the room and `pseq` headers.
+    pub fn presence(event: &PresenceEvent, reason: &str) -> DeadLetter {
+        DeadLetter {
+            key: Some(event.room.clone().into_bytes()),
+            value: Some(presence_value(event).into_bytes()),
+            headers: vec![
+                ("error", reason.to_owned()),
+                ("room", event.room.clone()),
+                ("pseq", event.pseq.to_string()),
+            ],
+        }
+    }
+
     /// A source record no room took, with its `value` as it came and
     /// where it came from: a log's topic, partition and offset, or a
     /// queue (a delivery tag would name nothing once the channel is gone).
@@ -148,6 +190,14 @@ pub trait Sink: Send + Sync {
     /// Hands `message` to the broker, waiting while its queue is full. The
     /// returned [`Delivery`] resolves once the broker stored it.
     fn publish<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Delivery>;
+
+    /// Whether presence events are stored at all (an empty
+    /// `--presence-topic` or `--amqp-presence-exchange` turns them off).
+    fn relays_presence(&self) -> bool;
+
+    /// Hands a room's presence event to the broker, keyed by its room, as
+    /// [`Sink::publish`] does a message.
+    fn presence<'a>(&'a self, event: &'a PresenceEvent) -> BoxFuture<'a, Delivery>;
 
     /// Writes `letter` to the dead-letter topic and waits until it is stored.
     fn dead_letter<'a>(&'a self, letter: &'a DeadLetter) -> BoxFuture<'a, Result<(), SinkError>>;
@@ -244,6 +294,31 @@ mod tests {
             trace: None,
             timestamp_ms: None,
         }
+    }
+
+    #[test]
+    fn a_presence_value_is_the_frame_without_type_and_pseq() {
+        let raw = |text: &str| RawValue::from_string(text.into()).unwrap();
+        let mut event = PresenceEvent {
+            room: "chat.1".into(),
+            pseq: 7,
+            at: 1700,
+            joins: raw(r#"[{"sub":"u","metas":[{"conn_id":"c"}]}]"#),
+            leaves: raw("[]"),
+            occupancy: raw(r#"{"connections":1,"users":1,"members":1}"#),
+            gap: false,
+        };
+        assert_eq!(
+            presence_value(&event),
+            r#"{"room":"chat.1","at":1700,"joins":[{"sub":"u","metas":[{"conn_id":"c"}]}],"leaves":[],"occupancy":{"connections":1,"users":1,"members":1}}"#
+        );
+        event.gap = true;
+        assert!(presence_value(&event).ends_with(r#","gap":true}"#));
+        let letter = DeadLetter::presence(&event, "too_large");
+        assert_eq!(letter.reason(), "too_large");
+        assert_eq!(letter.key.as_deref(), Some(b"chat.1".as_slice()));
+        assert_eq!(letter.value, Some(presence_value(&event).into_bytes()));
+        assert_eq!(letter.headers[2], ("pseq", "7".to_owned()));
     }
 
     #[test]

@@ -44,6 +44,13 @@ pub struct TokenArgs {
     /// Room patterns it may publish to, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "*")]
     pub publish: Vec<String>,
+    /// Room patterns where it appears as a member and sees the members
+    /// (presence), comma-separated; none unless given.
+    #[arg(long, value_delimiter = ',')]
+    pub presence: Vec<String>,
+    /// What each of its connections shows as a member: JSON, at most 1 KiB.
+    #[arg(long, value_parser = parse_info)]
+    pub info: Option<serde_json::Value>,
     /// Lifetime: seconds, or with a unit `s`, `m`, `h`, `d` (e.g. `1h`); at most a day.
     #[arg(long, default_value = "1h", value_parser = parse_token_ttl)]
     pub ttl: u64,
@@ -165,6 +172,15 @@ pub struct RunArgs {
     #[arg(long, env = "ROOMCAST_DLQ_TOPIC", default_value = "roomcast.dlq")]
     pub dlq_topic: String,
 
+    /// Topic that receives every room's presence events (key = room name);
+    /// empty: presence events are acknowledged to rooms and not written.
+    #[arg(
+        long,
+        env = "ROOMCAST_PRESENCE_TOPIC",
+        default_value = "roomcast.presence"
+    )]
+    pub presence_topic: String,
+
     /// Consumer group of the inbound consumer.
     #[arg(long, env = "ROOMCAST_GROUP_ID", default_value = "roomcast-bridge")]
     pub group_id: String,
@@ -195,6 +211,16 @@ pub struct RunArgs {
         default_value = "roomcast.events"
     )]
     pub amqp_events_exchange: String,
+
+    /// Durable topic exchange that receives every room's presence events
+    /// (routing key = room name); empty: presence events are acknowledged
+    /// to rooms and not published.
+    #[arg(
+        long,
+        env = "ROOMCAST_AMQP_PRESENCE_EXCHANGE",
+        default_value = "roomcast.presence"
+    )]
+    pub amqp_presence_exchange: String,
 
     /// Durable quorum queue whose messages are published into rooms; a
     /// topic exchange of the same name is bound to it with `#`.
@@ -277,6 +303,10 @@ fn parse_broker(text: &str) -> Result<BrokerKind, String> {
 }
 
 /// A token lifetime: a duration of at most a day.
+fn parse_info(text: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(text).map_err(|e| format!("--info is JSON: {e}"))
+}
+
 fn parse_token_ttl(text: &str) -> Result<u64, String> {
     match parse_ttl(text)? {
         0 => Err("a token must live at least a second".into()),
@@ -386,6 +416,7 @@ mod tests {
         assert_eq!(cli.run.events_topic, "roomcast.events");
         assert_eq!(cli.run.inbound_topic, "roomcast.inbound");
         assert_eq!(cli.run.dlq_topic, "roomcast.dlq");
+        assert_eq!(cli.run.presence_topic, "roomcast.presence");
         assert_eq!(cli.run.group_id, "roomcast-bridge");
         assert_eq!(cli.run.metrics_addr.to_string(), "127.0.0.1:9464");
         assert!(cli.run.metrics_addr.ip().is_loopback());
@@ -399,8 +430,22 @@ mod tests {
         assert_eq!(cli.run.amqp_inbound_queue, "roomcast.inbound");
         assert_eq!(cli.run.amqp_dead_letter_exchange, "roomcast.dlx");
         assert_eq!(cli.run.amqp_dead_letter_queue, "roomcast.dlq");
+        assert_eq!(cli.run.amqp_presence_exchange, "roomcast.presence");
         assert_eq!(cli.run.amqp_prefetch, 1000);
         assert_eq!(cli.run.amqp_url.to_string(), "amqp://127.0.0.1:5672/%2f");
+    }
+
+    #[test]
+    fn presence_can_be_turned_off() {
+        let cli = Cli::parse_from([
+            "roomcast-bridge",
+            "--presence-topic",
+            "",
+            "--amqp-presence-exchange",
+            "",
+        ]);
+        assert_eq!(cli.run.presence_topic, "");
+        assert_eq!(cli.run.amqp_presence_exchange, "");
     }
 
     #[test]

@@ -128,6 +128,7 @@ async fn report(mut stream: TcpStream, owner: Owner) {
 #[derive(Debug, PartialEq, Eq)]
 pub enum FromBridge {
     Ack(u64),
+    PresenceAck(u64),
     Closed(Option<u16>, String),
 }
 
@@ -177,6 +178,15 @@ impl FakeLink {
         .await;
     }
 
+    /// A presence event in which `sub` joined, written out by hand (not by
+    /// `json!`, which sorts keys) so the bridge's copy can be compared.
+    pub async fn presence(&mut self, room: &str, pseq: u64, sub: &str) {
+        let text = format!(
+            r#"{{"type":"presence","room":"{room}","pseq":{pseq},"at":1700000000000,"joins":[{{"sub":"{sub}","metas":[{{"conn_id":"c_{pseq}"}}]}}],"leaves":[],"occupancy":{{"connections":{pseq},"users":{pseq},"members":{pseq}}}}}"#
+        );
+        self.ws.send(Frame::text(text)).await.unwrap();
+    }
+
     /// The next ack or close from the bridge (pings and tokens skipped).
     pub async fn next(&mut self) -> FromBridge {
         self.next_within(STEP).await
@@ -193,6 +203,7 @@ impl FakeLink {
                 Some(Ok(Frame::Text(text))) if text.as_str() == "ping" => {}
                 Some(Ok(Frame::Text(text))) => match parse_bridge_frame(&text) {
                     Ok(BridgeFrame::BridgeAck { seq }) => return FromBridge::Ack(seq),
+                    Ok(BridgeFrame::PresenceAck { pseq }) => return FromBridge::PresenceAck(pseq),
                     Ok(BridgeFrame::Auth { .. }) => {}
                     Err(e) => panic!("the bridge sent {text:?}: {e:?}"),
                 },
@@ -303,6 +314,7 @@ pub fn kafka(config: &[&str]) -> Kafka {
         events_topic: "events".into(),
         inbound_topic: "inbound".into(),
         dlq_topic: "dlq".into(),
+        presence_topic: Some("presence".into()),
         group_id: "group".into(),
         instance: "me".into(),
     }

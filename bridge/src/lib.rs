@@ -5,7 +5,8 @@
 //! Follow a message from a room to the broker: `registry_link` learns the
 //! rooms this instance owns, `outbound` holds each room's `link` and hands
 //! its messages to the `broker::Sink` (Kafka's is `kafka::sink`,
-//! RabbitMQ's `amqp::sink`). The other way: `inbound` takes records from
+//! RabbitMQ's `amqp::sink`), and its presence events to `presence`, which
+//! hands them to the same sink. The other way: `inbound` takes records from
 //! the `broker::Source` (`kafka::source`, `amqp::source`) and gives each to
 //! its room's `lane`, which publishes through `worker_api`; `offsets`
 //! decides what may be committed (a Kafka offset, a RabbitMQ ack). `dlq`
@@ -38,6 +39,7 @@ mod memory;
 pub mod metrics;
 pub mod offsets;
 pub mod outbound;
+pub mod presence;
 pub mod registry_link;
 pub mod room_tasks;
 pub mod stop;

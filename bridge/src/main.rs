@@ -61,6 +61,8 @@ fn mint(run: &RunArgs, args: &TokenArgs) -> ExitCode {
         sub: args.sub.clone(),
         rooms: args.rooms.clone(),
         publish: args.publish.clone(),
+        presence: args.presence.clone(),
+        info: args.info.clone(),
         role: args.bridge.then(|| "bridge".to_owned()),
         iss: run.jwt_issuer.clone(),
         aud: run.jwt_audience.clone(),

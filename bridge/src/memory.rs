@@ -1,6 +1,7 @@
 //! In-memory implementations of the broker seam, for unit tests of the
 //! relay: a [`MemorySink`] that stores, refuses, or holds each delivery
-//! until the test confirms it (and may fail dead letters first), and a
+//! (messages and presence events alike) until the test confirms it (and
+//! may fail dead letters first), and a
 //! [`MemorySource`] that hands out prepared records, as the test watches,
 //! and remembers commits.
 
@@ -9,14 +10,17 @@ use std::sync::Mutex;
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
-use roomcast_protocol::wire::Message;
+use roomcast_protocol::wire::{Message, PresenceEvent};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::broker::{DeadLetter, Delivery, Record, Sink, SinkError, Source, SourceError};
+use crate::broker::{
+    presence_value, DeadLetter, Delivery, Record, Sink, SinkError, Source, SourceError,
+};
 
 /// How the sink answers.
 enum Behaviour {
-    /// Stores messages whose JSON is at most this long; refuses larger ones.
+    /// Stores messages (and presence values) whose JSON is at most this
+    /// long; refuses larger ones.
     RefuseOver(usize),
     /// Takes nothing.
     Unavailable,
@@ -26,6 +30,7 @@ enum Behaviour {
 
 /// A delivery a holding sink waits to confirm.
 pub struct Held {
+    /// The message's `seq`, or the presence event's `pseq`.
     pub seq: u64,
     confirm: oneshot::Sender<()>,
 }
@@ -33,6 +38,9 @@ pub struct Held {
 pub struct MemorySink {
     behaviour: Behaviour,
     messages: Mutex<Vec<Message>>,
+    presence: Mutex<Vec<PresenceEvent>>,
+    /// False: presence is off, as with an empty `--presence-topic`.
+    relays_presence: bool,
     dead_letters: Mutex<Vec<DeadLetter>>,
     /// What the next dead-letter writes get instead of being stored, in
     /// order; once empty, dead letters are stored.
@@ -64,6 +72,8 @@ impl MemorySink {
         MemorySink {
             behaviour,
             messages: Mutex::default(),
+            presence: Mutex::default(),
+            relays_presence: true,
             dead_letters: Mutex::default(),
             dead_letter_failures: Mutex::default(),
             dead_letter_attempts: Mutex::default(),
@@ -78,28 +88,29 @@ impl MemorySink {
         self
     }
 
+    /// This sink, with presence turned off.
+    pub fn without_presence(self) -> MemorySink {
+        MemorySink {
+            relays_presence: false,
+            ..self
+        }
+    }
+
     /// Dead-letter writes attempted so far, stored or not.
     pub fn dead_letter_attempts(&self) -> usize {
         *self.dead_letter_attempts.lock().unwrap()
     }
 
-    fn hold(
-        &self,
-        held: &mpsc::UnboundedSender<Held>,
-        message: &Message,
-    ) -> BoxFuture<'static, Delivery> {
+    /// Holds the delivery of what the caller just stored under `seq`.
+    fn hold(&self, held: &mpsc::UnboundedSender<Held>, seq: u64) -> BoxFuture<'static, Delivery> {
         let (confirm, confirmed) = oneshot::channel();
         {
             let mut outstanding = self.outstanding.lock().unwrap();
             let before = outstanding.0;
-            outstanding.1.push((message.seq, before));
+            outstanding.1.push((seq, before));
             outstanding.0 += 1;
         }
-        self.messages.lock().unwrap().push(message.clone());
-        let _ = held.send(Held {
-            seq: message.seq,
-            confirm,
-        });
+        let _ = held.send(Held { seq, confirm });
         let delivery: Delivery = async move {
             confirmed
                 .await
@@ -114,8 +125,8 @@ impl MemorySink {
         let _ = held.confirm.send(());
     }
 
-    /// `(seq, deliveries outstanding before it)` for each message published
-    /// to a holding sink.
+    /// `(seq, deliveries outstanding before it)` for each message (or
+    /// presence event) published to a holding sink.
     pub fn publications(&self) -> Vec<(u64, usize)> {
         self.outstanding.lock().unwrap().1.clone()
     }
@@ -124,31 +135,62 @@ impl MemorySink {
         self.messages.lock().unwrap().clone()
     }
 
+    /// The presence events stored (or held), in the order they came.
+    pub fn presence_events(&self) -> Vec<PresenceEvent> {
+        self.presence.lock().unwrap().clone()
+    }
+
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
         self.dead_letters.lock().unwrap().clone()
     }
 }
 
-impl Sink for MemorySink {
-    fn publish<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Delivery> {
+impl MemorySink {
+    /// Answers a delivery of `bytes` under `seq` as the behaviour says,
+    /// calling `store` for what it stores or holds.
+    fn deliver(
+        &self,
+        seq: u64,
+        bytes: usize,
+        store: impl FnOnce(),
+    ) -> BoxFuture<'static, Delivery> {
         let outcome = match &self.behaviour {
-            Behaviour::Hold(held) => return self.hold(held, message),
-            Behaviour::Unavailable => Err(SinkError::Unavailable("memory sink is down".into())),
-            Behaviour::RefuseOver(limit)
-                if serde_json::to_string(message).unwrap().len() > *limit =>
-            {
-                Err(SinkError::Refused {
-                    reason: "too_large".into(),
-                    detail: format!("over {limit} bytes"),
-                })
+            Behaviour::Hold(held) => {
+                store();
+                return self.hold(held, seq);
             }
+            Behaviour::Unavailable => Err(SinkError::Unavailable("memory sink is down".into())),
+            Behaviour::RefuseOver(limit) if bytes > *limit => Err(SinkError::Refused {
+                reason: "too_large".into(),
+                detail: format!("over {limit} bytes"),
+            }),
             Behaviour::RefuseOver(_) => {
-                self.messages.lock().unwrap().push(message.clone());
+                store();
                 Ok(())
             }
         };
         let delivery: Delivery = futures_util::future::ready(outcome).boxed();
         futures_util::future::ready(delivery).boxed()
+    }
+}
+
+impl Sink for MemorySink {
+    fn publish<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Delivery> {
+        let bytes = serde_json::to_string(message).unwrap().len();
+        self.deliver(message.seq, bytes, || {
+            self.messages.lock().unwrap().push(message.clone())
+        })
+    }
+
+    fn relays_presence(&self) -> bool {
+        self.relays_presence
+    }
+
+    fn presence<'a>(&'a self, event: &'a PresenceEvent) -> BoxFuture<'a, Delivery> {
+        let bytes = presence_value(event).len();
+        self.deliver(event.pseq, bytes, || {
+            self.presence.lock().unwrap().push(event.clone())
+        })
     }
 
     fn dead_letter<'a>(&'a self, letter: &'a DeadLetter) -> BoxFuture<'a, Result<(), SinkError>> {

@@ -20,8 +20,10 @@ use crate::broker::BrokerKind;
 
 /// Every series name the bridge exports, which dashboards and alerts may
 /// query (docs/bridge.md, "Metrics").
-pub const METRIC_NAMES: [&str; 20] = [
+pub const METRIC_NAMES: [&str; 23] = [
     "roomcast_room_connections",
+    "roomcast_room_users",
+    "roomcast_room_members",
     "roomcast_room_shards",
     "roomcast_room_messages_total",
     "roomcast_room_deliveries_total",
@@ -41,6 +43,7 @@ pub const METRIC_NAMES: [&str; 20] = [
     "roomcast_bridge_links_max",
     "roomcast_bridge_links_waiting",
     "roomcast_bridge_broker",
+    "roomcast_bridge_presence_events_total",
 ];
 
 /// The relay direction into rooms, the `direction` label (the other way
@@ -85,6 +88,9 @@ pub struct Metrics {
     pub relayed: IntCounterVec,
     pub relay_seconds: HistogramVec,
     pub dlq: IntCounterVec,
+    /// Presence events the broker stored (dead letters excluded), by
+    /// `broker`; count them with [`Metrics::presence_stored`].
+    presence_events: IntCounterVec,
     /// Room links held or being opened (one per room task).
     pub links: IntGauge,
     /// `--max-links`.
@@ -186,6 +192,11 @@ impl Metrics {
                 "Records sent to the dead-letter topic, by reason",
                 &["reason"],
             ),
+            presence_events: counter(
+                "roomcast_bridge_presence_events_total",
+                "Room presence events stored in the broker",
+                &["broker"],
+            ),
             links: single("roomcast_bridge_links", "Room links held or being opened"),
             links_max: single(
                 "roomcast_bridge_links_max",
@@ -204,6 +215,9 @@ impl Metrics {
             metrics.relayed.with_label_values(&[direction]);
             metrics.relay_seconds.with_label_values(&[direction]);
         }
+        metrics
+            .presence_events
+            .with_label_values(&[broker.as_str()]);
         // An info series: which broker this instance relays to, joinable
         // with every other series of the instance.
         register(
@@ -225,6 +239,13 @@ impl Metrics {
     /// The `direction` label of what is stored in the broker.
     pub fn to_broker(&self) -> &'static str {
         self.broker.direction()
+    }
+
+    /// One more presence event stored in the broker.
+    pub fn presence_stored(&self) {
+        self.presence_events
+            .with_label_values(&[self.broker.as_str()])
+            .inc();
     }
 
     /// Drops every series of a room whose link this instance no longer
@@ -326,6 +347,23 @@ fn render_rooms(text: &mut String, rooms: &BTreeMap<String, StatsReport>) {
             escape(room),
             r.connections
         );
+    }
+    for (name, help, value) in [
+        (
+            "roomcast_room_users",
+            "Distinct subjects holding the open connections",
+            (|r: &StatsReport| r.users) as fn(&StatsReport) -> u64,
+        ),
+        (
+            "roomcast_room_members",
+            "Subjects shown as members (docs/protocol.md, Presence)",
+            |r: &StatsReport| r.members,
+        ),
+    ] {
+        family(text, name, "gauge", help);
+        for (room, r) in rooms {
+            let _ = writeln!(text, "{name}{{room=\"{}\"}} {}", escape(room), value(r));
+        }
     }
     family(
         text,
@@ -472,6 +510,8 @@ mod tests {
             epoch: "e".into(),
             head: 1,
             connections: 3,
+            users: 2,
+            members: 1,
             shards: 2,
             cursor: 0,
             pending: 1,
@@ -538,5 +578,11 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("to_kafka"), "{text}");
+        m.presence_stored();
+        assert!(
+            m.render()
+                .contains(r#"roomcast_bridge_presence_events_total{broker="amqp"} 1"#),
+            "{text}"
+        );
     }
 }

@@ -6,7 +6,9 @@
 //! the broker refused it for good, the dead-letter topic stored. Anything
 //! unacknowledged when the link or the broker fails is replayed by the room
 //! on the next link: duplicates are possible, gaps are not, and no message
-//! can stall its room's relay forever.
+//! can stall its room's relay forever. The room's presence events travel
+//! the same link and go to the same broker under the same rules, numbered
+//! apart (`pseq`, acknowledged with `presence_ack`): `crate::presence`.
 //!
 //! What a link may hold is bounded (docs/bridge.md, "Links and shutdown"): a message
 //! goes to the broker only once its bytes fit in the instance's shared
@@ -35,6 +37,7 @@ use crate::context::Bridge;
 use crate::dlq;
 use crate::link::{Link, LinkError};
 use crate::metrics::Metrics;
+use crate::presence::PresenceRelay;
 use crate::stop::Stop;
 
 /// How often confirmed progress is acknowledged to the room.
@@ -203,13 +206,16 @@ async fn relay(
     }
     bridge.metrics.link_up.with_label_values(&[room]).set(1);
     let mut pending = Pending::new(bridge.sink.clone(), bridge.metrics.clone(), stop.clone());
-    let mut acked: Option<u64> = None;
+    let mut presence =
+        PresenceRelay::new(bridge.sink.clone(), bridge.metrics.clone(), stop.clone());
+    let mut acked = Acked::default();
     let mut ack_tick = tokio::time::interval(ACK_INTERVAL);
     // A message read but not yet handed to the broker, waiting for its
     // bytes; meanwhile the link reads nothing more.
     let mut parked: Option<Parked> = None;
-    // Only room messages keep a link: `stats` frames also come from rooms
-    // that have clients but nothing to relay.
+    // Only room messages keep a link: `stats` and `presence` frames also
+    // come from rooms that have clients but nothing to relay (the room keeps
+    // unacknowledged presence events for the next link).
     let idle = tokio::time::sleep(bridge.link_idle);
     tokio::pin!(idle);
     loop {
@@ -222,6 +228,7 @@ async fn relay(
                     parked = Some((message, bytes));
                 }
                 Ok(ServerFrame::Stats(report)) => bridge.metrics.room_stats(report.into_owned()),
+                Ok(ServerFrame::Presence(event)) => presence.push(event.into_owned()).await,
                 Ok(ServerFrame::Welcome(welcome)) => {
                     info!(room, cursor = welcome.cursor, head = welcome.head, "room link up")
                 }
@@ -241,19 +248,21 @@ async fn relay(
                     return End::Lost(why);
                 }
             },
-            _ = ack_tick.tick() => {
-                if let Some(seq) = pending.confirmed.filter(|c| Some(*c) > acked) {
-                    if let Err(e) = link.send(&BridgeFrame::BridgeAck { seq }).await {
-                        return e.into();
-                    }
-                    acked = Some(seq);
+            confirmed = presence.next_confirmed(), if !presence.is_empty() => {
+                if let Err(why) = confirmed {
+                    return End::Lost(why);
                 }
             },
-            _ = &mut idle, if pending.is_empty() && parked.is_none() => {
-                if let Some(seq) = pending.confirmed.filter(|c| Some(*c) > acked) {
-                    if let Err(e) = link.send(&BridgeFrame::BridgeAck { seq }).await {
-                        return e.into();
-                    }
+            _ = ack_tick.tick() => {
+                let confirmed = (pending.confirmed, presence.confirmed);
+                if let Err(e) = acked.catch_up(&mut link, confirmed).await {
+                    return e.into();
+                }
+            },
+            _ = &mut idle, if pending.is_empty() && presence.is_empty() && parked.is_none() => {
+                let confirmed = (pending.confirmed, presence.confirmed);
+                if let Err(e) = acked.catch_up(&mut link, confirmed).await {
+                    return e.into();
                 }
                 if link.close_idle("idle").await {
                     return End::Lost(
@@ -263,7 +272,7 @@ async fn relay(
                 return End::Idle;
             },
             _ = stop.stopping() => {
-                drain(room, link, pending, acked).await;
+                drain(room, link, pending, presence, acked).await;
                 return End::Stopped;
             },
         }
@@ -293,12 +302,51 @@ fn weight(message: &Message) -> usize {
         + message.trace.as_ref().map_or(0, String::len)
 }
 
+/// What the room was last told is done: its messages (`bridge_ack`) and
+/// its presence events (`presence_ack`).
+#[derive(Default)]
+struct Acked {
+    seq: Option<u64>,
+    pseq: Option<u64>,
+}
+
+impl Acked {
+    /// Acknowledges what was `confirmed` (the highest seq, the highest
+    /// pseq) since the last acknowledgement.
+    async fn catch_up(
+        &mut self,
+        link: &mut Link,
+        (confirmed, presence_confirmed): (Option<u64>, Option<u64>),
+    ) -> Result<(), LinkError> {
+        if let Some(seq) = confirmed.filter(|c| Some(*c) > self.seq) {
+            link.send(&BridgeFrame::BridgeAck { seq }).await?;
+            self.seq = Some(seq);
+        }
+        if let Some(pseq) = presence_confirmed.filter(|c| Some(*c) > self.pseq) {
+            link.send(&BridgeFrame::PresenceAck { pseq }).await?;
+            self.pseq = Some(pseq);
+        }
+        Ok(())
+    }
+}
+
 /// On shutdown: waits (bounded) for outstanding deliveries, acknowledges
 /// what the broker confirmed, and closes the link with 1001.
-async fn drain(room: &str, mut link: Link, mut pending: Pending, acked: Option<u64>) {
+async fn drain(
+    room: &str,
+    mut link: Link,
+    mut pending: Pending,
+    mut presence: PresenceRelay,
+    mut acked: Acked,
+) {
     let wait = async {
         while !pending.is_empty() {
             if pending.next_confirmed().await.is_err() {
+                break;
+            }
+        }
+        while !presence.is_empty() {
+            if presence.next_confirmed().await.is_err() {
                 break;
             }
         }
@@ -309,9 +357,9 @@ async fn drain(room: &str, mut link: Link, mut pending: Pending, acked: Option<u
             "shutdown: deliveries still outstanding; the room will replay them"
         );
     }
-    if let Some(seq) = pending.confirmed.filter(|c| Some(*c) > acked) {
-        let _ = link.send(&BridgeFrame::BridgeAck { seq }).await;
-    }
+    let _ = acked
+        .catch_up(&mut link, (pending.confirmed, presence.confirmed))
+        .await;
     link.close("bridge shutting down").await;
 }
 
@@ -678,6 +726,58 @@ mod tests {
             [(1, 0), (2, 1), (3, 1), (4, 0), (5, 0), (6, 1), (7, 1)],
             "at most two small messages in flight; the one over the bound alone"
         );
+    }
+
+    #[tokio::test]
+    async fn a_presence_event_is_acknowledged_once_it_and_every_one_before_are_stored() {
+        let mut worker = FakeWorker::start().await;
+        let (sink, mut held) = MemorySink::holding();
+        let sink = Arc::new(sink);
+        let (bridge, _task, _trigger) = relay_room(&worker, sink.clone(), Spec::default());
+        let mut link = worker.link().await;
+        link.welcome("r", 0).await;
+        link.presence("r", 1, "ann").await;
+        link.presence("r", 2, "bob").await;
+        let (first, second) = (receive(&mut held).await, receive(&mut held).await);
+        assert_eq!((first.seq, second.seq), (1, 2));
+        sink.confirm(second);
+        // A message confirmed meanwhile is acknowledged; pseq 2 is not, as
+        // long as pseq 1 is unconfirmed.
+        link.message("r", 1, "one").await;
+        sink.confirm(receive(&mut held).await);
+        assert_eq!(link.next().await, FromBridge::Ack(1));
+        sink.confirm(first);
+        assert_eq!(link.next().await, FromBridge::PresenceAck(2));
+        let events = sink.presence_events();
+        let stored: Vec<(&str, u64, &str)> = events
+            .iter()
+            .map(|e| (e.room.as_str(), e.pseq, e.joins.get()))
+            .collect();
+        assert_eq!(
+            stored,
+            [
+                ("r", 1, r#"[{"sub":"ann","metas":[{"conn_id":"c_1"}]}]"#),
+                ("r", 2, r#"[{"sub":"bob","metas":[{"conn_id":"c_2"}]}]"#)
+            ]
+        );
+        assert!(bridge
+            .metrics
+            .render()
+            .contains(r#"roomcast_bridge_presence_events_total{broker="kafka"} 2"#));
+    }
+
+    #[tokio::test]
+    async fn with_presence_off_events_are_acknowledged_unwritten() {
+        let mut worker = FakeWorker::start().await;
+        let sink = Arc::new(MemorySink::unavailable().without_presence());
+        let (_bridge, _task, _trigger) = relay_room(&worker, sink.clone(), Spec::default());
+        let mut link = worker.link().await;
+        link.welcome("r", 0).await;
+        for pseq in 1..=3 {
+            link.presence("r", pseq, "ann").await;
+        }
+        while link.next().await != FromBridge::PresenceAck(3) {}
+        assert!(sink.presence_events().is_empty());
     }
 
     #[tokio::test]

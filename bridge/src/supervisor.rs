@@ -93,6 +93,7 @@ pub async fn run(args: RunArgs) -> Result<(), StartError> {
                 target: Target::load(&args.amqp_url, args.amqp_password_file.as_deref())?,
                 tls: tls.clone(),
                 events_exchange: args.amqp_events_exchange.clone(),
+                presence_exchange: switched(&args.amqp_presence_exchange),
                 inbound_queue: args.amqp_inbound_queue.clone(),
                 dead_letter_exchange: args.amqp_dead_letter_exchange.clone(),
                 dead_letter_queue: args.amqp_dead_letter_queue.clone(),
@@ -137,6 +138,11 @@ pub async fn run(args: RunArgs) -> Result<(), StartError> {
         .map_err(|_| StartError::SlowShutdown(SHUTDOWN_TIMEOUT))
 }
 
+/// The name a flag gives, where an empty one turns its feature off.
+fn switched(name: &str) -> Option<String> {
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
 /// Kafka's clients as the flags configure them (the embedded cluster,
 /// started and kept in `embedded`, with `--embedded-kafka`), and the
 /// topics' creation started in the background.
@@ -150,7 +156,12 @@ async fn kafka(
         info!(properties = config.describe(), "Kafka client properties");
     }
     let brokers = if args.embedded_kafka {
-        let topics = [&args.events_topic, &args.inbound_topic, &args.dlq_topic].map(String::as_str);
+        let presence = switched(&args.presence_topic);
+        let topics: Vec<&str> = [&args.events_topic, &args.inbound_topic, &args.dlq_topic]
+            .into_iter()
+            .chain(&presence)
+            .map(String::as_str)
+            .collect();
         let cluster = embedded::start(&topics).await?;
         warn!(
             "EMBEDDED KAFKA on {} (mock cluster at {}): for development only, nothing is persisted",
@@ -169,6 +180,7 @@ async fn kafka(
         events_topic: args.events_topic.clone(),
         inbound_topic: args.inbound_topic.clone(),
         dlq_topic: args.dlq_topic.clone(),
+        presence_topic: switched(&args.presence_topic),
         group_id: args.group_id.clone(),
         instance: instance.to_owned(),
     };

@@ -62,7 +62,7 @@ pub enum TokenSource {
     /// Minted by the bridge with `key`, each lasting `spec.ttl_secs`.
     Minted {
         key: Box<SigningKey>,
-        spec: TokenSpec,
+        spec: Box<TokenSpec>,
     },
     /// Issued elsewhere and written to a file, re-read when it changes.
     File(PathBuf),
@@ -81,14 +81,14 @@ impl TokenSource {
     ) -> TokenSource {
         TokenSource::Minted {
             key: Box::new(key),
-            spec: TokenSpec {
+            spec: Box::new(TokenSpec {
                 sub: SUBJECT.into(),
                 role: Some("bridge".into()),
                 iss: issuer,
                 aud: audience,
                 ttl_secs: ttl_secs.min(MAX_TTL_SECS),
                 ..TokenSpec::default()
-            },
+            }),
         }
     }
 
@@ -146,7 +146,12 @@ fn refresh_after(ttl_secs: u64) -> Duration {
     Duration::from_millis(ttl_secs.saturating_mul(1000) * 2 / 3)
 }
 
-async fn remint(key: Box<SigningKey>, spec: TokenSpec, tx: watch::Sender<Token>, mut stop: Stop) {
+async fn remint(
+    key: Box<SigningKey>,
+    spec: Box<TokenSpec>,
+    tx: watch::Sender<Token>,
+    mut stop: Stop,
+) {
     while stop.sleep(refresh_after(spec.ttl_secs)).await {
         let token = Token::new(key.mint(&spec, now_ms()));
         info!(

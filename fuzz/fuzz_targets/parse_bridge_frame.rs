@@ -49,7 +49,19 @@ fuzz_target!(|bytes: &[u8]| {
 /// A bridge frame and its text, or (`None`) a text with one flaw.
 fn frame(g: &mut Gen) -> (Option<BridgeFrame>, Json) {
     let flawed = g.chance(6);
-    let (frame, kind, field) = if g.chance(2) {
+    let (frame, kind, field) = if g.chance(3) {
+        let pseq = g.u64();
+        let value = if flawed {
+            Json::Token(g.pick(&["-1", "0.5", "\"3\"", "null"]).to_owned())
+        } else {
+            Json::Token(pseq.to_string())
+        };
+        (
+            BridgeFrame::PresenceAck { pseq },
+            "presence_ack",
+            ("pseq", value),
+        )
+    } else if g.chance(2) {
         let seq = g.u64();
         let value = if flawed {
             Json::Token(

@@ -5,7 +5,8 @@
 //!   the same frame, or a typed `serde_json` error: a data error (the
 //!   frame's shape) whenever the text is JSON at all, never a syntax error
 //!   about text any JSON reader reads;
-//! - as the choices that make a frame of every kind but `stats` (any
+//! - as the choices that make a frame of every kind but `stats` (a room
+//!   link's `presence` events included; any
 //!   strings, numbers across their range, optional fields present or not):
 //!   its text reads back to the same frame, and so does the text
 //!   pretty-printed, but for the whitespace it then has in `data`.
@@ -22,7 +23,8 @@ use roomcast_fuzz::indent;
 use roomcast_fuzz::json::{self, Gen};
 use roomcast_protocol::draft::Origin;
 use roomcast_protocol::wire::{
-    parse_server_frame, CatchUp, Message, RateInfo, Receipt, Registration, ServerFrame, Welcome,
+    parse_server_frame, CatchUp, Message, PresenceEvent, RateInfo, Receipt, Registration,
+    ServerFrame, Welcome,
 };
 use roomcast_protocol::ErrorCode;
 use serde_json::value::RawValue;
@@ -88,7 +90,7 @@ const CODES: [ErrorCode; 15] = [
 fn frame(g: &mut Gen) -> ServerFrame<'static> {
     let text = |g: &mut Gen| g.text(0, 64);
     let optional = |g: &mut Gen| g.chance(2).then(|| g.text(0, 64));
-    match g.below(7) {
+    match g.below(8) {
         0 => ServerFrame::Welcome(Cow::Owned(Welcome {
             room: text(g),
             conn_id: text(g),
@@ -133,10 +135,24 @@ fn frame(g: &mut Gen) -> ServerFrame<'static> {
         },
         4 => ServerFrame::AuthOk { exp: g.u64() },
         5 => ServerFrame::TokenExpiring { exp: g.u64() },
-        _ => ServerFrame::Room(Cow::Owned(Registration {
+        6 => ServerFrame::Room(Cow::Owned(Registration {
             room: text(g),
             pending: g.u64(),
         })),
+        _ => {
+            let raw = |g: &mut Gen| {
+                RawValue::from_string(json::data(g).compact()).expect("generated JSON")
+            };
+            ServerFrame::Presence(Cow::Owned(PresenceEvent {
+                room: text(g),
+                pseq: g.u64(),
+                at: g.u64(),
+                joins: raw(g),
+                leaves: raw(g),
+                occupancy: raw(g),
+                gap: g.chance(2),
+            }))
+        }
     }
 }
 

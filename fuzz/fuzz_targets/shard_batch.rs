@@ -28,7 +28,8 @@ fuzz_target!(|bytes: &[u8]| {
     }
     if let Ok(reply) = parse_join_reply(&text) {
         in_order(&reply.replay, &text);
-        let again = encode_join_reply(reply.welcome, reply.replay.iter().copied());
+        let presence: Vec<String> = reply.presence.iter().map(|f| f.to_string()).collect();
+        let again = encode_join_reply(reply.welcome, &presence, reply.replay.iter().copied());
         assert_eq!(
             again, text,
             "a join reply read from {text:?} writes as {again:?}"

@@ -255,10 +255,12 @@ pub fn crosses_batch_and_join_reply(prev: Option<u64>, frames: &[(u64, &str)], g
         Err(e) => panic!("the sequencer's own batch is refused ({e}): {batch:?}"),
     }
     let welcome = lookalike(g);
-    let reply = encode_join_reply(&welcome, frames.iter().copied());
+    let presence: Vec<String> = (0..g.below(3)).map(|_| lookalike(g)).collect();
+    let reply = encode_join_reply(&welcome, &presence, frames.iter().copied());
     match parse_join_reply(&reply) {
         Ok(back) => {
             assert_eq!(back.welcome, welcome, "{reply:?}");
+            assert_eq!(back.presence, presence, "{reply:?}");
             assert_eq!(back.replay, frames, "{reply:?}");
         }
         Err(e) => panic!("the sequencer's own join reply is refused ({e}): {reply:?}"),

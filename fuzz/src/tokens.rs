@@ -76,6 +76,8 @@ pub fn fixture() -> Fixture {
         aud: Some(AUDIENCE.into()),
         ttl_secs: 3600,
         not_before_secs: None,
+        presence: vec!["chat.*".into()],
+        info: Some(json!({"name": "Alice"})),
     };
     let refused = [
         (

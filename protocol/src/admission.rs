@@ -63,6 +63,8 @@ pub enum RoomOp {
     Publish,
     History,
     Stats,
+    /// The members and counts (docs/protocol.md, "Presence").
+    Presence,
     BridgeLink,
 }
 
@@ -112,7 +114,9 @@ impl Route {
             Route::Health | Route::Assets => None,
             Route::RegistryLink | Route::RegistryReport => Some(Need::Bridge),
             Route::Room { op, .. } => Some(match op {
-                RoomOp::Join | RoomOp::History | RoomOp::Stats => Need::Subscribe,
+                RoomOp::Join | RoomOp::History | RoomOp::Stats | RoomOp::Presence => {
+                    Need::Subscribe
+                }
                 RoomOp::Publish => Need::Publish,
                 RoomOp::BridgeLink => Need::Bridge,
             }),
@@ -198,8 +202,9 @@ fn room_route(method: &str, room: &str, op: &str) -> Result<Route, Refusal> {
         ("messages", "POST") => RoomOp::Publish,
         ("messages", "GET") => RoomOp::History,
         ("stats", "GET") => RoomOp::Stats,
+        ("presence", "GET") => RoomOp::Presence,
         ("bridge", "GET") => RoomOp::BridgeLink,
-        ("ws" | "stats" | "messages" | "bridge", _) => {
+        ("ws" | "stats" | "presence" | "messages" | "bridge", _) => {
             return Err(refusal(
                 ErrorCode::MethodNotAllowed,
                 "method not allowed here",
@@ -361,6 +366,10 @@ mod tests {
             Ok(room("a", RoomOp::Publish))
         );
         assert_eq!(route("GET", "/v1/bridge"), Ok(Route::RegistryLink));
+        assert_eq!(
+            route("GET", "/v1/rooms/a/presence"),
+            Ok(room("a", RoomOp::Presence))
+        );
         assert_eq!(route("GET", "/index.html"), Ok(Route::Assets));
         let code = |m, p| route(m, p).unwrap_err().code;
         assert_eq!(code("GET", "/v1/rooms/.a/ws"), ErrorCode::BadRoom);
@@ -368,6 +377,10 @@ mod tests {
         assert_eq!(code("GET", "/v1/rooms/a/nope"), ErrorCode::NotFound);
         assert_eq!(code("GET", "/v1/nope"), ErrorCode::NotFound);
         assert_eq!(code("POST", "/v1/registry"), ErrorCode::MethodNotAllowed);
+        assert_eq!(
+            code("POST", "/v1/rooms/a/presence"),
+            ErrorCode::MethodNotAllowed
+        );
     }
 
     #[test]
@@ -376,6 +389,7 @@ mod tests {
             rooms: vec!["a.*".into()],
             publish: vec![],
             bridge: false,
+            presence: vec![],
         };
         assert!(room("a.b", RoomOp::Join).allowed(&user));
         assert!(!room("a.b", RoomOp::Publish).allowed(&user));
@@ -563,6 +577,7 @@ mod tests {
         assert!(room("a", RoomOp::History).cross_origin());
         assert!(room("a", RoomOp::Publish).cross_origin());
         assert!(room("a", RoomOp::Stats).cross_origin());
+        assert!(room("a", RoomOp::Presence).cross_origin());
         assert!(Route::Health.cross_origin());
         assert!(Route::RegistryReport.cross_origin());
         assert!(!room("a", RoomOp::Join).cross_origin());

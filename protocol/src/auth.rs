@@ -15,7 +15,9 @@ use jwt_compact::{
     AlgorithmExt, Claims, UntrustedToken,
 };
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
+use crate::policy::compact;
 use crate::rights::Rights;
 
 /// Why a token was refused. The message is safe to show to the client.
@@ -46,15 +48,21 @@ pub enum AuthError {
     #[error("this key or issuer may not issue bridge tokens (JWT_BRIDGE_KIDS, JWT_BRIDGE_ISSUER)")]
     BridgeRoleRefused,
     #[error(
-        "the token's identity (sub, exp and room patterns) is over {MAX_IDENTITY_BYTES} bytes"
+        "the token's identity (sub, exp, room patterns and info) is over {MAX_IDENTITY_BYTES} bytes"
     )]
     TooLarge,
+    #[error("the token's info claim is over {MAX_INFO_BYTES} bytes (as compact JSON)")]
+    InfoTooLarge,
 }
 
 /// Largest identity (as JSON) a token may carry: it rides in every
 /// connection's socket attachment, which the runtime caps at 16 KiB
 /// together with the rest of the session.
 pub const MAX_IDENTITY_BYTES: usize = 8 * 1024;
+
+/// Largest `info` claim, as compact JSON: every presence frame that names
+/// the connection carries it, to every member of the room.
+pub const MAX_INFO_BYTES: usize = 1024;
 
 /// Why the verifier could not be built: a deployment mistake, reported loudly.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -83,7 +91,7 @@ impl Audience {
 }
 
 /// The claims roomcast reads, besides the registered time claims.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RoomClaims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
@@ -97,6 +105,14 @@ pub struct RoomClaims {
     pub iss: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<Audience>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub presence: Vec<String>,
+    /// What the connection shows the room about itself, any JSON. Written
+    /// when minting, never read here: jwt-compact reads custom claims through
+    /// `#[serde(flatten)]`, which cannot hand a field its raw text, so
+    /// [`Verifier::verify`] reads this claim from the payload itself.
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub info: Option<Box<RawValue>>,
 }
 
 /// Who a verified token speaks for, and until when.
@@ -106,6 +122,9 @@ pub struct Identity {
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
     pub rights: Rights,
+    /// The `info` claim as compact JSON text, at most [`MAX_INFO_BYTES`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<String>,
 }
 
 impl Identity {
@@ -238,7 +257,8 @@ impl Verifier {
         let untrusted = UntrustedToken::new(token).map_err(|_| AuthError::Malformed)?;
         let claims = self.verify_signature(&untrusted)?;
         let bridge_allowed = self.may_issue_bridge_tokens(&untrusted, &claims.custom);
-        let identity = self.check_claims(claims, now_ms)?;
+        let mut identity = self.check_claims(claims, now_ms)?;
+        identity.info = info_claim(token)?;
         if identity.rights.bridge && !bridge_allowed {
             return Err(AuthError::BridgeRoleRefused);
         }
@@ -345,9 +365,38 @@ impl Verifier {
                 rooms: custom.rooms,
                 publish: custom.publish,
                 bridge: custom.role.as_deref() == Some("bridge"),
+                presence: custom.presence,
             },
+            info: None,
         })
     }
+}
+
+/// The `info` claim of `token` (whose signature already verified), compact.
+///
+/// The payload is read a second time, for this claim alone, so that the
+/// value keeps the issuer's text (key order, numbers exactly as written)
+/// rather than what a parsed value would print back.
+fn info_claim(token: &str) -> Result<Option<String>, AuthError> {
+    #[derive(Deserialize)]
+    struct Payload {
+        #[serde(default)]
+        info: Option<Box<RawValue>>,
+    }
+    let payload = token.split('.').nth(1).ok_or(AuthError::Malformed)?;
+    let json = URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| AuthError::Malformed)?;
+    let payload: Payload =
+        serde_json::from_slice(&json).map_err(|e| AuthError::BadClaims(e.to_string()))?;
+    let Some(raw) = payload.info else {
+        return Ok(None);
+    };
+    let info = compact(raw.get()).into_owned();
+    if info.len() > MAX_INFO_BYTES {
+        return Err(AuthError::InfoTooLarge);
+    }
+    Ok(Some(info))
 }
 
 /// When a connection authenticated until `exp` (seconds since the epoch) is
@@ -391,8 +440,91 @@ pub fn unverified_expiry(token: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::signing::{mint_hs256, TokenSpec};
+    use jwt_compact::Header;
+    use serde_json::json;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    const NOW_MS: u64 = 1_800_000_000_000;
+    const SECRET: &str = "unit-secret";
+
+    fn verifier() -> Verifier {
+        Verifier::new(&VerifierConfig {
+            hs256_secret: Some(SECRET.into()),
+            ..VerifierConfig::default()
+        })
+        .unwrap()
+    }
+
+    fn member(info: Option<serde_json::Value>) -> TokenSpec {
+        TokenSpec {
+            sub: "alice".into(),
+            rooms: vec!["*".into()],
+            presence: vec!["team.*".into()],
+            info,
+            ttl_secs: 600,
+            ..TokenSpec::default()
+        }
+    }
+
+    fn verify(spec: &TokenSpec) -> Result<Identity, AuthError> {
+        verifier().verify(&mint_hs256(SECRET, spec, NOW_MS), NOW_MS)
+    }
+
+    /// A token whose `info` claim is `raw`, byte for byte (a minted one is
+    /// already compact).
+    fn with_raw_info(raw: &str) -> Result<Identity, AuthError> {
+        let mut claims = member(None).claims(NOW_MS);
+        claims.custom.info = Some(RawValue::from_string(raw.into()).unwrap());
+        let token = Hs256
+            .token(&Header::empty(), &claims, &Hs256Key::new(SECRET))
+            .unwrap();
+        verifier().verify(&token, NOW_MS)
+    }
+
+    #[test]
+    fn presence_patterns_and_info_carry_through() {
+        let id = verify(&member(Some(json!({"name": "Alice", "seat": 3})))).unwrap();
+        assert_eq!(id.rights.presence, vec!["team.*".to_owned()]);
+        assert!(id.rights.can_see_presence("team.a") && !id.rights.can_see_presence("lobby"));
+        assert_eq!(id.info.as_deref(), Some(r#"{"name":"Alice","seat":3}"#));
+        let plain = verify(&TokenSpec {
+            presence: vec![],
+            ..member(None)
+        })
+        .unwrap();
+        assert!(plain.rights.presence.is_empty() && plain.info.is_none());
+    }
+
+    #[test]
+    fn info_is_compacted_and_otherwise_kept_as_written() {
+        let id = with_raw_info("{ \"z\" : [1.50, 1e2],\n  \"a\": \" spaced \" }").unwrap();
+        assert_eq!(
+            id.info.as_deref(),
+            Some(r#"{"z":[1.50,1e2],"a":" spaced "}"#)
+        );
+        assert_eq!(with_raw_info("null").unwrap().info, None);
+        assert_eq!(with_raw_info(" 7 ").unwrap().info.as_deref(), Some("7"));
+    }
+
+    #[test]
+    fn info_over_the_limit_is_refused() {
+        // A string's quotes count: 1022 characters make 1024 bytes.
+        let at_limit = json!("x".repeat(MAX_INFO_BYTES - 2));
+        let id = verify(&member(Some(at_limit))).unwrap();
+        assert_eq!(id.info.map(|i| i.len()), Some(MAX_INFO_BYTES));
+        let over = json!("x".repeat(MAX_INFO_BYTES - 1));
+        let err = verify(&member(Some(over))).unwrap_err();
+        assert_eq!(err, AuthError::InfoTooLarge);
+        assert!(err.to_string().contains("1024 bytes"), "{err}");
+        let padded = format!("[{}1]", " ".repeat(MAX_INFO_BYTES));
+        assert_eq!(
+            with_raw_info(&padded).unwrap().info.as_deref(),
+            Some("[1]"),
+            "the limit is on the compact form"
+        );
+    }
 
     #[test]
     fn expiry_close_adds_leeway_then_grace() {
@@ -410,11 +542,26 @@ mod tests {
                 rooms: vec!["café.*".into()],
                 publish: vec!["*".into()],
                 bridge: false,
+                presence: vec!["café.*".into()],
             },
+            info: Some(r#"{"name":"Łukasz","tags":["a","b"]}"#.into()),
         };
         let header = identity.to_header();
         assert!(header.is_ascii());
         assert_eq!(Identity::from_header(&header), Some(identity));
         assert_eq!(Identity::from_header("not base64 {}"), None);
+    }
+
+    #[test]
+    fn identities_without_info_leave_it_out_and_read_back() {
+        let identity = Identity {
+            sub: "s".into(),
+            exp: 9,
+            rights: Rights::default(),
+            info: None,
+        };
+        let json = serde_json::to_string(&identity).unwrap();
+        assert!(!json.contains("info"), "{json}");
+        assert_eq!(Identity::from_header(&identity.to_header()), Some(identity));
     }
 }

@@ -34,6 +34,14 @@ pub struct Limits {
     /// Client sockets one object of the room holds; past it, connections go
     /// to the room's shards (docs/internals.md, "Sharding").
     pub room_shard_size: u64,
+    /// Shortest time between two presence diffs (and occupancy frames) of a room.
+    pub presence_interval_ms: u64,
+    /// How long the presence of a connection dropped without a close
+    /// lingers, waiting for its subject to come back; 0 = not at all.
+    pub presence_grace_ms: u64,
+    /// Members past which a room sends counts only, not who they are; 0 =
+    /// counts only, always.
+    pub presence_members_limit: u64,
 }
 
 /// Largest `MAX_MESSAGE_BYTES`: the runtime takes WebSocket messages of at
@@ -73,6 +81,7 @@ impl Limits {
             .or_else(|| at_least_one("RATE_STRIKES", self.rate_strikes.into()))
             .or_else(|| at_least_one("HEARTBEAT_MS", self.heartbeat_ms))
             .or_else(|| at_least_one("HISTORY_LIMIT", self.history_limit))
+            .or_else(|| at_least_one("PRESENCE_INTERVAL_MS", self.presence_interval_ms))
             .or_else(|| {
                 at_least_one(
                     "MAX_CONNECTIONS_PER_SUBJECT",
@@ -99,6 +108,9 @@ impl Default for Limits {
             max_connections_per_subject: 16,
             room_retire_ms: 7 * 86_400_000,
             room_shard_size: crate::shard::DEFAULT_SHARD_SIZE,
+            presence_interval_ms: 1000,
+            presence_grace_ms: 5000,
+            presence_members_limit: 1000,
         }
     }
 }
@@ -119,6 +131,7 @@ pub struct RoomPolicy {
     pub max_connections_per_subject: Option<u32>,
     pub room_retire_ms: Option<u64>,
     pub room_shard_size: Option<u64>,
+    pub presence_members_limit: Option<u64>,
 }
 
 impl RoomPolicy {
@@ -134,6 +147,7 @@ impl RoomPolicy {
             max_connections_per_subject,
             room_retire_ms,
             room_shard_size,
+            presence_members_limit,
             ..
         } = limits;
         set(max_message_bytes, self.max_message_bytes);
@@ -149,6 +163,7 @@ impl RoomPolicy {
         );
         set(room_retire_ms, self.room_retire_ms);
         set(room_shard_size, self.room_shard_size);
+        set(presence_members_limit, self.presence_members_limit);
     }
 }
 
@@ -228,6 +243,13 @@ impl Config {
             )?,
             room_retire_ms: number(&get, "ROOM_RETIRE_MS", d.room_retire_ms)?,
             room_shard_size: number(&get, "ROOM_SHARD_SIZE", d.room_shard_size)?,
+            presence_interval_ms: number(&get, "PRESENCE_INTERVAL_MS", d.presence_interval_ms)?,
+            presence_grace_ms: number(&get, "PRESENCE_GRACE_MS", d.presence_grace_ms)?,
+            presence_members_limit: number(
+                &get,
+                "PRESENCE_MEMBERS_LIMIT",
+                d.presence_members_limit,
+            )?,
         };
         let policies = match get("ROOM_POLICIES") {
             None => Vec::new(),
@@ -433,6 +455,12 @@ mod tests {
             (&[("HEARTBEAT_MS", "0")][..], "HEARTBEAT_MS"),
             (&[("HEARTBEAT_MS", "90000")][..], "IDLE_TIMEOUT_MS"),
             (&[("HISTORY_LIMIT", "0")][..], "HISTORY_LIMIT"),
+            (&[("PRESENCE_INTERVAL_MS", "0")][..], "PRESENCE_INTERVAL_MS"),
+            (&[("PRESENCE_GRACE_MS", "-1")][..], "PRESENCE_GRACE_MS"),
+            (
+                &[("PRESENCE_MEMBERS_LIMIT", "many")][..],
+                "PRESENCE_MEMBERS_LIMIT",
+            ),
             (&[("JWT_SECRET", "short")][..], "JWT_SECRET"),
             (&[("ROOM_CREATE_PER_MIN", "0")][..], "ROOM_CREATE_PER_MIN"),
             (
@@ -455,6 +483,56 @@ mod tests {
             ("IDLE_TIMEOUT_MS", "1500")
         ])
         .is_ok());
+    }
+
+    #[test]
+    fn presence_settings() {
+        let d = config(&[]).unwrap().defaults;
+        assert_eq!(
+            (
+                d.presence_interval_ms,
+                d.presence_grace_ms,
+                d.presence_members_limit
+            ),
+            (1000, 5000, 1000)
+        );
+        let c = config(&[
+            ("PRESENCE_INTERVAL_MS", "250"),
+            ("PRESENCE_GRACE_MS", "0"),
+            ("PRESENCE_MEMBERS_LIMIT", "0"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (
+                c.defaults.presence_interval_ms,
+                c.defaults.presence_grace_ms,
+                c.defaults.presence_members_limit
+            ),
+            (250, 0, 0),
+            "no grace and counts only are settings, not mistakes"
+        );
+        let err = config(&[("PRESENCE_INTERVAL_MS", "0")]).unwrap_err();
+        assert!(err.to_string().contains("at least 1"), "{err}");
+    }
+
+    #[test]
+    fn the_members_limit_is_a_room_policy() {
+        let c = config(&[(
+            "ROOM_POLICIES",
+            r#"[{"match":"stage.*","presence_members_limit":50000},{"match":"quiet.*","presence_members_limit":0}]"#,
+        )])
+        .unwrap();
+        assert_eq!(c.limits_for("stage.main").presence_members_limit, 50_000);
+        assert_eq!(c.limits_for("quiet.a").presence_members_limit, 0);
+        assert_eq!(c.limits_for("other").presence_members_limit, 1000);
+        assert!(
+            config(&[(
+                "ROOM_POLICIES",
+                r#"[{"match":"a","presence_interval_ms":5}]"#
+            )])
+            .is_err(),
+            "the interval is one setting for the deployment"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod history;
 pub mod ids;
 pub mod lifecycle;
 pub mod policy;
+pub mod presence;
 pub mod rate;
 pub mod rights;
 pub mod ring;

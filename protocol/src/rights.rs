@@ -24,6 +24,11 @@ pub struct Rights {
     pub publish: Vec<String>,
     /// The bridge's service token: may use the bridge links and publish anywhere.
     pub bridge: bool,
+    /// Patterns of rooms where the holder appears as a member and sees the
+    /// others. Defaulted so that rights saved before presence existed (in
+    /// open sockets' attachments) still read, as rights without it.
+    #[serde(default)]
+    pub presence: Vec<String>,
 }
 
 impl Rights {
@@ -33,6 +38,10 @@ impl Rights {
 
     pub fn can_publish(&self, room: &str) -> bool {
         self.bridge || self.publish.iter().any(|p| pattern_matches(p, room))
+    }
+
+    pub fn can_see_presence(&self, room: &str) -> bool {
+        self.bridge || self.presence.iter().any(|p| pattern_matches(p, room))
     }
 }
 
@@ -65,7 +74,45 @@ mod tests {
             rooms: vec!["a.*".into()],
             publish: vec![],
             bridge: false,
+            presence: vec![],
         };
         assert!(user.can_subscribe("a.b") && !user.can_publish("a.b"));
+    }
+
+    #[test]
+    fn presence_follows_its_own_patterns() {
+        let user = Rights {
+            rooms: vec!["*".into()],
+            publish: vec!["*".into()],
+            presence: vec!["team.*".into()],
+            ..Rights::default()
+        };
+        assert!(user.can_see_presence("team.a"));
+        assert!(
+            !user.can_see_presence("lobby"),
+            "subscribe and publish rights do not grant presence"
+        );
+        let bridge = Rights {
+            bridge: true,
+            ..Rights::default()
+        };
+        assert!(bridge.can_see_presence("anything"));
+        assert!(!Rights::default().can_see_presence("team.a"));
+    }
+
+    #[test]
+    fn rights_saved_before_presence_still_read() {
+        let old: Rights =
+            serde_json::from_str(r#"{"rooms":["a.*"],"publish":["a.b"],"bridge":false}"#).unwrap();
+        assert_eq!(
+            old,
+            Rights {
+                rooms: vec!["a.*".into()],
+                publish: vec!["a.b".into()],
+                bridge: false,
+                presence: vec![],
+            }
+        );
+        assert!(!old.can_see_presence("a.b"));
     }
 }

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::{expiry_close_ms, Identity};
 use crate::policy::Strikes;
+use crate::presence::Joined;
 use crate::rights::Rights;
+use serde_json::value::RawValue;
 
 /// How long before a token's `exp` the `token_expiring` notice goes out.
 pub const EXPIRY_NOTICE_MS: u64 = 60_000;
@@ -21,6 +23,10 @@ pub struct Session {
     /// Token expiry, seconds since the epoch.
     pub exp: u64,
     pub rights: Rights,
+    /// What the connection shows as a member: the token's `info` claim at
+    /// connect, compact JSON (docs/protocol.md, "Presence").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<String>,
     pub connected_ms: u64,
     /// When a frame last came, as of the last time it was saved: the room
     /// saves it only when it has moved by a quarter of the idle timeout, and
@@ -49,12 +55,26 @@ pub enum Due {
 }
 
 impl Session {
+    /// This connection as the room's presence counts it.
+    pub fn joined(&self, room: &str) -> Joined {
+        Joined {
+            conn_id: self.conn_id.clone(),
+            sub: self.sub.clone(),
+            shown: self.rights.can_see_presence(room),
+            info: self
+                .info
+                .as_deref()
+                .and_then(|i| RawValue::from_string(i.to_owned()).ok()),
+        }
+    }
+
     pub fn new(conn_id: String, identity: Identity, now_ms: u64) -> Session {
         Session {
             conn_id,
             sub: identity.sub,
             exp: identity.exp,
             rights: identity.rights,
+            info: identity.info,
             connected_ms: now_ms,
             last_seen_ms: now_ms,
             strikes: Strikes::default(),
@@ -132,6 +152,7 @@ mod tests {
                 sub: "s".into(),
                 exp,
                 rights: Rights::default(),
+                info: None,
             },
             1_000_000,
         )

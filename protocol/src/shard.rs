@@ -22,6 +22,7 @@ use serde_json::value::RawValue;
 use crate::draft::Draft;
 use crate::error::Refusal;
 use crate::history::TURN_BYTES;
+use crate::presence::Joined;
 use crate::stats::RoomStats;
 use crate::wire::Receipt;
 
@@ -228,13 +229,18 @@ fn parse_frames(mut text: &str) -> Result<Vec<(u64, &str)>, String> {
 }
 
 /// The sequencer's answer to a shard's join: the `welcome` frame to send as
-/// it is, then the messages to replay, framed as in a [`Batch`].
+/// it is, the presence frames the client gets after its replay, then the
+/// messages to replay, framed as in a [`Batch`].
 pub fn encode_join_reply<'a>(
     welcome: &str,
+    presence: &[String],
     replay: impl IntoIterator<Item = (u64, &'a str)>,
 ) -> String {
     let mut out = String::new();
     push_record(&mut out, "welcome", welcome);
+    for frame in presence {
+        push_record(&mut out, "presence", frame);
+    }
     for (seq, frame) in replay {
         push_record(&mut out, &seq.to_string(), frame);
     }
@@ -245,16 +251,24 @@ pub fn encode_join_reply<'a>(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JoinReply<'a> {
     pub welcome: &'a str,
+    pub presence: Vec<&'a str>,
     pub replay: Vec<(u64, &'a str)>,
 }
 
 pub fn parse_join_reply(text: &str) -> Result<JoinReply<'_>, String> {
-    let (label, welcome, rest) = next_record(text)?;
+    let (label, welcome, mut rest) = next_record(text)?;
     if label != "welcome" {
         return Err("a join reply starts with the welcome frame".into());
     }
+    let mut presence = Vec::new();
+    while rest.starts_with("presence ") {
+        let (_, frame, after) = next_record(rest)?;
+        presence.push(frame);
+        rest = after;
+    }
     Ok(JoinReply {
         welcome,
+        presence,
         replay: parse_frames(rest)?,
     })
 }
@@ -281,6 +295,10 @@ pub struct ShardReport {
     /// without knowing them): `(conn_id, sub)`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connections: Option<Vec<(String, String)>>,
+    /// With `connections`: those of them that are members, and what they
+    /// show, so a room that woke counts its presence without a diff.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<Joined>,
 }
 
 /// One publish from a shard's client, sequenced by the room.
@@ -325,6 +343,10 @@ pub struct Forward {
     #[serde(default)]
     pub joins: Vec<String>,
     pub leaves: Vec<String>,
+    /// Those of `leaves` that dropped without a close: they linger in the
+    /// room's presence for its grace period.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dropped: Vec<String>,
 }
 
 /// The sequencer's answer for one forwarded publish.
@@ -723,6 +745,7 @@ mod tests {
             delivered: Some(delivered),
             stats: RoomStats::default(),
             connections: None,
+            members: Vec::new(),
         }
     }
 
@@ -808,9 +831,11 @@ mod tests {
             "never inside a character"
         );
 
-        let reply = encode_join_reply(r#"{"type":"welcome"}"#, [(7, "{}")]);
+        let presence = [r#"{"type":"occupancy"}"#.to_owned()];
+        let reply = encode_join_reply(r#"{"type":"welcome"}"#, &presence, [(7, "{}")]);
         let reply = parse_join_reply(&reply).unwrap();
         assert_eq!(reply.welcome, r#"{"type":"welcome"}"#);
+        assert_eq!(reply.presence, vec![r#"{"type":"occupancy"}"#]);
         assert_eq!(reply.replay, vec![(7, "{}")]);
         assert!(parse_join_reply("7 2\n{}\n").is_err());
     }
@@ -845,7 +870,7 @@ mod tests {
         let frames = [(8, hostile), (9, "\n"), (10, "é\n1 1\n{")];
         let batch = encode_batch(None, frames);
         assert_eq!(parse_batch(&batch).unwrap().frames, frames);
-        let reply = encode_join_reply("welcome 3\nabc", frames);
+        let reply = encode_join_reply("welcome 3\nabc", &[], frames);
         let reply = parse_join_reply(&reply).unwrap();
         assert_eq!(
             (reply.welcome, reply.replay),
@@ -912,6 +937,7 @@ mod tests {
             delivered: None,
             stats: RoomStats::default(),
             connections: Some(conns.iter().map(|c| (c.to_string(), "s".into())).collect()),
+            members: Vec::new(),
         };
         let mut fanout = Fanout::woken(3, 0);
         assert_eq!(fanout.in_use(), 3, "unlisted shards may hold clients");
@@ -1024,6 +1050,7 @@ mod tests {
                 delivered: None,
                 stats: RoomStats::default(),
                 connections: Some(vec![("c".into(), "alice".into())]),
+                members: Vec::new(),
             },
         );
         assert_eq!(
@@ -1074,6 +1101,7 @@ mod tests {
                     .map(|(c, s)| (c.to_string(), s.to_string()))
                     .collect(),
             ),
+            members: Vec::new(),
         };
         // The list, then a confirmation of a connection in it.
         fanout.reported(0, &listing(&[("a", "alice"), ("b", "bob")]));
@@ -1120,6 +1148,7 @@ mod tests {
             publishes: vec![Forwarded::new("alice", false, draft)],
             joins: vec!["c_1".into()],
             leaves: vec!["c_2".into()],
+            dropped: vec![],
         })
         .unwrap();
         let back: Forward = serde_json::from_str(&json).unwrap();

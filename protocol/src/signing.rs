@@ -27,6 +27,8 @@ pub struct TokenSpec {
     pub aud: Option<String>,
     pub ttl_secs: u64,
     pub not_before_secs: Option<u64>,
+    pub presence: Vec<String>,
+    pub info: Option<serde_json::Value>,
 }
 
 impl TokenSpec {
@@ -41,6 +43,10 @@ impl TokenSpec {
             role: self.role.clone(),
             iss: self.iss.clone(),
             aud: self.aud.clone().map(Audience::One),
+            presence: self.presence.clone(),
+            info: self.info.as_ref().map(|info| {
+                serde_json::value::to_raw_value(info).expect("a JSON value always serializes")
+            }),
         });
         claims.issued_at = Some(at(now));
         claims.expiration = Some(at(now + self.ttl_secs));

@@ -170,6 +170,12 @@ pub struct StatsReport {
     pub head: u64,
     /// Open client connections, on the room and all its shards.
     pub connections: u64,
+    /// Distinct subjects holding them, and those shown as members
+    /// (docs/protocol.md, "Presence").
+    #[serde(default)]
+    pub users: u64,
+    #[serde(default)]
+    pub members: u64,
     /// Shard objects holding connections of this room (docs/internals.md, "Sharding").
     #[serde(default)]
     pub shards: u64,
@@ -234,6 +240,8 @@ mod tests {
             epoch: "e".into(),
             head: 2,
             connections: 1,
+            users: 1,
+            members: 0,
             shards: 0,
             cursor: 0,
             pending: 2,

@@ -356,6 +356,27 @@ pub enum ServerFrame<'a> {
     Stats(Cow<'a, StatsReport>),
     /// Registry link: a room this bridge instance relays.
     Room(Cow<'a, Registration>),
+    /// Room link: what changed in the room's presence at one flush.
+    Presence(Cow<'a, PresenceEvent>),
+}
+
+/// One presence flush of a room, on its bridge link: numbered per link
+/// (`pseq`) so the bridge can acknowledge it, and kept by the room until
+/// it is. The member lists and the occupancy are carried as raw JSON: the
+/// bridge passes them to the broker as the room wrote them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PresenceEvent {
+    pub room: String,
+    pub pseq: u64,
+    /// When the room flushed, in ms since the epoch.
+    pub at: u64,
+    pub joins: Box<RawValue>,
+    pub leaves: Box<RawValue>,
+    pub occupancy: Box<RawValue>,
+    /// Events before this one were dropped unacknowledged (the room keeps
+    /// a bounded number).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gap: bool,
 }
 
 /// A room as the registry knows it: sent by the room when it needs relaying,
@@ -431,6 +452,7 @@ pub fn parse_server_frame(text: &str) -> Result<ServerFrame<'static>, serde_json
         },
         "stats" => ServerFrame::Stats(Cow::Owned(serde_json::from_str(text)?)),
         "room" => ServerFrame::Room(Cow::Owned(serde_json::from_str(text)?)),
+        "presence" => ServerFrame::Presence(Cow::Owned(serde_json::from_str(text)?)),
         other => {
             return Err(serde::de::Error::unknown_variant(
                 other,
@@ -443,6 +465,7 @@ pub fn parse_server_frame(text: &str) -> Result<ServerFrame<'static>, serde_json
                     "token_expiring",
                     "stats",
                     "room",
+                    "presence",
                 ],
             ))
         }
@@ -458,6 +481,9 @@ pub enum BridgeFrame {
     BridgeAck { seq: u64 },
     /// A fresh token for the link, so it outlives the token it opened with.
     Auth { token: String },
+    /// The broker has stored the presence event `pseq` and every one
+    /// before it (room links).
+    PresenceAck { pseq: u64 },
 }
 
 impl BridgeFrame {
@@ -472,7 +498,7 @@ pub fn parse_bridge_frame(text: &str) -> Result<BridgeFrame, Refusal> {
     serde_json::from_str(text).map_err(|e| {
         Refusal::new(
             ErrorCode::BadFormat,
-            format!("expected {{\"type\":\"bridge_ack\",\"seq\":N}} or {{\"type\":\"auth\",\"token\":\"...\"}}: {e}"),
+            format!("expected {{\"type\":\"bridge_ack\",\"seq\":N}}, {{\"type\":\"presence_ack\",\"pseq\":N}} or {{\"type\":\"auth\",\"token\":\"...\"}}: {e}"),
         )
     })
 }
@@ -775,6 +801,59 @@ mod tests {
     }
 
     #[test]
+    fn presence_events_on_the_link() {
+        let raw = |text: &str| RawValue::from_string(text.into()).unwrap();
+        let mut event = PresenceEvent {
+            room: "a".into(),
+            pseq: 4,
+            at: 1700,
+            joins: raw(r#"[{"sub":"u","metas":[{"conn_id":"c","info":{"n": 1}}]}]"#),
+            leaves: raw("[]"),
+            occupancy: raw(r#"{"connections":1,"users":1,"members":1}"#),
+            gap: false,
+        };
+        let text = ServerFrame::Presence(Cow::Borrowed(&event)).to_json();
+        assert_eq!(
+            text,
+            r#"{"type":"presence","room":"a","pseq":4,"at":1700,"joins":[{"sub":"u","metas":[{"conn_id":"c","info":{"n": 1}}]}],"leaves":[],"occupancy":{"connections":1,"users":1,"members":1}}"#,
+            "the lists pass as written, and no gap is no field"
+        );
+        let Ok(ServerFrame::Presence(back)) = parse_server_frame(&text) else {
+            panic!("{text} reads back as presence")
+        };
+        assert_eq!((back.pseq, back.at, back.gap), (4, 1700, false));
+        assert_eq!(back.joins.get(), event.joins.get());
+        event.gap = true;
+        let text = ServerFrame::Presence(Cow::Borrowed(&event)).to_json();
+        assert!(text.ends_with(r#","gap":true}"#), "{text}");
+        let Ok(ServerFrame::Presence(back)) = parse_server_frame(&text) else {
+            panic!("{text} reads back as presence")
+        };
+        assert!(back.gap);
+        for bad in [
+            r#"{"type":"presence","room":"a","at":1,"joins":[],"leaves":[],"occupancy":{}}"#,
+            r#"{"type":"presence","room":"a","pseq":1,"at":1,"leaves":[],"occupancy":{}}"#,
+            r#"{"type":"presence","room":"a","pseq":-1,"at":1,"joins":[],"leaves":[],"occupancy":{}}"#,
+        ] {
+            assert!(parse_server_frame(bad).is_err(), "{bad}");
+        }
+        let ack = BridgeFrame::PresenceAck { pseq: 9 };
+        assert_eq!(ack.to_json(), r#"{"type":"presence_ack","pseq":9}"#);
+        assert_eq!(parse_bridge_frame(&ack.to_json()).unwrap(), ack);
+        for bad in [
+            r#"{"type":"presence_ack"}"#,
+            r#"{"type":"presence_ack","seq":9}"#,
+            r#"{"type":"presence_ack","pseq":"9"}"#,
+        ] {
+            assert_eq!(
+                parse_bridge_frame(bad).unwrap_err().code,
+                ErrorCode::BadFormat,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn every_server_frame_reads_back_as_written() {
         let receipt = Receipt {
             id: "i".into(),
@@ -824,6 +903,15 @@ mod tests {
             ServerFrame::Room(Cow::Owned(Registration {
                 room: "a".into(),
                 pending: 1,
+            })),
+            ServerFrame::Presence(Cow::Owned(PresenceEvent {
+                room: "a".into(),
+                pseq: 1,
+                at: 2,
+                joins: RawValue::from_string(r#"[{"sub":"s","metas":[]}]"#.into()).unwrap(),
+                leaves: RawValue::from_string("[]".into()).unwrap(),
+                occupancy: RawValue::from_string(r#"{"connections":0}"#.into()).unwrap(),
+                gap: true,
             })),
         ];
         for frame in frames {

@@ -166,13 +166,16 @@ export class Worker {
 const base64url = (value) => Buffer.from(value).toString('base64url');
 
 /**
- * An HS256 token signed with the test secret.
- * @param {{sub?: string, rooms?: string[], publish?: string[], ttlSecs?: number}} [claims]
+ * An HS256 token signed with the test secret. `presence` (room patterns
+ * whose members it appears among and sees) and `info` (its connections'
+ * meta) are left out unless given.
+ * @param {{sub?: string, rooms?: string[], publish?: string[], presence?: string[], info?: unknown, ttlSecs?: number}} [claims]
  */
-export function token({ sub = 'tester', rooms = ['*'], publish = ['*'], ttlSecs = 3600 } = {}) {
+export function token({ sub = 'tester', rooms = ['*'], publish = ['*'], presence, info, ttlSecs = 3600 } = {}) {
   const now = Math.floor(Date.now() / 1000);
   const header = base64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' }));
-  const payload = base64url(JSON.stringify({ sub, rooms, publish, iat: now, exp: now + ttlSecs }));
+  // JSON.stringify drops the claims left undefined.
+  const payload = base64url(JSON.stringify({ sub, rooms, publish, presence, info, iat: now, exp: now + ttlSecs }));
   const signature = createHmac('sha256', SECRET).update(`${header}.${payload}`).digest('base64url');
   return `${header}.${payload}.${signature}`;
 }

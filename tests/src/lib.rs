@@ -126,6 +126,26 @@ pub fn token(sub: &str, rooms: &[&str], publish: &[&str], ttl_secs: u64) -> Stri
     mint_hs256(SECRET, &spec, now_ms())
 }
 
+/// An HS256 token for `sub` that may subscribe, publish and appear in
+/// presence in the rooms of `room_pattern`, showing `info`, valid `ttl_secs`.
+pub fn presence_token(
+    sub: &str,
+    room_pattern: &str,
+    info: Option<serde_json::Value>,
+    ttl_secs: u64,
+) -> String {
+    let spec = TokenSpec {
+        sub: sub.into(),
+        rooms: vec![room_pattern.into()],
+        publish: vec![room_pattern.into()],
+        presence: vec![room_pattern.into()],
+        info,
+        ttl_secs,
+        ..TokenSpec::default()
+    };
+    mint_hs256(SECRET, &spec, now_ms())
+}
+
 /// A token that may subscribe and publish everywhere for an hour.
 pub fn full_token(sub: &str) -> String {
     token(sub, &["*"], &["*"], 3600)
@@ -160,6 +180,16 @@ pub struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     /// The subprotocol the server answered with.
     pub protocol: Option<String>,
+    /// Whether the test reads presence frames (`presence_state`,
+    /// `presence`, `occupancy`). Other tests skip them, as a client that
+    /// does not show presence would: every connection gets `occupancy`.
+    pub reads_presence: bool,
+}
+
+/// Whether `text` is a presence frame (docs/protocol.md, "Presence"); the
+/// worker writes `type` first.
+fn is_presence(text: &str) -> bool {
+    text.starts_with(r#"{"type":"occupancy""#) || text.starts_with(r#"{"type":"presence"#)
 }
 
 impl Client {
@@ -195,7 +225,11 @@ impl Client {
             .get("sec-websocket-protocol")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        Ok(Client { ws, protocol })
+        Ok(Client {
+            ws,
+            protocol,
+            reads_presence: false,
+        })
     }
 
     /// The HTTP status of a refused handshake; panics if it was accepted.
@@ -249,7 +283,8 @@ impl Client {
     }
 
     /// The next text or close frame within `wait` (control frames are
-    /// skipped); a dropped connection is a close with 1006.
+    /// skipped, and presence frames unless [`Client::reads_presence`]); a
+    /// dropped connection is a close with 1006.
     pub async fn next_frame_within(&mut self, wait: Duration) -> Option<Frame> {
         let deadline = Instant::now() + wait;
         loop {
@@ -260,7 +295,10 @@ impl Client {
             .await
             .ok()?;
             match frame {
-                Some(Ok(Message::Text(text))) => return Some(Frame::Text(text.to_string())),
+                Some(Ok(Message::Text(text))) if self.reads_presence || !is_presence(&text) => {
+                    return Some(Frame::Text(text.to_string()))
+                }
+                Some(Ok(Message::Text(_))) => continue,
                 Some(Ok(Message::Close(close))) => {
                     return Some(Frame::Closed(close.map_or(1005, |f| u16::from(f.code))))
                 }

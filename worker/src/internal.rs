@@ -32,6 +32,8 @@ pub enum Op {
     Deliver,
     /// Sequencer → shard: its connections and counters.
     Count,
+    /// Sequencer → shard: what a presence flush tells its clients.
+    Presence,
 }
 
 impl Op {
@@ -42,13 +44,21 @@ impl Op {
             Op::Gap => "gap",
             Op::Deliver => "deliver",
             Op::Count => "count",
+            Op::Presence => "presence",
         }
     }
 
     pub fn parse(name: &str) -> Option<Op> {
-        [Op::Join, Op::Forward, Op::Gap, Op::Deliver, Op::Count]
-            .into_iter()
-            .find(|op| op.as_str() == name)
+        [
+            Op::Join,
+            Op::Forward,
+            Op::Gap,
+            Op::Deliver,
+            Op::Count,
+            Op::Presence,
+        ]
+        .into_iter()
+        .find(|op| op.as_str() == name)
     }
 }
 

@@ -18,7 +18,10 @@
 //! (`room::link`) and keeps it for the room's shards (`room::fanout`). A
 //! shard (`shard`) gets it in a batch (`shard::stream`) and sends it to its
 //! own clients; its clients' publishes go to the room (`shard::forward`),
-//! over `internal` requests. Around them: `context` (what every event
+//! over `internal` requests. Who is connected is `room::presence`: joins
+//! and ends (every end goes through `clients`) are marked there and flushed
+//! once an interval to the room's clients, its shards and its link. Around
+//! them: `context` (what every event
 //! starts from), `alarm` (timers while hibernating), `counters`,
 //! `registry`, `quota`, `settings`, `reply` (the error shape),
 //! `attachment` and `hibernation` (per-socket state and runtime calls),

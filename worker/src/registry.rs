@@ -176,7 +176,7 @@ impl DurableObject for Registry {
         };
         match frame {
             Some(BridgeFrame::Auth { token }) => self.refresh(&ws, &token),
-            Some(BridgeFrame::BridgeAck { .. }) | None => {
+            Some(BridgeFrame::BridgeAck { .. } | BridgeFrame::PresenceAck { .. }) | None => {
                 let error = ServerFrame::Error {
                     code: ErrorCode::BadFormat,
                     message: "the registry link accepts only auth and ping".into(),

@@ -285,6 +285,7 @@ fn kafka(brokers: &str) -> Kafka {
         events_topic: EVENTS.into(),
         inbound_topic: INBOUND.into(),
         dlq_topic: "roomcast.dlq".into(),
+        presence_topic: None,
         group_id: "roomcast-bench".into(),
         instance: "bench".into(),
     }

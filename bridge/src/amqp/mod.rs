@@ -43,6 +43,10 @@ pub struct Amqp {
     /// Durable topic exchange every room message is published to, routing
     /// key = room.
     pub events_exchange: String,
+    /// Durable topic exchange rooms' presence events are published to,
+    /// routing key = room; `None`: they are not published (acknowledged
+    /// unwritten).
+    pub presence_exchange: Option<String>,
     /// Durable quorum queue whose messages go into rooms; also the name of
     /// the durable topic exchange bound to it with `#`, so that publishing
     /// to it with the room as routing key mirrors producing to Kafka with
@@ -158,7 +162,11 @@ impl Amqp {
             (&self.inbound_queue, ExchangeKind::Topic),
             (&self.dead_letter_exchange, ExchangeKind::Fanout),
         ];
-        for (name, kind) in exchanges {
+        let presence = self
+            .presence_exchange
+            .iter()
+            .map(|name| (name, ExchangeKind::Topic));
+        for (name, kind) in exchanges.into_iter().chain(presence) {
             channel
                 .exchange_declare(name.as_str().into(), kind, durable, FieldTable::default())
                 .await

@@ -1,5 +1,6 @@
 //! Room messages into RabbitMQ: the events exchange with the routing key,
-//! properties and headers of docs/bridge.md, "RabbitMQ mapping", and the
+//! properties and headers of docs/bridge.md, "RabbitMQ mapping", rooms'
+//! presence events into the presence exchange ("Presence"), and the
 //! dead-letter exchange.
 //!
 //! Every publish is persistent, `mandatory`, and on a channel in confirm
@@ -11,7 +12,9 @@
 //! channel lost, no confirm within [`DELIVERY_TIMEOUT`], a blocked
 //! connection) is [`SinkError::Unavailable`] and the room replays. The
 //! relay awaits deliveries in seq order, so a room's cursor only ever
-//! passes what RabbitMQ confirmed.
+//! passes what RabbitMQ confirmed. Presence events are published the same
+//! way but not `mandatory`: an event no queue is bound for is one nobody
+//! asked for, as a Kafka topic nobody reads, not a refusal to dead-letter.
 //!
 //! One connection and channel publish for every room, in the order each
 //! room's link hands them over. When they fail they are rebuilt on the
@@ -26,14 +29,14 @@ use futures_util::FutureExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
-use roomcast_protocol::wire::Message;
+use roomcast_protocol::wire::{Message, PresenceEvent};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::Amqp;
 use crate::backoff::Backoff;
-use crate::broker::{message_headers, DeadLetter, Delivery, Sink, SinkError};
+use crate::broker::{message_headers, presence_value, DeadLetter, Delivery, Sink, SinkError};
 use crate::metrics::BrokerHealth;
 
 /// How long a published message may wait for its confirm, as Kafka's
@@ -45,7 +48,7 @@ const DEAD_LETTER_TIMEOUT: Duration = Duration::from_secs(30);
 /// AMQP's persistent delivery mode: the broker writes the message to disk.
 const PERSISTENT: u8 = 2;
 
-/// The publishing connection behind both exchanges.
+/// The publishing connection behind every exchange.
 pub struct AmqpSink {
     amqp: Amqp,
     state: Mutex<State>,
@@ -194,21 +197,45 @@ impl AmqpSink {
             Ok(value) => value,
             Err(e) => return ready(Err(SinkError::Unavailable(e.to_string()))),
         };
+        let events = self.amqp.events_exchange.as_str();
+        self.send(events, &message.room, true, &value, properties(message))
+            .await
+    }
+
+    async fn send_presence(&self, event: &PresenceEvent) -> Delivery {
+        // Off: nothing to publish, so nothing to wait for.
+        let Some(exchange) = &self.amqp.presence_exchange else {
+            return ready(Ok(()));
+        };
+        let value = presence_value(event);
+        let properties = BasicProperties::default()
+            .with_delivery_mode(PERSISTENT)
+            .with_content_type("application/json".into())
+            .with_timestamp(event.at / 1000);
+        self.send(exchange, &event.room, false, value.as_bytes(), properties)
+            .await
+    }
+
+    /// Publishes `body` to `exchange` under `key`; the [`Delivery`]
+    /// resolves with the broker's confirm.
+    async fn send(
+        &self,
+        exchange: &str,
+        key: &str,
+        mandatory: bool,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Delivery {
         let channel = match self.channel().await {
             Ok(channel) => channel,
             Err(e) => return ready(Err(e)),
         };
+        let options = BasicPublishOptions {
+            mandatory,
+            ..BasicPublishOptions::default()
+        };
         let published = channel
-            .basic_publish(
-                self.amqp.events_exchange.as_str().into(),
-                message.room.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &value,
-                properties(message),
-            )
+            .basic_publish(exchange.into(), key.into(), options, body, properties)
             .await;
         match published {
             Ok(confirm) => confirmed(confirm, DELIVERY_TIMEOUT).boxed(),
@@ -324,6 +351,14 @@ fn routing_key(key: Option<&[u8]>) -> ShortString {
 impl Sink for AmqpSink {
     fn publish<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Delivery> {
         self.send_message(message).boxed()
+    }
+
+    fn relays_presence(&self) -> bool {
+        self.amqp.presence_exchange.is_some()
+    }
+
+    fn presence<'a>(&'a self, event: &'a PresenceEvent) -> BoxFuture<'a, Delivery> {
+        self.send_presence(event).boxed()
     }
 
     fn dead_letter<'a>(&'a self, letter: &'a DeadLetter) -> BoxFuture<'a, Result<(), SinkError>> {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use roomcast_protocol::clock::now_ms;
-use roomcast_protocol::wire::Message;
+use roomcast_protocol::wire::{Message, PresenceEvent};
 use tokio::sync::Semaphore;
 
 use super::*;
@@ -844,13 +844,28 @@ async fn a_record_reaches_its_lane_holding_its_value_once() {
     assert_eq!(d.held_bytes, ready.bytes());
 }
 
-/// A broker that is down: it takes neither messages nor dead letters.
+/// A broker that is down: it takes neither messages, presence events nor
+/// dead letters.
 struct Down;
+
+impl Down {
+    fn delivery() -> BoxFuture<'static, Delivery> {
+        let delivery: Delivery = futures_util::future::ready(Err(down())).boxed();
+        futures_util::future::ready(delivery).boxed()
+    }
+}
 
 impl Sink for Down {
     fn publish<'a>(&'a self, _: &'a Message) -> BoxFuture<'a, Delivery> {
-        let delivery: Delivery = futures_util::future::ready(Err(down())).boxed();
-        futures_util::future::ready(delivery).boxed()
+        Down::delivery()
+    }
+
+    fn relays_presence(&self) -> bool {
+        true
+    }
+
+    fn presence<'a>(&'a self, _: &'a PresenceEvent) -> BoxFuture<'a, Delivery> {
+        Down::delivery()
     }
 
     fn dead_letter<'a>(&'a self, _: &'a DeadLetter) -> BoxFuture<'a, Result<(), SinkError>> {
@@ -938,6 +953,7 @@ async fn an_amqp_source_that_cannot_connect_is_opened_again_until_the_stop() {
         target: crate::amqp::Target::load(&url.parse().unwrap(), None).unwrap(),
         tls: crate::tls::client_config(None).unwrap(),
         events_exchange: "events".into(),
+        presence_exchange: None,
         inbound_queue: "inbound".into(),
         dead_letter_exchange: "dlx".into(),
         dead_letter_queue: "dlq".into(),

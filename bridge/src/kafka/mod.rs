@@ -42,6 +42,9 @@ pub struct Kafka {
     pub events_topic: String,
     pub inbound_topic: String,
     pub dlq_topic: String,
+    /// Where rooms' presence events go; `None`: nowhere (acknowledged
+    /// unwritten).
+    pub presence_topic: Option<String>,
     pub group_id: String,
     /// The static group membership id (the bridge instance id): a restarted
     /// instance takes its partitions straight back instead of waiting for
@@ -105,9 +108,13 @@ impl Kafka {
         .create()
     }
 
-    /// The bridge's three topics.
-    pub fn topics(&self) -> [&str; 3] {
-        [&self.events_topic, &self.inbound_topic, &self.dlq_topic].map(String::as_str)
+    /// The bridge's topics: three, and presence's when it is on.
+    pub fn topics(&self) -> Vec<&str> {
+        [&self.events_topic, &self.inbound_topic, &self.dlq_topic]
+            .into_iter()
+            .chain(&self.presence_topic)
+            .map(String::as_str)
+            .collect()
     }
 
     /// Creates those of `topics` that do not exist yet. Production clusters

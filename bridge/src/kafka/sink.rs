@@ -1,5 +1,6 @@
 //! Room messages into Kafka: the events topic with the key, value and
-//! headers of docs/bridge.md, "Kafka mapping", and the dead-letter topic.
+//! headers of docs/bridge.md, "Kafka mapping", rooms' presence events into
+//! the presence topic ("Presence"), and the dead-letter topic.
 //!
 //! Each message's delivery report says whether Kafka stored it. A refusal
 //! that retrying cannot fix (too large, invalid, against a policy) is
@@ -17,17 +18,17 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
-use roomcast_protocol::wire::Message;
+use roomcast_protocol::wire::{Message, PresenceEvent};
 use tracing::{error, warn};
 
 use super::Kafka;
 use crate::backoff::Backoff;
-use crate::broker::{message_headers, DeadLetter, Delivery, Sink, SinkError};
+use crate::broker::{message_headers, presence_value, DeadLetter, Delivery, Sink, SinkError};
 
 /// How long a dead letter may wait for the broker.
 const DEAD_LETTER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The producer behind both topics.
+/// The producer behind every topic.
 pub struct KafkaSink {
     kafka: Kafka,
     producer: RwLock<FutureProducer>,
@@ -109,12 +110,19 @@ impl KafkaSink {
         };
         let owned = message_headers(message);
         let pairs: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let headers = headers(&pairs);
+        let events = &self.kafka.events_topic;
+        self.send(events, &message.room, &value, headers(&pairs))
+            .await
+    }
+
+    /// Hands one record to the producer, waiting while its queue is full;
+    /// the [`Delivery`] resolves with Kafka's report.
+    async fn send(&self, topic: &str, key: &str, value: &str, headers: OwnedHeaders) -> Delivery {
         let mut backoff = Backoff::new(Duration::from_millis(5), Duration::from_millis(500));
         loop {
-            let record = FutureRecord::to(&self.kafka.events_topic)
-                .key(message.room.as_str())
-                .payload(value.as_str())
+            let record = FutureRecord::to(topic)
+                .key(key)
+                .payload(value)
                 .headers(headers.clone());
             match self.producer().send_result(record) {
                 Ok(delivery) => {
@@ -132,6 +140,16 @@ impl KafkaSink {
                 Err((e, _)) => return futures_util::future::ready(Err(sorted(e))).boxed(),
             }
         }
+    }
+
+    async fn send_presence(&self, event: &PresenceEvent) -> Delivery {
+        // Off: nothing to write, so nothing to wait for.
+        let Some(topic) = &self.kafka.presence_topic else {
+            return futures_util::future::ready(Ok(())).boxed();
+        };
+        let value = presence_value(event);
+        self.send(topic, &event.room, &value, OwnedHeaders::new())
+            .await
     }
 
     async fn send_dead_letter(&self, letter: &DeadLetter) -> Result<(), SinkError> {
@@ -172,6 +190,14 @@ impl KafkaSink {
 impl Sink for KafkaSink {
     fn publish<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Delivery> {
         self.send_message(message).boxed()
+    }
+
+    fn relays_presence(&self) -> bool {
+        self.kafka.presence_topic.is_some()
+    }
+
+    fn presence<'a>(&'a self, event: &'a PresenceEvent) -> BoxFuture<'a, Delivery> {
+        self.send_presence(event).boxed()
     }
 
     fn dead_letter<'a>(&'a self, letter: &'a DeadLetter) -> BoxFuture<'a, Result<(), SinkError>> {

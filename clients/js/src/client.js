@@ -19,11 +19,15 @@
  * - `resync`: `{previousEpoch, since, epoch, head}`, messages were missed
  * - `token`: `{exp}`, the room accepted a refreshed token
  *
+ * Who is in the room is `client.presence` (see presence.js), with events of
+ * its own; the client feeds it the room's presence frames.
+ *
  * @module
  */
 
 import { Backoff } from './backoff.js';
 import { randomId } from './id.js';
+import { Presence } from './presence.js';
 import { Sequence } from './sequence.js';
 import { refreshDelay, tokenExpiry } from './token.js';
 
@@ -76,6 +80,7 @@ export class RoomcastClient extends EventTarget {
   #exp;
   #sequence;
   #backoff;
+  #presence = new Presence();
   /** @type {WebSocket|null} */
   #ws = null;
   /** @type {State} */
@@ -156,6 +161,16 @@ export class RoomcastClient extends EventTarget {
     return this.#sequence.epoch;
   }
 
+  /**
+   * Who is in the room: the members (with a token carrying the `presence`
+   * right) and the occupancy counts, with `state`, `join`, `leave`,
+   * `update`, `occupancy` and `countsOnly` events.
+   * @returns {Presence}
+   */
+  get presence() {
+    return this.#presence;
+  }
+
   /** Publishes not yet acknowledged. */
   get pending() {
     return this.#pending.size;
@@ -191,12 +206,30 @@ export class RoomcastClient extends EventTarget {
    * @returns {Promise<{room: string, epoch: string, head: number, messages: object[], truncated: boolean}>}
    */
   async history({ since = 0, limit = 100 } = {}) {
-    const url = new URL(`/v1/rooms/${encodeURIComponent(this.#options.room)}/messages`, httpBase(this.#options.url));
-    url.searchParams.set('since', String(since));
-    url.searchParams.set('limit', String(limit));
+    return this.#get('messages', { since, limit }, 'history');
+  }
+
+  /**
+   * A page of the room's members over HTTP, sorted by `sub`, after `after`;
+   * `next` is the `after` of the following page (`null`: the last). Readable
+   * even when the room only counts. Without the `presence` right: no
+   * members, only the occupancy.
+   *
+   * @param {{after?: string, limit?: number}} [query]
+   * @returns {Promise<{room: string, occupancy: {connections: number, users: number, members: number},
+   *   counts_only: boolean, members: {sub: string, metas: {conn_id: string, info?: unknown}[]}[], next: string|null}>}
+   */
+  async presenceMembers({ after, limit = 100 } = {}) {
+    return this.#get('presence', { ...(after === undefined ? {} : { after }), limit }, 'presence');
+  }
+
+  /** GETs one of the room's HTTP resources with the current token. */
+  async #get(resource, query, what) {
+    const url = new URL(`/v1/rooms/${encodeURIComponent(this.#options.room)}/${resource}`, httpBase(this.#options.url));
+    for (const [name, value] of Object.entries(query)) url.searchParams.set(name, String(value));
     const response = await fetch(url, { headers: { authorization: `Bearer ${this.#token}` } });
     const body = await response.json();
-    if (!response.ok) throw new Error(`history: ${response.status} ${body?.error?.code ?? ''}`);
+    if (!response.ok) throw new Error(`${what}: ${response.status} ${body?.error?.code ?? ''}`);
     return body;
   }
 
@@ -249,6 +282,10 @@ export class RoomcastClient extends EventTarget {
         return this.#emit('token', { exp: frame.exp });
       case 'token_expiring':
         return void this.#refresh();
+      case 'presence_state':
+      case 'presence':
+      case 'occupancy':
+        return this.#presence.receive(frame);
       default:
         // Newer servers may send frames this client does not know: ignore them.
         return undefined;
@@ -260,6 +297,7 @@ export class RoomcastClient extends EventTarget {
     const resync = this.#sequence.welcome(welcome);
     this.#recovered = welcome.recovered;
     this.#exp = welcome.exp ?? this.#exp;
+    this.#presence.connected();
     this.#trial = { ws, aged: false, paging: Boolean(welcome.catch_up) };
     this.#timers.stable = setTimeout(() => this.#proved(ws, 'aged'), this.#options.stableAfterMs);
     this.#setState('open');

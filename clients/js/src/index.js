@@ -6,5 +6,6 @@
 export { RoomcastClient } from './client.js';
 export { Backoff } from './backoff.js';
 export { randomId } from './id.js';
+export { Presence } from './presence.js';
 export { Sequence } from './sequence.js';
 export { refreshDelay, tokenExpiry } from './token.js';

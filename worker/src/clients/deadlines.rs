@@ -10,23 +10,13 @@ use super::{Clients, CLIENT_TAG};
 use crate::context::Ctx;
 use crate::hibernation::last_auto_response_ms;
 
-/// What one sweep of the clients did and left.
-pub struct Swept {
-    /// The earliest deadline of the connections left open.
-    pub next: Option<u64>,
-    /// The connections it closed.
-    pub closed: Vec<String>,
-}
-
 impl Clients {
-    /// Closes idle and expired client connections and warns of expiring
-    /// tokens.
-    pub fn sweep(&self, ctx: &Ctx) -> Result<Swept> {
+    /// Closes idle and expired client connections (they are among
+    /// [`Clients::take_ended`]'s) and warns of expiring tokens; returns the
+    /// earliest deadline of the connections left open.
+    pub fn sweep(&self, ctx: &Ctx) -> Result<Option<u64>> {
         let timing = ctx.timing();
-        let mut swept = Swept {
-            next: None,
-            closed: Vec::new(),
-        };
+        let mut next: Option<u64> = None;
         for (ws, mut session) in self.open(CLIENT_TAG) {
             let heard = last_auto_response_ms(&self.state, &ws).unwrap_or(0).max(
                 self.seen
@@ -40,9 +30,7 @@ impl Clients {
                     Due::Idle => CloseCode::IdleTimeout,
                     Due::TokenExpired => CloseCode::TokenExpired,
                 };
-                if self.close(&ws, &mut session, code, ctx.now)? {
-                    swept.closed.push(session.conn_id);
-                }
+                self.close(&ws, &mut session, code, ctx.now)?;
                 continue;
             }
             if session.notice_due_ms().is_some_and(|due| ctx.now >= due) {
@@ -51,8 +39,8 @@ impl Clients {
                 self.keep(&ws, &session)?;
             }
             let at = session.next_deadline(heard, &timing);
-            swept.next = Some(swept.next.map_or(at, |n| n.min(at)));
+            next = Some(next.map_or(at, |n| n.min(at)));
         }
-        Ok(swept)
+        Ok(next)
     }
 }

@@ -20,6 +20,7 @@ use std::rc::Rc;
 use roomcast_protocol::admission::answer_subprotocol;
 use roomcast_protocol::clock::now_ms;
 use roomcast_protocol::history::parse_u64;
+use roomcast_protocol::presence::News;
 use roomcast_protocol::session::Session;
 use roomcast_protocol::{CloseCode, Refusal};
 use worker::{Headers, Request, Response, Result, State, WebSocket};
@@ -27,10 +28,22 @@ use worker::{Headers, Request, Response, Result, State, WebSocket};
 use crate::attachment::{socket_number, Attachment};
 use crate::counters::Counters;
 use crate::hibernation;
-use crate::sends;
+use crate::sends::{self, Frames};
 
 /// Tag of client sockets (a room's bridge link gets its own).
 pub const CLIENT_TAG: &str = "client";
+
+/// The close code the runtime reports for a connection that ended without
+/// a close frame (RFC 6455, 7.1.5): the client's network or process died.
+pub const ABNORMAL_CLOSURE: usize = 1006;
+
+/// A connection that ended: `dropped` when it went without a close (the
+/// client's network or process died), which presence gives a grace period.
+#[derive(Debug, Clone)]
+pub struct Ended {
+    pub session: Session,
+    pub dropped: bool,
+}
 
 pub struct Clients {
     /// The object's own handle on its sockets.
@@ -41,6 +54,11 @@ pub struct Clients {
     /// When each connection (by `conn_id`) last sent a frame, exactly; the
     /// attachments hold it only to a quarter of the idle timeout.
     seen: RefCell<HashMap<String, u64>>,
+    /// Connections that ended since the object last asked
+    /// ([`Clients::take_ended`]), whichever side ended them and however:
+    /// the room's presence and a shard's report to its room hear of every
+    /// one from here.
+    ended: RefCell<Vec<Ended>>,
     /// Each socket's session as last read from or written to its
     /// attachment, by [`socket_number`]: a frame starts from a copy of it
     /// rather than decoding the attachment again. It holds no more than the
@@ -55,6 +73,7 @@ impl Clients {
             counters,
             count: Cell::new(None),
             seen: RefCell::new(HashMap::new()),
+            ended: RefCell::new(Vec::new()),
             sessions: RefCell::new(HashMap::new()),
         }
     }
@@ -132,6 +151,28 @@ impl Clients {
         self.counters.with(|s| s.deliveries_total += delivered);
     }
 
+    /// Tells this object's clients what a presence flush says: members'
+    /// news to those who may see members (by the token they hold now),
+    /// counts to all. Not deliveries: `deliveries_total` counts messages.
+    pub fn tell(&self, room: &str, news: &News) {
+        let mut frames = Frames::default();
+        for frame in news.state.iter().chain(&news.diff) {
+            frames.push(frame);
+        }
+        if !frames.is_empty() {
+            for (ws, session) in self.open(CLIENT_TAG) {
+                if session.rights.can_see_presence(room) {
+                    // A closing socket's client gets the state again when
+                    // it reconnects.
+                    let _ = sends::send_each(&ws, &frames);
+                }
+            }
+        }
+        if let Some(occupancy) = &news.occupancy {
+            sends::broadcast(&self.state, CLIENT_TAG, occupancy, None);
+        }
+    }
+
     /// Closes a client connection on the object's initiative, counting its
     /// lifetime once; `true` when it was open until now.
     pub fn close(
@@ -141,32 +182,45 @@ impl Clients {
         code: CloseCode,
         now: u64,
     ) -> Result<bool> {
-        let was_open = self.count_out(session, now);
+        let was_open = self.count_out(session, now, false);
         self.keep(ws, &*session)?;
         // The socket may already be closing from the other side.
         let _ = ws.close(Some(code.code()), Some(code.reason()));
         Ok(was_open)
     }
 
-    /// A client socket the client closed or lost: its lifetime is counted
-    /// unless the object closed it itself. Returns the connection that
-    /// ended, if it had not already.
-    pub fn gone(&self, ws: &WebSocket) -> Option<String> {
-        let mut session = self.load(ws).ok().flatten()?;
-        let ended = self.count_out(&mut session, now_ms());
-        if ended {
+    /// A client socket the client closed (`dropped`: or lost): its
+    /// lifetime is counted unless the object closed it itself.
+    pub fn gone(&self, ws: &WebSocket, dropped: bool) {
+        let Some(mut session) = self.load(ws).ok().flatten() else {
+            return;
+        };
+        if self.count_out(&mut session, now_ms(), dropped) {
             let _ = self.counters.save(ws, &session);
         }
         self.sessions.borrow_mut().remove(&socket_number(ws));
-        ended.then_some(session.conn_id)
+    }
+
+    /// The connections that ended since the last call.
+    pub fn take_ended(&self) -> Vec<Ended> {
+        std::mem::take(&mut *self.ended.borrow_mut())
+    }
+
+    /// Whether a connection ended since [`Clients::take_ended`] was last called.
+    pub fn any_ended(&self) -> bool {
+        !self.ended.borrow().is_empty()
     }
 
     /// Marks a session closed and counts it out, once.
-    fn count_out(&self, session: &mut Session, now: u64) -> bool {
+    fn count_out(&self, session: &mut Session, now: u64, dropped: bool) -> bool {
         if session.closed {
             return false;
         }
         session.closed = true;
+        self.ended.borrow_mut().push(Ended {
+            session: session.clone(),
+            dropped,
+        });
         self.counters
             .with(|s| s.connection_seconds.observe(session.lifetime_secs(now)));
         let n = self.count();

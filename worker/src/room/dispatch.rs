@@ -37,7 +37,7 @@ impl Room {
             (Some(Op::Join), Some(identity)) => self.join_from_shard(req, &ctx, identity).await,
             (Some(Op::Forward), _) => self.forward_from_shard(req, &ctx).await,
             (Some(Op::Gap), _) => shard_requests::gap(self.store()?, &ctx, &query),
-            (Some(Op::Deliver | Op::Count), _) => {
+            (Some(Op::Deliver | Op::Count | Op::Presence), _) => {
                 reply::error(ErrorCode::NotFound, "a room is not a shard")
             }
             (Some(Op::Join), None) => reply::error(ErrorCode::Unauthorized, "no identity"),
@@ -62,6 +62,7 @@ impl Room {
             ("messages", Method::Get) => self.read_history(ctx, &identity, query),
             ("bridge", Method::Get) => self.accept_link(ctx, identity, query).await,
             ("stats", Method::Get) => self.report_stats(ctx).await,
+            ("presence", Method::Get) => self.read_presence(ctx, &identity, query).await,
             _ => reply::error(ErrorCode::NotFound, "no such room operation"),
         }
     }

@@ -15,12 +15,14 @@
 //! and the number of shards the room has used, and nothing else of it.
 
 use std::cell::{RefCell, RefMut};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use roomcast_protocol::clock::now_ms;
 use roomcast_protocol::ids;
+use roomcast_protocol::presence::{Joined, News};
 use roomcast_protocol::shard::{Fanout, Placement, ShardReport};
 use worker::{console_warn, Delay, Env, Result};
 
@@ -37,6 +39,9 @@ pub(super) struct ShardFanout {
     env: Env,
     counters: Rc<Counters>,
     fanout: RefCell<Option<Fanout>>,
+    /// Connections the shards listed since the room's presence last took
+    /// them ([`ShardFanout::take_listed`]).
+    listed: RefCell<Vec<Joined>>,
 }
 
 impl ShardFanout {
@@ -45,6 +50,7 @@ impl ShardFanout {
             env: env.clone(),
             counters,
             fanout: RefCell::new(None),
+            listed: RefCell::new(Vec::new()),
         }
     }
 
@@ -162,6 +168,11 @@ impl ShardFanout {
     }
 
     fn take_report(&self, store: &Store, index: u32, report: &ShardReport, batch: bool) {
+        if let Some(connections) = &report.connections {
+            self.listed
+                .borrow_mut()
+                .extend(listed_joined(connections, &report.members));
+        }
         let mut fanout = self.get(store);
         if batch {
             fanout.delivered(index, report);
@@ -169,6 +180,43 @@ impl ShardFanout {
             fanout.reported(index, report);
         }
         self.counters.with(|s| s.absorb(&report.stats));
+    }
+
+    /// The connections shards listed since the last call, for the room's
+    /// presence to count without telling anyone.
+    pub fn take_listed(&self) -> Vec<Joined> {
+        std::mem::take(&mut *self.listed.borrow_mut())
+    }
+
+    /// Hands a presence flush to every shard holding connections, each on
+    /// its own; a shard that misses one is behind until the next (its
+    /// clients' counts and members are state, which the next flush or a
+    /// reconnect brings back).
+    pub async fn tell(&self, store: &Store, room: &str, news: &News) {
+        let shards: Vec<u32> = {
+            let fanout = self.get(store);
+            (0..fanout.shards().len() as u32)
+                .filter(|i| fanout.connections().on(*i) > 0)
+                .collect()
+        };
+        if shards.is_empty() {
+            return;
+        }
+        let Ok(body) = serde_json::to_string(news) else {
+            return;
+        };
+        let calls = shards
+            .iter()
+            .map(|i| self.ask(room, *i, Op::Presence, Some(body.clone())));
+        let answers = join_all(calls).await;
+        for (index, answer) in shards.iter().copied().zip(answers) {
+            match answer {
+                Ok(report) => self.take_report(store, index, &report, false),
+                Err(e) => {
+                    console_warn!("room {room}: telling shard {index} of presence failed: {e}")
+                }
+            }
+        }
     }
 
     /// Sends every shard what it has not had, each on its own.
@@ -209,4 +257,22 @@ impl ShardFanout {
             }
         }
     }
+}
+
+/// A shard's list of connections as presence counts them: members with what
+/// they show, the others as connections only.
+fn listed_joined(connections: &[(String, String)], members: &[Joined]) -> Vec<Joined> {
+    let members: HashMap<&str, &Joined> = members.iter().map(|m| (m.conn_id.as_str(), m)).collect();
+    connections
+        .iter()
+        .map(|(conn_id, sub)| match members.get(conn_id.as_str()) {
+            Some(member) => (*member).clone(),
+            None => Joined {
+                conn_id: conn_id.clone(),
+                sub: sub.clone(),
+                shown: false,
+                info: None,
+            },
+        })
+        .collect()
 }

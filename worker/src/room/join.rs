@@ -65,13 +65,16 @@ impl Room {
         let epoch = query.get("epoch").map(String::as_str);
         let greeting = self.greet(ctx, &session, since, epoch)?;
         let pair = WebSocketPair::new()?;
+        // Known to presence before its socket is, so it joins rather than
+        // being found there.
+        self.presence_joined(ctx, &session);
         self.clients.accept(
             &pair.server,
             &session,
             &[&subject_tag(&session.sub)],
             ctx.now,
         )?;
-        // The welcome and the replay go out in one call.
+        // The welcome, the replay and who is here go out in one call.
         let mut frames = Frames::default();
         frames.push(&ServerFrame::Welcome(Cow::Borrowed(&greeting.welcome)).to_json());
         if let Some(after) = greeting.replay_after {
@@ -79,6 +82,9 @@ impl Room {
                 frames.push(frame);
                 Ok(())
             })?;
+        }
+        for frame in self.presence_greeting(ctx, &session) {
+            frames.push(&frame);
         }
         sends::send_each(&pair.server, &frames)?;
         self.alarm

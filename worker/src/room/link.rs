@@ -21,6 +21,7 @@ use std::rc::Rc;
 
 use roomcast_protocol::draft::Origin;
 use roomcast_protocol::history::TURN_BYTES;
+use roomcast_protocol::presence::{Flush, LinkEvents, Occupancy};
 use roomcast_protocol::stats::StatsReport;
 use roomcast_protocol::wire::{parse_bridge_frame, BridgeFrame, Message, ServerFrame};
 use roomcast_protocol::{CloseCode, ErrorCode};
@@ -59,6 +60,8 @@ pub(super) struct BridgeLink {
     state: State,
     counters: Rc<Counters>,
     cache: RefCell<LinkCache>,
+    /// The room's presence events the bridge has not acknowledged.
+    presence: RefCell<LinkEvents>,
 }
 
 impl BridgeLink {
@@ -67,6 +70,7 @@ impl BridgeLink {
             state: hibernation::handle(state),
             counters,
             cache: RefCell::new(LinkCache::Unknown),
+            presence: RefCell::new(LinkEvents::default()),
         }
     }
 
@@ -135,6 +139,9 @@ impl BridgeLink {
         self.state.accept_websocket_with_tags(ws, &[LINK_TAG]);
         self.counters.save(ws, &link)?;
         *self.cache.borrow_mut() = LinkCache::Open(Feed::at(ws.clone(), store.cursor()));
+        for frame in self.presence.borrow().unacked() {
+            ws.send_with_str(frame)?;
+        }
         let close_at = bridge_token::close_at_ms(exp, &ctx.settings);
         Ok(close_at.min(ctx.now + STATS_INTERVAL_MS))
     }
@@ -168,6 +175,10 @@ impl BridgeLink {
                 self.pump(store, ctx)
             }
             Ok(BridgeFrame::Auth { token }) => self.refresh(ws, &token, ctx),
+            Ok(BridgeFrame::PresenceAck { pseq }) => {
+                self.presence.borrow_mut().acked(pseq);
+                Ok(())
+            }
             Err(rejection) => send_error(ws, rejection.code, &rejection.message, None),
         }
     }
@@ -183,6 +194,25 @@ impl BridgeLink {
             link.exp = exp;
             self.counters.save(ws, &link)
         })
+    }
+
+    /// A presence flush, for the bridge: sent now when a link is open, and
+    /// kept until acknowledged when a link is open or a bridge relays this
+    /// deployment; otherwise nobody will ask for it. `true` when it is kept
+    /// with no link to take it: the registry must announce the room.
+    pub fn presence(&self, store: &Store, ctx: &Ctx, flush: &Flush, occupancy: Occupancy) -> bool {
+        self.resolve(store);
+        let open = self.is_open();
+        if !open && !ctx.settings.config.bridge {
+            return false;
+        }
+        let mut events = self.presence.borrow_mut();
+        let frame = events.push(&ctx.room, ctx.now, flush, occupancy);
+        if let LinkCache::Open(feed) = &*self.cache.borrow() {
+            // A link that cannot take it is closing: the next one gets it.
+            let _ = feed.ws.send_with_str(frame);
+        }
+        !open
     }
 
     /// Sends the counters to the link if they changed since the last time.

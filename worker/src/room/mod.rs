@@ -31,6 +31,7 @@ mod join;
 mod lifecycle;
 mod link;
 mod link_upgrade;
+mod presence;
 mod publish;
 mod shard_requests;
 mod stats;
@@ -41,6 +42,7 @@ use std::rc::Rc;
 
 use roomcast_protocol::clock::now_ms;
 use roomcast_protocol::lifecycle::Reannounce;
+use roomcast_protocol::presence::Presence;
 use roomcast_protocol::rate::Limiter;
 use roomcast_protocol::{CloseCode, ErrorCode};
 use worker::{
@@ -85,6 +87,8 @@ pub struct Room {
     shards: ShardFanout,
     /// The room, settings and limits this wake serves.
     wake: WakeCtx,
+    /// Who is connected, once built this wake (see [`presence`]).
+    presence: RefCell<Option<Presence>>,
 }
 
 event::durable_object_class!(RoomObject, Room, Room);
@@ -112,6 +116,7 @@ impl Handlers for Room {
             announce: Cell::new(Reannounce::default()),
             retire_check: Cell::new(None),
             wake: WakeCtx::default(),
+            presence: RefCell::new(None),
         }
     }
 
@@ -145,14 +150,14 @@ impl Handlers for Room {
     }
 
     async fn close(&self, ws: WebSocket, code: usize) {
-        self.gone(&ws);
+        self.gone(&ws, code == clients::ABNORMAL_CLOSURE);
         let _ = ws.close(Some(clients::echo(code)), Some("closing"));
         self.after_event(now_ms()).await;
     }
 
     async fn error(&self, ws: WebSocket, error: worker::Error) {
         console_error!("room {}: websocket error: {error}", self.name_or_unknown());
-        self.gone(&ws);
+        self.gone(&ws, true);
         self.after_event(now_ms()).await;
     }
 
@@ -212,7 +217,11 @@ impl Room {
             self.counters.flush_if_due(store, now);
         }
         let link_stats = self.store().ok().and_then(|h| self.link.stats_due(h, now));
-        let due = [link_stats, self.retire_check.take()];
+        let presence = match self.named_ctx() {
+            Ok(ctx) => self.flush_presence(&ctx).await,
+            Err(_) => None,
+        };
+        let due = [link_stats, self.retire_check.take(), presence];
         if let Some(at) = due.into_iter().flatten().min() {
             if let Err(e) = self.alarm.no_later_than(at).await {
                 console_error!("room {}: scheduling the alarm: {e}", self.name_or_unknown());
@@ -254,12 +263,12 @@ impl Room {
             .settle(ws, &mut session, outcome, ctx.now, seen_stale)
     }
 
-    /// A socket the other side closed or lost.
-    fn gone(&self, ws: &WebSocket) {
+    /// A socket the other side closed or (`dropped`) lost.
+    fn gone(&self, ws: &WebSocket, dropped: bool) {
         if self.link.is_link(ws) {
             self.link_lost(ws);
         } else {
-            self.clients.gone(ws);
+            self.clients.gone(ws, dropped);
         }
     }
 }

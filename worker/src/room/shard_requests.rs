@@ -4,7 +4,7 @@
 //! messages a shard missed.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use roomcast_protocol::auth::Identity;
 use roomcast_protocol::clock::now_ms;
@@ -59,6 +59,8 @@ impl Room {
         }
         let session = roomcast_protocol::session::Session::new(request.conn_id, identity, ctx.now);
         let greeting = self.greet(ctx, &session, request.since, request.epoch.as_deref())?;
+        self.presence_joined(ctx, &session);
+        let presence = self.presence_greeting(ctx, &session);
         let mut replay = Vec::new();
         if let Some(after) = greeting.replay_after {
             self.replay(ctx, after, greeting.welcome.head, |seq, frame| {
@@ -67,7 +69,11 @@ impl Room {
             })?;
         }
         let welcome = ServerFrame::Welcome(Cow::Borrowed(&greeting.welcome)).to_json();
-        let body = encode_join_reply(&welcome, replay.iter().map(|(seq, f)| (*seq, f.as_str())));
+        let body = encode_join_reply(
+            &welcome,
+            &presence,
+            replay.iter().map(|(seq, f)| (*seq, f.as_str())),
+        );
         let headers = Headers::new();
         let sent = self
             .shards
@@ -92,6 +98,17 @@ impl Room {
             }
             for conn_id in &forward.leaves {
                 fanout.left(conn_id);
+            }
+        }
+        {
+            let dropped: HashSet<&String> = forward.dropped.iter().collect();
+            let mut presence = self.presence(ctx);
+            for conn_id in &forward.leaves {
+                if dropped.contains(conn_id) {
+                    presence.dropped(conn_id, ctx.now);
+                } else {
+                    presence.left(conn_id);
+                }
             }
         }
         let mut outcomes = Vec::with_capacity(forward.publishes.len());

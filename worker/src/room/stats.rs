@@ -15,11 +15,14 @@ impl Room {
     pub(super) fn stats_report(&self, ctx: &Ctx) -> Result<StatsReport> {
         let store = self.store()?;
         let (shard_clients, shards) = self.shards.clients(store);
+        let occupancy = self.presence(ctx).occupancy();
         Ok(StatsReport {
             room: ctx.room.to_string(),
             epoch: store.facts().epoch().unwrap_or_default(),
             head: store.head(),
             connections: self.clients.count() + shard_clients,
+            users: occupancy.users,
+            members: occupancy.members,
             shards,
             cursor: store.cursor(),
             pending: store.pending(),

@@ -17,7 +17,7 @@ impl Room {
             return self.alarm.set(None).await;
         }
         let ctx = self.named_ctx()?;
-        let mut next = self.clients.sweep(&ctx)?.next;
+        let mut next = self.clients.sweep(&ctx)?;
         let mut earliest = |at: u64| next = Some(next.map_or(at, |n: u64| n.min(at)));
         if let Some(at) = self.link.tick(store, &ctx, &|| self.stats_report(&ctx))? {
             earliest(at);

@@ -64,7 +64,11 @@ impl Shard {
             return;
         }
         while let Some((forward, pendings)) = self.next_forward() {
-            let (joins, leaves) = (forward.joins.clone(), forward.leaves.clone());
+            let (joins, leaves, dropped) = (
+                forward.joins.clone(),
+                forward.leaves.clone(),
+                forward.dropped.clone(),
+            );
             match self.send_forward(ctx, forward).await {
                 Ok(outcomes) if outcomes.len() == pendings.len() => {
                     for (outcome, pending) in outcomes.into_iter().zip(pendings) {
@@ -82,6 +86,7 @@ impl Shard {
                     self.with_subscription(|s| {
                         s.joins.extend(joins);
                         s.leaves.extend(leaves);
+                        s.dropped.extend(dropped);
                     });
                     for pending in pendings {
                         let _ = send_error(
@@ -111,6 +116,7 @@ impl Shard {
                 publishes,
                 joins: std::mem::take(&mut s.joins),
                 leaves: std::mem::take(&mut s.leaves),
+                dropped: std::mem::take(&mut s.dropped),
             };
             Some((forward, pendings))
         })

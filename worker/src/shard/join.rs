@@ -104,6 +104,9 @@ impl Shard {
         for (_, frame) in &extra {
             frames.push(frame);
         }
+        for frame in &reply.presence {
+            frames.push(frame);
+        }
         sends::send_each(&pair.server, &frames)?;
         self.counters
             .with(|s| s.deliveries_total += (reply.replay.len() + extra.len()) as u64);

@@ -31,6 +31,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use roomcast_protocol::auth::Identity;
+use roomcast_protocol::presence::News;
 use roomcast_protocol::rate::Limiter;
 use roomcast_protocol::{CloseCode, ErrorCode};
 use worker::{
@@ -40,7 +41,7 @@ use worker::{
 
 use crate::alarm::Alarm;
 use crate::clients::frames::Step;
-use crate::clients::Clients;
+use crate::clients::{Clients, Ended};
 use crate::context::{Ctx, WakeCtx};
 use crate::counters::Counters;
 use crate::event::{self, Handlers};
@@ -112,7 +113,8 @@ impl Handlers for Shard {
     }
 
     async fn close(&self, ws: WebSocket, code: usize) {
-        self.gone(&ws);
+        self.clients
+            .gone(&ws, code == crate::clients::ABNORMAL_CLOSURE);
         let _ = ws.close(Some(crate::clients::echo(code)), Some("closing"));
         self.after_event().await;
     }
@@ -122,7 +124,7 @@ impl Handlers for Shard {
             "shard of {}: websocket error: {error}",
             self.room_or_unknown()
         );
-        self.gone(&ws);
+        self.clients.gone(&ws, true);
         self.after_event().await;
     }
 
@@ -157,6 +159,7 @@ impl Shard {
         match (op, identity) {
             (Some(Op::Deliver), _) => self.deliver(req, &ctx).await,
             (Some(Op::Count), _) => self.report(true),
+            (Some(Op::Presence), _) => self.tell(req, &ctx).await,
             (None, Some(identity))
                 if req.method() == Method::Get && req.path().ends_with("/ws") =>
             {
@@ -194,13 +197,6 @@ impl Shard {
             .settle(ws, &mut session, outcome, ctx.now, seen_stale)
     }
 
-    /// A client socket is gone: the room counts it out.
-    fn gone(&self, ws: &WebSocket) {
-        if let Some(conn_id) = self.clients.gone(ws) {
-            self.left(conn_id);
-        }
-    }
-
     /// The room hears of a closed connection with the next request to it.
     fn left(&self, conn_id: String) {
         if self.room().is_some() {
@@ -214,19 +210,34 @@ impl Shard {
         let Some(ctx) = self.ctx()? else {
             return self.alarm.set(None).await;
         };
-        let swept = self.clients.sweep(&ctx)?;
-        for conn_id in swept.closed {
-            self.left(conn_id);
-        }
-        self.alarm.set(swept.next).await
+        let next = self.clients.sweep(&ctx)?;
+        self.alarm.set(next).await
     }
 
     /// Work that follows every event, outside its synchronous turn: the
-    /// publishes and closed connections the room has not heard of.
+    /// publishes and ended connections the room has not heard of.
     async fn after_event(&self) {
+        let ended = self.clients.take_ended();
+        if self.room().is_some() {
+            self.with_subscription(|s| {
+                for Ended { session, dropped } in ended {
+                    if dropped {
+                        s.dropped.push(session.conn_id.clone());
+                    }
+                    s.leaves.push(session.conn_id);
+                }
+            });
+        }
         if let Ok(Some(ctx)) = self.ctx() {
             self.pump_forward(&ctx).await;
         }
+    }
+
+    /// What a presence flush of the room tells this shard's clients.
+    async fn tell(&self, mut req: Request, ctx: &Ctx) -> Result<Response> {
+        let news: News = serde_json::from_str(&req.text().await?)?;
+        self.clients.tell(&ctx.room, &news);
+        self.report(false)
     }
 
     /// Serves `room` as shard `index` from now on.

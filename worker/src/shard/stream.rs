@@ -121,11 +121,22 @@ impl Shard {
     }
 
     /// Where the shard stands, with its counters since the last report;
-    /// with `list`, every connection it holds (for a room that woke).
+    /// with `list`, every connection it holds (for a room that woke), and
+    /// which of them are members, with what they show.
     pub(super) fn report(&self, list: bool) -> Result<Response> {
+        let sessions = if list {
+            self.clients.open(CLIENT_TAG)
+        } else {
+            Vec::new()
+        };
+        let room = self.room().unwrap_or_default();
+        let members = sessions
+            .iter()
+            .map(|(_, s)| s.joined(&room))
+            .filter(|j| j.shown)
+            .collect();
         let connections = list.then(|| {
-            self.clients
-                .open(CLIENT_TAG)
+            sessions
                 .into_iter()
                 .map(|(_, s)| (s.conn_id, s.sub))
                 .collect()
@@ -134,6 +145,7 @@ impl Shard {
             delivered: self.position(),
             stats: self.counters.take(),
             connections,
+            members,
         };
         reply::json(200, &report)
     }

@@ -33,6 +33,8 @@ pub(super) struct Subscription {
     /// `conn_id`), for its per-subject counts.
     pub joins: Vec<String>,
     pub leaves: Vec<String>,
+    /// Those of `leaves` that dropped without a close.
+    pub dropped: Vec<String>,
     pub forwarding: bool,
     pub waiting: Waiting<Ack>,
 }
@@ -47,6 +49,7 @@ impl Subscription {
             queued_bytes: 0,
             joins: Vec::new(),
             leaves: Vec::new(),
+            dropped: Vec::new(),
             forwarding: false,
             waiting: Waiting::default(),
         }
