@@ -99,7 +99,21 @@ impl Room {
         if let Some(news) = &news {
             self.tell_presence(ctx, news).await;
         }
-        due
+        due.filter(|_| self.presence_heard(ctx))
+    }
+
+    /// Whether a flush would reach anyone: the room's clients, its shards',
+    /// or a bridge. A room nobody hears is not woken to flush; its next
+    /// event does.
+    fn presence_heard(&self, ctx: &Ctx) -> bool {
+        let Ok(store) = self.store() else {
+            return false;
+        };
+        self.link.resolve(store);
+        self.clients.count() > 0
+            || self.shards.clients(store).0 > 0
+            || self.link.is_open()
+            || ctx.settings.config.bridge
     }
 
     /// Presence events wait for a bridge that has no link to this room:
