@@ -69,6 +69,14 @@ impl WakeCtx {
         self.0.get().map(Ctx::refreshed)
     }
 
+    /// The same at `now`, a time the event has already read.
+    pub fn at(&self, now: u64) -> Option<Ctx> {
+        self.0.get().map(|kept| Ctx {
+            now,
+            ..kept.clone()
+        })
+    }
+
     /// An event of `room`, now, kept for the wake's later events. An
     /// object serves one room, so another name is answered afresh and not
     /// kept.

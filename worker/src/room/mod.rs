@@ -217,7 +217,9 @@ impl Room {
             self.counters.flush_if_due(store, now);
         }
         let link_stats = self.store().ok().and_then(|h| self.link.stats_due(h, now));
-        let presence = match self.named_ctx() {
+        // The event's time: a flush needs no clock read of its own.
+        let ctx = self.wake.at(now).map_or_else(|| self.named_ctx(), Ok);
+        let presence = match ctx {
             Ok(ctx) => self.flush_presence(&ctx).await,
             Err(_) => None,
         };
