@@ -587,7 +587,7 @@ impl LinkEvents {
             None => ("[]".to_owned(), "[]".to_owned()),
         };
         let raw = |text: String| RawValue::from_string(text).unwrap_or_default();
-        self.last += 1;
+        self.last = next_pseq(self.last, at);
         let event = PresenceEvent {
             room: room.to_owned(),
             pseq: self.last,
@@ -623,6 +623,15 @@ impl LinkEvents {
     pub fn unacked(&self) -> impl Iterator<Item = &str> {
         self.kept.iter().map(|(_, f)| f.as_str())
     }
+}
+
+/// The `pseq` after `last` for an event made at `at` (ms). A room's bridge
+/// link outlives the room's eviction, while the events kept for it do not:
+/// numbering from the time as well, a woken room's events follow those of
+/// its previous wake on the same link, whose acknowledgements only move
+/// forward.
+fn next_pseq(last: u64, at: u64) -> u64 {
+    (last + 1).max(at.saturating_mul(1024))
 }
 
 fn json<T: Serialize + ?Sized>(value: &T) -> String {
@@ -871,14 +880,14 @@ mod tests {
             }),
             ..Flush::default()
         };
-        let first = events.push("r", 5, &flush, Occupancy::default()).to_owned();
+        let first = events.push("r", 0, &flush, Occupancy::default()).to_owned();
         let v: serde_json::Value = serde_json::from_str(&first).unwrap();
         assert_eq!(
             (v["type"].as_str(), v["pseq"].as_u64()),
             (Some("presence"), Some(1))
         );
         assert_eq!(v["joins"][0]["sub"], "ann");
-        events.push("r", 6, &Flush::default(), Occupancy::default());
+        events.push("r", 0, &Flush::default(), Occupancy::default());
         assert_eq!(events.unacked().count(), 2);
         events.acked(1);
         let left: Vec<&str> = events.unacked().collect();
@@ -890,6 +899,22 @@ mod tests {
         assert_eq!(events.unacked().count(), LINK_EVENTS, "bounded");
         let next = events.push("r", 8, &Flush::default(), Occupancy::default());
         assert!(next.contains(r#""gap":true"#), "{next}");
+    }
+
+    #[test]
+    fn a_woken_room_numbers_its_link_events_after_the_last_wake() {
+        let mut before = LinkEvents::default();
+        before.push("r", 1_000, &Flush::default(), Occupancy::default());
+        let last = before.push("r", 1_000, &Flush::default(), Occupancy::default());
+        let last: serde_json::Value = serde_json::from_str(last).unwrap();
+        // Evicted: the events kept for the link are gone, the link is not.
+        let mut after = LinkEvents::default();
+        let first = after.push("r", 1_001, &Flush::default(), Occupancy::default());
+        let first: serde_json::Value = serde_json::from_str(first).unwrap();
+        assert!(
+            first["pseq"].as_u64() > last["pseq"].as_u64(),
+            "{first} after {last}"
+        );
     }
 
     #[test]
