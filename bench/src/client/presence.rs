@@ -172,17 +172,19 @@ fn hash(value: &impl Hash) -> u64 {
     hasher.finish()
 }
 
+/// The view after `frames`, for tests.
+#[cfg(test)]
+pub fn view(frames: &[&str]) -> View {
+    let mut view = View::default();
+    for frame in frames {
+        view.apply(frame).unwrap();
+    }
+    view
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn view(frames: &[&str]) -> View {
-        let mut view = View::default();
-        for frame in frames {
-            view.apply(frame).unwrap();
-        }
-        view
-    }
 
     #[test]
     fn state_pages_add_up_and_a_new_state_replaces_them() {

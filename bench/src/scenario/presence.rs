@@ -517,14 +517,7 @@ pub fn render(out: &mut String, results: &PresenceResults) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn view(frames: &[&str]) -> View {
-        let mut view = View::default();
-        for frame in frames {
-            view.apply(frame).unwrap();
-        }
-        view
-    }
+    use crate::client::presence::view;
 
     #[test]
     fn past_the_limit_a_presence_view_agrees_on_the_notice_and_the_count() {

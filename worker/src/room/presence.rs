@@ -43,28 +43,29 @@ impl Room {
     /// ended since (which must be known to it before they leave).
     pub(super) fn presence(&self, ctx: &Ctx) -> RefMut<'_, Presence> {
         let ended = self.clients.take_ended();
-        let mut slot = self.presence.borrow_mut();
-        let presence = slot.get_or_insert_with(|| {
-            let mut presence = Presence::new(settings(ctx));
-            for (_, session) in self.clients.open(CLIENT_TAG) {
-                presence.restored(session.joined(&ctx.room));
+        RefMut::map(self.presence.borrow_mut(), |slot| {
+            let presence = slot.get_or_insert_with(|| {
+                let mut presence = Presence::new(settings(ctx));
+                for (_, session) in self.clients.open(CLIENT_TAG) {
+                    presence.restored(session.joined(&ctx.room));
+                }
+                for Ended { session, .. } in &ended {
+                    presence.restored(session.joined(&ctx.room));
+                }
+                presence
+            });
+            for joined in self.shards.take_listed() {
+                presence.restored(joined);
             }
-            for Ended { session, .. } in &ended {
-                presence.restored(session.joined(&ctx.room));
+            for Ended { session, dropped } in ended {
+                if dropped {
+                    presence.dropped(&session.conn_id, ctx.now);
+                } else {
+                    presence.left(&session.conn_id);
+                }
             }
             presence
-        });
-        for joined in self.shards.take_listed() {
-            presence.restored(joined);
-        }
-        for Ended { session, dropped } in ended {
-            if dropped {
-                presence.dropped(&session.conn_id, ctx.now);
-            } else {
-                presence.left(&session.conn_id);
-            }
-        }
-        RefMut::map(slot, |p| p.as_mut().expect("built above"))
+        })
     }
 
     /// A connection opened, here or on a shard.
