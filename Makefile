@@ -31,6 +31,7 @@ export WRANGLER_SEND_METRICS := false
 export CARGO_TERM_COLOR := never
 
 WORKER_BUNDLE  := build/worker/shim.mjs
+TEST_CONFIG    := build/wrangler.toml
 WORKER_SOURCES := $(shell find worker/src protocol/src -name '*.rs') $(wildcard worker/js/*.js) worker/Cargo.toml protocol/Cargo.toml Cargo.toml Cargo.lock
 
 .PHONY: bootstrap bootstrap-test build worker bridge dev token test test-unit test-wasm test-fuzz test-e2e test-js lint fuzz mutants bench profile deploy-check clean
@@ -88,6 +89,15 @@ $(WORKER_BUNDLE): $(WORKER_SOURCES)
 	wasm-opt build/index_bg.wasm -o build/index_bg.wasm -Oz --enable-exception-handling --strip-debug --strip-producers
 	@touch $@
 
+# wrangler.toml without its build step, for the test harnesses:
+# `wrangler dev` with a build command rebuilds and restarts workerd
+# once its watcher is ready, and the restarted workerd binds its ports again,
+# which another process starting meanwhile may have taken (the worker then
+# exits with "Address already in use"). Paths move one directory down with it.
+$(TEST_CONFIG): wrangler.toml
+	@mkdir -p build
+	sed -e '/^\[build\]$$/,/^$$/d' -e 's|^main = "build/|main = "|' -e 's|^directory = "|directory = "../|' $< > $@
+
 bridge: bootstrap
 	cargo build --release -p roomcast-bridge
 
@@ -144,7 +154,7 @@ FUZZ_RUNS ?= 50000
 test-fuzz: bootstrap-test
 	$(COUNTED) test-fuzz scripts/fuzz.sh --runs $(FUZZ_RUNS)
 
-test-e2e: bootstrap-test worker
+test-e2e: bootstrap-test worker $(TEST_CONFIG)
 	cargo build -p roomcast-bridge
 	ROOMCAST_TANSU=$(TOOLS_DIR)/bin/tansu ROOMCAST_RABBITMQ=$(RABBITMQ) \
 	  $(COUNTED) test-e2e cargo test --no-fail-fast -p roomcast-tests -- --test-threads=1
@@ -154,7 +164,7 @@ test-e2e: bootstrap-test worker
 JS_TESTS := $(wildcard clients/js/test/*.test.js tests/browser/*.test.mjs)
 
 ## test-js: the JS client (node's test runner) and the demo page in headless Chromium, against wrangler dev
-test-js: bootstrap-test worker
+test-js: bootstrap-test worker $(TEST_CONFIG)
 	@test -n "$(JS_TESTS)" || { echo "test-js: no test files" >&2; exit 1; }
 	CHROMIUM_PATH=$(CHROMIUM) $(COUNTED) test-js node --test --test-concurrency=1 --test-timeout=300000 --test-reporter=spec \
 	  $(JS_TESTS)

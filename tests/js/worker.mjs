@@ -62,7 +62,9 @@ export class Worker {
     const inspector = await freePort();
     const dir = path.join(ARTIFACTS, 'js', `worker-${port}`);
     mkdirSync(dir, { recursive: true });
-    const args = ['dev', '--ip', '127.0.0.1', '--port', String(port), '--inspector-port', String(inspector)];
+    // build/wrangler.toml (written by `make test-js`) is wrangler.toml without
+    // its build step, whose restart after start races other workers for ports.
+    const args = ['dev', '--config', 'build/wrangler.toml', '--ip', '127.0.0.1', '--port', String(port), '--inspector-port', String(inspector)];
     args.push('--persist-to', path.join(dir, 'state'), '--var', `JWT_SECRET:${SECRET}`);
     for (const [name, value] of Object.entries(vars)) args.push('--var', `${name}:${value}`);
     const logFile = path.join(dir, 'wrangler.log');

@@ -9,10 +9,16 @@
 //! compare against), another entry (the profiling build), plain HTTP (so
 //! that TLS is not what they measure), quieter logs and a longer start-up
 //! (wrangler's build command may rebuild the bundle).
+//!
+//! The tests' configuration is `build/wrangler.toml`, the repository's
+//! without its build step (the Makefile writes it; [`build_once`] runs that
+//! rule): wrangler with a build command restarts workerd once after start,
+//! and the restart can lose its ports to a worker starting beside it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Once;
 use std::time::Duration;
 
 use crate::process::{wait_http_ok, Service};
@@ -84,10 +90,30 @@ impl Worker {
     }
 }
 
+/// The tests' wrangler configuration, relative to the repository.
+const TEST_CONFIG: &str = "build/wrangler.toml";
+
+/// Brings the worker bundle and [`TEST_CONFIG`] up to date, once per test
+/// process (a no-op under `make test`, which has just built both), so that a
+/// test run straight from cargo never runs a stale bundle.
+fn build_once() {
+    static BUILD: Once = Once::new();
+    BUILD.call_once(|| {
+        let status = Command::new("make")
+            .current_dir(repo_root())
+            .args(["-s", "worker", TEST_CONFIG])
+            .status()
+            .expect("make runs");
+        assert!(
+            status.success(),
+            "make worker {TEST_CONFIG} failed: {status}"
+        );
+    });
+}
+
 /// How to start a [`Worker`]; the default is the tests' worker.
 pub struct WorkerSpec {
-    /// `--config`, relative to the repository; the repository's own
-    /// `wrangler.toml` when `None`.
+    /// `--config`, relative to the repository; [`TEST_CONFIG`] when `None`.
     config: Option<PathBuf>,
     /// The entry module instead of the configuration's `main`.
     script: Option<PathBuf>,
@@ -149,9 +175,13 @@ impl WorkerSpec {
         if let Some(script) = &self.script {
             cmd.arg(script);
         }
-        if let Some(config) = &self.config {
-            cmd.arg("--config").arg(config);
-        }
+        match &self.config {
+            Some(config) => cmd.arg("--config").arg(config),
+            None => {
+                build_once();
+                cmd.args(["--config", TEST_CONFIG])
+            }
+        };
         cmd.args(["--ip", "127.0.0.1", "--port", &port.to_string()])
             .args(["--inspector-port", &inspector_port.to_string()])
             .arg("--persist-to")
