@@ -38,6 +38,9 @@ pub enum Route {
         room: RoomName,
         op: RoomOp,
     },
+    /// A multiplexed connection (`/v1/ws`, a WebSocket): in no room, it
+    /// subscribes to rooms over its socket.
+    Multiplexed,
     /// The bridge's registry link (a WebSocket).
     RegistryLink,
     /// What the registry holds, for the bridge's token.
@@ -71,6 +74,9 @@ pub enum RoomOp {
 /// What a token must allow for a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {
+    /// Any valid token: each room a multiplexed connection asks for is
+    /// checked when it asks.
+    Connect,
     Subscribe,
     Publish,
     Bridge,
@@ -82,6 +88,7 @@ impl Route {
         matches!(
             self,
             Route::RegistryLink
+                | Route::Multiplexed
                 | Route::Room {
                     op: RoomOp::Join | RoomOp::BridgeLink,
                     ..
@@ -113,6 +120,7 @@ impl Route {
         match self {
             Route::Health | Route::Assets => None,
             Route::RegistryLink | Route::RegistryReport => Some(Need::Bridge),
+            Route::Multiplexed => Some(Need::Connect),
             Route::Room { op, .. } => Some(match op {
                 RoomOp::Join | RoomOp::History | RoomOp::Stats | RoomOp::Presence => {
                     Need::Subscribe
@@ -130,7 +138,7 @@ impl Route {
             _ => None,
         };
         match self.need() {
-            None => true,
+            None | Some(Need::Connect) => true,
             Some(Need::Bridge) => rights.bridge,
             Some(Need::Subscribe) => room.is_some_and(|r| rights.can_subscribe(r)),
             Some(Need::Publish) => room.is_some_and(|r| rights.can_publish(r)),
@@ -165,6 +173,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, Refusal> {
         ["healthz"] => get_only(Route::Health),
         ["v1", "rooms", room, op] => room_route(method, room, op),
         ["v1", "bridge"] => get_only(Route::RegistryLink),
+        ["v1", "ws"] => get_only(Route::Multiplexed),
         ["v1", "registry"] => get_only(Route::RegistryReport),
         ["v1", ..] => Err(refusal(ErrorCode::NotFound, "no such API path")),
         _ => Ok(Route::Assets),
@@ -366,6 +375,7 @@ mod tests {
             Ok(room("a", RoomOp::Publish))
         );
         assert_eq!(route("GET", "/v1/bridge"), Ok(Route::RegistryLink));
+        assert_eq!(route("GET", "/v1/ws"), Ok(Route::Multiplexed));
         assert_eq!(
             route("GET", "/v1/rooms/a/presence"),
             Ok(room("a", RoomOp::Presence))
@@ -377,6 +387,7 @@ mod tests {
         assert_eq!(code("GET", "/v1/rooms/a/nope"), ErrorCode::NotFound);
         assert_eq!(code("GET", "/v1/nope"), ErrorCode::NotFound);
         assert_eq!(code("POST", "/v1/registry"), ErrorCode::MethodNotAllowed);
+        assert_eq!(code("POST", "/v1/ws"), ErrorCode::MethodNotAllowed);
         assert_eq!(
             code("POST", "/v1/rooms/a/presence"),
             ErrorCode::MethodNotAllowed
@@ -396,6 +407,11 @@ mod tests {
         assert!(!room("a.b", RoomOp::Publish).allowed(&user));
         assert!(!room("a.b", RoomOp::BridgeLink).allowed(&user));
         assert!(!Route::RegistryReport.allowed(&user));
+        assert!(
+            Route::Multiplexed.allowed(&Rights::default()),
+            "a multiplexed connection's rooms are checked as it asks for them"
+        );
+        assert!(Route::Multiplexed.upgrade());
         assert!(room("a.b", RoomOp::BridgeLink).upgrade());
         assert!(!room("a.b", RoomOp::Stats).upgrade());
     }
@@ -584,6 +600,7 @@ mod tests {
         assert!(!room("a", RoomOp::Join).cross_origin());
         assert!(!room("a", RoomOp::BridgeLink).cross_origin());
         assert!(!Route::RegistryLink.cross_origin());
+        assert!(!Route::Multiplexed.cross_origin());
         assert!(!Route::Assets.cross_origin());
     }
 

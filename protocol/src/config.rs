@@ -9,6 +9,7 @@
 use serde::Deserialize;
 
 use crate::auth::VerifierConfig;
+use crate::mux::{DEFAULT_HUB_OBJECTS, DEFAULT_MAX_ROOMS_PER_CONNECTION};
 use crate::rights::pattern_matches;
 
 /// Limits that apply to one room; `ROOM_POLICIES` may override them per room.
@@ -174,7 +175,7 @@ fn set<T: Copy>(slot: &mut T, value: Option<T>) {
 }
 
 /// The worker's whole configuration.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Config {
     pub defaults: Limits,
     pub policies: Vec<RoomPolicy>,
@@ -191,6 +192,13 @@ pub struct Config {
     pub room_create_per_min: u32,
     /// Whether a token may come in `?token=` (`QUERY_TOKENS`).
     pub query_tokens: QueryTokens,
+    /// Rooms one multiplexed connection may be subscribed to at once
+    /// (`MAX_ROOMS_PER_CONNECTION`).
+    pub max_rooms_per_connection: usize,
+    /// Hubs (Durable Objects) multiplexed connections are spread over
+    /// (`HUB_OBJECTS`). Changing it moves new connections only: a
+    /// connection stays on the hub it was placed on.
+    pub hub_objects: u32,
 }
 
 /// `QUERY_TOKENS`: URLs end up in request logs, browser history and
@@ -308,6 +316,12 @@ impl Config {
             } else {
                 QueryTokens::Off
             },
+            max_rooms_per_connection: number(
+                &get,
+                "MAX_ROOMS_PER_CONNECTION",
+                DEFAULT_MAX_ROOMS_PER_CONNECTION,
+            )?,
+            hub_objects: number(&get, "HUB_OBJECTS", DEFAULT_HUB_OBJECTS)?,
         };
         config.check()?;
         Ok(config)
@@ -317,11 +331,20 @@ impl Config {
     /// in the defaults and in every room policy, naming the variable (and
     /// the policy).
     fn check(&self) -> Result<(), ConfigError> {
-        if self.room_create_per_min == 0 {
-            return Err(ConfigError {
-                name: "ROOM_CREATE_PER_MIN",
-                reason: "must be at least 1".into(),
-            });
+        for (name, value) in [
+            ("ROOM_CREATE_PER_MIN", u64::from(self.room_create_per_min)),
+            (
+                "MAX_ROOMS_PER_CONNECTION",
+                self.max_rooms_per_connection as u64,
+            ),
+            ("HUB_OBJECTS", u64::from(self.hub_objects)),
+        ] {
+            if value == 0 {
+                return Err(ConfigError {
+                    name,
+                    reason: "must be at least 1".into(),
+                });
+            }
         }
         let policies = self.policies.iter().map(|p| {
             let mut limits = self.defaults.clone();
@@ -464,6 +487,12 @@ mod tests {
             (&[("JWT_SECRET", "short")][..], "JWT_SECRET"),
             (&[("ROOM_CREATE_PER_MIN", "0")][..], "ROOM_CREATE_PER_MIN"),
             (
+                &[("MAX_ROOMS_PER_CONNECTION", "0")][..],
+                "MAX_ROOMS_PER_CONNECTION",
+            ),
+            (&[("HUB_OBJECTS", "0")][..], "HUB_OBJECTS"),
+            (&[("HUB_OBJECTS", "many")][..], "HUB_OBJECTS"),
+            (
                 &[(
                     "ROOM_POLICIES",
                     r#"[{"match":"big.*","max_message_bytes":5000000}]"#,
@@ -533,6 +562,17 @@ mod tests {
             .is_err(),
             "the interval is one setting for the deployment"
         );
+    }
+
+    #[test]
+    fn multiplexing_settings() {
+        let c = config(&[]).unwrap();
+        assert_eq!(
+            (c.max_rooms_per_connection, c.hub_objects),
+            (DEFAULT_MAX_ROOMS_PER_CONNECTION, DEFAULT_HUB_OBJECTS)
+        );
+        let c = config(&[("MAX_ROOMS_PER_CONNECTION", "3"), ("HUB_OBJECTS", "2")]).unwrap();
+        assert_eq!((c.max_rooms_per_connection, c.hub_objects), (3, 2));
     }
 
     #[test]

@@ -3,6 +3,10 @@
 // hands over a whole broadcast (and the publisher's ack), or a whole
 // replay, in one call rather than one per socket and frame.
 //
+// A room's own object and its shards send a room's messages to the sockets
+// of a tag (all their clients); a hub, whose sockets are each in their own
+// rooms, to a list of them.
+//
 // Several frames travel as one string, separated by U+001E: JSON text never
 // holds a raw control character, so no frame can contain the separator.
 
@@ -13,7 +17,21 @@ const SEPARATOR = "\u001e";
 // of its message before its ack. Returns how many sends the sockets took;
 // a closing socket refuses them, and its client resumes from history.
 export function broadcast(state, tag, frames, ack, ackFrames) {
-  const sockets = state.getWebSockets(tag);
+  const delivered = broadcastTo(state.getWebSockets(tag), frames);
+  if (ack) {
+    try {
+      sendEach(ack, ackFrames);
+    } catch {
+      // The publisher's socket is closing: it resumes and finds its
+      // message stored.
+    }
+  }
+  return delivered;
+}
+
+// Sends each frame of `frames`, in order, to every socket of `sockets`;
+// returns how many sends the sockets took.
+export function broadcastTo(sockets, frames) {
   let delivered = 0;
   for (const frame of frames.split(SEPARATOR)) {
     for (const ws of sockets) {
@@ -23,14 +41,6 @@ export function broadcast(state, tag, frames, ack, ackFrames) {
       } catch {
         // Closing: the client resumes from history.
       }
-    }
-  }
-  if (ack) {
-    try {
-      sendEach(ack, ackFrames);
-    } catch {
-      // The publisher's socket is closing: it resumes and finds its
-      // message stored.
     }
   }
   return delivered;

@@ -1,6 +1,7 @@
 //! Requests between the objects of one room: its sequencer (the room's own
-//! object, [`crate::room`]) and its shards ([`crate::shard`],
-//! docs/internals.md, "Sharding"), and the names that reach them.
+//! object, [`crate::room`]) and the objects that hold its sockets, its
+//! shards ([`crate::shard`], docs/internals.md, "Sharding") and the hubs
+//! ([`crate::hub`]), and the names that reach them.
 //!
 //! They are plain `fetch`es between Durable Objects, never sockets: only a
 //! socket an object accepted can hibernate, and both sides here hold
@@ -9,15 +10,18 @@
 //! every other `x-roomcast-` header), so no client can send one.
 
 use roomcast_protocol::auth::Identity;
+use roomcast_protocol::mux::hub_name;
 use roomcast_protocol::shard::shard_name;
 use worker::{Env, Headers, Method, Request, RequestInit, Response, Result, Stub};
 
-use crate::headers::{IDENTITY_HEADER, OP_HEADER, ROOM_HEADER, SHARD_HEADER};
+use crate::headers::{HUB_HEADER, IDENTITY_HEADER, OP_HEADER, ROOM_HEADER, SHARD_HEADER};
 
 /// The Durable Object namespace of rooms' own objects (see `wrangler.toml`).
 pub const ROOMS_BINDING: &str = "ROOMS";
 /// The namespace of their shards.
 pub const SHARDS_BINDING: &str = "SHARDS";
+/// The namespace of the hubs, which hold multiplexed connections.
+pub const HUBS_BINDING: &str = "HUBS";
 
 /// What one object of a room asks another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,11 +80,44 @@ pub fn shard_stub(env: &Env, room: &str, index: u32) -> Result<Stub> {
         .get_stub()
 }
 
+/// An object that holds sockets of a room it does not sequence, as the
+/// room addresses it: one of its shards, or a hub (which holds sockets of
+/// many rooms), by number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holder {
+    Shard(u32),
+    Hub(u32),
+}
+
+impl Holder {
+    /// The header that names it on a request.
+    pub fn header(self) -> &'static str {
+        match self {
+            Holder::Shard(_) => SHARD_HEADER,
+            Holder::Hub(_) => HUB_HEADER,
+        }
+    }
+
+    /// Its number (what `JoinRequest::shard` and `Forward::shard` carry).
+    pub fn index(self) -> u32 {
+        match self {
+            Holder::Shard(index) | Holder::Hub(index) => index,
+        }
+    }
+}
+
+/// Hub `index` of the pool.
+pub fn hub_stub(env: &Env, index: u32) -> Result<Stub> {
+    env.durable_object(HUBS_BINDING)?
+        .id_from_name(&hub_name(index))?
+        .get_stub()
+}
+
 /// One internal request.
 pub struct Call<'a> {
     pub op: Op,
     pub room: &'a str,
-    pub shard: u32,
+    pub holder: Holder,
     pub identity: Option<&'a Identity>,
     pub query: &'a str,
     pub body: Option<String>,
@@ -91,7 +128,7 @@ impl Call<'_> {
         let headers = Headers::new();
         headers.set(OP_HEADER, self.op.as_str())?;
         headers.set(ROOM_HEADER, self.room)?;
-        headers.set(SHARD_HEADER, &self.shard.to_string())?;
+        headers.set(self.holder.header(), &self.holder.index().to_string())?;
         if let Some(identity) = self.identity {
             headers.set(IDENTITY_HEADER, &identity.to_header())?;
         }

@@ -16,9 +16,11 @@
 //! broadcasts it to the room's `clients` with the publisher's ack in one
 //! call out of Wasm (`sends`), relays it to the bridge's link
 //! (`room::link`) and keeps it for the room's shards (`room::fanout`). A
-//! shard (`shard`) gets it in a batch (`shard::stream`) and sends it to its
-//! own clients; its clients' publishes go to the room (`shard::forward`),
-//! over `internal` requests. Who is connected is `room::presence`: joins
+//! shard (`shard`) gets it in a batch (`outlet::stream`) and sends it to its
+//! own clients; its clients' publishes go to the room (`outlet::forward`),
+//! over `internal` requests. A hub (`hub`) does the same for the rooms its
+//! multiplexed connections subscribe to, several on one socket; the
+//! per-room steps both share are `outlet`. Who is connected is `room::presence`: joins
 //! and ends (every end goes through `clients`) are marked there and flushed
 //! once an interval to the room's clients, its shards and its link. Around
 //! them: `context` (what every event
@@ -37,7 +39,9 @@ mod counters;
 mod event;
 mod headers;
 mod hibernation;
+mod hub;
 mod internal;
+mod outlet;
 mod quota;
 mod registry;
 mod reply;
@@ -52,6 +56,7 @@ mod store;
 use roomcast_protocol::ErrorCode;
 use worker::{console_error, event, Context, Env, Request, Response, Result};
 
+pub use hub::HubObject;
 pub use quota::Quota;
 pub use registry::Registry;
 pub use room::RoomObject;

@@ -14,10 +14,14 @@ use futures_util::StreamExt;
 use roomcast_protocol::admission::{self, Asked, Route};
 use roomcast_protocol::auth::Identity;
 use roomcast_protocol::clock::now_ms;
+use roomcast_protocol::ids;
+use roomcast_protocol::mux::hub_index;
 use roomcast_protocol::{ErrorCode, Refusal};
 use worker::{Env, Headers, Method, Request, RequestInit, Response, Stub};
 
-use crate::headers::{CONN_HEADER, IDENTITY_HEADER, INTERNAL_PREFIX, ROOM_HEADER, SHARD_HEADER};
+use crate::headers::{
+    CONN_HEADER, HUB_HEADER, IDENTITY_HEADER, INTERNAL_PREFIX, ROOM_HEADER, SHARD_HEADER,
+};
 use crate::internal;
 use crate::registry;
 use crate::reply;
@@ -110,6 +114,7 @@ async fn dispatch(
             let stub = internal::room_stub(env, room.as_str())?;
             admit_and_forward(req, env, &route, stub).await
         }
+        Route::Multiplexed => connect(req, env, &route).await,
         Route::RegistryLink | Route::RegistryReport => {
             admit_and_forward(req, env, &route, registry::stub(env)?).await
         }
@@ -161,6 +166,25 @@ async fn admit_and_forward(
         }
         _ => Ok(response),
     }
+}
+
+/// A multiplexed connection: admitted as a room's join is (origin, token),
+/// given its `conn_id` here, and placed on a hub of the pool by it.
+async fn connect(req: Request, env: &Env, route: &Route) -> Result<Response, Failure> {
+    if !is_upgrade(&req)? {
+        return Err(refused(
+            ErrorCode::UpgradeRequired,
+            "this endpoint needs a WebSocket upgrade",
+        ));
+    }
+    let settings = load_settings(env)?;
+    let identity = admit(&req, &settings, route)?;
+    let inner = Inner::new(req, route, &identity, settings.config.max_body_bytes).await?;
+    let conn_id = ids::conn_id();
+    let index = hub_index(&conn_id, settings.config.hub_objects);
+    inner.headers.set(CONN_HEADER, &conn_id)?;
+    inner.headers.set(HUB_HEADER, &index.to_string())?;
+    Ok(inner.send(&internal::hub_stub(env, index)?).await?)
 }
 
 /// Checks origin, token and rights.

@@ -1,5 +1,5 @@
 //! The worker's sends, made from JavaScript (`worker/js/sends.js`): a
-//! broadcast with its publisher's ack, a shard's batch, or a replay to one
+//! broadcast with its publisher's ack, a shard's or a hub's batch, or a replay to one
 //! socket is one call out of Wasm, where a send per socket and frame costs
 //! several times what the send itself does. [`Frames`] gathers the frames
 //! of one call.
@@ -19,6 +19,9 @@ extern "C" {
         ack: &JsValue,
         ack_frames: &str,
     ) -> u32;
+
+    #[wasm_bindgen(js_name = broadcastTo)]
+    fn js_broadcast_to(sockets: &js_sys::Array, frames: &str) -> u32;
 
     #[wasm_bindgen(js_name = sendEach, catch)]
     fn js_send_each(ws: &JsValue, frames: &str) -> std::result::Result<(), JsValue>;
@@ -69,6 +72,19 @@ pub fn broadcast(state: &State, tag: &str, frames: &str, ack: Option<(&WebSocket
         ack_ws,
         ack_frames,
     ))
+}
+
+/// Sends `frames` to each of `sockets` (a hub's subscribers of one room);
+/// returns how many sends the sockets took, as [`broadcast`] does.
+pub fn broadcast_to<'a>(sockets: impl IntoIterator<Item = &'a WebSocket>, frames: &str) -> u64 {
+    if frames.is_empty() {
+        return 0;
+    }
+    let list: js_sys::Array = sockets
+        .into_iter()
+        .map(|ws| -> &JsValue { ws.as_ref().as_ref() })
+        .collect();
+    u64::from(js_broadcast_to(&list, frames))
 }
 
 /// Sends `frames` to `ws`, in order; fails when the socket refuses one.

@@ -16,6 +16,7 @@ use std::cell::RefCell;
 use roomcast_protocol::draft::Draft;
 use roomcast_protocol::policy::Strikes;
 use roomcast_protocol::rate::{Admission, Limiter};
+use roomcast_protocol::rights::Rights;
 use roomcast_protocol::session::Session;
 use roomcast_protocol::wire::{parse_client_frame, ClientFrame, ServerFrame};
 use roomcast_protocol::{CloseCode, ErrorCode, Refusal};
@@ -83,20 +84,9 @@ impl Clients {
         limiter: &RefCell<Limiter>,
         alarm: &Alarm,
     ) -> Result<Step> {
-        let text = match message {
-            WebSocketIncomingMessage::String(text) if text == "ping" => {
-                // Only reached when the auto-response is not installed.
-                ws.send_with_str("pong")?;
-                return Ok(Step::Done(Outcome::Keep));
-            }
-            WebSocketIncomingMessage::String(text) => text,
-            WebSocketIncomingMessage::Binary(_) => {
-                let refusal = Refusal::new(
-                    ErrorCode::BadFormat,
-                    "binary frames are not supported; send JSON text",
-                );
-                return self.reject(ws, session, &refusal).map(Step::Done);
-            }
+        let text = match self.text(ws, message, session)? {
+            Ok(text) => text,
+            Err(outcome) => return Ok(Step::Done(outcome)),
         };
         let outcome = match parse_client_frame(&text, ctx.limits.max_message_bytes) {
             Ok(ClientFrame::Publish { draft, reference }) => {
@@ -106,18 +96,46 @@ impl Clients {
                         "this token may not publish to this room",
                     )
                     .with_ref(reference);
-                    self.reject(ws, session, &refusal)?
+                    self.reject(ws, session, &refusal, None)?
                 } else {
                     return Ok(Step::Publish { draft, reference });
                 }
             }
             Ok(ClientFrame::Auth { token }) => {
-                self.refresh(ws, session, ctx, &token, limiter, alarm)
-                    .await?
+                let room = &ctx.room;
+                self.refresh(ws, session, ctx, &token, limiter, alarm, |rights| {
+                    rights.can_subscribe(room)
+                })
+                .await?
             }
-            Err(refusal) => self.reject(ws, session, &refusal)?,
+            Err(refusal) => self.reject(ws, session, &refusal, None)?,
         };
         Ok(Step::Done(outcome))
+    }
+
+    /// The text of a frame that is not a `ping`, or what answering it
+    /// asks of the connection (a `ping`, a refused binary frame).
+    pub fn text(
+        &self,
+        ws: &WebSocket,
+        message: WebSocketIncomingMessage,
+        session: &mut Session,
+    ) -> Result<std::result::Result<String, Outcome>> {
+        match message {
+            WebSocketIncomingMessage::String(text) if text == "ping" => {
+                // Only reached when the auto-response is not installed.
+                ws.send_with_str("pong")?;
+                Ok(Err(Outcome::Keep))
+            }
+            WebSocketIncomingMessage::String(text) => Ok(Ok(text)),
+            WebSocketIncomingMessage::Binary(_) => {
+                let refusal = Refusal::new(
+                    ErrorCode::BadFormat,
+                    "binary frames are not supported; send JSON text",
+                );
+                self.reject(ws, session, &refusal, None).map(Err)
+            }
+        }
     }
 
     /// Does what a handled frame asked of its connection; `seen_stale`
@@ -140,8 +158,11 @@ impl Clients {
 
     /// A fresh token on an open connection. It costs a token of the rate
     /// budget like a publish: refreshing in a loop is limited like
-    /// publishing in a loop.
-    async fn refresh(
+    /// publishing in a loop. A token whose rights fail `keeps` closes the
+    /// connection (a room's: the room is no longer allowed); one in several
+    /// rooms keeps its connection and drops the rooms it lost itself.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn refresh(
         &self,
         ws: &WebSocket,
         session: &mut Session,
@@ -149,6 +170,7 @@ impl Clients {
         token: &str,
         limiter: &RefCell<Limiter>,
         alarm: &Alarm,
+        keeps: impl FnOnce(&Rights) -> bool,
     ) -> Result<Outcome> {
         let admission = limiter
             .borrow_mut()
@@ -156,7 +178,12 @@ impl Clients {
         if admission != Admission::Accepted {
             let close = matches!(admission, Admission::Close { .. });
             let retry_after_ms = admission.retry_after_ms().unwrap_or(0);
-            return self.refused(ws, session, &Refusal::rate_limited(retry_after_ms, close));
+            return self.refused(
+                ws,
+                session,
+                &Refusal::rate_limited(retry_after_ms, close),
+                None,
+            );
         }
         let identity = match ctx.settings.verifier.verify(token, ctx.now) {
             Ok(identity) => identity,
@@ -165,6 +192,7 @@ impl Clients {
                     ws,
                     session,
                     &Refusal::new(ErrorCode::BadToken, e.to_string()),
+                    None,
                 )
             }
         };
@@ -173,9 +201,10 @@ impl Clients {
                 ws,
                 session,
                 &Refusal::new(ErrorCode::BadToken, "token is for another subject"),
+                None,
             );
         }
-        if !identity.rights.can_subscribe(&ctx.room) {
+        if !keeps(&identity.rights) {
             return Ok(Outcome::Close(CloseCode::RightsRevoked));
         }
         // A fresh token does not forgive earlier bad frames: otherwise
@@ -198,28 +227,31 @@ impl Clients {
         ws: &WebSocket,
         session: &mut Session,
         refusal: &Refusal,
+        room: Option<&str>,
     ) -> Result<Outcome> {
         if refusal.code != ErrorCode::RateLimited {
-            return self.reject(ws, session, refusal);
+            return self.reject(ws, session, refusal, room);
         }
         self.counters.with(|s| s.reject(refusal.code));
         if let Some(close) = refusal.close {
             return Ok(Outcome::Close(close));
         }
-        send_refusal(ws, refusal)?;
+        send_refusal(ws, refusal, room)?;
         Ok(Outcome::Keep)
     }
 
     /// Refuses a frame: a strike, and the close when the client has used
-    /// up its strikes (or at once for a frame too large to read).
+    /// up its strikes (or at once for a frame too large to read). `room` is
+    /// the room the error names, on a connection in several.
     pub fn reject(
         &self,
         ws: &WebSocket,
         session: &mut Session,
         refusal: &Refusal,
+        room: Option<&str>,
     ) -> Result<Outcome> {
         self.counters.with(|s| s.reject(refusal.code));
-        send_refusal(ws, refusal)?;
+        send_refusal(ws, refusal, room)?;
         if let Some(close) = refusal.close {
             return Ok(Outcome::Close(close));
         }
@@ -242,13 +274,14 @@ pub fn forgive(strikes: &mut Strikes) -> Outcome {
     }
 }
 
-/// Tells the client of a refusal, with its `ref`.
-fn send_refusal(ws: &WebSocket, refusal: &Refusal) -> Result<()> {
+/// Tells the client of a refusal, with its `ref` (and `room`).
+fn send_refusal(ws: &WebSocket, refusal: &Refusal, room: Option<&str>) -> Result<()> {
     send_error(
         ws,
         refusal.code,
         &refusal.message,
         refusal.reference.as_deref(),
+        room,
     )
 }
 
@@ -257,10 +290,11 @@ pub fn send_error(
     code: ErrorCode,
     message: &str,
     reference: Option<&str>,
+    room: Option<&str>,
 ) -> Result<()> {
     ws.send_with_str(
         ServerFrame::Error {
-            room: None,
+            room: room.map(Cow::Borrowed),
             code,
             message: message.into(),
             reference: reference.map(Cow::Borrowed),

@@ -28,7 +28,7 @@ use worker::{console_warn, Delay, Env, Result};
 
 use crate::context::Ctx;
 use crate::counters::Counters;
-use crate::internal::{shard_stub, Call, Op};
+use crate::internal::{shard_stub, Call, Holder, Op};
 use crate::store::Store;
 
 /// Attempts at a batch a shard keeps failing before the room stops trying
@@ -158,7 +158,7 @@ impl ShardFanout {
         let call = Call {
             op,
             room,
-            shard: index,
+            holder: Holder::Shard(index),
             identity: None,
             query: "",
             body,

@@ -165,6 +165,7 @@ impl BridgeLink {
                     ErrorCode::BadFormat,
                     "bridge frames are JSON text",
                     None,
+                    None,
                 )
             }
         };
@@ -179,7 +180,7 @@ impl BridgeLink {
                 self.presence.borrow_mut().acked(pseq);
                 Ok(())
             }
-            Err(rejection) => send_error(ws, rejection.code, &rejection.message, None),
+            Err(rejection) => send_error(ws, rejection.code, &rejection.message, None, None),
         }
     }
 

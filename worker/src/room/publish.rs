@@ -93,7 +93,7 @@ impl Room {
         if let Err(refusal) = self.publish(ctx, vec![draft], &publisher)? {
             return self
                 .clients
-                .refused(ws, session, &refusal.with_ref(reference));
+                .refused(ws, session, &refusal.with_ref(reference), None);
         }
         Ok(forgive(&mut session.strikes))
     }

@@ -4,28 +4,19 @@
 //! their sessions with the room's own code ([`crate::clients`]), and the
 //! room, the sequencer, decides everything about messages.
 //!
-//! - A join asks the room (admission, resume, welcome, replay), brings the
-//!   shard's stream up to the welcome's head, then accepts the socket and
-//!   sends it everything without an `await` in between ([`join`]).
-//! - Publishes go to the room in arrival order, one request at a time with
-//!   whatever queued meanwhile; each is acked once the shard has delivered
-//!   the acked message, as on the room ([`forward`]).
-//! - The room pushes batches; the shard's stream delivers every message
-//!   once, in order, and fetches what it missed from the room before
-//!   anything newer ([`stream`]).
+//! What a shard does for its room (a join, the stream of messages, the
+//! publishes) is what every [`Outlet`] does, in [`crate::outlet`]; a shard
+//! is the outlet whose sockets are all in one room, so that room's
+//! subscribers are all its client sockets ([`join`] takes them in).
 //!
 //! A shard stores nothing: it knows its room and index from the requests
-//! that reach it, and after a wake from its sockets' tags. What it keeps per
-//! room is a [`Subscription`], apart from what it keeps per object (the
-//! sockets, the alarm, the counters), so that one object could serve the
-//! sockets of several rooms.
+//! that reach it, and after a wake from its sockets' tags. What it keeps of
+//! its room is a [`Subscription`], apart from what it keeps per object (the
+//! sockets, the alarm, the counters).
 //!
 //! [`shard_name`]: roomcast_protocol::shard::shard_name
 
-mod forward;
 mod join;
-mod stream;
-mod subscription;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -33,6 +24,8 @@ use std::rc::Rc;
 use roomcast_protocol::auth::Identity;
 use roomcast_protocol::presence::News;
 use roomcast_protocol::rate::Limiter;
+use roomcast_protocol::session::Session;
+use roomcast_protocol::stats::RoomStats;
 use roomcast_protocol::{CloseCode, ErrorCode};
 use worker::{
     console_error, Env, Method, Request, Response, Result, State, WebSocket,
@@ -41,15 +34,14 @@ use worker::{
 
 use crate::alarm::Alarm;
 use crate::clients::frames::Step;
-use crate::clients::{Clients, Ended};
+use crate::clients::{Clients, Ended, CLIENT_TAG};
 use crate::context::{Ctx, WakeCtx};
 use crate::counters::Counters;
 use crate::event::{self, Handlers};
 use crate::headers::{IDENTITY_HEADER, OP_HEADER, ROOM_HEADER, SHARD_HEADER};
-use crate::internal::Op;
+use crate::internal::{Holder, Op};
+use crate::outlet::{forward, stream, Outlet, Subscription};
 use crate::reply;
-
-use subscription::Subscription;
 
 /// Tag prefix naming a shard socket's room and shard: `shard:<index>:<room>`.
 const SHARD_TAG: &str = "shard:";
@@ -157,8 +149,8 @@ impl Shard {
         self.serve_room(&room, index);
         let ctx = self.wake.of(&self.env, &room)?;
         match (op, identity) {
-            (Some(Op::Deliver), _) => self.deliver(req, &ctx).await,
-            (Some(Op::Count), _) => self.report(true),
+            (Some(Op::Deliver), _) => stream::deliver(self, req, &ctx).await,
+            (Some(Op::Count), _) => stream::report(self, &ctx.room, true),
             (Some(Op::Presence), _) => self.tell(req, &ctx).await,
             (None, Some(identity))
                 if req.method() == Method::Get && req.path().ends_with("/ws") =>
@@ -188,20 +180,12 @@ impl Shard {
             Step::Publish { draft, reference } => {
                 // The room answers, and its answer strikes or forgives as
                 // the room's own object would (see `forward`).
-                self.forward_publish(ws, &session, &ctx, draft, reference)
-                    .await;
+                forward::publish(self, ws, &session, &ctx, draft, reference).await;
                 return Ok(());
             }
         };
         self.clients
             .settle(ws, &mut session, outcome, ctx.now, seen_stale)
-    }
-
-    /// The room hears of a closed connection with the next request to it.
-    fn left(&self, conn_id: String) {
-        if self.room().is_some() {
-            self.with_subscription(|s| s.leaves.push(conn_id));
-        }
     }
 
     /// Closes idle and expired connections and sets the alarm for the
@@ -218,8 +202,8 @@ impl Shard {
     /// publishes and ended connections the room has not heard of.
     async fn after_event(&self) {
         let ended = self.clients.take_ended();
-        if self.room().is_some() {
-            self.with_subscription(|s| {
+        if let Some(room) = self.room() {
+            self.with_subscription(&room, |s| {
                 for Ended { session, dropped } in ended {
                     if dropped {
                         s.dropped.push(session.conn_id.clone());
@@ -229,7 +213,7 @@ impl Shard {
             });
         }
         if let Ok(Some(ctx)) = self.ctx() {
-            self.pump_forward(&ctx).await;
+            forward::pump(self, &ctx).await;
         }
     }
 
@@ -237,14 +221,14 @@ impl Shard {
     async fn tell(&self, mut req: Request, ctx: &Ctx) -> Result<Response> {
         let news: News = serde_json::from_str(&req.text().await?)?;
         self.clients.tell(&ctx.room, &news);
-        self.report(false)
+        stream::report(self, &ctx.room, false)
     }
 
     /// Serves `room` as shard `index` from now on.
     fn serve_room(&self, room: &str, index: u32) {
         let mut subscription = self.subscription.borrow_mut();
         if subscription.is_none() {
-            *subscription = Some(Subscription::new(room, index));
+            *subscription = Some(Subscription::new(room, Holder::Shard(index)));
         }
     }
 
@@ -269,14 +253,56 @@ impl Shard {
     fn room_or_unknown(&self) -> String {
         self.room().unwrap_or_else(|| "<unknown>".into())
     }
+}
 
-    fn with_subscription<T>(&self, f: impl FnOnce(&mut Subscription) -> T) -> Option<T> {
-        self.subscription.borrow_mut().as_mut().map(f)
+/// A shard's subscribers are all its client sockets, in its one room.
+impl Outlet for Shard {
+    fn env(&self) -> &Env {
+        &self.env
     }
 
-    /// The last seq delivered to this shard's clients, once known.
-    fn position(&self) -> Option<u64> {
-        self.with_subscription(|s| s.stream.delivered()).flatten()
+    fn clients(&self) -> &Clients {
+        &self.clients
+    }
+
+    fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    fn with_subscription<T>(
+        &self,
+        room: &str,
+        f: impl FnOnce(&mut Subscription) -> T,
+    ) -> Option<T> {
+        self.subscription
+            .borrow_mut()
+            .as_mut()
+            .filter(|s| s.room == room)
+            .map(f)
+    }
+
+    fn serves(&self, _room: &str) -> bool {
+        self.clients.count() > 0
+    }
+
+    fn broadcast(&self, _room: &str, frames: &str) {
+        self.clients.broadcast(frames, None);
+    }
+
+    fn delivered(&self, _room: &str, n: u64) {
+        self.counters.with(|s| s.deliveries_total += n);
+    }
+
+    fn subscribers(&self, _room: &str) -> Vec<(WebSocket, Session)> {
+        self.clients.open(CLIENT_TAG)
+    }
+
+    fn take_stats(&self, _room: &str) -> RoomStats {
+        self.counters.take()
+    }
+
+    fn frame_room<'a>(&self, _room: &'a str) -> Option<&'a str> {
+        None
     }
 }
 

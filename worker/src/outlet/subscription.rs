@@ -1,29 +1,31 @@
-//! What a shard keeps of one room it serves: where its stream of the
+//! What an outlet keeps of one room it serves: where its stream of the
 //! room's messages stands, the publishes and the opened and closed
 //! connections the room has yet to hear of, and the acks held until their
-//! message is out. Kept apart from what a shard keeps per object (its
-//! sockets, alarm and counters), so that one object could serve several
-//! rooms.
+//! message is out. Kept apart from what the object keeps for all its rooms
+//! (its sockets, alarm and counters), so that a hub keeps one per room.
 
 use roomcast_protocol::shard::{Forwarded, Stream, Waiting};
 use worker::WebSocket;
 
+use crate::internal::Holder;
+
 /// Who to answer about a forwarded publish.
-pub(super) struct Pending {
+pub struct Pending {
     pub ws: WebSocket,
     pub reference: Option<String>,
 }
 
 /// An ack held until its message is delivered.
-pub(super) struct Ack {
+pub struct Ack {
     pub ws: WebSocket,
     pub frame: String,
 }
 
-/// What a shard keeps of one room.
-pub(super) struct Subscription {
+/// What an outlet keeps of one room.
+pub struct Subscription {
     pub room: String,
-    pub index: u32,
+    /// The object, as the room addresses it.
+    pub holder: Holder,
     pub stream: Stream,
     /// Publishes waiting for the request in flight to finish, and their
     /// bytes of data ([`roomcast_protocol::shard::forward_has_room`]).
@@ -40,10 +42,10 @@ pub(super) struct Subscription {
 }
 
 impl Subscription {
-    pub fn new(room: &str, index: u32) -> Subscription {
+    pub fn new(room: &str, holder: Holder) -> Subscription {
         Subscription {
             room: room.to_owned(),
-            index,
+            holder,
             stream: Stream::default(),
             queue: Vec::new(),
             queued_bytes: 0,
@@ -53,5 +55,11 @@ impl Subscription {
             forwarding: false,
             waiting: Waiting::default(),
         }
+    }
+
+    /// Whether the room has something to hear from here: publishes,
+    /// joins, leaves.
+    pub fn has_news(&self) -> bool {
+        !(self.queue.is_empty() && self.joins.is_empty() && self.leaves.is_empty())
     }
 }

@@ -1,0 +1,65 @@
+//! A multiplexed connection arriving from the router: the hub accepts the
+//! socket with its session (one heartbeat, idle timeout and token expiry
+//! for every room it joins), says `connected`, and subscribes it to the
+//! rooms its token names in `channels` as a `subscribe` of each would,
+//! without drawing on the subject's budget: the token asked, not the
+//! client.
+
+use roomcast_protocol::auth::Identity;
+use roomcast_protocol::ids::subject_tag;
+use roomcast_protocol::mux::{connected_frame, Resume};
+use roomcast_protocol::session::Session;
+use worker::{Request, Response, Result, WebSocketPair};
+
+use super::{Hub, HUB_TAG};
+use crate::clients;
+
+impl Hub {
+    pub(super) async fn connect(
+        &self,
+        req: &Request,
+        identity: Identity,
+        conn_id: String,
+    ) -> Result<Response> {
+        let (Some(number), Some(ctx)) = (self.number(), self.ctx()?) else {
+            return Err(worker::Error::RustError("a hub without a number".into()));
+        };
+        self.ensure_index()?;
+        let max_rooms = self.max_rooms()?;
+        let mut session = Session::new(conn_id, identity, ctx.now);
+        let pair = WebSocketPair::new()?;
+        let ws = &pair.server;
+        self.clients.accept(
+            ws,
+            &session,
+            &[&subject_tag(&session.sub), &format!("{HUB_TAG}{number}")],
+            ctx.now,
+        )?;
+        self.index.open(&session.conn_id, ws, max_rooms);
+        ws.send_with_str(connected_frame(
+            &session.conn_id,
+            ctx.limits.heartbeat_ms,
+            ctx.limits.max_message_bytes,
+            max_rooms,
+            session.exp,
+        ))?;
+        self.alarm
+            .no_later_than(session.next_deadline(0, &ctx.timing()))
+            .await?;
+        let channels: Vec<Resume> = session
+            .rights
+            .channels
+            .iter()
+            .map(|room| Resume {
+                room: room.clone(),
+                since: None,
+                epoch: None,
+            })
+            .collect();
+        let (outcome, joins) = self.admit(ws, &mut session, &ctx, channels, None, false)?;
+        self.clients
+            .settle(ws, &mut session, outcome, ctx.now, false)?;
+        self.join_all(ws, &session, joins).await;
+        clients::upgraded(req, pair.client)
+    }
+}
