@@ -18,6 +18,11 @@
 //! - [`index`]: the rooms and their sockets, in memory and in SQLite (a
 //!   socket's attachment cannot hold 128 room names), rebuilt after a wake.
 //!
+//! A room whose stream the hub cannot fill (the room no longer stores what
+//! it missed) closes its subscribers' connections (1011), as a shard
+//! closes its clients: they resume every room with its `since`, and are
+//! told of the gap there.
+//!
 //! [`hub_index`]: roomcast_protocol::mux::hub_index
 
 mod connect;
@@ -118,6 +123,7 @@ impl Handlers for Hub {
     }
 
     async fn close(&self, ws: WebSocket, code: usize) {
+        self.index_before_an_end();
         self.clients
             .gone(&ws, code == crate::clients::ABNORMAL_CLOSURE);
         let _ = ws.close(Some(crate::clients::echo(code)), Some("closing"));
@@ -126,6 +132,7 @@ impl Handlers for Hub {
 
     async fn error(&self, ws: WebSocket, error: worker::Error) {
         console_error!("hub {}: websocket error: {error}", self.label());
+        self.index_before_an_end();
         self.clients.gone(&ws, true);
         self.after_event().await;
     }
@@ -200,6 +207,7 @@ impl Hub {
         let Some(ctx) = self.ctx()? else {
             return self.alarm.set(None).await;
         };
+        self.ensure_index()?;
         let next = self.clients.sweep(&ctx)?;
         self.alarm.set(next).await
     }
@@ -256,6 +264,14 @@ impl Hub {
                 .load(&self.clients, Holder::Hub(n), self.max_rooms()?),
             // No request and no socket yet: nothing to rebuild.
             None => Ok(()),
+        }
+    }
+
+    /// A connection is about to end, maybe as the first event of a wake:
+    /// the index must know its rooms first, for them to hear of it.
+    fn index_before_an_end(&self) {
+        if let Err(e) = self.ensure_index() {
+            console_error!("hub {}: rebuilding the index: {e}", self.label());
         }
     }
 
