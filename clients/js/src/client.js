@@ -22,9 +22,9 @@
  * Who is in the room is `client.presence` (see presence.js), with events of
  * its own; the client feeds it the room's presence frames.
  *
- * The socket is kept by link.js and the order by stream.js: this module is
- * what one room on its own route adds, the URL with the resume and the
- * frames.
+ * The socket is kept by link.js and the order by stream.js, which the
+ * multiplexed connection (connection.js) shares: this module is what one
+ * room on its own route adds, the URL with the resume and the frames.
  *
  * @module
  */
