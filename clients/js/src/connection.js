@@ -106,8 +106,10 @@ export class RoomcastConnection extends EventTarget {
   subscribe(room, handlers = {}, position = {}) {
     if (this.state === 'closed') throw new Error('connection is closed');
     if (this.#subscriptions.has(room)) throw new Error(`already subscribed to ${room}`);
-    const { subscription, port } = this.#add(room, position);
+    const { subscription, port } = this.#create(room, position);
+    // Throws on a handler it does not know, before the room is kept.
     subscription.on(handlers);
+    this.#subscriptions.set(room, port);
     if (this.state === 'open') this.#link.send(JSON.stringify({ type: 'subscribe', ...port.resubscribing() }));
     return subscription;
   }
@@ -118,7 +120,7 @@ export class RoomcastConnection extends EventTarget {
   }
 
   /** A subscription of `room` and the port the connection reaches it by. */
-  #add(room, position) {
+  #create(room, position) {
     /** @type {import('./subscription.js').SubscriptionPort} */
     const port = {
       url: this.#options.url,
@@ -134,9 +136,7 @@ export class RoomcastConnection extends EventTarget {
         if (this.#subscriptions.get(room) === port) this.#subscriptions.delete(room);
       },
     };
-    const subscription = new Subscription(room, position, port);
-    this.#subscriptions.set(room, port);
-    return { subscription, port };
+    return { subscription: new Subscription(room, position, port), port };
   }
 
   #frame(ws, frame) {
@@ -175,7 +175,8 @@ export class RoomcastConnection extends EventTarget {
 
   /** A room the server subscribed this connection to (the token's `channels`). */
   #serverSide(room) {
-    const { subscription, port } = this.#add(room, {});
+    const { subscription, port } = this.#create(room, {});
+    this.#subscriptions.set(room, port);
     this.#emit('subscription', subscription);
     return port;
   }

@@ -288,6 +288,8 @@ function alreadySubscribed(error) {
 /** Adds each of `handlers` (named after one of `names`) as a listener given the event's `detail`. */
 function listen(target, names, handlers) {
   for (const [name, handler] of Object.entries(handlers ?? {})) {
+    // `{message: undefined}` is what an optional handler left out often looks like.
+    if (handler === undefined) continue;
     if (!names.includes(name) || typeof handler !== 'function') {
       throw new TypeError(`unknown handler ${name}: expected one of ${names.join(', ')}`);
     }

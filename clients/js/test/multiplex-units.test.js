@@ -411,6 +411,9 @@ test('presence frames reach the presence view of their room', (t) => {
   assert.deepEqual(b.presence.occupancy, { connections: 3, users: 2, members: 1 });
   assert.equal(a.presence.occupancy, null);
   assert.throws(() => connection.subscribe('c', { mesage: () => {} }), /unknown handler mesage/);
+  assert.throws(() => connection.subscribe('d', { presence: { joined: () => {} } }), /unknown handler joined/);
+  connection.subscribe('e', { message: undefined, presence: { join: undefined } });
+  assert.deepEqual(connection.rooms, ['a', 'b', 'e'], 'a subscribe that threw keeps nothing');
 });
 
 test('one auth frame refreshes the token of every room', async (t) => {
