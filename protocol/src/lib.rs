@@ -15,6 +15,7 @@ pub mod error;
 pub mod history;
 pub mod ids;
 pub mod lifecycle;
+pub mod mux;
 pub mod policy;
 pub mod presence;
 pub mod rate;
