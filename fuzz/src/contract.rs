@@ -53,6 +53,7 @@ pub fn refused(rejection: &Refusal) {
 pub fn error_frame(code: ErrorCode, message: &str, reference: Option<&str>) {
     assert!(!message.is_empty(), "{code} without a message");
     let text = ServerFrame::Error {
+        room: None,
         code,
         message: Cow::Borrowed(message),
         reference: reference.map(Cow::Borrowed),
@@ -63,6 +64,7 @@ pub fn error_frame(code: ErrorCode, message: &str, reference: Option<&str>) {
             code: back,
             message: back_message,
             reference: back_reference,
+            ..
         }) => {
             assert_eq!(back, code, "{text}");
             assert_eq!(back_message, message, "{text}");

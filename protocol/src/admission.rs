@@ -390,6 +390,7 @@ mod tests {
             publish: vec![],
             bridge: false,
             presence: vec![],
+            channels: vec![],
         };
         assert!(room("a.b", RoomOp::Join).allowed(&user));
         assert!(!room("a.b", RoomOp::Publish).allowed(&user));

@@ -107,6 +107,9 @@ pub struct RoomClaims {
     pub aud: Option<Audience>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub presence: Vec<String>,
+    /// Rooms a multiplexed connection is subscribed to at connect.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<String>,
     /// What the connection shows the room about itself, any JSON. Written
     /// when minting, never read here: jwt-compact reads custom claims through
     /// `#[serde(flatten)]`, which cannot hand a field its raw text, so
@@ -366,6 +369,7 @@ impl Verifier {
                 publish: custom.publish,
                 bridge: custom.role.as_deref() == Some("bridge"),
                 presence: custom.presence,
+                channels: custom.channels,
             },
             info: None,
         })
@@ -543,6 +547,7 @@ mod tests {
                 publish: vec!["*".into()],
                 bridge: false,
                 presence: vec!["café.*".into()],
+                channels: vec!["café.menu".into()],
             },
             info: Some(r#"{"name":"Łukasz","tags":["a","b"]}"#.into()),
         };

@@ -26,6 +26,10 @@ pub enum ErrorCode {
     IdConflict,
     BadToken,
     Internal,
+    /// A multiplexed connection subscribing past its room limit.
+    TooManyRooms,
+    /// A multiplexed connection publishing to a room it is not subscribed to.
+    NotSubscribed,
 }
 
 impl ErrorCode {
@@ -46,6 +50,8 @@ impl ErrorCode {
             ErrorCode::IdConflict => "id_conflict",
             ErrorCode::BadToken => "bad_token",
             ErrorCode::Internal => "internal",
+            ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::NotSubscribed => "not_subscribed",
         }
     }
 
@@ -57,10 +63,10 @@ impl ErrorCode {
             ErrorCode::Forbidden | ErrorCode::BadOrigin => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
-            ErrorCode::IdConflict => 409,
+            ErrorCode::IdConflict | ErrorCode::NotSubscribed => 409,
             ErrorCode::TooLarge => 413,
             ErrorCode::UpgradeRequired => 426,
-            ErrorCode::RateLimited | ErrorCode::TooManyConnections => 429,
+            ErrorCode::RateLimited | ErrorCode::TooManyConnections | ErrorCode::TooManyRooms => 429,
             ErrorCode::Internal => 500,
         }
     }
@@ -200,6 +206,8 @@ mod tests {
             ErrorCode::RateLimited,
             ErrorCode::TooManyConnections,
             ErrorCode::IdConflict,
+            ErrorCode::TooManyRooms,
+            ErrorCode::NotSubscribed,
         ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));

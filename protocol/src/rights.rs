@@ -29,11 +29,18 @@ pub struct Rights {
     /// open sockets' attachments) still read, as rights without it.
     #[serde(default)]
     pub presence: Vec<String>,
+    /// Rooms (exact names) a multiplexed connection is subscribed to at
+    /// connect, the token's `channels` claim: the issuer listing a room
+    /// there lets the holder subscribe to it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<String>,
 }
 
 impl Rights {
     pub fn can_subscribe(&self, room: &str) -> bool {
-        self.bridge || self.rooms.iter().any(|p| pattern_matches(p, room))
+        self.bridge
+            || self.rooms.iter().any(|p| pattern_matches(p, room))
+            || self.channels.iter().any(|c| c == room)
     }
 
     pub fn can_publish(&self, room: &str) -> bool {
@@ -75,6 +82,7 @@ mod tests {
             publish: vec![],
             bridge: false,
             presence: vec![],
+            channels: vec![],
         };
         assert!(user.can_subscribe("a.b") && !user.can_publish("a.b"));
     }
@@ -101,6 +109,16 @@ mod tests {
     }
 
     #[test]
+    fn a_channel_allows_subscribing_to_that_room_alone() {
+        let user = Rights {
+            channels: vec!["news".into()],
+            ..Rights::default()
+        };
+        assert!(user.can_subscribe("news"));
+        assert!(!user.can_subscribe("news.sport") && !user.can_publish("news"));
+    }
+
+    #[test]
     fn rights_saved_before_presence_still_read() {
         let old: Rights =
             serde_json::from_str(r#"{"rooms":["a.*"],"publish":["a.b"],"bridge":false}"#).unwrap();
@@ -111,6 +129,7 @@ mod tests {
                 publish: vec!["a.b".into()],
                 bridge: false,
                 presence: vec![],
+                channels: vec![],
             }
         );
         assert!(!old.can_see_presence("a.b"));

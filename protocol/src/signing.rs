@@ -28,6 +28,8 @@ pub struct TokenSpec {
     pub ttl_secs: u64,
     pub not_before_secs: Option<u64>,
     pub presence: Vec<String>,
+    /// Rooms a multiplexed connection is subscribed to at connect.
+    pub channels: Vec<String>,
     pub info: Option<serde_json::Value>,
 }
 
@@ -44,6 +46,7 @@ impl TokenSpec {
             iss: self.iss.clone(),
             aud: self.aud.clone().map(Audience::One),
             presence: self.presence.clone(),
+            channels: self.channels.clone(),
             info: self.info.as_ref().map(|info| {
                 serde_json::value::to_raw_value(info).expect("a JSON value always serializes")
             }),

@@ -205,7 +205,7 @@ fn parse_draft(fields: &Fields<'_>) -> Result<Draft, Refusal> {
     })
 }
 
-fn check_size(len: usize, max_bytes: usize) -> Result<(), Refusal> {
+pub(crate) fn check_size(len: usize, max_bytes: usize) -> Result<(), Refusal> {
     match policy::check_size(len, max_bytes) {
         SizeCheck::Ok => Ok(()),
         over => Err(Refusal {
@@ -335,12 +335,18 @@ pub enum ServerFrame<'a> {
     Welcome(Cow<'a, Welcome>),
     Message(Cow<'a, Message>),
     Ack {
+        /// On a multiplexed connection, the room the publish went to.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<Cow<'a, str>>,
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<Cow<'a, str>>,
         #[serde(flatten)]
         receipt: Cow<'a, Receipt>,
     },
     Error {
+        /// On a multiplexed connection, the room the refused frame named.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<Cow<'a, str>>,
         code: ErrorCode,
         message: Cow<'a, str>,
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
@@ -413,6 +419,8 @@ pub fn parse_server_frame(text: &str) -> Result<ServerFrame<'static>, serde_json
     }
     #[derive(Deserialize)]
     struct Refused {
+        #[serde(default)]
+        room: Option<String>,
         code: ErrorCode,
         message: String,
         #[serde(rename = "ref", default)]
@@ -420,6 +428,8 @@ pub fn parse_server_frame(text: &str) -> Result<ServerFrame<'static>, serde_json
     }
     #[derive(Deserialize)]
     struct Acked {
+        #[serde(default)]
+        room: Option<String>,
         #[serde(rename = "ref", default)]
         reference: Option<String>,
         #[serde(flatten)]
@@ -432,6 +442,7 @@ pub fn parse_server_frame(text: &str) -> Result<ServerFrame<'static>, serde_json
         "ack" => {
             let ack: Acked = serde_json::from_str(text)?;
             ServerFrame::Ack {
+                room: ack.room.map(Cow::Owned),
                 reference: ack.reference.map(Cow::Owned),
                 receipt: Cow::Owned(ack.receipt),
             }
@@ -439,6 +450,7 @@ pub fn parse_server_frame(text: &str) -> Result<ServerFrame<'static>, serde_json
         "error" => {
             let error: Refused = serde_json::from_str(text)?;
             ServerFrame::Error {
+                room: error.room.map(Cow::Owned),
                 code: error.code,
                 message: Cow::Owned(error.message),
                 reference: error.reference.map(Cow::Owned),
@@ -890,10 +902,12 @@ mod tests {
             ServerFrame::Welcome(Cow::Borrowed(&welcome)),
             ServerFrame::Message(Cow::Borrowed(&message)),
             ServerFrame::Ack {
+                room: Some("a".into()),
                 reference: Some("r".into()),
                 receipt: Cow::Borrowed(&receipt),
             },
             ServerFrame::Error {
+                room: Some("a".into()),
                 code: ErrorCode::BadToken,
                 message: "m".into(),
                 reference: None,
@@ -931,6 +945,7 @@ mod tests {
             duplicate: false,
         };
         let ack = ServerFrame::Ack {
+            room: None,
             reference: Some("r".into()),
             receipt: Cow::Borrowed(&receipt),
         }
@@ -957,6 +972,7 @@ mod tests {
         );
         let err: Value = serde_json::from_str(
             &ServerFrame::Error {
+                room: None,
                 code: ErrorCode::RateLimited,
                 message: "m".into(),
                 reference: None,

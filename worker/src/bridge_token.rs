@@ -40,6 +40,7 @@ pub fn refresh(
 
 fn bad_token(message: impl Into<Cow<'static, str>>) -> ServerFrame<'static> {
     ServerFrame::Error {
+        room: None,
         code: ErrorCode::BadToken,
         message: message.into(),
         reference: None,

@@ -178,6 +178,7 @@ impl DurableObject for Registry {
             Some(BridgeFrame::Auth { token }) => self.refresh(&ws, &token),
             Some(BridgeFrame::BridgeAck { .. } | BridgeFrame::PresenceAck { .. }) | None => {
                 let error = ServerFrame::Error {
+                    room: None,
                     code: ErrorCode::BadFormat,
                     message: "the registry link accepts only auth and ping".into(),
                     reference: None,

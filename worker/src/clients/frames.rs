@@ -260,6 +260,7 @@ pub fn send_error(
 ) -> Result<()> {
     ws.send_with_str(
         ServerFrame::Error {
+            room: None,
             code,
             message: message.into(),
             reference: reference.map(Cow::Borrowed),

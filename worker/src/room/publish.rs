@@ -49,6 +49,7 @@ impl AckTo<'_> {
         let mut frames = Frames::default();
         for receipt in receipts {
             let ack = ServerFrame::Ack {
+                room: None,
                 reference: self.reference.map(Cow::Borrowed),
                 receipt: Cow::Borrowed(receipt),
             };

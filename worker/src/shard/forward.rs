@@ -170,6 +170,7 @@ impl Shard {
                 .settle(&ws, &mut session, outcome, ctx.now, false)?;
         }
         let frame = ServerFrame::Ack {
+            room: None,
             reference: reference.as_deref().map(Cow::Borrowed),
             receipt: Cow::Borrowed(&receipt),
         }
