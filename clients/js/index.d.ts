@@ -73,6 +73,8 @@ export interface ConnectedFrame {
   max_message_bytes: number;
   max_rooms: number;
   exp?: number;
+  /** The token's `channels`: rooms the server subscribes itself, from their head. */
+  channels?: string[];
 }
 
 /** Messages were missed: the room could not resume from the client's position. */

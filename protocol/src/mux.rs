@@ -277,22 +277,34 @@ pub fn subscribed_frame(welcome: &Welcome) -> String {
 }
 
 /// The first frame on a multiplexed connection.
-pub fn connected_frame(
-    conn_id: &str,
-    heartbeat_ms: u64,
-    max_message_bytes: usize,
-    max_rooms: usize,
-    exp: u64,
-) -> String {
-    serde_json::json!({
-        "type": "connected",
-        "conn_id": conn_id,
-        "heartbeat_ms": heartbeat_ms,
-        "max_message_bytes": max_message_bytes,
-        "max_rooms": max_rooms,
-        "exp": exp,
-    })
-    .to_string()
+#[derive(Debug, Clone, Serialize)]
+pub struct Connected<'a> {
+    pub conn_id: &'a str,
+    pub heartbeat_ms: u64,
+    pub max_message_bytes: usize,
+    pub max_rooms: usize,
+    pub exp: u64,
+    /// The rooms of the token's `channels`, whose `subscribed` follows at
+    /// once: a client resuming one of them knows that this first
+    /// `subscribed` (from the head) is not the answer to its own.
+    pub channels: &'a [String],
+}
+
+impl Connected<'_> {
+    pub fn to_json(&self) -> String {
+        #[derive(Serialize)]
+        struct Tagged<'b, 'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            #[serde(flatten)]
+            connected: &'b Connected<'a>,
+        }
+        serde_json::to_string(&Tagged {
+            kind: "connected",
+            connected: self,
+        })
+        .expect("plain data")
+    }
 }
 
 pub fn unsubscribed_frame(room: &str, reason: Reason) -> String {

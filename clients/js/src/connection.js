@@ -166,7 +166,11 @@ export class RoomcastConnection extends EventTarget {
     this.#connected = connected;
     this.#link.opened(ws, { heartbeatMs: connected.heartbeat_ms, exp: connected.exp });
     this.#emit('connected', connected);
-    const rooms = [...this.#subscriptions.values()].map((port) => port.resubscribing());
+    // The server subscribes the token's channels itself, from their head,
+    // before it reads ours: a room we resume from a position skips that
+    // first `subscribed` and takes its stream from the answer to ours.
+    const channels = new Set(connected.channels ?? []);
+    const rooms = [...this.#subscriptions.entries()].map(([room, port]) => port.resubscribing(channels.has(room)));
     const perFrame = Math.max(1, connected.max_rooms || rooms.length);
     for (let i = 0; i < rooms.length; i += perFrame) {
       this.#link.send(JSON.stringify({ type: 'subscribe', rooms: rooms.slice(i, i + perFrame) }));

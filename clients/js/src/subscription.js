@@ -55,7 +55,7 @@ import { RoomStream } from './stream.js';
  * @property {() => string} nextRef a `ref` unique on the connection
  * @property {() => void} remove forget this subscription (it ended)
  * @property {(ws: WebSocket, frame: {type: string}) => void} [receive] set by the subscription
- * @property {() => {room: string, since?: number, epoch?: string}} [resubscribing] set by the subscription
+ * @property {(serverSide: boolean) => {room: string, since?: number, epoch?: string}} [resubscribing] set by the subscription
  * @property {(reason: string, extra?: object) => void} [end] set by the subscription
  */
 
@@ -73,6 +73,8 @@ export class Subscription extends EventTarget {
   #recovered = false;
   /** The socket the room's `subscribed` came on. @type {WebSocket|null} */
   #ws = null;
+  /** `subscribed` frames to pass over: the server's own for a channel room we resume. */
+  #skipSubscribed = 0;
   /**
    * The `publish` frames not yet acknowledged, serialised once, by `ref`.
    * @type {Map<string, {text: string, resolve: (ack: object) => void, reject: (e: Error) => void}>}
@@ -96,7 +98,7 @@ export class Subscription extends EventTarget {
       history: (query) => this.history(query),
     });
     port.receive = (ws, frame) => this.#receive(ws, frame);
-    port.resubscribing = () => this.#resubscribing();
+    port.resubscribing = (serverSide) => this.#resubscribing(serverSide);
     port.end = (reason, extra) => this.#end(reason, extra);
   }
 
@@ -196,10 +198,16 @@ export class Subscription extends EventTarget {
     return readMembers(this.#port.url, this.#port.token(), this.#room, query);
   }
 
-  /** A new socket is about to subscribe the room again: the entry for its `subscribe` frame. */
-  #resubscribing() {
+  /**
+   * A new socket is about to subscribe the room again: the entry for its
+   * `subscribe` frame. `serverSide`: the server subscribes the room itself
+   * first (the token's `channels`), from its head; that `subscribed` is not
+   * the answer to this one.
+   */
+  #resubscribing(serverSide) {
     this.#status = 'subscribing';
     this.#ws = null;
+    this.#skipSubscribed = serverSide ? 1 : 0;
     return { room: this.#room, ...this.#stream.resumePoint() };
   }
 
@@ -207,7 +215,8 @@ export class Subscription extends EventTarget {
     if (this.#status === 'ended') return;
     switch (frame.type) {
       case 'subscribed':
-        this.#subscribed(ws, frame);
+        if (this.#skipSubscribed > 0) this.#skipSubscribed -= 1;
+        else this.#subscribed(ws, frame);
         return;
       case 'message':
         if (this.#status === 'subscribed' && ws === this.#ws) this.#stream.message(ws, frame);
@@ -253,8 +262,6 @@ export class Subscription extends EventTarget {
     if (entry) {
       this.#pending.delete(error.ref);
       entry.reject(Object.assign(new Error(`${error.code}: ${error.message}`), { code: error.code }));
-    } else if (alreadySubscribed(error)) {
-      return;
     }
     this.#emit('error', error);
     if (!entry && this.#status === 'subscribing') this.#end('refused', { code: error.code });
@@ -273,16 +280,6 @@ export class Subscription extends EventTarget {
   #emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
-}
-
-/**
- * A resubscribe the server answers "already subscribed": it subscribed the
- * room itself on connect (the token's `channels`), and its `subscribed`
- * frame comes on its own; the subscription waits for it, and the
- * application need not hear of it.
- */
-function alreadySubscribed(error) {
-  return error.code === 'bad_request' && /already subscribed/.test(error.message ?? '');
 }
 
 /** Adds each of `handlers` (named after one of `names`) as a listener given the event's `detail`. */
