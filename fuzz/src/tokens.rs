@@ -77,6 +77,7 @@ pub fn fixture() -> Fixture {
         ttl_secs: 3600,
         not_before_secs: None,
         presence: vec!["chat.*".into()],
+        channels: vec!["chat.lobby".into()],
         info: Some(json!({"name": "Alice"})),
     };
     let refused = [

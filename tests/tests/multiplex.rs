@@ -1,283 +1,328 @@
-//! End to end: several rooms on one connection (docs/protocol.md,
-//! "Several rooms on one connection"). A client on `GET /v1/ws` is placed
-//! on a hub; it subscribes to rooms over its socket and gets each room's
-//! `subscribed`, replay and messages, publishes naming the room, and is
-//! told, room by room, what it may not do. A fresh token that no longer
-//! allows a room takes the connection out of that room only; a token's
-//! `channels` subscribe it when it connects.
+//! End to end: several rooms on one connection (docs/protocol.md, "Several
+//! rooms on one connection"). One connection in 50 rooms with publishers in
+//! each, killed and resumed in all 50 with one frame; rights decided room by
+//! room (a refused room alone, a server-side subscription from the token, a
+//! refresh that drops a room, the room limit); and 500 multiplexed
+//! subscribers of one room on a pool of hubs, where a message costs one
+//! request per hub (docs/internals.md, "Hubs").
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
-use roomcast_protocol::clock::now_ms;
+use futures_util::future::join_all;
 use roomcast_protocol::signing::{mint_hs256, TokenSpec};
 use roomcast_tests::{full_token, room, token, Client, Http, Worker, SECRET};
 use serde_json::{json, Value};
+use tokio::time::Instant;
 
-/// Budgets big enough that only multiplexing is under test.
-const BUDGETS: [(&str, &str); 2] = [("RATE_PER_SEC", "1000"), ("RATE_BURST", "1000")];
+const VARS: [(&str, &str); 4] = [
+    ("RATE_PER_SEC", "1000"),
+    ("RATE_BURST", "1000"),
+    ("ROOM_RATE_PER_SEC", "100000"),
+    ("ROOM_CREATE_PER_MIN", "1000"),
+];
 
-/// Opens a multiplexed connection with `token`; the client and its
-/// `connected` frame.
+/// How long every expected frame may take to arrive, all of them together.
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// Opens a multiplexed connection and reads its `connected`.
 async fn connect(worker: &Worker, token: &str) -> (Client, Value) {
     let mut client = Client::connect(&worker.ws_url(&format!("/v1/ws?token={token}"))).await;
     let connected = client.expect("connected").await;
     (client, connected)
 }
 
-/// The next `n` frames, which must be `subscribed`, by room.
-async fn subscribed(client: &mut Client, n: usize) -> HashMap<String, Value> {
-    let mut by_room = HashMap::new();
-    for _ in 0..n {
-        let frame = client.expect("subscribed").await;
-        let room = frame["room"].as_str().expect("room").to_owned();
-        by_room.insert(room, frame);
-    }
-    by_room
+/// Publishes `data` to `room` over HTTP; the seq it was stored under.
+async fn publish(worker: &Worker, room: &str, data: Value) -> u64 {
+    let (status, body) = Http::default()
+        .post(
+            &worker.url(&format!("/v1/rooms/{room}/messages")),
+            &full_token("publisher"),
+            &json!({ "data": data }).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["seq"].as_u64().expect("a seq")
 }
 
-/// Publishes `data` into `room` over HTTP; its seq.
-async fn post(worker: &Worker, room: &str, data: Value) -> u64 {
-    let url = worker.url(&format!("/v1/rooms/{room}/messages"));
-    let body = json!({ "data": data }).to_string();
-    let (status, answer) = Http::default()
-        .post(&url, &full_token("publisher"), &body)
-        .await;
-    assert_eq!(status, 201, "{answer}");
-    answer["seq"].as_u64().expect("seq")
+/// What one connection has read, room by room.
+#[derive(Default)]
+struct Seen {
+    /// Seqs of `message` frames, in arrival order.
+    messages: BTreeMap<String, Vec<u64>>,
+    /// `subscribed` frames by room.
+    subscribed: HashMap<String, Value>,
+    /// Every other frame.
+    other: Vec<Value>,
+}
+
+impl Seen {
+    fn take(&mut self, frame: Value) {
+        let room = frame["room"].as_str().unwrap_or_default().to_owned();
+        match frame["type"].as_str() {
+            Some("message") => {
+                let seq = frame["seq"].as_u64().expect("seq");
+                self.messages.entry(room).or_default().push(seq);
+            }
+            Some("subscribed") => {
+                assert!(
+                    self.subscribed.insert(room, frame.clone()).is_none(),
+                    "subscribed twice: {frame}"
+                );
+            }
+            _ => self.other.push(frame),
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.messages.values().map(Vec::len).sum()
+    }
+}
+
+/// Reads frames into `seen` until `done` holds, within [`SETTLE`].
+async fn read_until(client: &mut Client, seen: &mut Seen, done: impl Fn(&Seen) -> bool) {
+    let deadline = Instant::now() + SETTLE;
+    while !done(seen) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let text = client
+            .next_text_within(left)
+            .await
+            .unwrap_or_else(|| panic!("not all frames within {SETTLE:?}: {:?}", seen.messages));
+        seen.take(serde_json::from_str(&text).expect("a JSON frame"));
+    }
 }
 
 #[tokio::test]
-async fn one_connection_hears_and_publishes_in_several_rooms() {
-    let worker = Worker::start(&BUDGETS).await;
-    let (a, b) = (room("mux.a"), room("mux.b"));
-    let (mut client, connected) = connect(&worker, &full_token("u")).await;
+async fn one_connection_in_fifty_rooms_gets_every_message_once_in_order_and_resumes_all() {
+    let worker = Worker::start(&VARS).await;
+    let rooms: Vec<String> = (0..50).map(|_| room("mux50")).collect();
+    let token = full_token("reader");
+    let (mut client, connected) = connect(&worker, &token).await;
     assert_eq!(connected["max_rooms"], 128, "{connected}");
-    let conn_id = connected["conn_id"].as_str().expect("conn_id").to_owned();
-
+    let all: Vec<Value> = rooms.iter().map(|r| json!({ "room": r })).collect();
     client
-        .send_json(json!({"type":"subscribe","rooms":[{"room":a},{"room":b}],"ref":"s"}))
+        .send_json(json!({"type": "subscribe", "rooms": all}))
         .await;
-    let welcomes = subscribed(&mut client, 2).await;
-    for r in [&a, &b] {
-        let welcome = &welcomes[r.as_str()];
-        assert_eq!(welcome["conn_id"], conn_id.as_str(), "{welcome}");
-        assert_eq!(welcome["head"], 0, "{welcome}");
+    let mut seen = Seen::default();
+    read_until(&mut client, &mut seen, |s| {
+        s.subscribed.len() == rooms.len()
+    })
+    .await;
+    for round in 1..=3u64 {
+        let stored = join_all(
+            rooms
+                .iter()
+                .map(|r| publish(&worker, r, json!({ "round": round }))),
+        )
+        .await;
+        assert!(stored.iter().all(|seq| *seq == round), "{stored:?}");
     }
-
-    let seq = post(&worker, &a, json!("from http")).await;
-    let message = client.expect("message").await;
-    assert_eq!(
-        (message["room"].as_str(), message["seq"].as_u64()),
-        (Some(a.as_str()), Some(seq)),
-        "{message}"
-    );
-
-    client
-        .send_json(json!({"type":"publish","room":b,"data":"from ws","ref":"p1"}))
-        .await;
-    let message = client.expect("message").await;
-    assert_eq!(message["room"], b.as_str(), "{message}");
-    assert_eq!(message["data"], "from ws", "{message}");
-    let ack = client.expect("ack").await;
-    assert_eq!(
-        (
-            ack["room"].as_str(),
-            ack["ref"].as_str(),
-            ack["seq"].as_u64()
-        ),
-        (Some(b.as_str()), Some("p1"), message["seq"].as_u64()),
-        "the publisher hears its message before its ack: {ack}"
-    );
-
-    // A second connection in room `a` only hears `a`.
-    let (mut other, _) = connect(&worker, &full_token("v")).await;
-    other.send_json(json!({"type":"subscribe","room":a})).await;
-    subscribed(&mut other, 1).await;
-    post(&worker, &b, json!("not for other")).await;
-    let seq = post(&worker, &a, json!("for both")).await;
-    let heard = other.expect("message").await;
-    assert_eq!(
-        (heard["room"].as_str(), heard["seq"].as_u64()),
-        (Some(a.as_str()), Some(seq))
-    );
-    let mut rooms = vec![
-        client.expect("message").await["room"].to_string(),
-        client.expect("message").await["room"].to_string(),
-    ];
-    rooms.sort();
-    let mut expected = vec![json!(a).to_string(), json!(b).to_string()];
-    expected.sort();
-    assert_eq!(rooms, expected, "the first connection hears both rooms");
-}
-
-#[tokio::test]
-async fn a_subscribe_with_since_replays_what_the_room_stored() {
-    let worker = Worker::start(&BUDGETS).await;
-    let r = room("mux.resume");
-    let mut seqs = Vec::new();
-    for n in 0..3 {
-        seqs.push(post(&worker, &r, json!(n)).await);
+    read_until(&mut client, &mut seen, |s| s.count() == 3 * rooms.len()).await;
+    for r in &rooms {
+        assert_eq!(seen.messages[r], [1, 2, 3], "room {r}");
     }
-    let (mut client, _) = connect(&worker, &full_token("u")).await;
-    client.send_json(json!({"type":"subscribe","room":r})).await;
-    let welcome = client.expect("subscribed").await;
-    assert_eq!(welcome["head"].as_u64(), Some(seqs[2]), "{welcome}");
-    let epoch = welcome["epoch"].as_str().expect("epoch").to_owned();
-    client
-        .send_json(json!({"type":"unsubscribe","room":r}))
-        .await;
-    client.expect("unsubscribed").await;
+    assert!(seen.other.is_empty(), "{:?}", seen.other);
 
-    // A resume names the room's epoch: then what came after `since` is
-    // replayed before anything else.
-    client
-        .send_json(json!({"type":"subscribe","room":r,"since":seqs[0],"epoch":epoch}))
+    // Killed: no close frame. Two messages per room while it is away.
+    drop(client);
+    for round in 4..=5u64 {
+        join_all(
+            rooms
+                .iter()
+                .map(|r| publish(&worker, r, json!({ "round": round }))),
+        )
         .await;
-    let welcome = client.expect("subscribed").await;
-    assert_eq!(welcome["recovered"], true, "{welcome}");
-    for seq in &seqs[1..] {
-        let message = client.expect("message").await;
-        assert_eq!(
-            (message["room"].as_str(), message["seq"].as_u64()),
-            (Some(r.as_str()), Some(*seq)),
-            "{message}"
-        );
     }
-
-    // The same in the list form, on another connection.
-    let (mut again, _) = connect(&worker, &full_token("u")).await;
-    again
-        .send_json(json!({"type":"subscribe","rooms":[{"room":r,"since":seqs[1],"epoch":epoch}]}))
+    let (mut client, _) = connect(&worker, &token).await;
+    let resume: Vec<Value> = rooms
+        .iter()
+        .map(|r| json!({"room": r, "since": 3, "epoch": seen.subscribed[r]["epoch"]}))
+        .collect();
+    client
+        .send_json(json!({"type": "subscribe", "rooms": resume}))
         .await;
-    let welcome = again.expect("subscribed").await;
-    assert_eq!(welcome["recovered"], true, "{welcome}");
-    assert_eq!(again.expect("message").await["seq"].as_u64(), Some(seqs[2]));
+    let mut resumed = Seen::default();
+    read_until(&mut client, &mut resumed, |s| {
+        s.subscribed.len() == rooms.len() && s.count() == 2 * rooms.len()
+    })
+    .await;
+    for r in &rooms {
+        let subscribed = &resumed.subscribed[r];
+        assert_eq!(subscribed["recovered"], true, "{subscribed}");
+        assert_eq!(subscribed["head"], 5, "{subscribed}");
+    }
+    join_all(
+        rooms
+            .iter()
+            .map(|r| publish(&worker, r, json!({"round": 6}))),
+    )
+    .await;
+    read_until(&mut client, &mut resumed, |s| s.count() == 3 * rooms.len()).await;
+    for r in &rooms {
+        assert_eq!(resumed.messages[r], [4, 5, 6], "room {r}");
+    }
 }
 
-#[tokio::test]
-async fn refusals_name_their_room_and_leaving_is_answered() {
-    let vars = [BUDGETS[0], BUDGETS[1], ("MAX_ROOMS_PER_CONNECTION", "2")];
-    let worker = Worker::start(&vars).await;
-    let (a, b, c) = (room("mux.a"), room("mux.b"), room("mux.c"));
-    let allowed = token("u", &["mux.*"], &["mux.*"], 3600);
-    let (mut client, connected) = connect(&worker, &allowed).await;
-    assert_eq!(connected["max_rooms"], 2, "{connected}");
-
-    client
-        .send_json(json!({"type":"publish","room":a,"data":1,"ref":"early"}))
-        .await;
-    let error = client.expect("error").await;
-    assert_eq!(
-        (
-            error["code"].as_str(),
-            error["room"].as_str(),
-            error["ref"].as_str()
-        ),
-        (Some("not_subscribed"), Some(a.as_str()), Some("early")),
-        "{error}"
-    );
-
-    client
-        .send_json(json!({"type":"subscribe","room":"elsewhere","ref":"f"}))
-        .await;
-    let error = client.expect("error").await;
-    assert_eq!(
-        (error["code"].as_str(), error["room"].as_str()),
-        (Some("forbidden"), Some("elsewhere")),
-        "{error}"
-    );
-
-    client
-        .send_json(json!({"type":"subscribe","rooms":[{"room":a},{"room":b}]}))
-        .await;
-    subscribed(&mut client, 2).await;
-    client
-        .send_json(json!({"type":"subscribe","room":c,"ref":"third"}))
-        .await;
-    let error = client.expect("error").await;
-    assert_eq!(
-        (error["code"].as_str(), error["room"].as_str()),
-        (Some("too_many_rooms"), Some(c.as_str())),
-        "{error}"
-    );
-    client.send_json(json!({"type":"subscribe","room":a})).await;
-    let error = client.expect("error").await;
-    assert_eq!(
-        (error["code"].as_str(), error["room"].as_str()),
-        (Some("bad_request"), Some(a.as_str())),
-        "subscribing twice: {error}"
-    );
-
-    client
-        .send_json(json!({"type":"unsubscribe","room":a,"ref":"u"}))
-        .await;
-    let left = client.expect("unsubscribed").await;
-    assert_eq!(
-        (left["room"].as_str(), left["reason"].as_str()),
-        (Some(a.as_str()), Some("client")),
-        "{left}"
-    );
-    // Out of `a`: its messages no longer come, `b`'s still do.
-    post(&worker, &a, json!("gone")).await;
-    let seq = post(&worker, &b, json!("still")).await;
-    let message = client.expect("message").await;
-    assert_eq!(
-        (message["room"].as_str(), message["seq"].as_u64()),
-        (Some(b.as_str()), Some(seq))
-    );
-    // And its place is free again.
-    client.send_json(json!({"type":"subscribe","room":c})).await;
-    subscribed(&mut client, 1).await;
-}
-
-#[tokio::test]
-async fn a_token_without_a_room_takes_the_connection_out_of_it_only() {
-    let worker = Worker::start(&BUDGETS).await;
-    let (keep, lose) = (room("mux.keep"), room("mux.lose"));
-    let rooms = [keep.as_str(), lose.as_str()];
-    let both = token("u", &rooms, &rooms, 3600);
-    let (mut client, _) = connect(&worker, &both).await;
-    client
-        .send_json(json!({"type":"subscribe","rooms":[{"room":keep},{"room":lose}]}))
-        .await;
-    subscribed(&mut client, 2).await;
-
-    let fewer = token("u", &[keep.as_str()], &[keep.as_str()], 3600);
-    client.send_json(json!({"type":"auth","token":fewer})).await;
-    client.expect("auth_ok").await;
-    let left = client.expect("unsubscribed").await;
-    assert_eq!(
-        (left["room"].as_str(), left["reason"].as_str()),
-        (Some(lose.as_str()), Some("forbidden")),
-        "{left}"
-    );
-    post(&worker, &lose, json!("not any more")).await;
-    let seq = post(&worker, &keep, json!("still")).await;
-    let message = client.expect("message").await;
-    assert_eq!(
-        (message["room"].as_str(), message["seq"].as_u64()),
-        (Some(keep.as_str()), Some(seq))
-    );
-}
-
-#[tokio::test]
-async fn a_tokens_channels_are_subscribed_when_it_connects() {
-    let worker = Worker::start(&BUDGETS).await;
-    let (first, second) = (room("mux.ch"), room("mux.ch"));
+/// A token for `sub` with subscribe and publish rights to exactly `rooms`,
+/// subscribed at connect to `channels`.
+fn rooms_token(sub: &str, rooms: &[&str], channels: &[&str]) -> String {
+    let names = |list: &[&str]| list.iter().map(|r| r.to_string()).collect();
     let spec = TokenSpec {
-        sub: "u".into(),
-        channels: vec![first.clone(), second.clone()],
+        sub: sub.into(),
+        rooms: names(rooms),
+        publish: names(rooms),
+        channels: names(channels),
         ttl_secs: 3600,
         ..TokenSpec::default()
     };
-    let token = mint_hs256(SECRET, &spec, now_ms());
-    let (mut client, _) = connect(&worker, &token).await;
-    let welcomes = subscribed(&mut client, 2).await;
-    assert!(welcomes.contains_key(&first) && welcomes.contains_key(&second));
-    let seq = post(&worker, &second, json!("pushed")).await;
+    mint_hs256(SECRET, &spec, roomcast_protocol::clock::now_ms())
+}
+
+#[tokio::test]
+async fn rights_decide_room_by_room_and_a_refresh_unsubscribes_what_it_drops() {
+    let vars: Vec<(&str, &str)> = VARS
+        .iter()
+        .copied()
+        .chain([("MAX_ROOMS_PER_CONNECTION", "3")])
+        .collect();
+    let worker = Worker::start(&vars).await;
+    let alice = |rooms: &[&str]| rooms_token("alice", rooms, &["ch.0"]);
+    let (mut client, _) = connect(&worker, &alice(&["ok.1", "ok.2", "ok.3"])).await;
+    // The token's channel, subscribed without a frame.
+    let channel = client.expect("subscribed").await;
+    assert_eq!(channel["room"], "ch.0", "{channel}");
+
+    client
+        .send_json(json!({"type": "subscribe", "rooms": [
+            {"room": "ok.1"}, {"room": "no.1"}, {"room": "ok.2"}
+        ]}))
+        .await;
+    let mut seen = Seen::default();
+    read_until(&mut client, &mut seen, |s| {
+        s.subscribed.len() == 2 && !s.other.is_empty()
+    })
+    .await;
+    assert!(seen.subscribed.contains_key("ok.1") && seen.subscribed.contains_key("ok.2"));
+    let refused = &seen.other[0];
+    assert_eq!(
+        (&refused["type"], &refused["room"], &refused["code"]),
+        (&json!("error"), &json!("no.1"), &json!("forbidden")),
+        "{refused}"
+    );
+
+    // Publishing names the room; one the connection is not in is refused.
+    client
+        .send_json(json!({"type": "publish", "room": "ok.1", "data": 1, "ref": "p1"}))
+        .await;
     let message = client.expect("message").await;
     assert_eq!(
-        (message["room"].as_str(), message["seq"].as_u64()),
-        (Some(second.as_str()), Some(seq))
+        (&message["room"], &message["seq"]),
+        (&json!("ok.1"), &json!(1))
+    );
+    let ack = client.expect("ack").await;
+    assert_eq!((&ack["room"], &ack["ref"]), (&json!("ok.1"), &json!("p1")));
+    client
+        .send_json(json!({"type": "publish", "room": "ok.3", "data": 1, "ref": "p2"}))
+        .await;
+    let error = client.expect("error").await;
+    assert_eq!(
+        (&error["room"], &error["code"], &error["ref"]),
+        (&json!("ok.3"), &json!("not_subscribed"), &json!("p2")),
+        "{error}"
+    );
+    // Three rooms held (ch.0, ok.1, ok.2): a fourth is over the limit.
+    client
+        .send_json(json!({"type": "subscribe", "room": "ok.3"}))
+        .await;
+    let error = client.expect("error").await;
+    assert_eq!(
+        (&error["room"], &error["code"]),
+        (&json!("ok.3"), &json!("too_many_rooms")),
+        "{error}"
+    );
+
+    // A refreshed token without ok.2 ends that subscription alone.
+    client
+        .send_json(json!({"type": "auth", "token": alice(&["ok.1"])}))
+        .await;
+    client.expect("auth_ok").await;
+    let unsubscribed = client.expect("unsubscribed").await;
+    assert_eq!(
+        unsubscribed,
+        json!({"type": "unsubscribed", "room": "ok.2", "reason": "forbidden"})
+    );
+    publish(&worker, "ok.2", json!("gone")).await;
+    publish(&worker, "ok.1", json!("still")).await;
+    let next = client.expect("message").await;
+    assert_eq!(
+        (&next["room"], &next["data"]),
+        (&json!("ok.1"), &json!("still")),
+        "ok.2's message reached a connection no longer in it: {next}"
+    );
+
+    // Unsubscribing by the client; the room's messages stop.
+    client
+        .send_json(json!({"type": "unsubscribe", "room": "ok.1"}))
+        .await;
+    let unsubscribed = client.expect("unsubscribed").await;
+    assert_eq!(unsubscribed["reason"], "client", "{unsubscribed}");
+    publish(&worker, "ok.1", json!("after")).await;
+    publish(&worker, "ch.0", json!("channel")).await;
+    let next = client.expect("message").await;
+    assert_eq!(next["room"], "ch.0", "{next}");
+}
+
+#[tokio::test]
+async fn five_hundred_subscribers_on_four_hubs_cost_four_requests_per_message() {
+    const SUBSCRIBERS: usize = 500;
+    const HUBS: u64 = 4;
+    const MESSAGES: u64 = 10;
+    let vars: Vec<(&str, &str)> = VARS.iter().copied().chain([("HUB_OBJECTS", "4")]).collect();
+    let worker = Worker::start(&vars).await;
+    let r = room("mux500");
+    let mut clients = Vec::with_capacity(SUBSCRIBERS);
+    for chunk in (0..SUBSCRIBERS).collect::<Vec<_>>().chunks(50) {
+        let joined = join_all(chunk.iter().map(|i| {
+            let (worker, r) = (&worker, &r);
+            async move {
+                let token = token(&format!("u{i}"), &[r.as_str()], &[], 3600);
+                let (mut client, _) = connect(worker, &token).await;
+                client
+                    .send_json(json!({"type": "subscribe", "room": r}))
+                    .await;
+                client.expect("subscribed").await;
+                client
+            }
+        }))
+        .await;
+        clients.extend(joined);
+    }
+    let before = worker.stats(&r).await;
+    assert_eq!(before["connections"], SUBSCRIBERS, "{before}");
+    for n in 1..=MESSAGES {
+        assert_eq!(publish(&worker, &r, json!(n)).await, n);
+        // Every subscriber has it before the next is sent, so each message
+        // travels in batches of its own.
+        let seqs = join_all(
+            clients
+                .iter_mut()
+                .map(|c| async move { c.expect("message").await["seq"].as_u64() }),
+        )
+        .await;
+        assert!(seqs.iter().all(|s| *s == Some(n)), "message {n}: {seqs:?}");
+    }
+    let after = worker.stats(&r).await;
+    let batches = after["hub_batches"].as_u64().expect("hub_batches")
+        - before["hub_batches"].as_u64().unwrap_or(0);
+    println!(
+        "{SUBSCRIBERS} multiplexed subscribers on {HUBS} hubs: {batches} hub requests for \
+         {MESSAGES} messages ({} per message); deliveries {}",
+        batches as f64 / MESSAGES as f64,
+        after["deliveries_total"]
+    );
+    assert_eq!(
+        batches,
+        MESSAGES * HUBS,
+        "one request per hub per message: {after}"
     );
 }

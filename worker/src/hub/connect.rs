@@ -7,7 +7,7 @@
 
 use roomcast_protocol::auth::Identity;
 use roomcast_protocol::ids::subject_tag;
-use roomcast_protocol::mux::{connected_frame, Resume};
+use roomcast_protocol::mux::{Connected, Resume};
 use roomcast_protocol::session::Session;
 use worker::{Request, Response, Result, WebSocketPair};
 
@@ -36,13 +36,15 @@ impl Hub {
             ctx.now,
         )?;
         self.index.open(&session.conn_id, ws, max_rooms);
-        ws.send_with_str(connected_frame(
-            &session.conn_id,
-            ctx.limits.heartbeat_ms,
-            ctx.limits.max_message_bytes,
+        let connected = Connected {
+            conn_id: &session.conn_id,
+            heartbeat_ms: ctx.limits.heartbeat_ms,
+            max_message_bytes: ctx.limits.max_message_bytes,
             max_rooms,
-            session.exp,
-        ))?;
+            exp: session.exp,
+            channels: &session.rights.channels,
+        };
+        ws.send_with_str(connected.to_json())?;
         self.alarm
             .no_later_than(session.next_deadline(0, &ctx.timing()))
             .await?;

@@ -162,14 +162,15 @@ impl Index {
         );
     }
 
-    /// Holds a place in `room` for a connection about to join it, or says
-    /// why it may not.
+    /// Holds a place in `room` for a connection about to join it (`true`:
+    /// it held one already, and joins again from another `since`), or
+    /// says why it may not.
     pub fn reserve(
         &self,
         conn_id: &str,
         rights: &Rights,
         room: &str,
-    ) -> std::result::Result<(), Refusal> {
+    ) -> std::result::Result<bool, Refusal> {
         let mut conns = self.conns.borrow_mut();
         let Some(conn) = conns.get_mut(conn_id) else {
             return Err(Refusal::new(
@@ -178,7 +179,27 @@ impl Index {
             ));
         };
         conn.rooms.admit(rights, room)?;
+        let held = conn.rooms.contains(room);
         conn.rooms.insert(room);
+        Ok(held)
+    }
+
+    /// Stops sending `room` to a connection that joins it again, until the
+    /// join is done: what it gets next starts with its new `subscribed`.
+    pub fn pause(&self, room: &str, conn_id: &str) {
+        if let Some(feed) = self.feeds.borrow_mut().get_mut(room) {
+            feed.sockets.remove(conn_id);
+        }
+    }
+
+    /// A connection that was in `room` failed to join it again: it is out
+    /// of it, and the room, which still counts it, hears so.
+    pub fn abandon(&self, conn_id: &str, room: &str) -> Result<()> {
+        self.release(conn_id, room);
+        if let Some(feed) = self.feeds.borrow_mut().get_mut(room) {
+            feed.subscription.leaves.push(conn_id.to_owned());
+        }
+        self.db.run(DELETE, vec![conn_id.into(), room.into()])?;
         Ok(())
     }
 

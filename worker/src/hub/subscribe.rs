@@ -4,7 +4,10 @@
 //! at once. A join is the room's, as a shard's is ([`outlet::join`]); once
 //! the stream is aligned the socket enters the room and is sent
 //! `subscribed`, the replay and the presence state with no `await` in
-//! between. Leaving tells the room with the next forward.
+//! between. A room the connection is in already may be subscribed again
+//! from another `since` (how a room of the token's `channels` resumes): its
+//! messages stop reaching the socket until its new `subscribed`. Leaving
+//! tells the room with the next forward.
 //!
 //! [`Rooms::admit`]: roomcast_protocol::mux::Rooms::admit
 
@@ -28,6 +31,8 @@ use crate::sends;
 pub(super) struct Join {
     resume: Resume,
     reference: Option<String>,
+    /// The connection is in the room already and starts it again.
+    again: bool,
 }
 
 /// How a refusal reads in a room's error body.
@@ -63,9 +68,10 @@ impl Hub {
                 .index
                 .reserve(&session.conn_id, &session.rights, &resume.room)
             {
-                Ok(()) => joins.push(Join {
+                Ok(again) => joins.push(Join {
                     resume,
                     reference: reference.clone(),
+                    again,
                 }),
                 Err(refusal) => {
                     self.counters.with(|s| s.reject(refusal.code));
@@ -91,10 +97,10 @@ impl Hub {
     /// One room's join; a failure gives up the place and tells the client.
     async fn join(&self, ws: &WebSocket, session: &Session, join: Join) {
         let room = join.resume.room.clone();
-        let reference = join.reference.clone();
+        let (reference, again) = (join.reference.clone(), join.again);
         if let Err(e) = self.try_join(ws, session, join).await {
             console_warn!("hub {}: joining {room}: {e}", self.label());
-            self.index.release(&session.conn_id, &room);
+            self.give_up(&session.conn_id, &room, again);
             let _ = send_error(
                 ws,
                 ErrorCode::Internal,
@@ -106,7 +112,11 @@ impl Hub {
     }
 
     async fn try_join(&self, ws: &WebSocket, session: &Session, join: Join) -> Result<()> {
-        let Join { resume, reference } = join;
+        let Join {
+            resume,
+            reference,
+            again,
+        } = join;
         let room = resume.room.as_str();
         let Some(number) = self.number() else {
             return Err(worker::Error::RustError("a hub without a number".into()));
@@ -126,12 +136,15 @@ impl Hub {
             info: session.info.clone(),
         };
         self.index.joining(room, holder, true);
+        if again {
+            self.index.pause(room, &session.conn_id);
+        }
         let asked = outlet::join::ask(self, &ctx, holder, &identity, &request).await;
         self.index.joining(room, holder, false);
         let admitted = match asked? {
             Ok(admitted) => admitted,
             Err(answer) => {
-                self.index.release(&session.conn_id, room);
+                self.give_up(&session.conn_id, room, again);
                 let refusal = read_refusal(answer).await;
                 self.counters.with(|s| s.reject(refusal.code));
                 return send_error(
@@ -159,6 +172,16 @@ impl Hub {
         self.delivered(room, messages);
         outlet::join::joined(self, room, first, admitted.welcome.head, conn_id);
         Ok(())
+    }
+
+    /// A join that failed: the place it held goes, and a connection that
+    /// was in the room before (which the room counts) leaves it.
+    fn give_up(&self, conn_id: &str, room: &str, again: bool) {
+        if !again {
+            self.index.release(conn_id, room);
+        } else if let Err(e) = self.index.abandon(conn_id, room) {
+            console_warn!("hub {}: leaving {room}: {e}", self.label());
+        }
     }
 
     /// An `unsubscribe`: the connection leaves `room`, or is told it was
