@@ -41,7 +41,7 @@ async fn publish(worker: &Worker, room: &str, data: Value) -> u64 {
             &json!({ "data": data }).to_string(),
         )
         .await;
-    assert_eq!(status, 200, "{body}");
+    assert_eq!(status, 201, "{body}");
     body["seq"].as_u64().expect("a seq")
 }
 
