@@ -34,7 +34,7 @@ WORKER_BUNDLE  := build/worker/shim.mjs
 TEST_CONFIG    := build/wrangler.toml
 WORKER_SOURCES := $(shell find worker/src protocol/src -name '*.rs') $(wildcard worker/js/*.js) worker/Cargo.toml protocol/Cargo.toml Cargo.toml Cargo.lock
 
-.PHONY: bootstrap bootstrap-test build worker bridge dev token test test-unit test-wasm test-fuzz test-e2e test-js lint fuzz mutants bench profile deploy-check clean
+.PHONY: bootstrap bootstrap-test build worker bridge dev token test test-unit test-wasm test-fuzz test-e2e test-js test-types lint fuzz mutants bench profile deploy-check clean
 
 ## bootstrap: install what building and running needs (idempotent): the wasm toolchain, wrangler, OpenSSL's headers
 bootstrap: node_modules/.package-lock.json
@@ -163,8 +163,14 @@ test-e2e: bootstrap-test worker $(TEST_CONFIG)
 # changed across Node versions.
 JS_TESTS := $(wildcard clients/js/test/*.test.js tests/browser/*.test.mjs)
 
+# Not a counted suite (tsc runs no tests): test-js runs it first, so a
+# declaration that no longer fits fails the build there.
+## test-types: the JS client's type declarations (clients/js/index.d.ts) checked by tsc against its TypeScript examples
+test-types: node_modules/.package-lock.json
+	node_modules/.bin/tsc -p clients/js --noEmit
+
 ## test-js: the JS client (node's test runner) and the demo page in headless Chromium, against wrangler dev
-test-js: bootstrap-test worker $(TEST_CONFIG)
+test-js: test-types bootstrap-test worker $(TEST_CONFIG)
 	@test -n "$(JS_TESTS)" || { echo "test-js: no test files" >&2; exit 1; }
 	CHROMIUM_PATH=$(CHROMIUM) $(COUNTED) test-js node --test --test-concurrency=1 --test-timeout=300000 --test-reporter=spec \
 	  $(JS_TESTS)

@@ -277,22 +277,34 @@ pub fn subscribed_frame(welcome: &Welcome) -> String {
 }
 
 /// The first frame on a multiplexed connection.
-pub fn connected_frame(
-    conn_id: &str,
-    heartbeat_ms: u64,
-    max_message_bytes: usize,
-    max_rooms: usize,
-    exp: u64,
-) -> String {
-    serde_json::json!({
-        "type": "connected",
-        "conn_id": conn_id,
-        "heartbeat_ms": heartbeat_ms,
-        "max_message_bytes": max_message_bytes,
-        "max_rooms": max_rooms,
-        "exp": exp,
-    })
-    .to_string()
+#[derive(Debug, Clone, Serialize)]
+pub struct Connected<'a> {
+    pub conn_id: &'a str,
+    pub heartbeat_ms: u64,
+    pub max_message_bytes: usize,
+    pub max_rooms: usize,
+    pub exp: u64,
+    /// The rooms of the token's `channels`, whose `subscribed` follows at
+    /// once: a client resuming one of them knows that this first
+    /// `subscribed` (from the head) is not the answer to its own.
+    pub channels: &'a [String],
+}
+
+impl Connected<'_> {
+    pub fn to_json(&self) -> String {
+        #[derive(Serialize)]
+        struct Tagged<'b, 'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            #[serde(flatten)]
+            connected: &'b Connected<'a>,
+        }
+        serde_json::to_string(&Tagged {
+            kind: "connected",
+            connected: self,
+        })
+        .expect("plain data")
+    }
 }
 
 pub fn unsubscribed_frame(room: &str, reason: Reason) -> String {
@@ -315,7 +327,10 @@ impl Rooms {
     }
 
     /// Whether the connection, holding `rights`, may subscribe to `room`
-    /// now, or the refusal for that room alone.
+    /// now, or the refusal for that room alone. A room it holds already
+    /// may be subscribed again (from another `since`): that is how a room
+    /// of the token's `channels`, subscribed from its head at connect,
+    /// resumes.
     pub fn admit(&self, rights: &Rights, room: &str) -> Result<(), Refusal> {
         if RoomName::parse(room).is_none() {
             return Err(Refusal::new(ErrorCode::BadRoom, bad_room_message(room)));
@@ -326,13 +341,7 @@ impl Rooms {
                 format!("the token does not allow room {room:?}"),
             ));
         }
-        if self.rooms.contains(room) {
-            return Err(Refusal::new(
-                ErrorCode::BadRequest,
-                format!("already subscribed to {room:?}"),
-            ));
-        }
-        if self.rooms.len() >= self.limit {
+        if !self.rooms.contains(room) && self.rooms.len() >= self.limit {
             return Err(Refusal::new(
                 ErrorCode::TooManyRooms,
                 format!("a connection holds at most {} rooms", self.limit),
@@ -563,15 +572,14 @@ mod tests {
         );
         rooms.admit(&token, "a").unwrap();
         rooms.insert("a");
-        assert_eq!(
-            rooms.admit(&token, "a").unwrap_err().code,
-            ErrorCode::BadRequest
-        );
         rooms.insert("c.1");
         assert_eq!(
             rooms.admit(&token, "b").unwrap_err().code,
             ErrorCode::TooManyRooms
         );
+        rooms
+            .admit(&token, "a")
+            .expect("a room held may be subscribed again");
         assert!(rooms.remove("a") && !rooms.remove("a"));
         rooms.admit(&token, "b").unwrap();
     }

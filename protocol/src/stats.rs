@@ -82,6 +82,11 @@ pub struct RoomStats {
     /// Socket attachments written (a hibernating room's per-socket state).
     #[serde(default)]
     pub attachment_writes: u64,
+    /// Batches of messages the room sent to hubs (the objects holding
+    /// multiplexed connections): with `messages_total`, the requests a
+    /// message costs the room however many connections hold it.
+    #[serde(default)]
+    pub hub_batches: u64,
 }
 
 /// Statements run and rows read and written on a room's SQLite storage
@@ -118,6 +123,7 @@ impl Default for RoomStats {
             outbox_dropped_total: 0,
             storage: StorageStats::default(),
             attachment_writes: 0,
+            hub_batches: 0,
         }
     }
 }
@@ -158,6 +164,7 @@ impl RoomStats {
         self.reconnects_total += shard.reconnects_total;
         self.connection_seconds.absorb(&shard.connection_seconds);
         self.attachment_writes += shard.attachment_writes;
+        self.hub_batches += shard.hub_batches;
         self.outbox_dropped_total += shard.outbox_dropped_total;
     }
 }
@@ -228,6 +235,7 @@ mod tests {
         s.message(Origin::Ws);
         s.message(Origin::Ws);
         s.reject(ErrorCode::RateLimited);
+        s.hub_batches = 3;
         assert_eq!(s.messages_total["ws"], 2);
         assert_eq!(s.rejects_total["rate_limited"], 1);
         assert_eq!(s.messages_total["kafka"], 0, "every origin starts at zero");
@@ -251,5 +259,6 @@ mod tests {
         assert_eq!(json["messages_total"]["ws"], 2);
         assert_eq!(json["connections"], 1);
         assert_eq!(json["pending"], 2);
+        assert_eq!(json["hub_batches"], 3, "beside the other counters");
     }
 }

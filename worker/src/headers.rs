@@ -14,6 +14,9 @@ pub const IDENTITY_HEADER: &str = "x-roomcast-identity";
 /// The shard a request is for (router → shard, room → shard), and the
 /// shard a join is placed on (the room's answer to the router).
 pub const SHARD_HEADER: &str = "x-roomcast-shard";
+/// The hub a request is for or comes from (router → hub, room ↔ hub):
+/// the object holding multiplexed connections, which serves many rooms.
+pub const HUB_HEADER: &str = "x-roomcast-hub";
 /// The connection a join placed on a shard is admitted under (the room's
 /// answer to the router, then the router to the shard).
 pub const CONN_HEADER: &str = "x-roomcast-conn";

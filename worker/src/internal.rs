@@ -1,6 +1,9 @@
 //! Requests between the objects of one room: its sequencer (the room's own
-//! object, [`crate::room`]) and its shards ([`crate::shard`],
-//! docs/internals.md, "Sharding"), and the names that reach them.
+//! object, [`crate::room`]) and the objects holding its sockets, its shards
+//! ([`crate::shard`], docs/internals.md, "Sharding") and the hubs holding
+//! multiplexed connections, and the names that reach them. A hub is fed and
+//! asked exactly as a shard is; only its name and header differ
+//! ([`Holder`]), since one hub serves many rooms.
 //!
 //! They are plain `fetch`es between Durable Objects, never sockets: only a
 //! socket an object accepted can hibernate, and both sides here hold
@@ -9,17 +12,21 @@
 //! every other `x-roomcast-` header), so no client can send one.
 
 use roomcast_protocol::auth::Identity;
+use roomcast_protocol::mux::hub_name;
 use roomcast_protocol::shard::shard_name;
 use worker::{Env, Headers, Method, Request, RequestInit, Response, Result, Stub};
 
-use crate::headers::{IDENTITY_HEADER, OP_HEADER, ROOM_HEADER, SHARD_HEADER};
+use crate::headers::{HUB_HEADER, IDENTITY_HEADER, OP_HEADER, ROOM_HEADER, SHARD_HEADER};
 
 /// The Durable Object namespace of rooms' own objects (see `wrangler.toml`).
 pub const ROOMS_BINDING: &str = "ROOMS";
 /// The namespace of their shards.
 pub const SHARDS_BINDING: &str = "SHARDS";
+/// The namespace of hubs, shared by every room.
+pub const HUBS_BINDING: &str = "HUBS";
 
-/// What one object of a room asks another.
+/// What one object of a room asks another (a hub asks and is asked as a
+/// shard is).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     /// Shard → sequencer: admit and welcome a connection.
@@ -76,11 +83,72 @@ pub fn shard_stub(env: &Env, room: &str, index: u32) -> Result<Stub> {
         .get_stub()
 }
 
-/// One internal request.
+/// Hub `index` (of every room it serves).
+pub fn hub_stub(env: &Env, index: u32) -> Result<Stub> {
+    env.durable_object(HUBS_BINDING)?
+        .id_from_name(&hub_name(index))?
+        .get_stub()
+}
+
+/// An object holding sockets of a room for it, by number: the room's
+/// shard, or a hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holder {
+    Shard(u32),
+    Hub(u32),
+}
+
+impl Holder {
+    pub fn index(self) -> u32 {
+        match self {
+            Holder::Shard(index) | Holder::Hub(index) => index,
+        }
+    }
+
+    /// The header naming it on a request to or from it.
+    pub fn header(self) -> &'static str {
+        match self {
+            Holder::Shard(_) => SHARD_HEADER,
+            Holder::Hub(_) => HUB_HEADER,
+        }
+    }
+
+    /// The holder a request names, if any (a hub's header wins: a hub
+    /// never sends a shard's).
+    pub fn of(headers: &Headers) -> Result<Option<Holder>> {
+        let index = |name| -> Result<Option<u32>> {
+            Ok(headers.get(name)?.and_then(|value| value.parse().ok()))
+        };
+        Ok(match (index(HUB_HEADER)?, index(SHARD_HEADER)?) {
+            (Some(hub), _) => Some(Holder::Hub(hub)),
+            (None, Some(shard)) => Some(Holder::Shard(shard)),
+            (None, None) => None,
+        })
+    }
+
+    /// The object itself, serving `room`.
+    pub fn stub(self, env: &Env, room: &str) -> Result<Stub> {
+        match self {
+            Holder::Shard(index) => shard_stub(env, room, index),
+            Holder::Hub(index) => hub_stub(env, index),
+        }
+    }
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Holder::Shard(index) => write!(f, "shard {index}"),
+            Holder::Hub(index) => write!(f, "hub {index}"),
+        }
+    }
+}
+
+/// One internal request, between a room and one of its holders.
 pub struct Call<'a> {
     pub op: Op,
     pub room: &'a str,
-    pub shard: u32,
+    pub holder: Holder,
     pub identity: Option<&'a Identity>,
     pub query: &'a str,
     pub body: Option<String>,
@@ -91,7 +159,7 @@ impl Call<'_> {
         let headers = Headers::new();
         headers.set(OP_HEADER, self.op.as_str())?;
         headers.set(ROOM_HEADER, self.room)?;
-        headers.set(SHARD_HEADER, &self.shard.to_string())?;
+        headers.set(self.holder.header(), &self.holder.index().to_string())?;
         if let Some(identity) = self.identity {
             headers.set(IDENTITY_HEADER, &identity.to_header())?;
         }

@@ -1,6 +1,9 @@
-// The client's socket-free parts: backoff, sequence bookkeeping, token expiry.
+// The client's socket-free parts: backoff, sequence bookkeeping, token
+// expiry, and the type declarations naming what the package exports.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import * as client from '../src/index.js';
 import { Backoff, Sequence, refreshDelay, tokenExpiry } from '../src/index.js';
 
 test('backoff caps grow exponentially to the maximum and every delay lies under its cap', () => {
@@ -64,4 +67,10 @@ test('refresh is scheduled ahead of expiry, half-way for short tokens, never neg
   assert.equal(refreshDelay(exp(3_600_000), now, 60_000), 3_540_000);
   assert.equal(refreshDelay(exp(40_000), now, 60_000), 20_000);
   assert.equal(refreshDelay(exp(-5_000), now, 60_000), 0);
+});
+
+test('index.d.ts declares exactly what src/index.js exports', () => {
+  const declarations = readFileSync(new URL('../index.d.ts', import.meta.url), 'utf8');
+  const declared = [...declarations.matchAll(/^export (?:class|function) (\w+)/gm)].map(([, name]) => name);
+  assert.deepEqual(declared.sort(), Object.keys(client).sort());
 });

@@ -1,6 +1,7 @@
 //! What a request to a room's object asks for: a client's, admitted by the
 //! router (room name and identity in internal headers), or one from one of
-//! its shards (an internal operation, docs/internals.md, "Sharding").
+//! its shards or from a hub (an internal operation, docs/internals.md,
+//! "Sharding"; the holder named in its header, [`Holder`]).
 
 use std::collections::HashMap;
 
@@ -11,8 +12,8 @@ use worker::{Method, Request, Response, Result};
 
 use super::{shard_requests, Room};
 use crate::context::Ctx;
-use crate::headers::{IDENTITY_HEADER, OP_HEADER, ROOM_HEADER, SHARD_HEADER};
-use crate::internal::Op;
+use crate::headers::{IDENTITY_HEADER, OP_HEADER, ROOM_HEADER};
+use crate::internal::{Holder, Op};
 use crate::reply;
 
 impl Room {
@@ -25,7 +26,8 @@ impl Room {
         let query: HashMap<String, String> =
             admission::query(&req.inner().url()).into_owned().collect();
         let op = req.headers().get(OP_HEADER)?.as_deref().and_then(Op::parse);
-        if op.is_none() && req.headers().get(SHARD_HEADER)?.is_some() {
+        let holder = Holder::of(req.headers())?;
+        if op.is_none() && matches!(holder, Some(Holder::Shard(_))) {
             return misplaced_join();
         }
         let identity = req
@@ -33,16 +35,23 @@ impl Room {
             .get(IDENTITY_HEADER)?
             .as_deref()
             .and_then(Identity::from_header);
-        match (op, identity) {
-            (Some(Op::Join), Some(identity)) => self.join_from_shard(req, &ctx, identity).await,
-            (Some(Op::Forward), _) => self.forward_from_shard(req, &ctx).await,
-            (Some(Op::Gap), _) => shard_requests::gap(self.store()?, &ctx, &query),
-            (Some(Op::Deliver | Op::Count | Op::Presence), _) => {
+        match (op, identity, holder) {
+            (Some(Op::Join | Op::Forward), _, None) => {
+                reply::error(ErrorCode::BadRequest, "no shard or hub named")
+            }
+            (Some(Op::Join), Some(identity), Some(holder)) => {
+                self.join_from_holder(req, &ctx, identity, holder).await
+            }
+            (Some(Op::Forward), _, Some(holder)) => {
+                self.forward_from_holder(req, &ctx, holder).await
+            }
+            (Some(Op::Gap), _, _) => shard_requests::gap(self.store()?, &ctx, &query),
+            (Some(Op::Deliver | Op::Count | Op::Presence), _, _) => {
                 reply::error(ErrorCode::NotFound, "a room is not a shard")
             }
-            (Some(Op::Join), None) => reply::error(ErrorCode::Unauthorized, "no identity"),
-            (None, Some(identity)) => self.serve_client(req, &ctx, identity, &query).await,
-            (None, None) => reply::error(ErrorCode::Unauthorized, "no identity"),
+            (Some(Op::Join), None, _) => reply::error(ErrorCode::Unauthorized, "no identity"),
+            (None, Some(identity), _) => self.serve_client(req, &ctx, identity, &query).await,
+            (None, None, _) => reply::error(ErrorCode::Unauthorized, "no identity"),
         }
     }
 

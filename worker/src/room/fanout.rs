@@ -1,25 +1,31 @@
-//! The room's shards ([`crate::shard`], docs/internals.md, "Sharding") as the room sees
-//! them: where a connection goes once the room holds `ROOM_SHARD_SIZE`, how
-//! many connections each holds, and the fan-out that sends every shard the
-//! room's new messages.
+//! The objects holding the room's sockets for it, as the room sees them:
+//! its shards ([`crate::shard`], docs/internals.md, "Sharding"), where a
+//! connection goes once the room holds `ROOM_SHARD_SIZE`, and the hubs that
+//! hold multiplexed connections subscribed to it; how many connections each
+//! holds, and the fan-out that sends each of them the room's new messages.
 //!
-//! The room's work per message is one batch per shard holding connections,
-//! whatever the number of subscribers: each shard delivers to its own. A
-//! shard's batch waits while the one before is in flight, so under load a
-//! batch carries many messages. The fan-out runs after each event, so an
-//! HTTP publish is answered once the shards have its message: a publisher
+//! The room's work per message is one batch per object holding connections,
+//! whatever the number of subscribers: each delivers to its own. A batch
+//! waits while the one before to the same object is in flight, so under load
+//! a batch carries many messages. The fan-out runs after each event, so an
+//! HTTP publish is answered once the holders have its message: a publisher
 //! gets backpressure, not an unbounded queue in the room.
 //!
-//! [`ShardFanout`] is one value with the room's [`Fanout`] (the rules, in
+//! A hub is fed, counted and told presence exactly as a shard is, by the
+//! same requests; so one type, [`HolderFanout`], serves both, twice over
+//! ([`Kind`]): they differ only in how an object is reached and where the
+//! room keeps how many it used, and the room places connections on its
+//! shards only (a connection chooses its hub before it reaches the room).
+//! Each is one value with its own [`Fanout`] (the rules, in
 //! `roomcast_protocol::shard`); it reads the room's history for the head
-//! and the number of shards the room has used, and nothing else of it.
+//! and the number of objects the room has used, and nothing else of it.
 
 use std::cell::{RefCell, RefMut};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use futures_util::future::join_all;
+use futures_util::future::{join, join_all};
 use roomcast_protocol::clock::now_ms;
 use roomcast_protocol::ids;
 use roomcast_protocol::presence::{Joined, News};
@@ -28,25 +34,60 @@ use worker::{console_warn, Delay, Env, Result};
 
 use crate::context::Ctx;
 use crate::counters::Counters;
-use crate::internal::{shard_stub, Call, Op};
+use crate::internal::{Call, Holder, Op};
 use crate::store::Store;
 
-/// Attempts at a batch a shard keeps failing before the room stops trying
-/// until its next message (the shard fills the gap from history then).
+use super::Room;
+
+/// Attempts at a batch a holder keeps failing before the room stops trying
+/// until its next message (the holder fills the gap from history then).
 const DELIVERY_ATTEMPTS: u32 = 5;
 
-pub(super) struct ShardFanout {
+/// Which objects a [`HolderFanout`] feeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Shards,
+    Hubs,
+}
+
+impl Kind {
+    fn holder(self, index: u32) -> Holder {
+        match self {
+            Kind::Shards => Holder::Shard(index),
+            Kind::Hubs => Holder::Hub(index),
+        }
+    }
+
+    /// How many of them the room has used.
+    fn used(self, store: &Store) -> u32 {
+        match self {
+            Kind::Shards => store.facts().shard_count(),
+            Kind::Hubs => store.facts().hub_count(),
+        }
+    }
+
+    fn set_used(self, store: &Store, count: u32) -> Result<()> {
+        match self {
+            Kind::Shards => store.facts().set_shard_count(count),
+            Kind::Hubs => store.facts().set_hub_count(count),
+        }
+    }
+}
+
+pub(super) struct HolderFanout {
+    kind: Kind,
     env: Env,
     counters: Rc<Counters>,
     fanout: RefCell<Option<Fanout>>,
-    /// Connections the shards listed since the room's presence last took
-    /// them ([`ShardFanout::take_listed`]).
+    /// Connections the holders listed since the room's presence last took
+    /// them ([`HolderFanout::take_listed`]).
     listed: RefCell<Vec<Joined>>,
 }
 
-impl ShardFanout {
-    pub fn new(env: &Env, counters: Rc<Counters>) -> ShardFanout {
-        ShardFanout {
+impl HolderFanout {
+    pub fn new(kind: Kind, env: &Env, counters: Rc<Counters>) -> HolderFanout {
+        HolderFanout {
+            kind,
             env: env.clone(),
             counters,
             fanout: RefCell::new(None),
@@ -54,31 +95,29 @@ impl ShardFanout {
         }
     }
 
-    /// The fan-out, set up on first use after a wake with every shard the
+    /// The fan-out, set up on first use after a wake with every holder the
     /// room has used, each presumed to have had everything up to the head
     /// the room woke with (not what this wake stored since: its first
     /// publish may come before anything asks for the fan-out).
     pub fn get<'a>(&'a self, store: &Store) -> RefMut<'a, Fanout> {
-        let (count, head) = (store.facts().shard_count(), store.woke_at());
+        let (count, head) = (self.kind.used(store), store.woke_at());
         RefMut::map(self.fanout.borrow_mut(), |slot| {
             slot.get_or_insert_with(|| Fanout::woken(count, head))
         })
     }
 
-    /// Forgets every shard (the room's storage was deleted).
+    /// Forgets every holder (the room's storage was deleted).
     pub fn forget(&self) {
         *self.fanout.borrow_mut() = None;
     }
 
-    /// Keeps a new message's frame for the shards, if the room has any.
-    pub fn remember(&self, store: &Store, seq: u64, frame: String) {
-        let mut fanout = self.get(store);
-        if !fanout.shards().is_empty() {
-            fanout.remember(seq, Rc::from(frame));
-        }
+    /// Whether the room has used any of these holders (each is fed until it
+    /// says it holds nothing).
+    fn feeds(&self, store: &Store) -> bool {
+        !self.get(store).shards().is_empty()
     }
 
-    /// Connections and shards in use, for `/stats` and for retiring.
+    /// Connections and holders in use, for `/stats` and for retiring.
     pub fn clients(&self, store: &Store) -> (u64, u64) {
         let fanout = self.get(store);
         (fanout.clients(), fanout.in_use())
@@ -89,7 +128,7 @@ impl ShardFanout {
     /// `conn_id` it is admitted under there (it counts from now on, see
     /// [`roomcast_protocol::shard::Connections`]). A room that woke asks its
     /// shards how full they are first; a shard that did not answer is not
-    /// placed on.
+    /// placed on. Only the shards' fan-out places.
     pub async fn place(
         &self,
         store: &Store,
@@ -108,22 +147,35 @@ impl ShardFanout {
             return Ok(None);
         };
         let conn_id = ids::conn_id();
-        self.get(store)
-            .admit(&conn_id, index, sub, store.head(), now);
-        store
-            .facts()
-            .set_shard_count(store.facts().shard_count().max(index + 1))?;
+        self.admit(store, &conn_id, index, sub, now)?;
         Ok(Some((index, conn_id)))
     }
 
-    /// Whether the room knows how many connections each shard holds.
+    /// The room admitted `conn_id` of `sub` onto holder `index`: it counts
+    /// from now on, and the holder is fed after the room's next wake (the
+    /// room must exist for that to be stored).
+    pub fn admit(
+        &self,
+        store: &Store,
+        conn_id: &str,
+        index: u32,
+        sub: &str,
+        now: u64,
+    ) -> Result<()> {
+        self.get(store)
+            .admit(conn_id, index, sub, store.head(), now);
+        self.kind
+            .set_used(store, self.kind.used(store).max(index + 1))
+    }
+
+    /// Whether the room knows how many connections each holder holds.
     pub fn counted(&self, store: &Store) -> bool {
         self.get(store).counted()
     }
 
-    /// Connections the subject holds on shards: what they accepted, and
-    /// what the room admitted there in the last moments. A room that woke
-    /// asks its shards first.
+    /// Connections the subject holds on these holders: what they accepted,
+    /// and what the room admitted there in the last moments. A room that
+    /// woke asks them first.
     pub async fn open_of(&self, store: &Store, ctx: &Ctx, sub: &str) -> usize {
         if !self.counted(store) {
             self.count(store, ctx).await;
@@ -131,7 +183,7 @@ impl ShardFanout {
         self.get(store).subject(sub, now_ms()) as usize
     }
 
-    /// Asks every shard whose connections this wake does not know.
+    /// Asks every holder whose connections this wake does not know.
     pub async fn count(&self, store: &Store, ctx: &Ctx) {
         let unknown = self.get(store).unlisted();
         let answers = join_all(
@@ -143,7 +195,11 @@ impl ShardFanout {
         for (index, answer) in unknown.into_iter().zip(answers) {
             match answer {
                 Ok(report) => self.take_report(store, index, &report, false),
-                Err(e) => console_warn!("room {}: shard {index} did not answer: {e}", ctx.room),
+                Err(e) => console_warn!(
+                    "room {}: {} did not answer: {e}",
+                    ctx.room,
+                    self.kind.holder(index)
+                ),
             }
         }
     }
@@ -155,15 +211,16 @@ impl ShardFanout {
         op: Op,
         body: Option<String>,
     ) -> Result<ShardReport> {
+        let holder = self.kind.holder(index);
         let call = Call {
             op,
             room,
-            shard: index,
+            holder,
             identity: None,
             query: "",
             body,
         };
-        let text = call.text(&shard_stub(&self.env, room, index)?).await?;
+        let text = call.text(&holder.stub(&self.env, room)?).await?;
         Ok(serde_json::from_str(&text)?)
     }
 
@@ -182,44 +239,47 @@ impl ShardFanout {
         self.counters.with(|s| s.absorb(&report.stats));
     }
 
-    /// The connections shards listed since the last call, for the room's
+    /// The connections holders listed since the last call, for the room's
     /// presence to count without telling anyone.
     pub fn take_listed(&self) -> Vec<Joined> {
         std::mem::take(&mut *self.listed.borrow_mut())
     }
 
-    /// Hands a presence flush to every shard holding connections, each on
-    /// its own; a shard that misses one is behind until the next (its
-    /// clients' counts and members are state, which the next flush or a
-    /// reconnect brings back).
+    /// Hands a presence flush to every holder holding connections, each on
+    /// its own; one that misses it is behind until the next (its clients'
+    /// counts and members are state, which the next flush or a reconnect
+    /// brings back).
     pub async fn tell(&self, store: &Store, room: &str, news: &News) {
-        let shards: Vec<u32> = {
+        let holders: Vec<u32> = {
             let fanout = self.get(store);
             (0..fanout.shards().len() as u32)
                 .filter(|i| fanout.connections().on(*i) > 0)
                 .collect()
         };
-        if shards.is_empty() {
+        if holders.is_empty() {
             return;
         }
         let Ok(body) = serde_json::to_string(news) else {
             return;
         };
-        let calls = shards
+        let calls = holders
             .iter()
             .map(|i| self.ask(room, *i, Op::Presence, Some(body.clone())));
         let answers = join_all(calls).await;
-        for (index, answer) in shards.iter().copied().zip(answers) {
+        for (index, answer) in holders.iter().copied().zip(answers) {
             match answer {
                 Ok(report) => self.take_report(store, index, &report, false),
                 Err(e) => {
-                    console_warn!("room {room}: telling shard {index} of presence failed: {e}")
+                    console_warn!(
+                        "room {room}: telling {} of presence failed: {e}",
+                        self.kind.holder(index)
+                    )
                 }
             }
         }
     }
 
-    /// Sends every shard what it has not had, each on its own.
+    /// Sends every holder what it has not had, each on its own.
     pub async fn fan_out(&self, store: &Store) {
         let count = self.get(store).shards().len() as u32;
         if count == 0 {
@@ -238,6 +298,9 @@ impl ShardFanout {
                 return;
             };
             let body = batch.encode();
+            if self.kind == Kind::Hubs {
+                self.counters.with(|s| s.hub_batches += 1);
+            }
             match self.ask(room, index, Op::Deliver, Some(body)).await {
                 Ok(report) => {
                     failures = 0;
@@ -247,7 +310,8 @@ impl ShardFanout {
                     self.get(store).failed(index);
                     failures += 1;
                     console_warn!(
-                        "room {room}: delivering to shard {index} failed ({failures}): {e}"
+                        "room {room}: delivering to {} failed ({failures}): {e}",
+                        self.kind.holder(index)
                     );
                     if failures >= DELIVERY_ATTEMPTS {
                         return;
@@ -259,7 +323,81 @@ impl ShardFanout {
     }
 }
 
-/// A shard's list of connections as presence counts them: members with what
+impl Room {
+    /// Shards and hubs, each with its own fan-out.
+    fn holders(&self) -> [&HolderFanout; 2] {
+        [&self.shards, &self.hubs]
+    }
+
+    /// The fan-out of `holder`'s kind.
+    pub(super) fn fanout_of(&self, holder: Holder) -> &HolderFanout {
+        match holder {
+            Holder::Shard(_) => &self.shards,
+            Holder::Hub(_) => &self.hubs,
+        }
+    }
+
+    /// Keeps a new message's frame for the shards and hubs, if the room has
+    /// used any.
+    pub(super) fn remember(&self, store: &Store, seq: u64, frame: String) {
+        if !self.holders().iter().any(|h| h.feeds(store)) {
+            return;
+        }
+        let frame: Rc<str> = Rc::from(frame);
+        for holder in self.holders() {
+            holder.get(store).remember(seq, Rc::clone(&frame));
+        }
+    }
+
+    /// Connections on shards and hubs, as far as known.
+    pub(super) fn held(&self, store: &Store) -> u64 {
+        self.holders().iter().map(|h| h.clients(store).0).sum()
+    }
+
+    /// Asks every shard and hub whose connections this wake does not know.
+    pub(super) async fn count_held(&self, store: &Store, ctx: &Ctx) {
+        join(self.shards.count(store, ctx), self.hubs.count(store, ctx)).await;
+    }
+
+    /// Whether every shard and hub listed its connections.
+    pub(super) fn held_counted(&self, store: &Store) -> bool {
+        self.holders().iter().all(|h| h.counted(store))
+    }
+
+    /// Connections `sub` holds on shards and hubs (see
+    /// [`HolderFanout::open_of`]).
+    pub(super) async fn held_by(&self, store: &Store, ctx: &Ctx, sub: &str) -> usize {
+        let (shards, hubs) = join(
+            self.shards.open_of(store, ctx, sub),
+            self.hubs.open_of(store, ctx, sub),
+        )
+        .await;
+        shards + hubs
+    }
+
+    /// The connections shards and hubs listed since the last call.
+    pub(super) fn take_listed(&self) -> Vec<Joined> {
+        let mut listed = self.shards.take_listed();
+        listed.extend(self.hubs.take_listed());
+        listed
+    }
+
+    /// Hands a presence flush to every shard and hub holding connections.
+    pub(super) async fn tell_held(&self, store: &Store, room: &str, news: &News) {
+        join(
+            self.shards.tell(store, room, news),
+            self.hubs.tell(store, room, news),
+        )
+        .await;
+    }
+
+    /// Sends every shard and hub what it has not had.
+    pub(super) async fn fan_out(&self, store: &Store) {
+        join(self.shards.fan_out(store), self.hubs.fan_out(store)).await;
+    }
+}
+
+/// A holder's list of connections as presence counts them: members with what
 /// they show, the others as connections only.
 fn listed_joined(connections: &[(String, String)], members: &[Joined]) -> Vec<Joined> {
     let members: HashMap<&str, &Joined> = members.iter().map(|m| (m.conn_id.as_str(), m)).collect();

@@ -94,14 +94,14 @@ impl Room {
     }
 
     /// The refusal of a subject that holds its limit of connections to
-    /// this room, on the room and its shards.
+    /// this room, on the room, its shards and hubs.
     pub(super) async fn connection_limit(&self, ctx: &Ctx, sub: &str) -> Option<Result<Response>> {
         let limit = ctx.limits.max_connections_per_subject;
-        let on_shards = match self.store() {
-            Ok(store) => self.shards.open_of(store, ctx, sub).await,
+        let held = match self.store() {
+            Ok(store) => self.held_by(store, ctx, sub).await,
             Err(e) => return Some(Err(e)),
         };
-        let open = on_shards + self.clients.open(&subject_tag(sub)).len();
+        let open = held + self.clients.open(&subject_tag(sub)).len();
         if open < limit as usize {
             return None;
         }

@@ -107,7 +107,7 @@ impl Room {
         }
         // The await above let other events in: retire only if it still may.
         let quiet = Quiet {
-            clients: (self.clients.count() + self.shards.clients(store).0) as usize,
+            clients: (self.clients.count() + self.held(store)) as usize,
             pending: store.pending(),
             last_message_ms: store.last_message_ms()?,
         };
@@ -138,6 +138,7 @@ impl Room {
         self.idempotency.forget();
         self.link.forget();
         self.shards.forget();
+        self.hubs.forget();
         self.announce.set(Reannounce::default());
         self.counters.reset();
         Ok(())

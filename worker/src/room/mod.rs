@@ -1,7 +1,8 @@
 //! The `Room` Durable Object: one per room name, the single writer of its
 //! sequence and history, and the owner of its bridge link and of the client
 //! sockets it has room for; clients past `ROOM_SHARD_SIZE` go to its shards
-//! ([`crate::shard`]), which it feeds.
+//! ([`crate::shard`]), which it feeds, as it feeds the hubs holding
+//! multiplexed connections subscribed to it.
 //!
 //! It uses the WebSocket Hibernation API, so an idle room is evicted from
 //! memory while its clients stay connected: what must survive lives in
@@ -16,7 +17,7 @@
 //! `join` (WebSocket admission and resume), `publish` (the one path every
 //! message takes, from a client's frame, an HTTP post or the bridge), `http` (the HTTP
 //! surface), `link` (the bridge's outbox link and its feed), `fanout` and
-//! `shard_requests` (the room's shards), `sweep` (the alarm), `lifecycle` (registration and
+//! `shard_requests` (the room's shards and hubs), `sweep` (the alarm), `lifecycle` (registration and
 //! retirement) and `stats`. The sockets themselves are [`Clients`], shared
 //! with the shards.
 //!
@@ -61,7 +62,7 @@ use crate::settings;
 use crate::storage::Db;
 use crate::store::Store;
 
-use fanout::ShardFanout;
+use fanout::{HolderFanout, Kind};
 use idempotency::Idempotency;
 use link::BridgeLink;
 
@@ -84,7 +85,9 @@ pub struct Room {
     /// A message arrived: the alarm must come by then to consider retiring.
     retire_check: Cell<Option<u64>>,
     /// The shards it feeds.
-    shards: ShardFanout,
+    shards: HolderFanout,
+    /// The hubs it feeds.
+    hubs: HolderFanout,
     /// The room, settings and limits this wake serves.
     wake: WakeCtx,
     /// Who is connected, once built this wake (see [`presence`]).
@@ -105,7 +108,8 @@ impl Handlers for Room {
             clients: Clients::new(&state, counters.clone()),
             alarm: Alarm::new(state.storage()),
             link: BridgeLink::new(&state, counters.clone()),
-            shards: ShardFanout::new(&env, counters.clone()),
+            shards: HolderFanout::new(Kind::Shards, &env, counters.clone()),
+            hubs: HolderFanout::new(Kind::Hubs, &env, counters.clone()),
             state,
             env,
             store: OnceCell::new(),
@@ -209,7 +213,8 @@ impl Room {
 
     /// Work that follows every event, outside its synchronous turn: the
     /// counters when a flush is due, the registry when it must hear of
-    /// this room, and the room's shards when they have something coming.
+    /// this room, and the room's shards and hubs when they have something
+    /// coming.
     /// `now` is the event's time: what is due after it need not be timed
     /// closer than the event itself.
     async fn after_event(&self, now: u64) {
@@ -233,7 +238,7 @@ impl Room {
             self.register_now().await;
         }
         if let Ok(store) = self.store() {
-            self.shards.fan_out(store).await;
+            self.fan_out(store).await;
         }
     }
 }

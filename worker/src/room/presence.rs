@@ -1,17 +1,17 @@
 //! The room's presence ([`Presence`], docs/protocol.md, "Presence") as its
-//! object keeps it: who is connected to the room, on this object and on its
-//! shards, and what its subscribers have been told.
+//! object keeps it: who is connected to the room, on this object, on its
+//! shards and on hubs, and what its subscribers have been told.
 //!
 //! Nothing of it is stored, so it adds no row per join: after a wake it is
 //! rebuilt, on first use, from the sessions of the sockets this object holds
 //! (and of those that ended in the event that woke it) and from the lists
-//! its shards send when asked ([`ShardFanout::take_listed`]), all told to
-//! nobody, since nothing changed for anyone. Joins and ends mark changes;
-//! the flush after an event, or the alarm when the interval is not over,
-//! tells the room's own clients, its shards' (one request per shard) and
-//! the bridge.
+//! its shards and hubs send when asked ([`HolderFanout::take_listed`]), all
+//! told to nobody, since nothing changed for anyone. Joins and ends mark
+//! changes; the flush after an event, or the alarm when the interval is not
+//! over, tells the room's own clients, its shards' and hubs' (one request
+//! per object) and the bridge.
 //!
-//! [`ShardFanout::take_listed`]: super::fanout::ShardFanout::take_listed
+//! [`HolderFanout::take_listed`]: super::fanout::HolderFanout::take_listed
 
 use std::cell::RefMut;
 use std::collections::HashMap;
@@ -39,7 +39,7 @@ fn settings(ctx: &Ctx) -> Settings {
 
 impl Room {
     /// The presence, built on first use after a wake, with whatever the
-    /// shards listed since it was last asked and every connection that
+    /// shards and hubs listed since it was last asked and every connection that
     /// ended since (which must be known to it before they leave).
     pub(super) fn presence(&self, ctx: &Ctx) -> RefMut<'_, Presence> {
         let ended = self.clients.take_ended();
@@ -54,7 +54,7 @@ impl Room {
                 }
                 presence
             });
-            for joined in self.shards.take_listed() {
+            for joined in self.take_listed() {
                 presence.restored(joined);
             }
             for Ended { session, dropped } in ended {
@@ -68,7 +68,7 @@ impl Room {
         })
     }
 
-    /// A connection opened, here or on a shard.
+    /// A connection opened, here, on a shard or on a hub.
     pub(super) fn presence_joined(&self, ctx: &Ctx, session: &Session) {
         self.presence(ctx).joined(session.joined(&ctx.room));
     }
@@ -103,16 +103,16 @@ impl Room {
         due.filter(|_| self.presence_heard(ctx))
     }
 
-    /// Whether a flush would reach anyone: the room's clients, its shards',
-    /// or a bridge. A room nobody hears is not woken to flush; its next
-    /// event does.
+    /// Whether a flush would reach anyone: the room's clients, its shards'
+    /// and hubs', or a bridge. A room nobody hears is not woken to flush;
+    /// its next event does.
     fn presence_heard(&self, ctx: &Ctx) -> bool {
         let Ok(store) = self.store() else {
             return false;
         };
         self.link.resolve(store);
         self.clients.count() > 0
-            || self.shards.clients(store).0 > 0
+            || self.held(store) > 0
             || self.link.is_open()
             || ctx.settings.config.bridge
     }
@@ -134,7 +134,7 @@ impl Room {
         }
         self.clients.tell(&ctx.room, news);
         if let Ok(store) = self.store() {
-            self.shards.tell(store, &ctx.room, news).await;
+            self.tell_held(store, &ctx.room, news).await;
         }
     }
 
@@ -157,7 +157,7 @@ impl Room {
                 return self.http_refusal(&refusal);
             }
         }
-        self.shards.count(self.store()?, ctx).await;
+        self.count_held(self.store()?, ctx).await;
         let page = self.presence(ctx).member_page(
             &ctx.room,
             query.get("after").map(String::as_str),

@@ -214,7 +214,7 @@ impl Room {
     }
 
     /// Sends stored messages to every client (then `ack` to its socket), to
-    /// the bridge link and to the room's shards. Each frame is serialised
+    /// the bridge link and to the room's shards and hubs. Each frame is serialised
     /// once for all of them.
     fn broadcast(&self, ctx: &Ctx, messages: &[Message], ack: Option<(&WebSocket, &str)>) {
         let frames: Vec<String> = messages
@@ -232,7 +232,7 @@ impl Room {
         if let Ok(store) = self.store() {
             for (message, frame) in messages.iter().zip(frames) {
                 self.link.relay(store, ctx, message, &frame);
-                self.shards.remember(store, message.seq, frame);
+                self.remember(store, message.seq, frame);
             }
         }
     }

@@ -1,7 +1,8 @@
-//! What the room answers its shards ([`crate::shard`]): a join, with the
-//! same admission, resume and welcome as a join here; their clients'
-//! publishes, each taking the one path every message takes; and the stored
-//! messages a shard missed.
+//! What the room answers the objects holding its sockets, its shards
+//! ([`crate::shard`]) and hubs alike ([`Holder`]): a join, with the same
+//! admission, resume and welcome as a join here; their clients' publishes,
+//! each taking the one path every message takes; and the stored messages
+//! one missed.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -19,42 +20,45 @@ use super::publish::Publisher;
 use super::Room;
 use crate::context::Ctx;
 use crate::headers::SENT_HEADER;
+use crate::internal::Holder;
 use crate::reply;
 use crate::store::Store;
 
 impl Room {
-    /// A shard's join: the same admission, resume and welcome as a join
-    /// here; the reply carries the welcome and replay for the shard to send.
-    pub(super) async fn join_from_shard(
+    /// A holder's join: the same admission, resume and welcome as a join
+    /// here; the reply carries the welcome and replay for the holder to send.
+    pub(super) async fn join_from_holder(
         &self,
         mut req: Request,
         ctx: &Ctx,
         identity: Identity,
+        holder: Holder,
     ) -> Result<Response> {
         let request: JoinRequest = serde_json::from_str(&req.text().await?)?;
-        // Admitted when it was placed; a client that took longer than the
-        // grace to get here is admitted again, if it still may be.
+        let (fanout, index) = (self.fanout_of(holder), holder.index());
+        // A shard's connection was admitted when it was placed; a client
+        // that took longer than the grace to get here is admitted again, if
+        // it still may be. A hub's connection chose its hub itself, and may
+        // be the first to touch the room: it is admitted here, as a join to
+        // the room is.
         let store = self.store()?;
-        let placed = self
-            .shards
+        let placed = fanout
             .get(store)
             .connections()
-            .holds(&request.conn_id, request.shard);
+            .holds(&request.conn_id, index);
         if !placed {
+            if let Some(refusal) = self.creation_refused(ctx, &identity).await? {
+                return Ok(refusal);
+            }
             if let Some(refusal) = self.connection_limit(ctx, &identity.sub).await {
                 return refusal;
             }
-            let head = store.head();
-            self.shards.get(store).admit(
-                &request.conn_id,
-                request.shard,
-                &identity.sub,
-                head,
-                now_ms(),
-            );
+            // Created first, so the room stores that it feeds this holder.
+            store.create(&ctx.room, &ctx.limits, ctx.settings.config.bridge)?;
+            fanout.admit(store, &request.conn_id, index, &identity.sub, now_ms())?;
         }
         if let Some(refusal) = self.replay_budget(ctx, &identity.sub, request.since) {
-            self.shards.get(store).left(&request.conn_id);
+            fanout.get(store).left(&request.conn_id);
             return refusal;
         }
         let session = roomcast_protocol::session::Session::new(request.conn_id, identity, ctx.now);
@@ -75,11 +79,10 @@ impl Room {
             replay.iter().map(|(seq, f)| (*seq, f.as_str())),
         );
         let headers = Headers::new();
-        let sent = self
-            .shards
+        let sent = fanout
             .get(store)
             .shards()
-            .get(request.shard as usize)
+            .get(index as usize)
             .and_then(|s| s.sent);
         if let Some(sent) = sent {
             headers.set(SENT_HEADER, &sent.to_string())?;
@@ -87,12 +90,17 @@ impl Room {
         Ok(Response::ok(body)?.with_headers(headers))
     }
 
-    /// Publishes from a shard's clients, one by one as if sent here, and
-    /// the shard's closed connections.
-    pub(super) async fn forward_from_shard(&self, mut req: Request, ctx: &Ctx) -> Result<Response> {
+    /// Publishes from a holder's clients, one by one as if sent here, and
+    /// the holder's accepted and closed connections.
+    pub(super) async fn forward_from_holder(
+        &self,
+        mut req: Request,
+        ctx: &Ctx,
+        holder: Holder,
+    ) -> Result<Response> {
         let forward: Forward = serde_json::from_str(&req.text().await?)?;
         {
-            let mut fanout = self.shards.get(self.store()?);
+            let mut fanout = self.fanout_of(holder).get(self.store()?);
             for conn_id in &forward.joins {
                 fanout.confirmed(conn_id);
             }
@@ -123,7 +131,7 @@ impl Room {
             outcomes.push(
                 match self.publish(ctx, vec![forwarded.into_draft()], &publisher)? {
                     Ok(mut receipts) => Outcome::Stored(receipts.remove(0)),
-                    // Counted by the shard, which answers its client.
+                    // Counted by the holder, which answers its client.
                     Err(refusal) => Outcome::Refused(refusal),
                 },
             );
@@ -132,8 +140,8 @@ impl Room {
     }
 }
 
-/// Stored messages after `after` up to `until` for a shard that missed
-/// them; as many as one turn carries (the shard asks again for more).
+/// Stored messages after `after` up to `until` for a holder that missed
+/// them; as many as one turn carries (the holder asks again for more).
 pub(super) fn gap(store: &Store, ctx: &Ctx, query: &HashMap<String, String>) -> Result<Response> {
     let bound = |name: &str| parse_u64(name, query.get(name).map(String::as_str), 0);
     let (Ok(after), Ok(until)) = (bound("after"), bound("until")) else {

@@ -14,13 +14,13 @@ impl Room {
     /// big the room is.
     pub(super) fn stats_report(&self, ctx: &Ctx) -> Result<StatsReport> {
         let store = self.store()?;
-        let (shard_clients, shards) = self.shards.clients(store);
+        let (_, shards) = self.shards.clients(store);
         let occupancy = self.presence(ctx).occupancy();
         Ok(StatsReport {
             room: ctx.room.to_string(),
             epoch: store.facts().epoch().unwrap_or_default(),
             head: store.head(),
-            connections: self.clients.count() + shard_clients,
+            connections: self.clients.count() + self.held(store),
             users: occupancy.users,
             members: occupancy.members,
             shards,
@@ -31,7 +31,7 @@ impl Room {
     }
 
     pub(super) async fn report_stats(&self, ctx: &Ctx) -> Result<Response> {
-        self.shards.count(self.store()?, ctx).await;
+        self.count_held(self.store()?, ctx).await;
         let mut report = serde_json::to_value(self.stats_report(ctx)?)?;
         report["alarm"] = self.alarm.next().await?.into();
         reply::json(200, &report)

@@ -27,13 +27,13 @@ impl Room {
         if !store.facts().registered() && store.head() > 0 {
             self.register.set(true);
         }
-        self.shards.count(store, &ctx).await;
+        self.count_held(store, &ctx).await;
         let quiet = Quiet {
-            clients: (self.clients.count() + self.shards.clients(store).0) as usize,
+            clients: (self.clients.count() + self.held(store)) as usize,
             pending: store.pending(),
             last_message_ms: store.last_message_ms()?,
         };
-        if may_retire(quiet, ctx.limits.room_retire_ms, ctx.now) && self.shards.counted(store) {
+        if may_retire(quiet, ctx.limits.room_retire_ms, ctx.now) && self.held_counted(store) {
             return self.retire(&ctx).await;
         }
         if quiet.clients == 0 && quiet.pending == 0 {

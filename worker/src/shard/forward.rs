@@ -17,7 +17,7 @@ use super::subscription::{Ack, Pending};
 use super::Shard;
 use crate::clients::frames::{forgive, send_error};
 use crate::context::Ctx;
-use crate::internal::{room_stub, Call, Op};
+use crate::internal::{room_stub, Call, Holder, Op};
 
 impl Shard {
     /// A client's publish, for the room; answered when it answers.
@@ -127,7 +127,7 @@ impl Shard {
         let call = Call {
             op: Op::Forward,
             room: &ctx.room,
-            shard: forward.shard,
+            holder: Holder::Shard(forward.shard),
             identity: None,
             query: "",
             body: Some(serde_json::to_string(&forward)?),

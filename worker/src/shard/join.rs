@@ -14,7 +14,7 @@ use super::{Shard, SHARD_TAG};
 use crate::clients;
 use crate::context::Ctx;
 use crate::headers::{CONN_HEADER, SENT_HEADER};
-use crate::internal::{room_stub, Call, Op};
+use crate::internal::{room_stub, Call, Holder, Op};
 use crate::reply;
 use crate::sends::{self, Frames};
 
@@ -54,7 +54,7 @@ impl Shard {
         let call = Call {
             op: Op::Join,
             room: &ctx.room,
-            shard: index,
+            holder: Holder::Shard(index),
             identity: Some(&identity),
             query: "",
             body: Some(serde_json::to_string(&request)?),

@@ -14,7 +14,7 @@ use worker::{console_warn, Request, Response, Result};
 use super::Shard;
 use crate::clients::CLIENT_TAG;
 use crate::context::Ctx;
-use crate::internal::{room_stub, Call, Op};
+use crate::internal::{room_stub, Call, Holder, Op};
 use crate::reply;
 use crate::sends::Frames;
 
@@ -65,7 +65,7 @@ impl Shard {
         let call = Call {
             op: Op::Gap,
             room: &ctx.room,
-            shard: index,
+            holder: Holder::Shard(index),
             identity: None,
             query: &query,
             body: None,

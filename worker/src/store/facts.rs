@@ -1,8 +1,8 @@
 //! The facts a room keeps in its `meta` table besides its messages: its
 //! name and epoch, whether the registry knows it, the head and its time as
-//! last saved, the counters, the shards it has used, the highest offset it
-//! stored of each inbound partition. One row per fact, all read in one
-//! statement when the room wakes, each written only when it changes.
+//! last saved, the counters, the shards and hubs it has used, the highest
+//! offset it stored of each inbound partition. One row per fact, all read in
+//! one statement when the room wakes, each written only when it changes.
 //!
 //! The ring's own facts (its capacity, the bridge's cursor, whether the room
 //! is bridged) are in `meta` too, but live in [`Ring`] once loaded
@@ -60,6 +60,9 @@ struct Values {
     stats: Option<String>,
     /// Shard objects the room has placed connections on.
     shards: u32,
+    /// Hub objects the room has admitted connections from (one past the
+    /// highest number).
+    hubs: u32,
     /// Per inbound `topic:partition`, the highest offset stored.
     offsets: BTreeMap<String, i64>,
     /// Clients see the history from here on (a room that an earlier
@@ -106,6 +109,7 @@ impl Facts {
                 "stats" => values.stats = Some(row.value.clone()),
                 "room" => values.name = Some(row.value.clone()),
                 "shards" => values.shards = row.value.parse().unwrap_or(0),
+                "hubs" => values.hubs = row.value.parse().unwrap_or(0),
                 "contiguous_from" => values.contiguous_from = number(),
                 key => {
                     if let (Some(partition), Ok(offset)) =
@@ -196,6 +200,21 @@ impl Facts {
         let changed = std::mem::replace(&mut self.values.borrow_mut().shards, count) != count;
         if self.exist() && changed {
             self.set("shards", &count.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// How many hubs the room may have connections on (one past the
+    /// highest number it admitted one from): every one of them is fed after
+    /// a wake, until it says it holds none of this room's.
+    pub fn hub_count(&self) -> u32 {
+        self.values.borrow().hubs
+    }
+
+    pub fn set_hub_count(&self, count: u32) -> Result<()> {
+        let changed = std::mem::replace(&mut self.values.borrow_mut().hubs, count) != count;
+        if self.exist() && changed {
+            self.set("hubs", &count.to_string())?;
         }
         Ok(())
     }
