@@ -31,7 +31,14 @@
 //! run whose subscriber missed a message, got one twice or got one that
 //! no publisher of the run sent is reported as such ([`Check`]), not
 //! averaged away. Clients connect to the runtime directly, past wrangler's
-//! proxy, as in parts 6 and 7.
+//! proxy, as in parts 6 and 7, and the runtime's `Network` inspector domain
+//! is off, as in part 6: a multiplexed layout's message is a request from
+//! its room to the hub, which the domain would make dearer under `wrangler
+//! dev` than anywhere else.
+//!
+//! Resident memory moves in the allocator's steps, not per socket, so one
+//! run's difference is coarse; the part reports the median over runs and
+//! their range.
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -58,6 +65,7 @@ use crate::client::receiver::Receivers;
 use crate::client::recorder::Stamp;
 use crate::client::ws::{self, Incoming, Socket};
 use crate::measure::stats::{percentile_ms, Spread};
+use crate::profiler::inspector::Inspector;
 use crate::server::{Flavor, Server};
 use crate::table::{cell, number, ratio, Table};
 
@@ -352,6 +360,11 @@ async fn start(plan: &Plan, layout: Layout) -> Result<Server> {
         .await
         .with_context(|| format!("starting roomcast, {}", layout.label()))?;
     server.bypass_proxy().await?;
+    Inspector::connect(server.worker().inspector_port())
+        .await
+        .context("the inspector port")?
+        .disable_network()
+        .await?;
     eprintln!(
         "[roomcast, {}] wrangler dev up, clients to its runtime on {}",
         layout.label(),
