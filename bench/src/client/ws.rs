@@ -6,7 +6,7 @@
 //! connection knows no message can miss a subscriber. A multiplexed
 //! connection (`/v1/ws`) is open at its `connected`, and in a room only at
 //! that room's `subscribed`, which its scenario awaits. Frames are parsed
-//! only as far as the benchmark needs (type, stamp, error code), because
+//! only as far as the benchmark needs (type, room, stamp, error code), because
 //! the client shares the machine with the server and every cycle it spends
 //! is one the server does not get.
 
