@@ -189,7 +189,7 @@ mutants: bootstrap
 # The worker with Rust function names kept, for profiles (rule below).
 PROFILE_BUNDLE := build/profile/worker/shim.mjs
 
-## bench: the ladder (bare JS, durable JS, partyserver, roomcast), push/poll, fan-out, many rooms, footprint [FULL=1: everything, the bridge with Kafka and with RabbitMQ, and the presence join storm]; not part of test (see BENCHMARKS.md)
+## bench: the ladder (bare JS, durable JS, partyserver, roomcast), push/poll, fan-out, many rooms, footprint [FULL=1: everything, the bridge with Kafka and with RabbitMQ, the presence join storm and one client in 100 rooms multiplexed]; not part of test (see BENCHMARKS.md)
 bench: bootstrap-test build $(PROFILE_BUNDLE)
 	cargo build --release -p roomcast-bench
 	target/release/roomcast-bench $(if $(filter 1,$(FULL)),--full) --out target/bench-$(if $(filter 1,$(FULL)),full,quick).md

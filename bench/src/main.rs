@@ -5,7 +5,8 @@
 //! records a CPU profile of one roomcast room under load.
 //!
 //! `roomcast-bench` runs the quick set (several minutes); `--full` runs
-//! every rate, interval and fan-out with longer runs, and the bridge. All
+//! every rate, interval and fan-out with longer runs, the bridge, the join
+//! storm and the multiplexed client. All
 //! servers are up at once (an idle one costs no CPU) and every scenario
 //! alternates its runs between them, so background load on a shared
 //! machine falls on all alike; the client shares the machine too, which
@@ -34,7 +35,7 @@ use crate::client::fleet::Shape;
 use crate::plan::{Part, Plan};
 use crate::report::{Measured, Results};
 use crate::scenario::{
-    bridge, bridge_amqp, fanout, footprint, presence, profile, push_poll, shards,
+    bridge, bridge_amqp, fanout, footprint, multiplex, presence, profile, push_poll, shards,
 };
 use crate::server::{Flavor, Server};
 
@@ -43,8 +44,8 @@ use crate::server::{Flavor, Server};
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Every rate, poll interval and fan-out, longer runs, the bridge and the
-    /// join storm.
+    /// Every rate, poll interval and fan-out, longer runs, the bridge, the
+    /// join storm and the multiplexed client.
     #[arg(long)]
     full: bool,
     /// Runs behind every figure (reported as median [min–max]).
@@ -80,6 +81,17 @@ struct Cli {
     /// with --full also 10000].
     #[arg(long, value_delimiter = ',')]
     presence_limits: Vec<u64>,
+    /// Rooms of the multiplexed client [default: 100].
+    #[arg(long)]
+    multiplex_rooms: Option<usize>,
+    /// Messages each room's publisher sends per run of the multiplexed
+    /// client part [default: 20].
+    #[arg(long)]
+    multiplex_messages: Option<u64>,
+    /// Messages/s of each room's publisher in the multiplexed client part
+    /// [default: 2].
+    #[arg(long)]
+    multiplex_rate: Option<f64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -118,6 +130,15 @@ async fn main() -> Result<()> {
     if !cli.presence_limits.is_empty() {
         plan.presence.members_limits = cli.presence_limits.clone();
     }
+    if let Some(rooms) = cli.multiplex_rooms {
+        plan.multiplex.rooms = rooms;
+    }
+    if let Some(messages) = cli.multiplex_messages {
+        plan.multiplex.messages = messages;
+    }
+    if let Some(rate) = cli.multiplex_rate {
+        plan.multiplex.rate = rate;
+    }
     let started = Instant::now();
     let load_before = context::load_average();
     let mut notes = Vec::new();
@@ -148,6 +169,15 @@ async fn main() -> Result<()> {
             presence::run(&plan.presence)
                 .await
                 .context("benchmarking the join storm")?,
+        )
+    } else {
+        None
+    };
+    let multiplex = if plan.has(Part::Multiplex) && flavors.contains(&Flavor::Ours) {
+        Some(
+            multiplex::run(&plan.multiplex)
+                .await
+                .context("benchmarking the multiplexed client")?,
         )
     } else {
         None
@@ -196,6 +226,7 @@ async fn main() -> Result<()> {
         bridge_amqp,
         shards,
         presence,
+        multiplex,
         notes,
     };
     let markdown = report::render(&results);

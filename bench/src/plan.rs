@@ -6,7 +6,8 @@
 //! FULL=1`) has every rate, interval and fan-out (1 to 1000) in 5 s runs,
 //! longer profiles of the sharded rooms, the bridge, and a join storm of
 //! 5000 clients with and without presence (counts only at the default
-//! members limit, and full member lists under a limit of 10 000).
+//! members limit, and full member lists under a limit of 10 000), and one
+//! client in 100 rooms on one multiplexed connection against 100 sockets.
 //! `--parts` narrows either.
 
 use std::path::PathBuf;
@@ -16,6 +17,7 @@ use clap::ValueEnum;
 
 use crate::client::fleet::{Shape, Timing};
 use crate::scenario::bridge;
+use crate::scenario::multiplex;
 use crate::scenario::presence;
 use crate::scenario::push_poll::{self, Mode};
 use crate::scenario::shards;
@@ -33,15 +35,19 @@ pub enum Part {
     Shards,
     /// A join storm with and without presence (part 7).
     Presence,
+    /// One client in 100 rooms: one multiplexed connection against a
+    /// socket per room (part 8).
+    Multiplex,
 }
 
 impl Part {
     /// Whether the part needs the servers under test (the bridge, the
-    /// sharded rooms and the join storm start their own).
+    /// sharded rooms, the join storm and the multiplexed client start their
+    /// own).
     pub fn needs_servers(self) -> bool {
         !matches!(
             self,
-            Part::Bridge | Part::BridgeAmqp | Part::Shards | Part::Presence
+            Part::Bridge | Part::BridgeAmqp | Part::Shards | Part::Presence | Part::Multiplex
         )
     }
 }
@@ -60,6 +66,7 @@ pub struct Plan {
     pub bridge: bridge::Plan,
     pub shards: shards::Plan,
     pub presence: presence::Plan,
+    pub multiplex: multiplex::Plan,
 }
 
 impl Plan {
@@ -121,6 +128,16 @@ impl Plan {
                 state_root: state_root.clone(),
                 config: roomcast_config.clone(),
             },
+            multiplex: multiplex::Plan {
+                rooms: 100,
+                // 200 msg/s in all: far below what the runtime delivers to
+                // 100 rooms, so CPU per message is not inflated by queues.
+                messages: 20,
+                rate: 2.0,
+                runs,
+                state_root: state_root.clone(),
+                config: roomcast_config.clone(),
+            },
             timing,
             state_root,
             roomcast_config,
@@ -130,6 +147,7 @@ impl Plan {
             plan.parts.push(Part::Bridge);
             plan.parts.push(Part::BridgeAmqp);
             plan.parts.push(Part::Presence);
+            plan.parts.push(Part::Multiplex);
             // And full member lists and diffs for every client.
             plan.presence.members_limits.push(10_000);
             plan.push_poll.rates = vec![10, 100, 1000];
@@ -167,7 +185,8 @@ impl Plan {
             "{}: {} runs per figure; {:.1} s per run ({:.1} s warm-up before capacity windows); \
              push/poll rates {:?} msg/s with {} subscribers, receive by {}; fan-out N = {:?}; \
              sharded rooms N = {:?} ({:.0} s profiles); join storm of {} clients, members limits \
-             {:?}; parts {:?}; server state in {}",
+             {:?}; multiplexed client in {} rooms, {} messages per room at {} msg/s; parts {:?}; \
+             server state in {}",
             self.name,
             self.timing.runs,
             self.timing.duration.as_secs_f64(),
@@ -180,6 +199,9 @@ impl Plan {
             self.shards.profiled.as_secs_f64(),
             self.presence.clients,
             self.presence.members_limits,
+            self.multiplex.rooms,
+            self.multiplex.messages,
+            self.multiplex.rate,
             self.parts,
             self.state_root.display(),
         )

@@ -12,6 +12,7 @@ use crate::scenario::bridge::{self, BridgeResults};
 use crate::scenario::bridge_amqp::{self, AmqpResults};
 use crate::scenario::fanout::{self, Capacity};
 use crate::scenario::footprint::{self, Asset, ColdStart};
+use crate::scenario::multiplex::{self, MultiplexResults};
 use crate::scenario::presence::{self, PresenceResults};
 use crate::scenario::push_poll::{self, Case, Mode};
 use crate::scenario::shards::{self, ShardResults};
@@ -47,6 +48,7 @@ pub struct Results {
     pub bridge_amqp: Option<AmqpResults>,
     pub shards: Option<ShardResults>,
     pub presence: Option<PresenceResults>,
+    pub multiplex: Option<MultiplexResults>,
     pub notes: Vec<String>,
 }
 
@@ -112,6 +114,14 @@ pub fn render(results: &Results) -> String {
     if let Some(results) = &results.presence {
         section(&mut out, "7. Presence: a join storm");
         presence::render(&mut out, results);
+    }
+    if let Some(results) = &results.multiplex {
+        let rooms = results.rooms;
+        section(
+            &mut out,
+            &format!("8. Several rooms on one connection: one client in {rooms} rooms against {rooms} sockets"),
+        );
+        multiplex::render(&mut out, results);
     }
     let notes: Vec<String> = results
         .notes
@@ -276,6 +286,7 @@ mod tests {
             bridge_amqp: None,
             shards: None,
             presence: None,
+            multiplex: None,
             notes: Vec::new(),
         };
         let mut out = String::new();

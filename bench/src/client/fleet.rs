@@ -36,7 +36,7 @@ const IN_FLIGHT: u64 = 1024;
 /// Fewest messages a room keeps in flight, so a big room still pipelines.
 const MIN_WINDOW: u64 = 2;
 /// Connections opened at once.
-const CONNECTS: usize = 32;
+pub const CONNECTS: usize = 32;
 /// How long stragglers of a run may take to arrive before the next run.
 const DRAIN: Duration = Duration::from_secs(10);
 

@@ -102,6 +102,15 @@ impl Receivers {
             .spawn(consume_amqp(consumer, key, shape, recorder, stop));
     }
 
+    /// Runs a receiver of the caller's own, given the signal to stop; it
+    /// stops with the others.
+    pub fn spawn<F>(&mut self, receiver: impl FnOnce(watch::Receiver<bool>) -> F)
+    where
+        F: std::future::Future<Output = Result<()>> + Send + 'static,
+    {
+        self.tasks.spawn(receiver(self.stop.subscribe()));
+    }
+
     /// Stops every receiver; the first error any of them ended with.
     pub async fn stop(mut self) -> Result<()> {
         let _ = self.stop.send(true);

@@ -3,8 +3,10 @@
 //!
 //! A connection counts as open once the room's `welcome` arrived: that is
 //! when it is in the broadcast set, so a scenario that awaited every
-//! connection knows no message can miss a subscriber. Frames are parsed
-//! only as far as the benchmark needs (type, stamp, error code), because
+//! connection knows no message can miss a subscriber. A multiplexed
+//! connection (`/v1/ws`) is open at its `connected`, and in a room only at
+//! that room's `subscribed`, which its scenario awaits. Frames are parsed
+//! only as far as the benchmark needs (type, room, stamp, error code), because
 //! the client shares the machine with the server and every cycle it spends
 //! is one the server does not get.
 
@@ -45,6 +47,8 @@ pub enum Incoming {
 struct Frame<'a> {
     #[serde(rename = "type", borrow)]
     kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    room: Option<Cow<'a, str>>,
     #[serde(default)]
     data: Option<Stamp>,
     #[serde(default, borrow)]
@@ -60,6 +64,17 @@ struct Publish {
 
 /// Opens a WebSocket to `path` and waits for the room's `welcome`.
 pub async fn connect(addr: SocketAddr, path: &str, traffic: Arc<Traffic>) -> Result<Socket> {
+    connect_until(addr, path, traffic, "welcome").await
+}
+
+/// Opens a WebSocket to `path` and waits for its first frame, which must be
+/// of type `first`.
+pub async fn connect_until(
+    addr: SocketAddr,
+    path: &str,
+    traffic: Arc<Traffic>,
+    first: &str,
+) -> Result<Socket> {
     let open = async {
         let stream = TcpStream::connect(addr)
             .await
@@ -70,44 +85,51 @@ pub async fn connect(addr: SocketAddr, path: &str, traffic: Arc<Traffic>) -> Res
             tokio_tungstenite::client_async(url.as_str(), Counted::new(stream, traffic))
                 .await
                 .context("WebSocket upgrade")?;
-        await_welcome(&mut socket).await?;
+        await_first(&mut socket, first).await?;
         Ok(socket)
     };
     timeout(CONNECT, open)
         .await
-        .with_context(|| format!("no welcome from {addr} within {CONNECT:?}"))?
+        .with_context(|| format!("no {first} from {addr} within {CONNECT:?}"))?
 }
 
-async fn await_welcome(socket: &mut Socket) -> Result<()> {
+async fn await_first(socket: &mut Socket, first: &str) -> Result<()> {
     while let Some(frame) = socket.next().await {
-        match frame.context("reading the welcome")? {
+        match frame.with_context(|| format!("reading the {first}"))? {
             Message::Text(text) => {
                 let frame: Frame = serde_json::from_str(&text)
                     .with_context(|| format!("first frame is not JSON: {text}"))?;
-                if frame.kind == "welcome" {
+                if frame.kind == first {
                     return Ok(());
                 }
-                bail!("expected welcome, got {text}");
+                bail!("expected {first}, got {text}");
             }
-            Message::Close(close) => bail!("closed before welcome: {close:?}"),
+            Message::Close(close) => bail!("closed before {first}: {close:?}"),
             _ => continue,
         }
     }
-    bail!("connection ended before welcome")
+    bail!("connection ended before {first}")
 }
 
 /// Reads a text frame.
 pub fn parse(text: &str) -> Result<Incoming> {
+    parse_in_room(text).map(|(incoming, _)| incoming)
+}
+
+/// Reads a text frame and the room it names: on a multiplexed connection,
+/// which room a message is from.
+pub fn parse_in_room(text: &str) -> Result<(Incoming, Option<Cow<'_, str>>)> {
     if text == "pong" {
-        return Ok(Incoming::Other);
+        return Ok((Incoming::Other, None));
     }
     let frame: Frame =
         serde_json::from_str(text).with_context(|| format!("frame is not JSON: {text}"))?;
-    Ok(match (frame.kind.as_ref(), frame.data, frame.code) {
+    let incoming = match (frame.kind.as_ref(), frame.data, frame.code) {
         ("message", Some(stamp), _) => Incoming::Message(stamp),
         ("error", _, code) => Incoming::Error(code.unwrap_or_default().into_owned()),
         _ => Incoming::Other,
-    })
+    };
+    Ok((incoming, frame.room))
 }
 
 /// The `publish` frame carrying `stamp`.
@@ -131,4 +153,23 @@ pub async fn close(mut socket: Socket) {
         Ok::<_, tokio_tungstenite::tungstenite::Error>(())
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_names_its_room_and_carries_its_stamp() {
+        let text = r#"{"type":"message","room":"a.b","seq":3,"data":{"r":1,"i":2,"t":5}}"#;
+        let (incoming, room) = parse_in_room(text).expect("a frame");
+        let Incoming::Message(stamp) = incoming else {
+            panic!("not a message");
+        };
+        assert_eq!((stamp.r, stamp.i, stamp.t), (1, 2, 5));
+        assert_eq!(room.as_deref(), Some("a.b"));
+        let (incoming, room) = parse_in_room(r#"{"type":"error","code":"forbidden"}"#).unwrap();
+        assert!(matches!(incoming, Incoming::Error(code) if code == "forbidden"));
+        assert_eq!(room, None);
+    }
 }

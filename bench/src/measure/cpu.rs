@@ -113,6 +113,16 @@ pub fn group(pgid: u32, port: u16) -> Result<Vec<(u32, Role, f64)>> {
     Ok(processes)
 }
 
+/// The pid of the runtime workerd of group `pgid` (whose proxy listens on
+/// `port`).
+pub fn runtime_pid(pgid: u32, port: u16) -> Result<u32> {
+    group(pgid, port)?
+        .into_iter()
+        .find(|(_, role, _)| *role == Role::Runtime)
+        .map(|(pid, _, _)| pid)
+        .context("no runtime workerd in the dev server's process group")
+}
+
 /// The process group and utime + stime (seconds) of `/proc/<pid>`.
 fn process_seconds(pid: &str) -> Result<(u32, f64)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -36,6 +36,7 @@ use crate::client::publisher::Publisher;
 use crate::client::receiver::{Receivers, RecordShape};
 use crate::client::recorder::{Recorder, Stamp};
 use crate::client::ws;
+use crate::measure::memory::resident_kib;
 use crate::measure::probe::Probe;
 use crate::measure::stats::{Sample, Summary};
 use crate::scenario::bridge_memory::{self, Memory};
@@ -108,7 +109,7 @@ pub async fn run(plan: &Plan) -> Result<BridgeResults> {
     }
     .start(server.worker(), &broker, "bench", &["--link-idle", "1h"])
     .await;
-    let idle_kib = bridge_memory::resident_kib(bridge.service.pid())?;
+    let idle_kib = resident_kib(bridge.service.pid())?;
 
     let plain = {
         let recorder = Recorder::new();

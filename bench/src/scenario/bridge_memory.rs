@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use roomcast_tests::BridgeProcess;
 use tokio::time::{sleep, Instant};
@@ -18,6 +18,7 @@ use crate::client::clock;
 use crate::client::load::Outlet;
 use crate::client::publisher::Publisher;
 use crate::client::recorder::Stamp;
+use crate::measure::memory::resident_kib;
 use crate::server::Server;
 
 /// Rooms created at once: enough to go fast, few enough for one room each turn.
@@ -37,17 +38,6 @@ impl Memory {
     pub fn per_link_kib(&self) -> f64 {
         (self.loaded_kib.saturating_sub(self.idle_kib)) as f64 / self.links.max(1) as f64
     }
-}
-
-/// `VmRSS` of `pid`, KiB.
-pub fn resident_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no VmRSS in /proc/{pid}/status"))
 }
 
 /// Creates `rooms` rooms on `server` and measures `bridge` once it links

@@ -4,14 +4,17 @@
 //! `BENCHMARKS.md`: push against poll ([`push_poll`], 1), fan-out and many
 //! rooms ([`fanout`], 2 and 3), the bridge ([`bridge`], 4, with its
 //! resident memory from [`bridge_memory`]), footprint ([`footprint`], 5) and
-//! sharded rooms ([`shards`], 6), and a join storm with and without
-//! presence ([`presence`], 7). Every run prints a [`progress`] line.
+//! sharded rooms ([`shards`], 6), a join storm with and without presence
+//! ([`presence`], 7), and one client in many rooms on one multiplexed
+//! connection against a socket per room ([`multiplex`], 8). Every run
+//! prints a [`progress`] line.
 
 pub mod bridge;
 pub mod bridge_amqp;
 pub mod bridge_memory;
 pub mod fanout;
 pub mod footprint;
+pub mod multiplex;
 pub mod presence;
 pub mod profile;
 pub mod push_poll;

@@ -18,7 +18,7 @@ use tokio::time::timeout;
 
 use crate::client::http::HttpConn;
 use crate::client::net::Traffic;
-use crate::measure::cpu::{self, Role};
+use crate::measure::cpu;
 
 /// How long a listening socket may take to answer `/healthz` (the runtime's
 /// other sockets, its inspector and debug port, may never answer).
@@ -29,11 +29,7 @@ const LISTEN: &str = "0A";
 /// The address of the runtime of process group `pgid`, whose proxy listens
 /// on `proxy_port`.
 pub async fn runtime_addr(pgid: u32, proxy_port: u16) -> Result<SocketAddr> {
-    let runtime = cpu::group(pgid, proxy_port)?
-        .into_iter()
-        .find(|(_, role, _)| *role == Role::Runtime)
-        .map(|(pid, _, _)| pid)
-        .context("no runtime workerd in the dev server's process group")?;
+    let runtime = cpu::runtime_pid(pgid, proxy_port)?;
     for addr in listening(runtime)? {
         if answers_health(addr).await {
             return Ok(addr);

@@ -22,6 +22,7 @@ use anyhow::{Context, Result};
 use roomcast_tests::{Worker, WorkerSpec};
 
 use crate::measure::cpu::{self, CpuTimes};
+use crate::measure::memory;
 
 /// How long `wrangler dev` may take to answer `/healthz`; for roomcast this
 /// includes its build command, a no-op when the bundle is up to date.
@@ -210,6 +211,12 @@ impl Server {
     /// CPU seconds so far of the server's processes and of this benchmark.
     pub fn cpu(&self) -> Result<CpuTimes> {
         cpu::sample(self.worker.service.pid(), self.worker.addr().port())
+    }
+
+    /// Resident memory of the runtime workerd, KiB.
+    pub fn runtime_resident_kib(&self) -> Result<u64> {
+        let (pgid, proxy) = (self.worker.service.pid(), self.worker.addr().port());
+        memory::resident_kib(cpu::runtime_pid(pgid, proxy)?)
     }
 
     /// A room name no earlier scenario used.
