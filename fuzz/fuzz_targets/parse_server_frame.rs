@@ -68,7 +68,7 @@ fuzz_target!(|bytes: &[u8]| {
     }
 });
 
-const CODES: [ErrorCode; 15] = [
+const CODES: [ErrorCode; 17] = [
     ErrorCode::BadRoom,
     ErrorCode::BadRequest,
     ErrorCode::Unauthorized,
@@ -84,6 +84,8 @@ const CODES: [ErrorCode; 15] = [
     ErrorCode::IdConflict,
     ErrorCode::BadToken,
     ErrorCode::Internal,
+    ErrorCode::TooManyRooms,
+    ErrorCode::NotSubscribed,
 ];
 
 /// Any frame the worker writes but `stats`.
@@ -121,6 +123,7 @@ fn frame(g: &mut Gen) -> ServerFrame<'static> {
             trace: optional(g),
         })),
         2 => ServerFrame::Ack {
+            room: optional(g).map(Cow::Owned),
             reference: optional(g).map(Cow::Owned),
             receipt: Cow::Owned(Receipt {
                 id: text(g),
@@ -129,6 +132,7 @@ fn frame(g: &mut Gen) -> ServerFrame<'static> {
             }),
         },
         3 => ServerFrame::Error {
+            room: optional(g).map(Cow::Owned),
             code: g.pick(&CODES),
             message: Cow::Owned(text(g)),
             reference: optional(g).map(Cow::Owned),

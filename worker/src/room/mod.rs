@@ -26,6 +26,7 @@
 
 mod dispatch;
 mod fanout;
+mod holders;
 mod http;
 mod idempotency;
 mod join;
