@@ -326,3 +326,45 @@ async fn five_hundred_subscribers_on_four_hubs_cost_four_requests_per_message() 
         "one request per hub per message: {after}"
     );
 }
+
+#[tokio::test]
+async fn a_subscribe_frame_draws_one_token_and_one_over_the_budget_answers_every_room() {
+    let vars = [("RATE_PER_SEC", "1"), ("RATE_BURST", "2")];
+    let worker = Worker::start(&vars).await;
+    let (mut client, _) = connect(&worker, &full_token("alice")).await;
+    let rooms: Vec<String> = (0..10).map(|_| room("budget")).collect();
+    let all: Vec<Value> = rooms.iter().map(|r| json!({ "room": r })).collect();
+    client
+        .send_json(json!({"type": "subscribe", "rooms": all}))
+        .await;
+    let mut seen = Seen::default();
+    read_until(&mut client, &mut seen, |s| {
+        s.subscribed.len() + s.other.len() == rooms.len()
+    })
+    .await;
+    assert_eq!(
+        seen.subscribed.len(),
+        rooms.len(),
+        "ten rooms in one frame cost one token of two: {:?}",
+        seen.other
+    );
+    // The second token, then none left: every room of the third frame is
+    // answered, none silently dropped.
+    let more: Vec<String> = (0..3).map(|_| room("budget")).collect();
+    client
+        .send_json(json!({"type": "subscribe", "room": more[0]}))
+        .await;
+    client.expect("subscribed").await;
+    let rest: Vec<Value> = more[1..].iter().map(|r| json!({ "room": r })).collect();
+    client
+        .send_json(json!({"type": "subscribe", "rooms": rest, "ref": "s3"}))
+        .await;
+    for r in &more[1..] {
+        let error = client.expect("error").await;
+        assert_eq!(
+            (&error["room"], &error["code"], &error["ref"]),
+            (&json!(r), &json!("rate_limited"), &json!("s3")),
+            "{error}"
+        );
+    }
+}

@@ -42,10 +42,12 @@ struct ErrorBody {
 }
 
 impl Hub {
-    /// Checks each room of a `subscribe` (drawing a token of the subject's
-    /// budget for each when `charge`) and holds a place for those that may
-    /// join; refused rooms are answered at once. Returns what the refusals
-    /// ask of the connection and the joins to make.
+    /// Checks each room of a `subscribe` (the frame drawing one token of
+    /// the subject's budget when `charge`, so that a connection resuming
+    /// all its rooms costs what one frame does) and holds a place for those
+    /// that may join; refused rooms are answered at once, every room of a
+    /// frame over the budget among them. Returns what the refusals ask of
+    /// the connection and the joins to make.
     pub(super) fn admit(
         &self,
         ws: &WebSocket,
@@ -56,14 +58,24 @@ impl Hub {
         charge: bool,
     ) -> Result<(Outcome, Vec<Join>)> {
         let mut joins = Vec::new();
-        for resume in rooms {
-            if charge {
-                if let Some(outcome) =
-                    self.charge(ws, session, ctx, &resume.room, reference.as_deref())?
-                {
+        if charge {
+            if let Some((first, rest)) = rooms.split_first() {
+                let refused = self.charge(ws, session, ctx, &first.room, reference.as_deref())?;
+                if let Some((outcome, refusal)) = refused {
+                    for resume in rest {
+                        send_error(
+                            ws,
+                            refusal.code,
+                            &refusal.message,
+                            reference.as_deref(),
+                            Some(&resume.room),
+                        )?;
+                    }
                     return Ok((outcome, joins));
                 }
             }
+        }
+        for resume in rooms {
             match self
                 .index
                 .reserve(&session.conn_id, &session.rights, &resume.room)
@@ -194,7 +206,7 @@ impl Hub {
         room: &str,
         reference: Option<String>,
     ) -> Result<Outcome> {
-        if let Some(outcome) = self.charge(ws, session, ctx, room, reference.as_deref())? {
+        if let Some((outcome, _)) = self.charge(ws, session, ctx, room, reference.as_deref())? {
             return Ok(outcome);
         }
         if !self.index.leave(&session.conn_id, room)? {
@@ -210,8 +222,8 @@ impl Hub {
     }
 
     /// Draws a token of the subject's budget for a subscribe or an
-    /// unsubscribe of `room`: `None` when there was one, or what the
-    /// refusal asks of the connection.
+    /// unsubscribe (naming `room` first): `None` when there was one, or
+    /// the refusal, answered for `room`, and what it asks of the connection.
     fn charge(
         &self,
         ws: &WebSocket,
@@ -219,7 +231,7 @@ impl Hub {
         ctx: &Ctx,
         room: &str,
         reference: Option<&str>,
-    ) -> Result<Option<Outcome>> {
+    ) -> Result<Option<(Outcome, Refusal)>> {
         let admission = self
             .limiter
             .borrow_mut()
@@ -230,9 +242,8 @@ impl Hub {
         let close = matches!(admission, Admission::Close { .. });
         let refusal = Refusal::rate_limited(admission.retry_after_ms().unwrap_or(0), close)
             .with_ref(reference.map(str::to_owned));
-        self.clients
-            .refused(ws, session, &refusal, Some(room))
-            .map(Some)
+        let outcome = self.clients.refused(ws, session, &refusal, Some(room))?;
+        Ok(Some((outcome, refusal)))
     }
 }
 
