@@ -2,7 +2,8 @@
 //! TLS terminator speaks TLS only and verifies against the test CA; the
 //! fault proxy fails exactly the batch POSTs of the rooms it was given and
 //! forwards everything else, WebSockets included; a bridge started without
-//! waiting can be watched as it exits.
+//! waiting can be watched as it exits; the worker starts once, without the
+//! rebuild and restart that wrangler's build step makes.
 
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use roomcast_tests::{
     full_token, room, BridgeProcess, Broker, CaFile, Client, FaultProxy, Http, Worker, STEP,
 };
 use serde_json::{json, Value};
-use tokio::time::timeout;
+use tokio::time::{sleep, timeout, Instant};
 
 /// A client configuration for `broker` with exactly `properties` besides
 /// the bootstrap address.
@@ -167,4 +168,26 @@ async fn a_spawned_bridge_can_be_watched_as_it_exits() {
         "{status:?}\n{log}"
     );
     assert!(log.contains("--no-such-flag"), "{log}");
+}
+
+/// `wrangler dev` with a build step rebuilds and restarts workerd once its
+/// file watcher is ready, and the restarted workerd binds its ports again,
+/// which a worker starting beside it may have taken ("Address already in
+/// use"). The tests' configuration has no build step: one start, for good.
+#[tokio::test]
+async fn the_worker_starts_once_without_a_rebuild_and_restart() {
+    let worker = Worker::start(&[]).await;
+    // wrangler says "Ready on" once the server it keeps is up.
+    let deadline = Instant::now() + STEP;
+    while !worker.service.log().contains("Ready on") {
+        assert!(
+            Instant::now() < deadline,
+            "no \"Ready on\" within {STEP:?}:\n{}",
+            worker.service.log_tail()
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    let log = worker.service.log();
+    assert!(!log.contains("restarting build"), "{log}");
+    assert_eq!(log.matches("Starting local server").count(), 1, "{log}");
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use roomcast_protocol::signing::{mint_hs256, TokenSpec};
-use roomcast_tests::{full_token, room, token, Client, Http, Worker, SECRET};
+use roomcast_tests::{full_token, presence_token, room, token, Client, Http, Worker, SECRET};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
@@ -328,8 +328,15 @@ async fn five_hundred_subscribers_on_four_hubs_cost_four_requests_per_message() 
 }
 
 #[tokio::test]
-async fn a_subscribe_frame_draws_one_token_and_one_over_the_budget_answers_every_room() {
-    let vars = [("RATE_PER_SEC", "1"), ("RATE_BURST", "2")];
+async fn a_connection_resumes_all_its_rooms_at_once_and_churn_is_bounded_room_by_room() {
+    // A publish budget of 2, a room limit of 10: ten rooms in one frame
+    // still join (the subscription budget holds a connection's rooms),
+    // and the rooms after them wait for its refill, one per second.
+    let vars = [
+        ("RATE_PER_SEC", "1"),
+        ("RATE_BURST", "2"),
+        ("MAX_ROOMS_PER_CONNECTION", "10"),
+    ];
     let worker = Worker::start(&vars).await;
     let (mut client, _) = connect(&worker, &full_token("alice")).await;
     let rooms: Vec<String> = (0..10).map(|_| room("budget")).collect();
@@ -345,26 +352,88 @@ async fn a_subscribe_frame_draws_one_token_and_one_over_the_budget_answers_every
     assert_eq!(
         seen.subscribed.len(),
         rooms.len(),
-        "ten rooms in one frame cost one token of two: {:?}",
+        "ten rooms under a publish burst of two: {:?}",
         seen.other
     );
-    // The second token, then none left: every room of the third frame is
-    // answered, none silently dropped.
-    let more: Vec<String> = (0..3).map(|_| room("budget")).collect();
+    // Re-subscribing all ten (each a request to its room) right away is
+    // over the budget: every room of the frame is answered, none joins.
+    let again: Vec<Value> = rooms.iter().map(|r| json!({ "room": r })).collect();
     client
-        .send_json(json!({"type": "subscribe", "room": more[0]}))
+        .send_json(json!({"type": "subscribe", "rooms": again, "ref": "s2"}))
         .await;
-    client.expect("subscribed").await;
-    let rest: Vec<Value> = more[1..].iter().map(|r| json!({ "room": r })).collect();
-    client
-        .send_json(json!({"type": "subscribe", "rooms": rest, "ref": "s3"}))
-        .await;
-    for r in &more[1..] {
+    for _ in &rooms {
         let error = client.expect("error").await;
         assert_eq!(
-            (&error["room"], &error["code"], &error["ref"]),
-            (&json!(r), &json!("rate_limited"), &json!("s3")),
+            (&error["code"], &error["ref"]),
+            (&json!("rate_limited"), &json!("s2")),
             "{error}"
         );
+    }
+}
+
+#[tokio::test]
+async fn a_rooms_own_size_limit_holds_on_a_multiplexed_connection() {
+    let policies = r#"[{"match":"small.*","max_message_bytes":100}]"#;
+    let worker = Worker::start(&[("ROOM_POLICIES", policies)]).await;
+    let (mut client, connected) = connect(&worker, &full_token("alice")).await;
+    assert_eq!(connected["max_message_bytes"], 65536, "{connected}");
+    client
+        .send_json(json!({"type": "subscribe", "rooms": [{"room": "small.1"}, {"room": "big.1"}]}))
+        .await;
+    let mut seen = Seen::default();
+    read_until(&mut client, &mut seen, |s| s.subscribed.len() == 2).await;
+    assert_eq!(seen.subscribed["small.1"]["max_message_bytes"], 100);
+    let data = "x".repeat(150);
+    for r in ["small.1", "big.1"] {
+        client
+            .send_json(json!({"type": "publish", "room": r, "data": data, "ref": r}))
+            .await;
+    }
+    let error = client.expect("error").await;
+    assert_eq!(
+        (&error["room"], &error["code"], &error["ref"]),
+        (&json!("small.1"), &json!("too_large"), &json!("small.1")),
+        "the room's limit of 100 bytes, not the connection's: {error}"
+    );
+    let message = client.expect("message").await;
+    assert_eq!(message["room"], "big.1", "{message}");
+    client.expect("ack").await;
+}
+
+#[tokio::test]
+async fn presence_reaches_a_multiplexed_connection_naming_its_room() {
+    let vars = [("PRESENCE_INTERVAL_MS", "200")];
+    let worker = Worker::start(&vars).await;
+    let r = room("muxpresence");
+    let (mut watcher, _) = connect(&worker, &presence_token("watcher", "*", None, 3600)).await;
+    watcher.reads_presence = true;
+    watcher
+        .send_json(json!({"type": "subscribe", "room": r}))
+        .await;
+    watcher.expect("subscribed").await;
+    let url = worker.ws_url(&format!(
+        "/v1/rooms/{r}/ws?token={}",
+        presence_token("bob", "*", None, 3600)
+    ));
+    let mut bob = Client::connect(&url).await;
+    bob.expect("welcome").await;
+    // Frames until bob shows up as a member, each about this room.
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let text = watcher
+            .next_text_within(left)
+            .await
+            .expect("bob's join within the bound");
+        let frame: Value = serde_json::from_str(&text).expect("JSON");
+        assert_eq!(frame["room"], json!(r), "{frame}");
+        let members = match frame["type"].as_str() {
+            Some("presence") => &frame["joins"],
+            Some("presence_state") => &frame["members"],
+            _ => continue,
+        };
+        if members.to_string().contains("\"bob\"") {
+            break;
+        }
     }
 }

@@ -58,32 +58,47 @@ impl Hub {
                 room,
                 draft,
                 reference,
-            }) => match self.may_publish(&session, &room) {
-                Err(refusal) => self.clients.reject(
-                    ws,
-                    &mut session,
-                    &refusal.with_ref(reference),
-                    Some(&room),
-                )?,
-                Ok(()) => {
-                    self.clients
-                        .settle(ws, &mut session, Outcome::Keep, ctx.now, seen_stale)?;
-                    // The room answers, and its answer strikes or forgives
-                    // as the room's own object would.
-                    let room_ctx = Ctx::of(&self.env, &room)?;
-                    forward::publish(self, ws, &session, &room_ctx, draft, reference).await;
-                    return Ok(());
+            }) => {
+                let room_ctx = Ctx::of(&self.env, &room)?;
+                match self.may_publish(&session, &room_ctx, text.len()) {
+                    Err(refusal) => self.clients.reject(
+                        ws,
+                        &mut session,
+                        &refusal.with_ref(reference),
+                        Some(&room),
+                    )?,
+                    Ok(()) => {
+                        self.clients.settle(
+                            ws,
+                            &mut session,
+                            Outcome::Keep,
+                            ctx.now,
+                            seen_stale,
+                        )?;
+                        // The room answers, and its answer strikes or
+                        // forgives as the room's own object would.
+                        forward::publish(self, ws, &session, &room_ctx, draft, reference).await;
+                        return Ok(());
+                    }
                 }
-            },
+            }
             Ok(MuxFrame::Auth { token }) => self.refresh(ws, &mut session, &ctx, &token).await?,
         };
         self.clients
             .settle(ws, &mut session, outcome, ctx.now, seen_stale)
     }
 
-    /// Whether the connection may publish to `room`: it must be in it, and
-    /// its token must allow it.
-    fn may_publish(&self, session: &Session, room: &str) -> std::result::Result<(), Refusal> {
+    /// Whether the connection may publish a frame of `bytes` to the room of
+    /// `room_ctx`: it must be in it, its token must allow it, and the frame
+    /// must fit the room's own `max_message_bytes` (a room policy may set
+    /// it below the connection's, which is all the frame was read against).
+    fn may_publish(
+        &self,
+        session: &Session,
+        room_ctx: &Ctx,
+        bytes: usize,
+    ) -> std::result::Result<(), Refusal> {
+        let room: &str = &room_ctx.room;
         if !self.index.holds(&session.conn_id, room) {
             return Err(Refusal::new(
                 ErrorCode::NotSubscribed,
@@ -94,6 +109,13 @@ impl Hub {
             return Err(Refusal::new(
                 ErrorCode::Forbidden,
                 "this token may not publish to this room",
+            ));
+        }
+        let limit = room_ctx.limits.max_message_bytes;
+        if bytes > limit {
+            return Err(Refusal::new(
+                ErrorCode::TooLarge,
+                format!("{bytes} bytes is over this room's limit of {limit}"),
             ));
         }
         Ok(())

@@ -16,7 +16,7 @@ use roomcast_protocol::mux::Rooms;
 use roomcast_protocol::rights::Rights;
 use roomcast_protocol::Refusal;
 use serde::Deserialize;
-use worker::{Result, SqlStorage, WebSocket};
+use worker::{Result, WebSocket};
 
 use crate::clients::{Clients, CLIENT_TAG};
 use crate::internal::Holder;
@@ -82,9 +82,9 @@ pub struct Index {
 }
 
 impl Index {
-    pub fn new(sql: SqlStorage) -> Index {
+    pub fn new(db: Db) -> Index {
         Index {
-            db: Db::new(sql),
+            db,
             loaded: Cell::new(false),
             feeds: RefCell::new(HashMap::new()),
             conns: RefCell::new(HashMap::new()),

@@ -56,6 +56,7 @@ use crate::internal::{Holder, Op};
 use crate::outlet::{forward, stream, Outlet, Subscription};
 use crate::reply;
 use crate::sends::{self, Frames};
+use crate::storage::Db;
 
 use index::Index;
 
@@ -70,9 +71,12 @@ pub struct Hub {
     counters: Rc<Counters>,
     clients: Clients,
     alarm: Alarm,
-    /// The subjects' budgets for subscribing and token refreshes; each
-    /// room draws publishes from its own.
+    /// The subjects' budgets for token refreshes; each room draws
+    /// publishes from its own.
     limiter: RefCell<Limiter>,
+    /// The subjects' budgets for subscribing: a token per room joined, a
+    /// whole connection's rooms at once ([`Hub::charge`]).
+    subscriptions: RefCell<Limiter>,
     /// This hub's number, from the requests that reach it or its sockets'
     /// tags.
     number: Cell<Option<u32>>,
@@ -92,10 +96,11 @@ impl Handlers for Hub {
         Hub {
             clients: Clients::new(&state, counters.clone()),
             alarm: Alarm::new(state.storage()),
-            index: Index::new(state.storage().sql()),
+            index: Index::new(Db::new(state.storage().sql())),
             env,
             counters,
             limiter: RefCell::new(Limiter::default()),
+            subscriptions: RefCell::new(Limiter::default()),
             number: Cell::new(None),
             wake: WakeCtx::default(),
         }

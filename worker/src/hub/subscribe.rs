@@ -12,6 +12,7 @@
 //! [`Rooms::admit`]: roomcast_protocol::mux::Rooms::admit
 
 use roomcast_protocol::auth::Identity;
+use roomcast_protocol::config::Limits;
 use roomcast_protocol::mux::{subscribed_frame, unsubscribed_frame, Reason, Resume};
 use roomcast_protocol::rate::Admission;
 use roomcast_protocol::session::Session;
@@ -42,9 +43,9 @@ struct ErrorBody {
 }
 
 impl Hub {
-    /// Checks each room of a `subscribe` (the frame drawing one token of
-    /// the subject's budget when `charge`, so that a connection resuming
-    /// all its rooms costs what one frame does) and holds a place for those
+    /// Checks each room of a `subscribe` (the frame drawing a token per
+    /// room of the subject's subscription budget when `charge`, all or
+    /// none) and holds a place for those
     /// that may join; refused rooms are answered at once, every room of a
     /// frame over the budget among them. Returns what the refusals ask of
     /// the connection and the joins to make.
@@ -60,7 +61,13 @@ impl Hub {
         let mut joins = Vec::new();
         if charge {
             if let Some((first, rest)) = rooms.split_first() {
-                let refused = self.charge(ws, session, ctx, &first.room, reference.as_deref())?;
+                let refused = self.charge(
+                    ws,
+                    session,
+                    ctx,
+                    (&first.room, rooms.len()),
+                    reference.as_deref(),
+                )?;
                 if let Some((outcome, refusal)) = refused {
                     for resume in rest {
                         send_error(
@@ -206,7 +213,9 @@ impl Hub {
         room: &str,
         reference: Option<String>,
     ) -> Result<Outcome> {
-        if let Some((outcome, _)) = self.charge(ws, session, ctx, room, reference.as_deref())? {
+        if let Some((outcome, _)) =
+            self.charge(ws, session, ctx, (room, 1), reference.as_deref())?
+        {
             return Ok(outcome);
         }
         if !self.index.leave(&session.conn_id, room)? {
@@ -221,21 +230,34 @@ impl Hub {
         Ok(Outcome::Keep)
     }
 
-    /// Draws a token of the subject's budget for a subscribe or an
-    /// unsubscribe (naming `room` first): `None` when there was one, or
-    /// the refusal, answered for `room`, and what it asks of the connection.
+    /// Draws `rooms` tokens of the subject's subscription budget for a
+    /// subscribe or an unsubscribe (naming `room` first): `None` when there
+    /// were, or the refusal, answered for `room`, and what it asks of the
+    /// connection.
+    ///
+    /// Every room joined is a request to that room, so the budget counts
+    /// rooms, not frames: a frame of 128 rooms must not cost what one does.
+    /// It holds a whole connection's rooms (`MAX_ROOMS_PER_CONNECTION`, or
+    /// `RATE_BURST` if larger), so a reconnect resumes them all at once,
+    /// and refills at `RATE_PER_SEC`, which bounds churn.
     fn charge(
         &self,
         ws: &WebSocket,
         session: &mut Session,
         ctx: &Ctx,
-        room: &str,
+        (room, rooms): (&str, usize),
         reference: Option<&str>,
     ) -> Result<Option<(Outcome, Refusal)>> {
+        let whole_connection = u32::try_from(self.max_rooms()?).unwrap_or(u32::MAX);
+        let limits = Limits {
+            rate_burst: ctx.limits.rate_burst.max(whole_connection),
+            ..(*ctx.limits).clone()
+        };
+        let cost = u32::try_from(rooms).unwrap_or(u32::MAX);
         let admission = self
-            .limiter
+            .subscriptions
             .borrow_mut()
-            .admit(&session.sub, 1, &ctx.limits, ctx.now);
+            .admit(&session.sub, cost, &limits, ctx.now);
         if admission == Admission::Accepted {
             return Ok(None);
         }
