@@ -34,10 +34,13 @@ pub fn hub_name(index: u32) -> String {
     format!("hub/{index}")
 }
 
-/// The hub a new connection goes to: a stable hash of its `conn_id`, so
-/// connections spread evenly over the `pool`.
-pub fn hub_index(conn_id: &str, pool: u32) -> u32 {
-    (score("hub", conn_id) % u64::from(pool.max(1))) as u32
+/// The hub a new connection goes to: a stable hash of its subject, so
+/// subjects spread evenly over the `pool` and each subject's connections
+/// share one hub, which can hold their number and their subscribing to
+/// the subject's limits (a hash of anything a client can vary would let
+/// one subject take its limits once per hub).
+pub fn hub_index(subject: &str, pool: u32) -> u32 {
+    (score("hub", subject) % u64::from(pool.max(1))) as u32
 }
 
 /// One room to subscribe to, and where the client's copy of it stands.
@@ -585,17 +588,18 @@ mod tests {
     }
 
     #[test]
-    fn hubs_are_named_apart_from_rooms_and_share_the_connections() {
+    fn hubs_are_named_apart_from_rooms_and_share_the_subjects() {
         assert!(RoomName::parse(&hub_name(3)).is_none());
         let mut per_hub = [0u32; 8];
         for i in 0..8000 {
-            per_hub[hub_index(&format!("c_{i}"), 8) as usize] += 1;
+            per_hub[hub_index(&format!("user-{i}"), 8) as usize] += 1;
         }
         assert!(
             per_hub.iter().all(|n| (800..1200).contains(n)),
             "{per_hub:?}"
         );
-        assert_eq!(hub_index("c_1", 0), 0);
+        assert_eq!(hub_index("alice", 8), hub_index("alice", 8));
+        assert_eq!(hub_index("alice", 0), 0);
     }
 
     proptest! {

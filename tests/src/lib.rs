@@ -339,6 +339,24 @@ impl Client {
         }
     }
 
+    /// Closes from the client side and waits for the server's answering
+    /// close: the server has handled the end by then (a place the
+    /// connection held is free).
+    pub async fn close_answered(mut self) -> u16 {
+        timeout(
+            STEP,
+            self.ws
+                .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                    code: CloseCode::Normal,
+                    reason: "bye".into(),
+                })),
+        )
+        .await
+        .expect("close timed out")
+        .expect("close");
+        self.expect_close(STEP).await
+    }
+
     /// Closes from the client side.
     pub async fn close(mut self) {
         let _ = timeout(

@@ -2,9 +2,9 @@
 //! rooms on one connection"). One connection in 50 rooms with publishers in
 //! each, killed and resumed in all 50 with one frame; rights decided room by
 //! room (a refused room alone, a server-side subscription from the token, a
-//! refresh that drops a room, the room limit); and 500 multiplexed
-//! subscribers of one room on a pool of hubs, where a message costs one
-//! request per hub (docs/internals.md, "Hubs").
+//! refresh that drops a room, the room limit, the subject's connections);
+//! and 500 multiplexed subscribers of one room on a pool of hubs, where a
+//! message costs one request per hub (docs/internals.md, "Hubs").
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -436,4 +436,32 @@ async fn presence_reaches_a_multiplexed_connection_naming_its_room() {
             break;
         }
     }
+}
+
+/// Sockets in no room cost a hub as much as any: a subject holds at most
+/// `MAX_CONNECTIONS_PER_SUBJECT` multiplexed connections, however many
+/// hubs the pool has, and a connection that ends gives its place back.
+#[tokio::test]
+async fn a_subject_holds_at_most_its_limit_of_multiplexed_connections() {
+    let vars: Vec<(&str, &str)> = VARS
+        .iter()
+        .copied()
+        .chain([("MAX_CONNECTIONS_PER_SUBJECT", "3"), ("HUB_OBJECTS", "8")])
+        .collect();
+    let worker = Worker::start(&vars).await;
+    let url = |sub: &str| worker.ws_url(&format!("/v1/ws?token={}", full_token(sub)));
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect(&worker, &full_token("alice")).await.0);
+    }
+    assert_eq!(Client::refused(&url("alice")).await, 429, "a fourth");
+    let (_bob, _) = connect(&worker, &full_token("bob")).await;
+    let first = held.pop().expect("a connection");
+    assert_eq!(first.close_answered().await, 1000);
+    let (_again, _) = connect(&worker, &full_token("alice")).await;
+    assert_eq!(
+        Client::refused(&url("alice")).await,
+        429,
+        "and the limit still holds"
+    );
 }

@@ -169,7 +169,7 @@ async fn admit_and_forward(
 }
 
 /// A multiplexed connection: admitted as a room's join is (origin, token),
-/// given its `conn_id` here, and placed on a hub of the pool by it.
+/// given its `conn_id` here, and placed on its subject's hub of the pool.
 async fn connect(req: Request, env: &Env, route: &Route) -> Result<Response, Failure> {
     if !is_upgrade(&req)? {
         return Err(refused(
@@ -181,7 +181,7 @@ async fn connect(req: Request, env: &Env, route: &Route) -> Result<Response, Fai
     let identity = admit(&req, &settings, route)?;
     let inner = Inner::new(req, route, &identity, settings.config.max_body_bytes).await?;
     let conn_id = ids::conn_id();
-    let index = hub_index(&conn_id, settings.config.hub_objects);
+    let index = hub_index(&identity.sub, settings.config.hub_objects);
     inner.headers.set(CONN_HEADER, &conn_id)?;
     inner.headers.set(HUB_HEADER, &index.to_string())?;
     Ok(inner.send(&internal::hub_stub(env, index)?).await?)

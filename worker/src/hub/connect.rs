@@ -3,16 +3,21 @@
 //! for every room it joins), says `connected`, and subscribes it to the
 //! rooms its token names in `channels` as a `subscribe` of each would,
 //! without drawing on the subject's budget: the token asked, not the
-//! client.
+//! client. A subject's connections all come to its hub, so the hub holds
+//! their number to `MAX_CONNECTIONS_PER_SUBJECT`: a socket in no room
+//! costs a hub as much as any.
 
 use roomcast_protocol::auth::Identity;
 use roomcast_protocol::ids::subject_tag;
 use roomcast_protocol::mux::{Connected, Resume};
 use roomcast_protocol::session::Session;
+use roomcast_protocol::ErrorCode;
 use worker::{Request, Response, Result, WebSocketPair};
 
 use super::{Hub, HUB_TAG};
 use crate::clients;
+use crate::context::Ctx;
+use crate::reply;
 
 impl Hub {
     pub(super) async fn connect(
@@ -25,6 +30,9 @@ impl Hub {
             return Err(worker::Error::RustError("a hub without a number".into()));
         };
         self.ensure_index()?;
+        if let Some(refusal) = self.connection_limit(&ctx, &identity.sub) {
+            return refusal;
+        }
         let max_rooms = self.max_rooms()?;
         let mut session = Session::new(conn_id, identity, ctx.now);
         let pair = WebSocketPair::new()?;
@@ -63,5 +71,20 @@ impl Hub {
             .settle(ws, &mut session, outcome, ctx.now, false)?;
         self.join_all(ws, &session, joins).await;
         clients::upgraded(req, pair.client)
+    }
+
+    /// The refusal of a subject that holds its limit of multiplexed
+    /// connections (all on this hub).
+    fn connection_limit(&self, ctx: &Ctx, sub: &str) -> Option<Result<Response>> {
+        let limit = ctx.limits.max_connections_per_subject;
+        if self.clients.open(&subject_tag(sub)).len() < limit as usize {
+            return None;
+        }
+        self.counters
+            .with(|s| s.reject(ErrorCode::TooManyConnections));
+        Some(reply::error(
+            ErrorCode::TooManyConnections,
+            &format!("this subject already holds {limit} multiplexed connections"),
+        ))
     }
 }
