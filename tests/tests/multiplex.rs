@@ -465,3 +465,52 @@ async fn a_subject_holds_at_most_its_limit_of_multiplexed_connections() {
         "and the limit still holds"
     );
 }
+
+/// A hub whose sockets all hibernate is evicted after 10 s without an
+/// event (measured under wrangler dev, tests/tests/shards.rs
+/// `evict_idle_objects`), and so are its idle rooms. The next event wakes
+/// it with nothing in memory: which connection is in which room comes back
+/// from its storage, so the rooms' messages still reach the connection,
+/// its publishes still go to its rooms, and a room it never joined is
+/// still refused. Nothing tells a client that an object was evicted, so
+/// this waits on the clock.
+#[tokio::test]
+async fn a_hub_woken_from_hibernation_still_knows_its_rooms() {
+    let worker = Worker::start(&VARS).await;
+    let (a, b) = (room("woken-a"), room("woken-b"));
+    let (mut client, _) = connect(&worker, &full_token("alice")).await;
+    client
+        .send_json(json!({"type": "subscribe", "rooms": [{"room": a}, {"room": b}]}))
+        .await;
+    let mut seen = Seen::default();
+    read_until(&mut client, &mut seen, |s| s.subscribed.len() == 2).await;
+    tokio::time::sleep(Duration::from_secs(14)).await;
+
+    assert_eq!(publish(&worker, &a, json!("after the wake")).await, 1);
+    read_until(&mut client, &mut seen, |s| s.count() == 1).await;
+    assert_eq!(seen.messages[&a], [1]);
+    client
+        .send_json(json!({"type": "publish", "room": b, "data": "from a woken hub", "ref": "p1"}))
+        .await;
+    read_until(&mut client, &mut seen, |s| s.count() == 2).await;
+    assert_eq!(seen.messages[&b], [1]);
+    let ack = client.expect("ack").await;
+    assert_eq!((&ack["room"], &ack["seq"]), (&json!(b), &json!(1)), "{ack}");
+    client
+        .send_json(json!({"type": "publish", "room": room("never"), "data": 1, "ref": "p2"}))
+        .await;
+    let error = client.expect("error").await;
+    assert_eq!(error["code"], "not_subscribed", "{error}");
+    client
+        .send_json(json!({"type": "unsubscribe", "room": a}))
+        .await;
+    let unsubscribed = client.expect("unsubscribed").await;
+    assert_eq!(unsubscribed["room"], json!(a), "{unsubscribed}");
+    publish(&worker, &a, json!("no longer")).await;
+    publish(&worker, &b, json!("still")).await;
+    read_until(&mut client, &mut seen, |s| s.count() == 3).await;
+    assert_eq!(
+        (seen.messages[&a].len(), &seen.messages[&b]),
+        (1, &vec![1, 2])
+    );
+}
