@@ -343,31 +343,27 @@ impl Client {
     /// close: the server has handled the end by then (a place the
     /// connection held is free).
     pub async fn close_answered(mut self) -> u16 {
-        timeout(
-            STEP,
-            self.ws
-                .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
-                    code: CloseCode::Normal,
-                    reason: "bye".into(),
-                })),
-        )
-        .await
-        .expect("close timed out")
-        .expect("close");
+        self.send_close()
+            .await
+            .expect("close timed out")
+            .expect("close");
         self.expect_close(STEP).await
     }
 
     /// Closes from the client side.
     pub async fn close(mut self) {
-        let _ = timeout(
-            STEP,
-            self.ws
-                .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
-                    code: CloseCode::Normal,
-                    reason: "bye".into(),
-                })),
-        )
-        .await;
+        let _ = self.send_close().await;
+    }
+
+    async fn send_close(
+        &mut self,
+    ) -> Result<Result<(), tokio_tungstenite::tungstenite::Error>, tokio::time::error::Elapsed>
+    {
+        let normal = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        };
+        timeout(STEP, self.ws.close(Some(normal))).await
     }
 
     /// On a bridge room link: the text frames that arrive before the room

@@ -81,6 +81,22 @@ impl Service {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until the process has printed `needle`, within `within`
+    /// (failing with the log's tail). A log line is the only word some
+    /// processes give of a state, so this polls the file.
+    pub async fn wait_log(&self, needle: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not print {needle:?} within {within:?}\n{}",
+                self.name,
+                self.log_tail()
+            );
+            sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The last lines the process printed, for failure messages.
     pub fn log_tail(&self) -> String {
         let text = self.log();

@@ -16,7 +16,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use lapin::{Channel, Connection, ConnectionProperties};
-use tokio::time::{sleep, Instant};
 
 use crate::bridge::BridgeBroker;
 use crate::process::wait_listening;
@@ -116,15 +115,7 @@ impl RabbitMq {
         self.boots += 1;
         let log = dir.join(format!("node-{}.log", self.boots));
         let node = Service::spawn("rabbitmq-server", cmd, log);
-        let deadline = Instant::now() + BOOT;
-        while !node.log().contains("Starting broker... completed") {
-            assert!(
-                Instant::now() < deadline,
-                "RabbitMQ did not boot within {BOOT:?}\n{}",
-                node.log_tail()
-            );
-            sleep(Duration::from_millis(200)).await;
-        }
+        node.wait_log("Starting broker... completed", BOOT).await;
         wait_listening(&format!("127.0.0.1:{}", self.port), &node).await;
         wait_listening(&format!("127.0.0.1:{}", self.tls_port), &node).await;
         self.node = Some(node);

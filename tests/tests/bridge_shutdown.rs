@@ -106,15 +106,10 @@ async fn wait_in_kafka(broker: &Broker, room: &str, last: u64, bridge: &BridgePr
 
 /// Waits until the bridge's log shows it took the signal and is draining.
 async fn wait_draining(bridge: &BridgeProcess) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !bridge.service.log().contains("SIGTERM: draining") {
-        assert!(
-            Instant::now() < deadline,
-            "the bridge did not start draining\n{}",
-            bridge.service.log_tail()
-        );
-        sleep(Duration::from_millis(50)).await;
-    }
+    bridge
+        .service
+        .wait_log("SIGTERM: draining", Duration::from_secs(10))
+        .await;
 }
 
 /// A bridge reaching the worker through `proxy`, ready.

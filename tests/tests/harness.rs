@@ -18,7 +18,7 @@ use roomcast_tests::{
     full_token, room, BridgeProcess, Broker, CaFile, Client, FaultProxy, Http, Worker, STEP,
 };
 use serde_json::{json, Value};
-use tokio::time::{sleep, timeout, Instant};
+use tokio::time::timeout;
 
 /// A client configuration for `broker` with exactly `properties` besides
 /// the bootstrap address.
@@ -178,15 +178,7 @@ async fn a_spawned_bridge_can_be_watched_as_it_exits() {
 async fn the_worker_starts_once_without_a_rebuild_and_restart() {
     let worker = Worker::start(&[]).await;
     // wrangler says "Ready on" once the server it keeps is up.
-    let deadline = Instant::now() + STEP;
-    while !worker.service.log().contains("Ready on") {
-        assert!(
-            Instant::now() < deadline,
-            "no \"Ready on\" within {STEP:?}:\n{}",
-            worker.service.log_tail()
-        );
-        sleep(Duration::from_millis(100)).await;
-    }
+    worker.service.wait_log("Ready on", STEP).await;
     let log = worker.service.log();
     assert!(!log.contains("restarting build"), "{log}");
     assert_eq!(log.matches("Starting local server").count(), 1, "{log}");

@@ -61,13 +61,9 @@ impl Hub {
         let mut joins = Vec::new();
         if charge {
             if let Some((first, rest)) = rooms.split_first() {
-                let refused = self.charge(
-                    ws,
-                    session,
-                    ctx,
-                    (&first.room, rooms.len()),
-                    reference.as_deref(),
-                )?;
+                let cost = rooms.len();
+                let refused =
+                    self.charge(ws, session, ctx, &first.room, cost, reference.as_deref())?;
                 if let Some((outcome, refusal)) = refused {
                     for resume in rest {
                         send_error(
@@ -213,9 +209,7 @@ impl Hub {
         room: &str,
         reference: Option<String>,
     ) -> Result<Outcome> {
-        if let Some((outcome, _)) =
-            self.charge(ws, session, ctx, (room, 1), reference.as_deref())?
-        {
+        if let Some((outcome, _)) = self.charge(ws, session, ctx, room, 1, reference.as_deref())? {
             return Ok(outcome);
         }
         if !self.index.leave(&session.conn_id, room)? {
@@ -230,10 +224,10 @@ impl Hub {
         Ok(Outcome::Keep)
     }
 
-    /// Draws `rooms` tokens of the subject's subscription budget for a
-    /// subscribe or an unsubscribe (naming `room` first): `None` when there
-    /// were, or the refusal, answered for `room`, and what it asks of the
-    /// connection.
+    /// Draws `cost` tokens (one per room) of the subject's subscription
+    /// budget for a subscribe or an unsubscribe (naming `room` first):
+    /// `None` when there were, or the refusal, answered for `room`, and
+    /// what it asks of the connection.
     ///
     /// Every room joined is a request to that room, so the budget counts
     /// rooms, not frames: a frame of 128 rooms must not cost what one does.
@@ -245,15 +239,17 @@ impl Hub {
         ws: &WebSocket,
         session: &mut Session,
         ctx: &Ctx,
-        (room, rooms): (&str, usize),
+        room: &str,
+        cost: usize,
         reference: Option<&str>,
     ) -> Result<Option<(Outcome, Refusal)>> {
-        let whole_connection = u32::try_from(self.max_rooms()?).unwrap_or(u32::MAX);
+        let max_rooms = ctx.settings.config.max_rooms_per_connection;
+        let whole_connection = u32::try_from(max_rooms).unwrap_or(u32::MAX);
         let limits = Limits {
             rate_burst: ctx.limits.rate_burst.max(whole_connection),
             ..(*ctx.limits).clone()
         };
-        let cost = u32::try_from(rooms).unwrap_or(u32::MAX);
+        let cost = u32::try_from(cost).unwrap_or(u32::MAX);
         let admission = self
             .subscriptions
             .borrow_mut()
