@@ -3,15 +3,20 @@
 //! each, killed and resumed in all 50 with one frame; rights decided room by
 //! room (a refused room alone, a server-side subscription from the token, a
 //! refresh that drops a room, the room limit, the subject's connections);
-//! and 500 multiplexed subscribers of one room on a pool of hubs, where a
-//! message costs one request per hub (docs/internals.md, "Hubs").
+//! 500 multiplexed subscribers of one room on a pool of hubs, where a
+//! message costs one request per hub (docs/internals.md, "Hubs"); a hub
+//! woken from hibernation; and Kafka both ways through the bridge.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use rdkafka::message::Message as _;
 use roomcast_protocol::signing::{mint_hs256, TokenSpec};
-use roomcast_tests::{full_token, presence_token, room, token, Client, Http, Worker, SECRET};
+use roomcast_tests::records::{collect, header, produce};
+use roomcast_tests::{
+    full_token, presence_token, room, token, BridgeProcess, Broker, Client, Http, Worker, SECRET,
+};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
@@ -508,4 +513,81 @@ async fn a_hub_woken_from_hibernation_still_knows_its_rooms() {
         (seen.messages[&a].len(), &seen.messages[&b]),
         (1, &vec![1, 2])
     );
+}
+
+/// Kafka both ways through a multiplexed connection, over the bridge: the
+/// connection's publish reaches Kafka once, as the room's own sockets' do,
+/// and a record produced for the room reaches the connection, named by its
+/// room, in seq order after it.
+#[tokio::test]
+async fn kafka_relays_a_room_of_a_multiplexed_connection_both_ways() {
+    let broker = Broker::start().await;
+    let worker = Worker::start(&VARS).await;
+    let _bridge = BridgeProcess::start(&worker, &broker, "solo", &[]).await;
+    let events = broker.consumer("roomcast.events");
+    let r = room("muxkafka");
+    let (mut client, _) = connect(&worker, &full_token("alice")).await;
+    client
+        .send_json(json!({"type": "subscribe", "room": r}))
+        .await;
+    client.expect("subscribed").await;
+
+    // Connection → Kafka, stored once acked.
+    client
+        .send_json(json!({"type": "publish", "room": r, "data": {"from": "hub"}, "id": "from-hub", "ref": "p1"}))
+        .await;
+    let message = client.expect("message").await;
+    assert_eq!(
+        (&message["id"], &message["seq"]),
+        (&json!("from-hub"), &json!(1))
+    );
+    let ack = client.expect("ack").await;
+    assert_eq!(
+        (&ack["room"], &ack["ref"]),
+        (&json!(r), &json!("p1")),
+        "{ack}"
+    );
+    // Kafka → connection.
+    produce(
+        &broker.producer(),
+        "roomcast.inbound",
+        &r,
+        r#"{"from":"kafka"}"#,
+        &[("message-id", "from-kafka")],
+    )
+    .await;
+    let message = client.expect("message").await;
+    assert_eq!(
+        (&message["room"], &message["id"], &message["seq"]),
+        (&json!(r), &json!("from-kafka"), &json!(2)),
+        "{message}"
+    );
+    // A sentinel over HTTP closes what Kafka is read for.
+    let (status, body) = Http::default()
+        .post(
+            &worker.url(&format!("/v1/rooms/{r}/messages")),
+            &full_token("publisher"),
+            r#"{"data": "end", "id": "end"}"#,
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let records = collect(&events, Duration::from_secs(30), |got| {
+        got.last()
+            .is_some_and(|rec| header(rec, "message-id").as_deref() == Some("end"))
+    })
+    .await;
+    let relayed: Vec<(Option<String>, Option<String>)> = records
+        .iter()
+        .map(|rec| (header(rec, "message-id"), header(rec, "origin")))
+        .collect();
+    assert_eq!(
+        relayed,
+        [
+            (Some("from-hub".to_owned()), Some("ws".to_owned())),
+            (Some("end".to_owned()), Some("http".to_owned())),
+        ]
+    );
+    let value: Value =
+        serde_json::from_slice(records[0].payload().expect("payload")).expect("JSON");
+    assert_eq!(value["data"]["from"], "hub");
 }
